@@ -1,0 +1,3 @@
+"""ecgqa: question answering over 12-lead ECGs (the ECG-QA benchmark)."""
+
+__version__ = "0.1.0"

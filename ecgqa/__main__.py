@@ -1,0 +1,5 @@
+import sys
+
+from ecgqa.cli import main
+
+sys.exit(main())

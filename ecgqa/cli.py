@@ -1,0 +1,39 @@
+"""The ``ecgqa`` command. Each subcommand lives in its stage's module, which exposes
+``configure(parser)`` (setting ``func``) and keeps heavy imports inside the function it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ecgqa import __version__
+
+#: name → (module, one-line help). Adding a stage means adding one row here.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("ecgqa.quickstart", "run the main job on the bundled sample"),
+    "map": ("mapping.cli", "join ECG-QA questions to local PTB-XL / MIMIC-IV-ECG records"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecgqa", description="Question answering over 12-lead ECGs (ECG-QA).")
+    parser.add_argument("--version", action="version", version=f"ecgqa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).configure(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Our errors name the file / record / sample at fault; a traceback adds nothing for users.
+        print(f"error: {e}", file=sys.stderr)
+        return 2

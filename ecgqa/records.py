@@ -1,0 +1,92 @@
+"""Read WFDB records into float32 arrays of shape (12, T) in the standard lead order.
+
+Leads are reordered by name, never by position: MIMIC-IV-ECG headers store aVF before aVL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from scipy import signal as sps
+
+from ecgqa.constants import LEADS
+
+
+class RecordError(ValueError):
+    """A record is missing, truncated, has the wrong leads or holds NaN; the message names it."""
+
+
+@dataclass(frozen=True)
+class Record:
+    signal: np.ndarray  # float32, (12, T), mV, LEADS order
+    fs: int
+    path: str
+
+
+def _canonical(name: str) -> str:
+    return name.strip().upper()
+
+
+_CANONICAL_LEADS = {_canonical(lead): i for i, lead in enumerate(LEADS)}
+
+
+def read_record(path: str | Path, fs: int | None = None) -> Record:
+    """Read the record at ``path`` (no extension), optionally resampled to ``fs`` Hz."""
+    path = Path(path)
+    header = path.with_name(path.name + ".hea")
+    if not header.is_file():
+        raise RecordError(f"record {path}: header {header} not found")
+    try:
+        head = wfdb.rdheader(str(path))
+    except Exception as e:  # wfdb raises a variety of types for bad headers
+        raise RecordError(f"record {path}: unreadable header ({e})") from e
+    order = _lead_order(head.sig_name, path)
+    for name in dict.fromkeys(head.file_name or []):
+        if not (path.parent / name).is_file():
+            raise RecordError(f"record {path}: signal file {path.parent / name} not found")
+    try:
+        rec = wfdb.rdrecord(str(path), physical=True)
+    except Exception as e:
+        raise RecordError(f"record {path}: unreadable or truncated signal file ({e})") from e
+    data = rec.p_signal
+    if data is None or data.shape[0] != head.sig_len:
+        got = 0 if data is None else data.shape[0]
+        raise RecordError(f"record {path}: truncated signal, {got} of {head.sig_len} samples")
+    out = np.ascontiguousarray(data.T[order], dtype=np.float32)
+    bad = np.isnan(out).any(axis=1)
+    if bad.any():
+        leads = [LEADS[i] for i in np.flatnonzero(bad)]
+        raise RecordError(f"record {path}: NaN values in leads {leads}")
+    rate = int(round(head.fs))
+    if fs is not None and fs != rate:
+        out = resample(out, rate, fs)
+        rate = fs
+    return Record(out, rate, str(path))
+
+
+def _lead_order(sig_name: list[str] | None, path: Path) -> list[int]:
+    """Indices into the record's channels that put them in LEADS order."""
+    names = [_canonical(n) for n in sig_name or []]
+    position = {}
+    for i, n in enumerate(names):
+        if n in _CANONICAL_LEADS and n not in position:
+            position[n] = i
+    missing = [lead for lead in LEADS if _canonical(lead) not in position]
+    if missing:
+        raise RecordError(
+            f"record {path}: wrong lead set {sig_name}; missing {missing} (need the 12 standard leads {list(LEADS)})"
+        )
+    return [position[_canonical(lead)] for lead in LEADS]
+
+
+def resample(signal: np.ndarray, fs: int, target_fs: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (anti-aliased), e.g. 500 → 100 Hz."""
+    if fs == target_fs:
+        return signal
+    ratio = Fraction(int(target_fs), int(fs))
+    out = sps.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,31 @@
+"""Shared fixtures: everything is built from the bundled real sample, offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ecgqa import sample  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sample_paths() -> sample.SamplePaths:
+    return sample.paths()
+
+
+@pytest.fixture(scope="session")
+def mapped_sample(tmp_path_factory, sample_paths) -> Path:
+    """The bundled PTB-XL sample mapped to its records (template and paraphrased, 500 Hz)."""
+    from mapping.mapper import map_release
+
+    out = tmp_path_factory.mktemp("mapped") / "ptbxl"
+    map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, out, progress=False)
+    return out
