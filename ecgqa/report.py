@@ -1,0 +1,174 @@
+"""``ecgqa report A B ...``: exact-match reports side by side, as one Markdown table.
+
+Any ``report.json`` of the shared shape works (``ecgqa evaluate`` for QA and upperbound models,
+``llm_eval`` for grounded LLMs), given as the file or the folder that holds it. Rows are the overall
+EM, the macro average over question types, then each question type and attribute type present in
+any of them; a cell shows EM in percent and the number of samples it was measured on, because
+reports over different splits or subsamples are only comparable when those counts agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ecgqa.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
+
+REPORT_JSON = "report.json"
+REQUIRED = ("em", "per_question_type")
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write a whole file through a temporary sibling and a rename, so a crash never leaves half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report.json (or the folder holding one) and check it has the shared shape."""
+    path = Path(path)
+    file = path / REPORT_JSON if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: give a report.json or a folder written by `ecgqa evaluate`")
+    try:
+        report = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from e
+    missing = [k for k in REQUIRED if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise ValueError(f"{file}: not an ECG-QA report (lacks {missing}); expected the output of `ecgqa evaluate`")
+    report.setdefault("_path", str(file))
+    return report
+
+
+def report_name(report: dict[str, Any]) -> str:
+    """A column title: the report folder's name (or the file's stem when it is not report.json)."""
+    file = Path(report.get("_path", "report"))
+    return file.parent.name if file.name == REPORT_JSON and file.parent.name else file.stem
+
+
+def _pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * float(value):.1f}"
+
+
+def _cell(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "–"
+    return f"{_pct(block.get('em'))} (n={block.get('n', '?')})"
+
+
+def _ordered_union(dicts: Sequence[dict[str, Any]], known: Sequence[str]) -> list[str]:
+    keys = {k for d in dicts for k in d}
+    return [k for k in known if k in keys] + sorted(keys - set(known))
+
+
+def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> str:
+    """The side-by-side Markdown table of several reports (EM in %, n per cell)."""
+    names = list(names) if names else [report_name(r) for r in reports]
+    if len(names) != len(reports):
+        raise ValueError(f"{len(names)} names for {len(reports)} reports")
+    head = "| | " + " | ".join(names) + " |"
+    rule = "|---|" + "---:|" * len(reports)
+    rows = [head, rule]
+
+    def row(label: str, cells: list[str]) -> None:
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("model", [str(r.get("model", "?")) for r in reports])
+    row("kind", [str(r.get("kind", "?")) for r in reports])
+    row("split", [str(r.get("split", "?")) for r in reports])
+    row("**EM**", [f"**{_pct(r.get('em'))}** (n={r.get('n', '?')})" for r in reports])
+    row("**EM, macro over question types**", [f"**{_pct(r.get('em_macro_question_type'))}**" for r in reports])
+    for key, known, title in (
+        ("per_question_type", QUESTION_TYPES, "question type"),
+        ("per_attribute_type", ATTRIBUTE_TYPES, "attribute type"),
+    ):
+        blocks = [r.get(key) or {} for r in reports]
+        groups = _ordered_union(blocks, known)
+        if groups:
+            row(f"*by {title}*", [""] * len(reports))
+        for g in groups:
+            row(g, [_cell(b.get(g)) for b in blocks])
+    return "\n".join(rows) + "\n"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md of one report: where it came from, the EM table, and whatever extra blocks it has."""
+    source = report.get("checkpoint") or report.get("llm") or "?"
+    lines = [
+        f"# ECG-QA evaluation: {report.get('model', '?')} on {report.get('split', '?')}",
+        "",
+        f"- kind: {report.get('kind', '?')}",
+        f"- {'checkpoint' if 'checkpoint' in report else 'llm'}: `{source}`",
+        f"- data: `{report.get('data', '?')}`",
+        f"- samples: {report.get('n', '?')}",
+        "",
+        "Exact match (EM): a sample counts only when its predicted set equals its true set over its valid classes.",
+        "",
+        compare_table([report], [report.get("model", "EM")]),
+    ]
+    labels = report.get("label_metrics")
+    if labels:
+        lines += [
+            "## Label-level (every valid class of every sample is one decision)",
+            "",
+            "| precision | recall | AUC (micro) | AUC (macro over classes) |",
+            "|---:|---:|---:|---:|",
+            f"| {_pct(labels.get('precision'))} | {_pct(labels.get('recall'))} | "
+            f"{_pct(labels.get('auc_micro'))} | {_pct(labels.get('auc_macro'))} |",
+            "",
+        ]
+    per_class = report.get("per_class")
+    if per_class:
+        lines += [
+            "## Per grounding class (on the samples that label it)",
+            "",
+            f"AUC macro {_pct(report.get('auc_macro'))}, accuracy macro {_pct(report.get('accuracy_macro'))}, "
+            f"accuracy micro {_pct(report.get('accuracy_micro'))}.",
+            "",
+            "| class | n | positives | accuracy | AUC |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, c in per_class.items():
+            lines.append(f"| {name} | {c['n']} | {c['n_positive']} | {_pct(c['accuracy'])} | {_pct(c['auc'])} |")
+        lines.append("")
+    charts = report.get("charts")
+    if charts:
+        lines += ["## Charts", ""] + [f"![{Path(c).stem}]({c})" for c in charts] + [""]
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json files or folders holding one")
+    parser.add_argument("--names", nargs="+", help="column titles (default: each report's folder name)")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = [load_report(p) for p in args.reports]
+    table = compare_table(reports, args.names)
+    if args.out:
+        write_atomic(args.out, table)
+        print(f"written: {args.out}", file=sys.stderr)
+    print(table, end="")
+    return 0

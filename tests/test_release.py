@@ -1,0 +1,71 @@
+"""Answer space, valid classes and question codes, recomputed independently from the release CSVs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from ecgqa.constants import LEAD_GROUPS, LEADS, question_codes
+from ecgqa.release import AnswerSpace, ReleaseError, encode_sample
+
+
+def _csv_classes(path):
+    with open(path, newline="") as f:
+        return [r["class"] for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("version, n, lead_i", [("ptbxl", 103, 66), ("mimic-iv-ecg", 187, 126)])
+def test_answer_space_sizes_and_lead_classes(sample_paths, version, n, lead_i):
+    space = AnswerSpace.from_release(sample_paths.release / version)
+    assert len(space) == n
+    assert space.classes == tuple(_csv_classes(sample_paths.grounding / version / "qa_class.csv"))
+    assert space.classes[lead_i : lead_i + 12] == tuple(sorted((f"lead {x}" for x in LEADS), key=space.classes.index))
+    assert {c for c in space.classes[lead_i : lead_i + 12]} == {f"lead {x}" for x in LEADS}
+
+
+def test_sample_encoding_matches_hand_computation(sample_paths):
+    space = AnswerSpace.from_release(sample_paths.ptbxl_release)
+    classes = _csv_classes(sample_paths.ptbxl_release / "answers.csv")
+    classes.remove("none")
+    samples = json.loads((sample_paths.ptbxl_release / "template/valid/60000.json").read_text())
+    s = samples[0]
+    enc = encode_sample(space, s)
+    assert enc["answer"] == sorted(classes.index(a) for a in s["answer"] if a != "none")
+    assert [classes[i] for i in enc["valid_classes"]] == sorted(
+        ["p duration", "pr interval", "qrs duration", "qt corrected", "qt interval", "rr interval"], key=classes.index
+    )
+    assert (enc["qt1"], enc["qt2"], enc["qt3"]) == (2, 8, 53)
+
+
+def test_choose_valid_classes_and_none():
+    space = AnswerSpace(
+        classes=("no", "yes", "above the normal range", "within the normal range", "none of myocardial infarction"),
+        template_classes={9: ("no", "none", "yes")},
+    )
+    choose = {"question_type": "single-choose", "attribute_type": "numeric_feature", "template_id": 40,
+              "attribute": ["within the normal range of qt interval", "above the normal range of qt interval"],
+              "answer": ["none"]}
+    enc = encode_sample(space, choose)
+    assert enc["valid_classes"] == [2, 3] and enc["answer"] == []
+    assert enc["qt3"] == 6 * 1 + 5
+    verify = {"question_type": "single-verify", "attribute_type": "scp_code", "template_id": 9, "answer": ["yes"], "attribute": ["x"]}
+    assert encode_sample(space, verify)["valid_classes"] == [0, 1]
+    assert space.encode(["none of myocardial infarction"]) == [4]  # a real class, not the empty answer
+    with pytest.raises(ReleaseError, match="sample 7: unknown answer class 'maybe'"):
+        space.encode(["maybe"], where="sample 7: ")
+
+
+def test_question_codes_table():
+    assert question_codes("single-verify", "scp_code") == (0, 0, 0)
+    assert question_codes("comparison_consecutive-query", "heart_axis") == (1, 5, 34)
+    assert question_codes("comparison_irrelevant-verify", "noise") == (2, 6, 37)
+    with pytest.raises(ValueError, match="unknown question_type"):
+        question_codes("single-guess", "noise")
+
+
+def test_lead_groups_are_standard_leads():
+    assert set(LEAD_GROUPS["inferoposterolateral"]) == set(LEADS) - {"aVR", "V4"}
+    for leads in LEAD_GROUPS.values():
+        assert set(leads) <= set(LEADS)
