@@ -67,7 +67,7 @@ def _atomic_write_json(obj: object, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
+            f.write(json.dumps(obj))  # json.dumps uses the C encoder; json.dump(obj, f) streams in pure Python
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

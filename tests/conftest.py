@@ -29,3 +29,23 @@ def mapped_sample(tmp_path_factory, sample_paths) -> Path:
     out = tmp_path_factory.mktemp("mapped") / "ptbxl"
     map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared_qa(tmp_path_factory, mapped_sample) -> Path:
+    """PREPARED dir of the bundled sample: task qa, template variant, 500 Hz (train 413, valid 38)."""
+    from ecgqa.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "ptbxl-template-qa"
+    prepare(mapped_sample, out, variant="template", task="qa", rate=500, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_upperbound(tmp_path_factory, mapped_sample) -> Path:
+    """PREPARED dir of the bundled sample: task upperbound (83 PTB-XL grounding classes), template, 500 Hz."""
+    from ecgqa.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "ptbxl-template-upperbound"
+    prepare(mapped_sample, out, variant="template", task="upperbound", rate=500, progress=False)
+    return out

@@ -1,0 +1,457 @@
+"""LLM harness, offline: sampling, grounding, prompts, parsing, the real `openai` client against a real
+local server (retries, failures, resume), with a stand-in grounding classifier on the real sample records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from ecgqa.constants import LEAD_GROUPS, LEADS, QUESTION_TYPES, question_codes
+from llm_eval import sampling
+from llm_eval.client import ChatClient, _retry_after, api_key_from_env, ask_all
+from llm_eval.grounding import Block, Grounder, lead_subsets_in, plan_blocks
+from llm_eval.prompts import INSTRUCTION, build_prompt, options_for, prompt_hash
+from llm_eval.run import evaluate
+from llm_eval.sampling import Question
+from llm_eval.scoring import parse_reply
+from llm_eval.store import Response, ResponseStore
+from tests.fake_llm_server import FakeLLM, FakeServer
+
+KEY = "sk-test-DO-NOT-LEAK-0123456789"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+class StandInClassifier:
+    """A deterministic function of the (masked) signal, with the upperbound predictor's interface."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.W = np.random.default_rng(0).normal(size=(len(classes), 24))
+        self.rows = 0
+
+    def classify(self, ecgs: np.ndarray, lead_masks: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        x = np.array(ecgs, dtype=np.float64)
+        if lead_masks is not None:
+            x[~np.asarray(lead_masks, bool)] = 0.0
+        self.rows += len(x)
+        feats = np.concatenate([x.std(-1), np.abs(np.diff(x, axis=-1)).mean(-1) * 10], axis=1)
+        return 1 / (1 + np.exp(-(feats @ self.W.T * 4 - 0.3)))
+
+
+class InPlaceMaskingClassifier(StandInClassifier):
+    """The upstream defect: zeroes the leads of the array it was handed, in place."""
+
+    def classify(self, ecgs, lead_masks=None, batch_size=64):
+        if lead_masks is not None:
+            ecgs[~np.asarray(lead_masks, bool)] = 0.0
+        return super().classify(ecgs, lead_masks, batch_size)
+
+
+@pytest.fixture(scope="module")
+def grounding_classes(sample_paths) -> list[str]:
+    with (sample_paths.grounding / "ptbxl" / "grounding_class.csv").open() as f:
+        return [r["class"] for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def train_questions(sample_paths) -> list[Question]:
+    return sampling.questions_from_release(sample_paths.ptbxl_release, "train")
+
+
+@pytest.fixture(scope="module")
+def valid_questions(sample_paths) -> list[Question]:
+    return sampling.questions_from_release(sample_paths.ptbxl_release, "valid")
+
+
+@pytest.fixture(scope="module")
+def signals(sample_paths):
+    """ECG id → read-only (12, 5000) array read with wfdb directly; any write into it raises."""
+    cache: dict[int, np.ndarray] = {}
+
+    def signal_of(block: Block) -> np.ndarray:
+        if block.ecg_id not in cache:
+            path = sample_paths.ptbxl_records / "records500" / f"{block.ecg_id // 1000 * 1000:05d}" / f"{block.ecg_id:05d}_hr"
+            sig, _ = wfdb.rdsamp(str(path))
+            arr = np.ascontiguousarray(sig.T.astype(np.float32))
+            arr.flags.writeable = False
+            cache[block.ecg_id] = arr
+        return cache[block.ecg_id]
+
+    signal_of.cache = cache
+    return signal_of
+
+
+@pytest.fixture
+def server():
+    with FakeServer(FakeLLM()) as s:
+        yield s
+
+
+def synthetic(qtype: str, question: str, options: list[str], answer: list[str], ecg_ids=(16,), attribute_type="noise"):
+    return Question(sample_id=900000 + QUESTION_TYPES.index(qtype), question=question,
+                    question_type=qtype, attribute_type=attribute_type,
+                    qt3=question_codes(qtype, attribute_type)[2], answer=tuple(answer), options=tuple(options),
+                    ecg_ids=tuple(ecg_ids))
+
+
+LEAD_OPTIONS = [f"lead {x}" for x in ("I", "II", "III", "V1", "V2", "V3", "V4", "V5", "V6", "aVF", "aVL", "aVR")]
+
+
+@pytest.fixture(scope="module")
+def every_type(train_questions, valid_questions) -> dict[str, Question]:
+    """One question per question type: the real sample's two types plus synthetic ones for the rest."""
+    nums = ["p duration", "pr interval", "qrs duration", "qt corrected", "qt interval", "rr interval"]
+    return {
+        "single-verify": next(q for q in train_questions if "in lead" in q.question),
+        "single-choose": synthetic("single-choose", "Which does this ECG show, left axis deviation or right axis "
+                                   "deviation?", ["left axis deviation", "right axis deviation"], [],
+                                   attribute_type="heart_axis"),
+        "single-query": synthetic("single-query", "Which leads does this ECG show baseline drift in?", LEAD_OPTIONS,
+                                  ["lead V1", "lead II"]),
+        "comparison_consecutive-verify": synthetic("comparison_consecutive-verify", "Does the recent ECG show any "
+                                                   "changes compared to the previous ECG?", ["no", "yes"], ["yes"],
+                                                   ecg_ids=(16, 17), attribute_type="scp_code"),
+        "comparison_consecutive-query": synthetic("comparison_consecutive-query", "What numeric features of the recent "
+                                                  "ECG have become abnormal compared to the previous ECG?", nums, [],
+                                                  ecg_ids=(16, 17), attribute_type="numeric_feature"),
+        "comparison_irrelevant-verify": synthetic("comparison_irrelevant-verify", "Does the second ECG show sinus "
+                                                  "rhythm in lead V2 that the first ECG does not?", ["no", "yes"],
+                                                  ["no"], ecg_ids=(16, 17), attribute_type="scp_code"),
+        "comparison_irrelevant-query": valid_questions[0],
+    }
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_stratified_sample_matches_an_independent_count(sample_paths, train_questions, valid_questions):
+    raw = []
+    for split in ("train", "valid"):
+        for f in sorted((sample_paths.ptbxl_release / "template" / split).glob("*.json")):
+            raw += json.loads(f.read_text())
+    strata = Counter(question_codes(s["question_type"], s["attribute_type"])[2] for s in raw)
+    everything = train_questions + valid_questions
+    chosen = sampling.stratified_sample(everything)
+    got = Counter(q.qt3 for q in chosen)
+    assert got == Counter({k: round(n / 10) for k, n in strata.items() if round(n / 10)})
+    assert sum(got.values()) == round(413 / 10) + round(38 / 10)
+    # Deterministic, independent of row order; the seed matters.
+    again = sampling.stratified_sample(list(reversed(everything)))
+    assert [q.sample_id for q in again] == [q.sample_id for q in chosen]
+    other = sampling.stratified_sample(everything, seed=7)
+    assert {q.sample_id for q in other} != {q.sample_id for q in chosen}
+    assert len(sampling.stratified_sample(everything, fraction=1.0)) == len(everything)
+    assert len({q.sample_id for q in chosen}) == len(chosen)
+
+
+def test_ids_file_selects_exactly_those(tmp_path, train_questions):
+    ids = [train_questions[5].sample_id, train_questions[1].sample_id, train_questions[5].sample_id]
+    (tmp_path / "ids.txt").write_text(f"# picked\n{ids[0]}\n{ids[1]}  # second\n\n{ids[2]}\n")
+    read = sampling.read_ids_file(tmp_path / "ids.txt")
+    assert read == ids
+    chosen = sampling.select(train_questions, ids=read)
+    assert [q.sample_id for q in chosen] == sorted(set(ids))
+    (tmp_path / "ids.json").write_text(json.dumps(ids[:2]))
+    assert sampling.read_ids_file(tmp_path / "ids.json") == ids[:2]
+    with pytest.raises(ValueError, match="123456789"):
+        sampling.select(train_questions, ids=[123456789], where="x: ")
+
+
+# ----------------------------------------------------------------------------- grounding
+
+
+def test_lead_subsets_named_by_questions():
+    assert lead_subsets_in("Does this ECG show static noise in lead aVL?") == ["aVL"]
+    assert lead_subsets_in("Does this ECG show any kind of noises in lead III?") == ["III"]
+    assert lead_subsets_in("Does this ECG show any kind of noises in lead I?") == ["I"]
+    assert lead_subsets_in("Does this ECG show ischemic in inferior leads?") == ["inferior"]
+    assert lead_subsets_in("Is there myocardial infarction in inferoposterolateral leads?") == ["inferoposterolateral"]
+    assert lead_subsets_in("Does this ECG show low qrs voltages in the frontal and horizontal leads?") == ["entire"]
+    assert lead_subsets_in("Which does it show, ischemic in lateral leads or ischemic in inferior leads?") == [
+        "lateral", "inferior"]
+    assert lead_subsets_in("Does this ECG show baseline drift?") == []
+    assert lead_subsets_in("Is the V5 lead noisy?") == ["V5"]
+
+
+def test_plan_blocks_per_question_kind(every_type):
+    verify = every_type["single-verify"]
+    lead = re.search(r"in lead (\S+)\?", verify.question).group(1)
+    assert [(b.subset, b.leads) for b in plan_blocks(verify)] == [(lead, (lead,))]
+    which = plan_blocks(every_type["single-query"])
+    assert [b.subset for b in which] == list(LEADS)  # one pass per single lead
+    comp = plan_blocks(every_type["comparison_consecutive-verify"])
+    assert [(b.ecg_label, b.ecg_id, b.subset) for b in comp] == [("previous ECG", 16, "entire"), ("recent ECG", 17, "entire")]
+    irr = plan_blocks(every_type["comparison_irrelevant-query"])
+    assert [b.ecg_label for b in irr] == ["first ECG", "second ECG"]
+    assert [b.ecg_id for b in irr] == list(every_type["comparison_irrelevant-query"].ecg_ids)
+    both = plan_blocks(every_type["comparison_irrelevant-verify"])  # a lead named in a comparison question
+    assert [(b.ecg_label, b.subset) for b in both] == [("first ECG", "V2"), ("second ECG", "V2")]
+
+
+def test_per_lead_grounding_differs_and_never_touches_the_store(signals, grounding_classes, every_type):
+    q = every_type["single-query"]  # "which leads": one pass per lead
+    ecg = np.array(signals(plan_blocks(q)[0]))
+    for clf in (StandInClassifier(grounding_classes), InPlaceMaskingClassifier(grounding_classes)):
+        g = Grounder(clf, signals, progress=False)
+        g.ground([q])
+        per_lead = np.stack([g.scores(b) for b in plan_blocks(q)])
+        zeroed = clf.classify(np.zeros((1, 12, ecg.shape[-1]), np.float32))[0]
+        # every pair of leads reads differently, and no lead reads like an all-zero ECG
+        for i in range(12):
+            assert not np.allclose(per_lead[i], zeroed, atol=1e-4), LEADS[i]
+            for j in range(i):
+                assert not np.allclose(per_lead[i], per_lead[j], atol=1e-4), (LEADS[i], LEADS[j])
+        # each reading equals the classifier on its own zero-masked copy
+        for i, lead in enumerate(LEADS):
+            x = ecg.copy()
+            x[[k for k in range(12) if k != i]] = 0
+            np.testing.assert_allclose(per_lead[i], StandInClassifier(grounding_classes).classify(x[None])[0], rtol=1e-5)
+        np.testing.assert_array_equal(signals(plan_blocks(q)[0]), ecg)  # the source is unchanged
+
+
+def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, grounding_classes, train_questions):
+    qs = train_questions[:60]
+    distinct = {b.key for q in qs for b in plan_blocks(q)}
+    total = sum(len(plan_blocks(q)) for q in qs)
+    clf = StandInClassifier(grounding_classes)
+    g = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", batch_size=16, progress=False)
+    first = g.ground(qs)
+    assert g.n_forward == clf.rows == len(distinct) < total + 1
+    again = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", progress=False)
+    assert again.ground(qs) == first and again.n_forward == 0
+    other = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="another-checkpoint", progress=False)
+    other.ground(qs[:3])
+    assert other.n_forward == len({b.key for q in qs[:3] for b in plan_blocks(q)})  # stale cache discarded
+    # interpretations: classes scored > 0.5 with three decimals, highest first
+    interp = first[qs[0].sample_id][0]
+    scores = g.scores(interp.block)
+    expect = sorted(((c, round(float(s), 3)) for c, s in zip(grounding_classes, scores) if s > 0.5),
+                    key=lambda cs: (-cs[1], cs[0]))
+    assert list(interp.findings) == expect and expect
+
+
+# ----------------------------------------------------------------------------- prompts and parsing
+
+
+def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    interps = g.ground(list(every_type.values()))
+    for qtype, q in every_type.items():
+        text = build_prompt(q, interps[q.sample_id])[0]["content"]
+        blocks = re.findall(r"^Interpretation of the (.+?) \((.+?)\):$", text, re.M)
+        expected = [(b.ecg_label, b.subset) for b in plan_blocks(q)]
+        assert len(blocks) == len(expected), qtype
+        for (label, leads), (want_label, subset) in zip(blocks, expected):
+            assert label == want_label
+            group = LEAD_GROUPS[subset]
+            assert leads == ("all 12 leads" if len(group) == 12 else
+                             f"lead {group[0]} only" if len(group) == 1 else f"leads {', '.join(group)} only")
+        assert f"\nQuestion: {q.question}\n" in text
+        options = re.search(r"^Options: (.*)$", text, re.M).group(1).split("; ")
+        assert options == list(q.options) + ([] if qtype.endswith("verify") else ["None"]), qtype
+        assert text.rstrip().endswith(INSTRUCTION)
+        findings = re.findall(r"^- (.+): (\d\.\d{3})$", text, re.M)
+        assert findings and all(float(s) >= 0.5 and c in grounding_classes for c, s in findings), findings
+    assert "two ECGs" in build_prompt(every_type["comparison_irrelevant-query"], [])[0]["content"]
+
+
+def test_parse_reply_longest_first_case_insensitive():
+    assert parse_reply("Lead II", LEAD_OPTIONS + ["None"]) == (["lead II"], True)
+    assert parse_reply("lead III; LEAD I.", LEAD_OPTIONS) == (["lead I", "lead III"], True)
+    assert parse_reply("Lead aVF, lead V1", LEAD_OPTIONS)[0] == ["lead V1", "lead aVF"]
+    stages = ["early stage of myocardial infarction", "none of myocardial infarction", "None"]
+    assert parse_reply("None of myocardial infarction", stages) == (["none of myocardial infarction"], True)
+    assert parse_reply("None", stages) == ([], True)
+    big = ["bigeminal pattern (unknown origin, supraventricular, or ventricular)", "sinus rhythm", "None"]
+    assert parse_reply("Bigeminal pattern (unknown origin, supraventricular, or ventricular)", big)[0] == [big[0]]
+    assert parse_reply("I cannot tell from this.", ["no", "yes"]) == ([], False)
+    assert parse_reply("yes", ["no", "yes"]) == (["yes"], True)
+    assert parse_reply("eyes", ["no", "yes"]) == ([], False)  # whole phrases only
+
+
+# ----------------------------------------------------------------------------- client, store, resume
+
+
+def test_retry_after_is_honoured_and_backoff_grows(tmp_path):
+    class Resp:
+        def __init__(self, headers):
+            self.headers = headers
+
+    class Err(Exception):
+        def __init__(self, headers):
+            self.response = Resp(headers)
+
+    assert _retry_after(Err({"retry-after": "7"})) == 7.0
+    assert _retry_after(Err({"retry-after-ms": "250"})) == 0.25
+    assert _retry_after(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("m", store, base_url="http://127.0.0.1:9/v1", api_key="x", backoff_base=0.5,
+                            backoff_max=100, seed=0)
+        assert all(client._delay(a, Err({"retry-after": "30"})) >= 30 for a in range(4))
+        delays = [max(client._delay(a, Err({})) for _ in range(50)) for a in range(5)]
+        assert all(0.5 * 2**a * 0.8 < d <= 0.5 * 2**a for a, d in enumerate(delays))  # jittered, doubling caps
+
+
+class _closing:
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        self.store.close()
+
+
+def test_api_key_only_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MY_GATEWAY_KEY", KEY)
+    assert api_key_from_env("MY_GATEWAY_KEY") == KEY
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        api_key_from_env("OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="NAME"):
+        api_key_from_env(KEY)  # someone passed the key itself
+    assert api_key_from_env("OPENAI_API_KEY", base_url="http://localhost:8000/v1") == "not-needed"
+
+
+def test_retries_on_429_500_and_timeouts_then_succeeds(tmp_path, server):
+    server.state.faults = ["429", "500", "hang"]
+    server.state.retry_after = 0.05
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, timeout=1.0, max_retries=5,
+                            backoff_base=0.01)
+        messages = [{"role": "user", "content": "Question: ?\n\nOptions: no; yes"}]
+        out = ask_all(client, {"h1": messages}, progress=False)
+        assert out["h1"].ok and out["h1"].attempts == 4
+        assert store.get("fake", "h1").reply in ("no", "yes") and store.count() == 1
+    st = server.state.stats()
+    assert st["received"] == 4 and st["answered"] == 1
+    assert st["faulted"] == {"429": 1, "500": 1, "hang": 1}
+    assert server.state.tokens_seen == {KEY}
+
+
+def test_store_is_keyed_by_model_and_prompt_hash(tmp_path):
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        m = [{"role": "user", "content": "x"}]
+        assert store.put("a", prompt_hash(m), m, Response("yes", 3, 1))
+        assert not store.put("a", prompt_hash(m), m, Response("no", 3, 1))  # first write wins, no duplicate
+        assert store.put("b", prompt_hash(m), m, Response("no", 3, 1))
+        assert store.count() == 2 and store.get("a", prompt_hash(m)).reply == "yes"
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as again:
+        assert again.count("a") == 1 and again.get("b", prompt_hash(m)).completion_tokens == 1
+
+
+def _recompute(transcripts: list[dict], truth: dict[int, tuple[list[str], list[str]]]) -> dict:
+    """Independent EM from transcripts (own parser) and the release's answers."""
+    per: dict[str, list[bool]] = {}
+    for t in transcripts:
+        if t["status"] == "failed":
+            continue
+        opts = t["options"]
+        text = t["reply"].lower()
+        hits = []
+        for o in sorted(opts, key=len, reverse=True):
+            m = re.search(r"(?<![a-z0-9])" + re.escape(o.lower()) + r"(?![a-z0-9])", text)
+            if m:
+                hits.append(o)
+                text = text[: m.start()] + "#" * len(o) + text[m.end():]
+        predicted = {h for h in hits if h != "None"}
+        answer, valid = truth[t["sample_id"]]
+        true = {a for a in answer if a != "none"} & set(valid)
+        per.setdefault(t["question_type"], []).append(predicted == true)
+    flat = [c for v in per.values() for c in v]
+    return {"n": len(flat), "em": sum(flat) / len(flat),
+            "macro": sum(sum(v) / len(v) for v in per.values()) / len(per),
+            "per_qt": {k: (len(v), sum(v) / len(v)) for k, v in per.items()}}
+
+
+def test_evaluate_end_to_end_resume_and_failures(tmp_path, server, signals, grounding_classes, sample_paths,
+                                                 train_questions, valid_questions, capsys):
+    raw = {}
+    for split in ("train", "valid"):
+        for f in (sample_paths.ptbxl_release / "template" / split).glob("*.json"):
+            raw.update({s["sample_id"]: s for s in json.loads(f.read_text())})
+    chosen = sampling.stratified_sample(train_questions + valid_questions)
+    fail_q, nomatch_q = chosen[3], chosen[7]
+    server.state.fail_substring = f"Question: {fail_q.question}\n"
+    server.state.nomatch_substring = f"Question: {nomatch_q.question}\n"
+    same_fail = [q for q in chosen if q.question == fail_q.question]
+    same_nomatch = [q for q in chosen if q.question == nomatch_q.question]
+    grounder = Grounder(StandInClassifier(grounding_classes), signals, tmp_path / "g.jsonl", progress=False)
+    kwargs = dict(base_url=server.url, api_key=KEY, concurrency=4, timeout=5, max_retries=1, backoff_base=0.01,
+                  price_in=2.5, price_out=10.0, report_meta={"data": "sample", "split": "train+valid"}, progress=True)
+    report = evaluate(chosen, grounder, "fake-model", tmp_path / "out", **kwargs)
+
+    out = tmp_path / "out"
+    transcripts = [json.loads(p.read_text()) for p in sorted((out / "transcripts").glob("*.json"))]
+    assert len(transcripts) == len(chosen) == report["n_questions"]
+    # failed requests are recorded as failed, never scored
+    assert report["n_failed"] == len(same_fail) and report["failed_sample_ids"] == sorted(q.sample_id for q in same_fail)
+    assert {t["sample_id"] for t in transcripts if t["status"] == "failed"} == {q.sample_id for q in same_fail}
+    assert report["n_no_match"] == len(same_nomatch)
+    assert all(t["parsed"] == [] for t in transcripts if t["status"] == "no-match")
+    # report figures = independent recomputation from transcripts and the release answers
+    truth = {q.sample_id: (raw[q.sample_id]["answer"], list(q.options)) for q in chosen}
+    ind = _recompute(transcripts, truth)
+    assert report["n"] == ind["n"] == len(chosen) - len(same_fail)
+    assert math.isclose(report["em"], ind["em"]) and math.isclose(report["em_macro_question_type"], ind["macro"])
+    assert {k: (v["n"], v["em"]) for k, v in report["per_question_type"].items()} == pytest.approx(ind["per_qt"])
+    assert 0 < report["em"] < 1
+    ok = [t for t in transcripts if t["status"] != "failed"]
+    p_tok = sum(len(t["messages"][0]["content"].split()) for t in ok)
+    c_tok = sum(len(t["reply"].split()) for t in ok)
+    assert report["usage"] == {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok}
+    assert report["cost"]["total"] == pytest.approx(p_tok * 2.5e-6 + c_tok * 10e-6, abs=1e-6)
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["sample_id"] for p in preds] == [q.sample_id for q in chosen]
+    assert (out / "report.md").read_text().count("fake-model") >= 1
+    first_answered = server.state.stats()["answered"]
+    assert first_answered == len({t["prompt_hash"] for t in ok})
+
+    # re-run with the failure fixed: only the failed prompts are requested, nothing twice
+    server.state.fail_substring = None
+    before = server.state.stats()["received"]
+    report2 = evaluate(chosen, grounder, "fake-model", out, **kwargs)
+    failed_prompts = {t["prompt_hash"] for t in transcripts if t["status"] == "failed"}
+    assert server.state.stats()["received"] - before == len(failed_prompts)
+    assert report2["n_failed"] == 0 and report2["n"] == len(chosen)
+    assert server.state.stats()["max_answers_per_prompt"] == 1
+    # and once more: zero requests, identical report
+    before = server.state.stats()["received"]
+    report3 = evaluate(chosen, grounder, "fake-model", out, **kwargs)
+    assert server.state.stats()["received"] == before
+    assert report3 == report2
+    assert json.loads((out / "run_log.json").read_text())["requests_sent"] == 0
+
+    # the key never shows up in anything written or printed
+    captured = capsys.readouterr()
+    assert KEY not in captured.out + captured.err
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert KEY.encode() not in p.read_bytes(), p
+    assert server.state.tokens_seen == {KEY}
+
+
+def test_dry_run_writes_prompts_and_calls_nothing(tmp_path, server, signals, grounding_classes, train_questions,
+                                                  monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    qs = train_questions[:12]
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    summary = evaluate(qs, g, "fake-model", tmp_path / "dry", dry_run=True, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "dry" / "prompts.jsonl").read_text().splitlines()]
+    assert [x["sample_id"] for x in lines] == [q.sample_id for q in qs]
+    assert all(x["prompt_hash"] == prompt_hash(x["messages"]) for x in lines)
+    assert summary["chars"] == sum(len(x["messages"][0]["content"]) for x in lines)
+    assert server.state.stats()["received"] == 0
+    assert not (tmp_path / "dry" / "report.json").exists()
+    assert all(options_for(q) == ["no", "yes"] for q in qs)
