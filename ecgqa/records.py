@@ -40,28 +40,24 @@ def read_record(path: str | Path, fs: int | None = None) -> Record:
     header = path.with_name(path.name + ".hea")
     if not header.is_file():
         raise RecordError(f"record {path}: header {header} not found")
-    try:
-        head = wfdb.rdheader(str(path))
-    except Exception as e:  # wfdb raises a variety of types for bad headers
-        raise RecordError(f"record {path}: unreadable header ({e})") from e
-    order = _lead_order(head.sig_name, path)
-    for name in dict.fromkeys(head.file_name or []):
-        if not (path.parent / name).is_file():
-            raise RecordError(f"record {path}: signal file {path.parent / name} not found")
+    # One rdrecord call: wfdb's header parsing dominates the cost of reading a record.
     try:
         rec = wfdb.rdrecord(str(path), physical=True)
-    except Exception as e:
-        raise RecordError(f"record {path}: unreadable or truncated signal file ({e})") from e
+    except FileNotFoundError as e:
+        raise RecordError(f"record {path}: signal file {e.filename} not found") from e
+    except Exception as e:  # wfdb raises a variety of types for bad headers and short files
+        raise RecordError(f"record {path}: unreadable or truncated record ({e})") from e
+    order = _lead_order(rec.sig_name, path)
     data = rec.p_signal
-    if data is None or data.shape[0] != head.sig_len:
+    if data is None or data.shape[0] != rec.sig_len:
         got = 0 if data is None else data.shape[0]
-        raise RecordError(f"record {path}: truncated signal, {got} of {head.sig_len} samples")
+        raise RecordError(f"record {path}: truncated signal, {got} of {rec.sig_len} samples")
     out = np.ascontiguousarray(data.T[order], dtype=np.float32)
     bad = np.isnan(out).any(axis=1)
     if bad.any():
         leads = [LEADS[i] for i in np.flatnonzero(bad)]
         raise RecordError(f"record {path}: NaN values in leads {leads}")
-    rate = int(round(head.fs))
+    rate = int(round(rec.fs))
     if fs is not None and fs != rate:
         out = resample(out, rate, fs)
         rate = fs

@@ -148,13 +148,14 @@ def test_upperbound_build_of_the_sample(prepared_upperbound, sample_paths):
         grounding = [r["class"] for r in csv.DictReader(f)]
     assert data.classes == data.meta["grounding_classes"] == grounding and len(grounding) == 83
     assert len(data.meta["answer_classes"]) == 103
-    # every train question is "Does this ECG show <noise> in lead X?" → one label on lead X
+    # every train question is "Does this ECG show <noise>[ in lead X]?" → one label on lead X (or the entire ECG)
     samples = {s["sample_id"]: s for s in load_samples(sample_paths.ptbxl_release / "template" / "train")}
     rows = list(data.split("train"))
     seen = set()
     for row in rows:
         s = samples[row["sample_id"]]
-        lead = s["question"].rstrip("?").split(" in lead ")[1]
+        parts = s["question"].rstrip("?").split(" in lead ")
+        lead = parts[1] if len(parts) == 2 else "entire"
         assert row["lead_group"] == lead and row["ecg_id"] == s["ecg_id"]
         assert [grounding[c] for c in row["label_classes"]] == s["attribute"]
         assert row["label_values"] == [int(s["answer"] == ["yes"])]

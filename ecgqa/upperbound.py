@@ -1,0 +1,265 @@
+"""Single template questions → upperbound attribute-classification labels (ECGQA.md, "Upperbound classifiers").
+
+A question such as "Does this ECG show static noise in lead aVL?" answered "no" becomes the label
+(lead subset ``aVL``, attribute ``static noise``, 0). Attributes that carry a location
+("myocardial infarction in anterior leads") collapse to their base attribute and move the location
+into the lead subset. Lead subsets are keys of :data:`ecgqa.constants.LEAD_GROUPS`.
+
+The conversion has two steps, so that it streams over a whole release:
+
+1. :func:`convert` turns one QA sample into labels (pure, no state);
+2. :class:`UpperboundBuilder` collects the labels of a split, keeps each (ECG, lead subset,
+   attribute) once (a conflicting duplicate resolves to 0, as upstream resolved its
+   "myocardial infarction" with/without likelihood clash), and yields one row per
+   (source sample, ECG, lead subset) with every class that row labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ecgqa.constants import CHEST, LEAD_GROUPS, LEADS, LIMB
+
+#: Without a grounding class list, these (PTB-XL) attributes lose their lead location to the lead subset.
+LOCATED_BASES = ("myocardial infarction", "ischemic", "subendocardial injury")
+_LOCATED = re.compile(r"^(.+?) in (?:the )?(.+?) leads$")
+#: "... in lead aVL", "... in limb leads" inside a question: the subset the question is about.
+_QUESTION_LEAD = re.compile(r"\bin (?:lead (III|II|I|aVR|aVL|aVF|V[1-6])\b|(limb|chest) leads\b)")
+#: "What leads ..." questions about these voltage attributes are labelled per limb/chest group, not per lead.
+VOLTAGE_ATTRIBUTES = (
+    "voltage criteria (qrs) for left ventricular hypertrophy",
+    "low qrs voltages in the frontal and horizontal leads",
+    "high qrs voltage",
+)
+#: Query options that no verify question asks about, so they have no upperbound class.
+UNGROUNDED_OPTIONS = ("unknown stage of myocardial infarction", "none of myocardial infarction")
+EXCLUDING = "excluding uncertain symptoms"
+INCLUDING = "including uncertain symptoms"
+
+
+class UpperboundError(ValueError):
+    """A sample cannot be converted; the message names it."""
+
+
+@dataclass(frozen=True)
+class Label:
+    lead_group: str  # key of LEAD_GROUPS
+    attribute: str  # grounding class name
+    value: int  # 1 yes, 0 no
+
+
+def read_grounding_classes(path: str | Path) -> list[str]:
+    """The grounding classes (``index,class`` CSV, as shipped with ECG-QA's LLM experiments), in index order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected a grounding_class.csv with the columns index,class")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "class" not in rows[0]:
+        raise UpperboundError(f"{path}: expected the columns index,class")
+    return [row["class"] for row in rows]
+
+
+def bundled_grounding_classes(version: str) -> Path:
+    """The grounding class list shipped with the bundled sample for ``version`` (83 PTB-XL / 164 MIMIC)."""
+    from ecgqa import sample
+
+    return sample.paths().grounding / version / "grounding_class.csv"
+
+
+def split_location(attribute: str, classes: Collection[str] | None = None) -> tuple[str, str]:
+    """("myocardial infarction in anterior leads") → ("myocardial infarction", "anterior"); else (attribute, "entire").
+
+    With ``classes`` (the grounding classes) an attribute that is itself a class stays whole ("Broad R wave
+    in lateral leads", "low qrs voltages in the frontal and horizontal leads") and any other "X in G leads"
+    whose G is a lead group collapses to X. Without it only :data:`LOCATED_BASES` collapse.
+    """
+    if classes is not None and attribute in classes:
+        return attribute, "entire"
+    m = _LOCATED.match(attribute)
+    if m is None:
+        return attribute, "entire"
+    base, where = m.group(1), m.group(2)
+    if classes is None and base.lower() not in LOCATED_BASES:
+        return attribute, "entire"
+    if where not in LEAD_GROUPS:
+        if classes is None:
+            raise UpperboundError(
+                f"attribute {attribute!r}: unknown lead location {where!r}; expected one of {list(LEAD_GROUPS)}"
+            )
+        return attribute, "entire"
+    return base, where
+
+
+def question_lead_group(question: str) -> str | None:
+    """The lead subset a question names ("… in lead V2" → "V2", "… in limb leads" → "limb"), or None."""
+    m = _QUESTION_LEAD.search(question)
+    if m is None:
+        return None
+    return m.group(1) or m.group(2)
+
+
+def _range_head(name: str) -> str:
+    """"within the normal range of qt interval" → "within the normal range"."""
+    return name.split(" of ")[0]
+
+
+def _feature(name: str) -> str:
+    """"below the normal range of pr interval" → "pr interval"."""
+    return name.split(" of ", 1)[1] if " of " in name else name
+
+
+def _located(attrs: list[str], values: list[int], group: str | None, classes: Collection[str] | None) -> list[Label]:
+    out = []
+    for attr, value in zip(attrs, values):
+        base, where = split_location(attr, classes)
+        out.append(Label(group if group is not None else where, base, value))
+    return out
+
+
+def _uncertain(question: str, attrs: list[str], answer: list[str]) -> tuple[list[str], list[int]] | None:
+    """The "excluding/including uncertain symptoms" templates: only their certain half is a label."""
+    if EXCLUDING in question:  # answered options are certainly present
+        present = sorted(set(answer) - {"none"})
+        return present, [1] * len(present)
+    if INCLUDING in question:  # options not answered are certainly absent
+        absent = [a for a in attrs if a not in set(answer)]
+        return absent, [0] * len(absent)
+    return None
+
+
+def convert(sample: dict[str, Any], split: str, classes: Collection[str] | None = None) -> list[Label]:
+    """Upperbound labels of one *template* QA sample (empty for comparison questions and skipped cases).
+
+    Verify questions give one label ("not sure" answers are skipped); choose and query questions give
+    one label per attribute they mention or answer, in train/valid only (the test split keeps verify only).
+    ``classes`` (the grounding classes) decides which located attributes collapse (see :func:`split_location`).
+    """
+    qtype = sample["question_type"]
+    if not qtype.startswith("single"):
+        return []
+    kind = qtype.rsplit("-", 1)[1]
+    question = sample["question"]
+    answer = list(sample["answer"])
+    attrs = list(sample.get("attribute") or [])
+    if not attrs:
+        raise UpperboundError(f"sample {sample.get('sample_id')}: single question without attribute")
+    group = question_lead_group(question)
+
+    if kind == "verify":
+        if answer[0] == "not sure":
+            return []
+        yes = answer[0] == "yes"
+        if EXCLUDING in question and not yes:
+            return []  # "no" may still mean "uncertainly present"
+        if INCLUDING in question and yes:
+            return []  # "yes" may mean "only uncertainly present"
+        if " the normal range" in question:
+            return [Label(group or "entire", attrs[0], int(yes))]
+        return _located(attrs[:1], [int(yes)], group, classes)
+
+    if split == "test":
+        return []
+    if kind == "choose":
+        got = _uncertain(question, attrs, answer)
+        if got is not None:
+            return _located(*got, group, classes)
+        if " the normal range" in question:
+            heads = set(answer)
+            return _located(attrs, [int(_range_head(a) in heads) for a in attrs], group, classes)
+        return _located(attrs, [int(a in answer) for a in attrs], group, classes)
+
+    if kind != "query":
+        raise UpperboundError(f"sample {sample.get('sample_id')}: unknown question type {qtype!r}")
+    if group is not None:
+        return _located(attrs, [int(a in answer) for a in attrs], group, classes)
+    if question.startswith("What leads") or "which leads" in question.lower():
+        attr = attrs[0]
+        if attr in VOLTAGE_ATTRIBUTES:
+            groups = {"limb": LIMB, "chest": CHEST}
+            return [Label(g, attr, int(all(f"lead {lead}" in answer for lead in leads))) for g, leads in groups.items()]
+        return [Label(lead, attr, int(f"lead {lead}" in answer)) for lead in LEADS]
+    got = _uncertain(question, attrs, answer)
+    if got is not None:
+        return _located(*got, None, classes)
+    if answer and answer[0] in UNGROUNDED_OPTIONS:
+        return []
+    attrs = [a for a in attrs if a not in UNGROUNDED_OPTIONS]
+    if question.startswith("What range"):
+        heads = set(answer)
+        values = [int(_range_head(a) in heads) for a in attrs]
+    elif question.startswith("What numeric features"):
+        values = [int(_feature(a) in answer) for a in attrs]
+    else:
+        values = [int(a in answer) for a in attrs]
+    return _located(attrs, values, None, classes)
+
+
+@dataclass
+class UpperboundBuilder:
+    """Collects the labels of one split and yields deduplicated rows (see the module docstring).
+
+    Memory holds one small tuple per distinct (ECG, lead subset, class), never signals.
+    """
+
+    grounding_classes: list[str]
+    split: str
+    _index: dict[str, int] = field(init=False)
+    _labels: dict[tuple[int, str, int], list[int]] = field(init=False, default_factory=dict)  # key → [value, owner]
+    _owner_info: dict[int, tuple[str, str]] = field(init=False, default_factory=dict)
+    stats: Counter = field(init=False, default_factory=Counter)
+    unknown_attributes: Counter = field(init=False, default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._index = {c: i for i, c in enumerate(self.grounding_classes)}
+
+    def add(self, sample: dict[str, Any]) -> None:
+        sid = int(sample["sample_id"])
+        labels = convert(sample, self.split, self._index)
+        if not labels:
+            return
+        ecg_id = int(sample["ecg_id"][0])
+        self.stats["source_samples"] += 1
+        for label in labels:
+            cls = self._index.get(label.attribute)
+            if cls is None:
+                self.unknown_attributes[label.attribute] += 1
+                self.stats["labels_not_grounding_class"] += 1
+                continue
+            key = (ecg_id, label.lead_group, cls)
+            seen = self._labels.get(key)
+            if seen is None:
+                self._labels[key] = [label.value, sid]
+                self._owner_info.setdefault(sid, (sample["question_type"], sample["attribute_type"]))
+            elif seen[0] != label.value:
+                self.stats["labels_conflicting"] += 1
+                seen[0] = 0  # a clash (e.g. MI with and without likelihood) resolves to "no"
+            else:
+                self.stats["labels_duplicate"] += 1
+
+    def ecg_ids(self) -> set[int]:
+        return {k[0] for k in self._labels}
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """One row per (source sample, ECG, lead subset), ordered by sample id then lead subset."""
+        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+        for (ecg_id, group, cls), (value, owner) in self._labels.items():
+            grouped.setdefault((owner, ecg_id, group), []).append((cls, value))
+        for (owner, ecg_id, group) in sorted(grouped, key=lambda k: (k[0], k[2], k[1])):
+            pairs = sorted(grouped[(owner, ecg_id, group)])
+            qtype, atype = self._owner_info[owner]
+            yield {
+                "sample_id": owner,
+                "ecg_id": [ecg_id],
+                "lead_group": group,
+                "label_classes": [c for c, _ in pairs],
+                "label_values": [v for _, v in pairs],
+                "question_type": qtype,
+                "attribute_type": atype,
+            }
