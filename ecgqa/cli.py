@@ -13,6 +13,12 @@ from ecgqa import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ecgqa.quickstart", "run the main job on the bundled sample"),
     "map": ("mapping.cli", "join ECG-QA questions to local PTB-XL / MIMIC-IV-ECG records"),
+    "prepare": ("ecgqa.prepare", "build a prepared dataset (questions as Arrow + one signal store) for qa or upperbound"),
+    "train": ("ecgqa.train", "train a QA model or an upperbound classifier on a prepared directory"),
+    "evaluate": ("ecgqa.evaluate", "exact-match report of a checkpoint on a prepared split"),
+    "report": ("ecgqa.report", "tabulate evaluation reports side by side (Markdown)"),
+    "llm-eval": ("llm_eval.cli", "grounded LLM evaluation of any OpenAI-compatible model (sampled ECG-QA questions)"),
+    "serve": ("ecgqa.serve.cli", "HTTP demo: a web page and API to ask questions about ECGs with a trained model"),
 }
 
 

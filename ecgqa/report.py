@@ -132,8 +132,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "| precision | recall | AUC (micro) | AUC (macro over classes) |",
             "|---:|---:|---:|---:|",
-            f"| {_pct(labels.get('precision'))} | {_pct(labels.get('recall'))} | "
-            f"{_pct(labels.get('auc_micro'))} | {_pct(labels.get('auc_macro'))} |",
+            "| " + " | ".join(_pct(labels.get(k)) for k in ("precision", "recall", "auc_micro", "auc_macro")) + " |",
             "",
         ]
     per_class = report.get("per_class")
@@ -141,8 +140,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Per grounding class (on the samples that label it)",
             "",
-            f"AUC macro {_pct(report.get('auc_macro'))}, accuracy macro {_pct(report.get('accuracy_macro'))}, "
-            f"accuracy micro {_pct(report.get('accuracy_micro'))}.",
+            (
+                f"AUC macro {_pct(report.get('auc_macro'))}, accuracy macro {_pct(report.get('accuracy_macro'))}, "
+                f"accuracy micro {_pct(report.get('accuracy_micro'))}."
+            ),
             "",
             "| class | n | positives | accuracy | AUC |",
             "|---|---:|---:|---:|---:|",

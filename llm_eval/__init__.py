@@ -1,0 +1,2 @@
+"""Grounded LLM evaluation on ECG-QA: sampling, grounding with an upperbound classifier, prompts,
+an OpenAI-compatible client, a durable response store, and scoring (see docs/README-llm-eval.md)."""

@@ -4,7 +4,7 @@
 reply is the option(s) picked by a hash of the prompt, with usage counts (whitespace tokens). It can
 be told, through ``/control`` or attributes of :class:`FakeLLM`, to
 
-- return scripted faults to the next requests: ``"429"`` (with ``Retry-After``), ``"500"``,
+- return scripted faults to the next requests: ``"429"`` (with ``Retry-After``), ``"500"``, ``"401"``,
   ``"hang"`` (never answer; the handler ends when the client gives up and disconnects),
   ``"nomatch"`` (a reply matching no option);
 - always fail (500) or always reply off-option for prompts containing a substring;
@@ -103,6 +103,9 @@ def create_app(state: FakeLLM) -> FastAPI:
         if fault == "429":
             return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
                                 headers={"retry-after": str(state.retry_after)})
+        if fault == "401":  # like OpenAI, echo the key back: the harness must not store or print it
+            return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
+                                           "type": "invalid_request_error"}}, status_code=401)
         if fault == "500" or (state.fail_substring and state.fail_substring in prompt):
             return JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, status_code=500)
         if fault == "hang":
@@ -145,6 +148,9 @@ class FakeServer:
         self.state = state or FakeLLM()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this: without it the headers/body split of each response waits
+        # out the client's delayed ACK (~40 ms per request), which would swamp the benchmark's latency.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.state), log_level="warning", timeout_graceful_shutdown=1,
@@ -170,7 +176,7 @@ class FakeServer:
         self._thread.join(timeout=5)
         self._sock.close()
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

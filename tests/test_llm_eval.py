@@ -8,7 +8,6 @@ import json
 import math
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import wfdb
 
 from ecgqa.constants import LEAD_GROUPS, LEADS, QUESTION_TYPES, question_codes
 from llm_eval import sampling
-from llm_eval.client import ChatClient, _retry_after, api_key_from_env, ask_all
+from llm_eval.client import ChatClient, FatalEndpointError, _retry_after, api_key_from_env, ask_all
 from llm_eval.grounding import Block, Grounder, lead_subsets_in, plan_blocks
 from llm_eval.prompts import INSTRUCTION, build_prompt, options_for, prompt_hash
 from llm_eval.run import evaluate
@@ -229,9 +228,17 @@ def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, g
     assert g.n_forward == clf.rows == len(distinct) < total + 1
     again = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", progress=False)
     assert again.ground(qs) == first and again.n_forward == 0
-    other = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="another-checkpoint", progress=False)
-    other.ground(qs[:3])
-    assert other.n_forward == len({b.key for q in qs[:3] for b in plan_blocks(q)})  # stale cache discarded
+    with pytest.raises(ValueError, match="cache.jsonl holds classifier scores of another checkpoint"):
+        Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="another-checkpoint", progress=False)
+    with (tmp_path / "cache.jsonl").open("a") as f:
+        f.write('{"key": "1|entire", "scores": [0.1, 0.')  # a write torn by a crash is skipped, not fatal
+    torn = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", progress=False)
+    assert torn.ground(qs) == first and torn.n_forward == 0
+    torn.ground(train_questions[60:70])  # appends after the torn line...
+    n_new = torn.n_forward
+    after = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", progress=False)
+    after.ground(train_questions[:70])
+    assert n_new > 0 and after.n_forward == 0  # ...and every new record reads back
     # interpretations: classes scored > 0.5 with three decimals, highest first
     interp = first[qs[0].sample_id][0]
     scores = g.scores(interp.block)
@@ -248,7 +255,7 @@ def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
     interps = g.ground(list(every_type.values()))
     for qtype, q in every_type.items():
         text = build_prompt(q, interps[q.sample_id])[0]["content"]
-        blocks = re.findall(r"^Interpretation of the (.+?) \((.+?)\):$", text, re.M)
+        blocks = re.findall(r"^Interpretation of the (.+?) \((.+?)\):$", text, re.MULTILINE)
         expected = [(b.ecg_label, b.subset) for b in plan_blocks(q)]
         assert len(blocks) == len(expected), qtype
         for (label, leads), (want_label, subset) in zip(blocks, expected):
@@ -257,10 +264,10 @@ def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
             assert leads == ("all 12 leads" if len(group) == 12 else
                              f"lead {group[0]} only" if len(group) == 1 else f"leads {', '.join(group)} only")
         assert f"\nQuestion: {q.question}\n" in text
-        options = re.search(r"^Options: (.*)$", text, re.M).group(1).split("; ")
+        options = re.search(r"^Options: (.*)$", text, re.MULTILINE).group(1).split("; ")
         assert options == list(q.options) + ([] if qtype.endswith("verify") else ["None"]), qtype
         assert text.rstrip().endswith(INSTRUCTION)
-        findings = re.findall(r"^- (.+): (\d\.\d{3})$", text, re.M)
+        findings = re.findall(r"^- (.+): (\d\.\d{3})$", text, re.MULTILINE)
         assert findings and all(float(s) >= 0.5 and c in grounding_classes for c, s in findings), findings
     assert "two ECGs" in build_prompt(every_type["comparison_irrelevant-query"], [])[0]["content"]
 
@@ -340,6 +347,17 @@ def test_retries_on_429_500_and_timeouts_then_succeeds(tmp_path, server):
     assert server.state.tokens_seen == {KEY}
 
 
+def test_rejected_key_stops_the_run_without_showing_the_key(tmp_path, server):
+    server.state.faults = ["401"]
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, max_retries=3, backoff_base=0.01)
+        with pytest.raises(FatalEndpointError) as err:
+            ask_all(client, {"h": [{"role": "user", "content": "Options: no; yes"}]}, progress=False)
+        assert "401" in str(err.value) and KEY not in str(err.value) and KEY[:12] not in str(err.value)
+        assert store.count() == 0
+    assert server.state.stats()["received"] == 1  # not retried
+
+
 def test_store_is_keyed_by_model_and_prompt_hash(tmp_path):
     with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
         m = [{"role": "user", "content": "x"}]
@@ -388,8 +406,8 @@ def test_evaluate_end_to_end_resume_and_failures(tmp_path, server, signals, grou
     same_fail = [q for q in chosen if q.question == fail_q.question]
     same_nomatch = [q for q in chosen if q.question == nomatch_q.question]
     grounder = Grounder(StandInClassifier(grounding_classes), signals, tmp_path / "g.jsonl", progress=False)
-    kwargs = dict(base_url=server.url, api_key=KEY, concurrency=4, timeout=5, max_retries=1, backoff_base=0.01,
-                  price_in=2.5, price_out=10.0, report_meta={"data": "sample", "split": "train+valid"}, progress=True)
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 4, "timeout": 5, "max_retries": 1, "backoff_base": 0.01,
+                  "price_in": 2.5, "price_out": 10.0, "report_meta": {"data": "sample", "split": "train+valid"}, "progress": True}
     report = evaluate(chosen, grounder, "fake-model", tmp_path / "out", **kwargs)
 
     out = tmp_path / "out"

@@ -1,0 +1,137 @@
+"""LLM harness benchmark: request concurrency and grounding reuse, measured in one run.
+
+1. N prompts against the local fake OpenAI-compatible server (tests/fake_llm_server.py) with a fixed
+   per-request latency L, through the real ``openai`` client: wall time at each concurrency vs the
+   ideal bound N·L/concurrency, and the speed-up over concurrency 1.
+2. Grounding: classifier rows (forward passes of one (ECG, lead subset)) for the bundled sample's
+   questions with the per-(ECG, subset) cache, vs one per (question, lead block) without caching.
+
+    python benchmarks/llm_eval.py [-n 200] [--latency 0.05] [--concurrency 1 8 32] [--grounding CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecgqa import sample
+from llm_eval.client import ChatClient, ask_all
+from llm_eval.grounding import Grounder, plan_blocks
+from llm_eval.sampling import questions_from_release
+from llm_eval.store import ResponseStore
+
+
+class ServerProcess:
+    """The fake server in its own process, so it does not share the client's interpreter (GIL)."""
+
+    def __init__(self, latency: float):
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--latency",
+                                      str(latency)], stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the fake LLM server did not start")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def bench_concurrency(n: int, latency: float, levels: list[int]) -> None:
+    prompts = {f"h{i}": [{"role": "user", "content": f"Question {i}?\n\nOptions: no; yes"}] for i in range(n)}
+    print(f"## requests: N={n} prompts, latency L={latency * 1000:.0f} ms per request (local fake server)")
+    print(f"{'concurrency':>11} {'wall s':>8} {'bound N*L/c':>12} {'wall/bound':>11} {'speed-up vs c=1':>16}"
+          f" {'overhead ms/req':>16}")
+    base = None
+    with ServerProcess(latency) as server, tempfile.TemporaryDirectory() as tmp:
+        for c in levels:
+            store = ResponseStore(Path(tmp) / f"c{c}.sqlite")
+            client = ChatClient("bench", store, base_url=server.url, api_key="bench", concurrency=c, timeout=30)
+            t0 = time.perf_counter()
+            out = ask_all(client, prompts, progress=False)
+            wall = time.perf_counter() - t0
+            store.close()
+            assert all(o.ok for o in out.values()) and len(out) == n
+            base = wall if c == 1 or base is None else base
+            bound = n * latency / c
+            overhead = (wall - bound) / n * c * 1000  # per request, beyond L, as seen by one worker
+            print(f"{c:>11} {wall:>8.2f} {bound:>12.2f} {wall / bound:>11.2f} {base / wall:>16.2f} {overhead:>16.1f}")
+
+
+class Counting:
+    """Counts classifier rows; a stand-in unless a real upperbound checkpoint is given."""
+
+    def __init__(self, classes: list[str], predictor=None):
+        self.classes = classes
+        self.predictor = predictor
+        self.rows = 0
+
+    def classify(self, ecgs, lead_masks=None, batch_size=64):
+        self.rows += len(ecgs)
+        if self.predictor is not None:
+            return self.predictor.classify(ecgs, lead_masks, batch_size=batch_size)
+        return np.full((len(ecgs), len(self.classes)), 0.25, np.float32)
+
+
+def bench_grounding(grounding: Path | None) -> None:
+    from ecgqa.records import read_record
+    from ecgqa.upperbound import bundled_grounding_classes, read_grounding_classes
+
+    paths = sample.paths()
+    qs = questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid")
+    predictor = None
+    if grounding is not None:
+        import ecgqa
+
+        predictor = ecgqa.load(grounding)
+    classes = predictor.classes if predictor else read_grounding_classes(bundled_grounding_classes("ptbxl"))
+    signals: dict[int, np.ndarray] = {}
+
+    def signal_of(block):
+        if block.ecg_id not in signals:
+            rel = f"records500/{block.ecg_id // 1000 * 1000:05d}/{block.ecg_id:05d}_hr"
+            signals[block.ecg_id] = read_record(paths.ptbxl_records / rel).signal
+        return signals[block.ecg_id]
+
+    uncached = sum(len(plan_blocks(q)) for q in qs)
+    clf = Counting(classes, predictor)
+    g = Grounder(clf, signal_of, progress=False)
+    t0 = time.perf_counter()
+    g.ground(qs)
+    cached_s = time.perf_counter() - t0
+    print(f"\n## grounding: {len(qs)} questions of the bundled sample ({'real checkpoint' if predictor else 'stand-in'})")
+    print(f"classifier rows with the (ECG, subset) cache: {clf.rows}")
+    print(f"one per (question, lead block), no cache:     {uncached}")
+    print(f"ratio uncached / cached: {uncached / clf.rows:.2f}  (grounding wall {cached_s:.2f} s)")
+    again = Grounder(clf, signal_of, progress=False)
+    again.cache = g.cache
+    before = clf.rows
+    again.ground(qs)
+    print(f"a second pass over the same questions (cache warm): {clf.rows - before} rows")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=200)
+    p.add_argument("--latency", type=float, default=0.05)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--grounding", type=Path, help="an upperbound checkpoint (default: a counting stand-in)")
+    args = p.parse_args()
+    bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))
+    bench_grounding(args.grounding)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""M3AE-style QA model: separate ECG and text encoders joined by cross-attention fusion layers.
+
+- ECG encoder: the fusion model's conv feature extractor on each ECG, a token-type embedding per
+  slot (ECG1 / SEP+ECG2), then ``ecg_layers`` self-attention blocks over both ECGs together.
+- Text encoder: word + position embeddings and ``text_layers`` blocks, or any pretrained
+  ``transformers`` encoder (``text_encoder`` = path or hub id) followed by a linear projection.
+- Fusion: ``fusion_layers`` pairs of blocks; in each, the ECG stream self-attends and cross-attends
+  to the text stream and vice versa (both read the previous layer's other stream).
+- Head: mean-pool each stream over its real tokens, concatenate, Linear -> LayerNorm -> GELU -> Linear.
+
+Padding (question pads, a missing second ECG) is masked in every attention and pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from ecgqa.models.fusion import (
+    Block,
+    ConvFeatureExtractor,
+    QAConfigMixin,
+    QAOutput,
+    QAPreTrainedModel,
+    build_text_encoder,
+    masked_mean,
+)
+
+
+class M3AEConfig(QAConfigMixin, PretrainedConfig):
+    model_type = "ecgqa-m3ae"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_heads: int = 12,
+        ffn_size: int = 3072,
+        ecg_layers: int = 6,
+        text_layers: int = 6,
+        fusion_layers: int = 3,
+        dropout: float = 0.1,
+        conv_channels: int = 256,
+        conv_layers: int = 4,
+        conv_kernel: int = 2,
+        conv_stride: int = 2,
+        pos_conv_kernel: int = 65,
+        pos_conv_groups: int = 16,
+        classes: list[str] | None = None,
+        rate: int = 500,
+        signal_length: int = 5000,
+        model_name: str = "m3ae-small",
+        vocab_size: int = 30522,
+        max_question_len: int = 64,
+        pad_token_id: int = 0,
+        text_encoder: str | None = None,
+        text_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.ffn_size = ffn_size
+        self.ecg_layers = ecg_layers
+        self.text_layers = text_layers
+        self.fusion_layers = fusion_layers
+        self.dropout = dropout
+        self.conv_channels = conv_channels
+        self.conv_layers = conv_layers
+        self.conv_kernel = conv_kernel
+        self.conv_stride = conv_stride
+        self.pos_conv_kernel = pos_conv_kernel
+        self.pos_conv_groups = pos_conv_groups
+        self._init_common(classes, rate, signal_length, model_name, vocab_size, max_question_len, text_encoder,
+                          text_config)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+class M3AEModel(QAPreTrainedModel):
+    config_class = M3AEConfig
+
+    def __init__(self, config: M3AEConfig) -> None:
+        super().__init__(config)
+        c = config
+        D = c.hidden_size
+
+        def blocks(n: int, cross: bool = False) -> nn.ModuleList:
+            return nn.ModuleList(Block(D, c.num_heads, c.ffn_size, c.dropout, cross=cross) for _ in range(n))
+
+        # ECG side
+        self.ecg_encoder = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride, D,
+                                                c.pos_conv_kernel, c.pos_conv_groups, c.dropout)
+        self.sep = nn.Parameter(torch.zeros(1, 1, D))
+        self.ecg_type_emb = nn.Embedding(2, D)
+        self.ecg_blocks = blocks(c.ecg_layers)
+        self.ecg_ln = nn.LayerNorm(D)
+        # text side
+        self.text_encoder = build_text_encoder(c)
+        if self.text_encoder is None:
+            self.word_emb = nn.Embedding(c.vocab_size, D, padding_idx=c.pad_token_id)
+            self.pos_emb = nn.Embedding(c.max_question_len, D)
+            self.text_emb_norm = nn.LayerNorm(D)
+            self.text_blocks = blocks(c.text_layers)
+        else:
+            self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, D)
+        self.text_ln = nn.LayerNorm(D)
+        # fusion
+        self.fusion_ecg = blocks(c.fusion_layers, cross=True)
+        self.fusion_text = blocks(c.fusion_layers, cross=True)
+        self.ln_ecg, self.ln_text = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.head = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes))
+        self.drop = nn.Dropout(c.dropout)
+        self.post_init()
+
+    def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = ecg.shape[0]
+        tokens = self.ecg_encoder(ecg.flatten(0, 1)).unflatten(0, (B, 2))  # (B, 2, N, D)
+        N = tokens.shape[2]
+        e1 = tokens[:, 0] + self.ecg_type_emb.weight[0]
+        e2 = torch.cat([self.sep.expand(B, 1, -1), tokens[:, 1]], 1) + self.ecg_type_emb.weight[1]
+        x = self.drop(torch.cat([e1, e2], 1))
+        mask = torch.cat([ecg_mask[:, :1].expand(B, N), ecg_mask[:, 1:].expand(B, N + 1)], 1)
+        for block in self.ecg_blocks:
+            x = block(x, mask)
+        return self.ecg_ln(x), mask
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.text_encoder is not None:
+            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.text_ln(self.text_proj(hidden))
+        if input_ids.shape[1] > self.config.max_question_len:
+            raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
+                             f"{self.config.max_question_len}; truncate it when tokenizing")
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.drop(self.text_emb_norm(self.word_emb(input_ids) + self.pos_emb(pos)[None]))
+        mask = attention_mask.to(torch.bool)
+        for block in self.text_blocks:
+            x = block(x, mask)
+        return self.text_ln(x)
+
+    def forward(
+        self,
+        ecg: torch.Tensor,
+        input_ids: torch.Tensor,
+        ecg_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **unused: Any,
+    ) -> QAOutput:
+        """ecg (B, 2, 12, T), ecg_mask (B, 2) bool, input_ids / attention_mask (B, L), labels (B, C) multi-hot."""
+        if ecg_mask is None:
+            ecg_mask = torch.ones(ecg.shape[0], 2, dtype=torch.bool, device=ecg.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        e, e_mask = self.encode_ecg(ecg, ecg_mask.to(torch.bool))
+        t_mask = attention_mask.to(torch.bool)
+        t = self.encode_text(input_ids, attention_mask)
+        for ecg_block, text_block in zip(self.fusion_ecg, self.fusion_text):
+            e, t = ecg_block(e, e_mask, t, t_mask), text_block(t, t_mask, e, e_mask)
+        pooled = torch.cat([masked_mean(self.ln_ecg(e), e_mask), masked_mean(self.ln_text(t), t_mask)], -1)
+        logits = self.head(pooled)
+        return QAOutput(loss=self.qa_loss(logits, labels), logits=logits)

@@ -1,0 +1,71 @@
+"""``ecgqa llm-eval`` (also ``python -m llm_eval``): grounded evaluation of an OpenAI-compatible model.
+
+The API key is read from ``OPENAI_API_KEY`` or the environment variable ``--api-key-env`` names;
+there is deliberately no option that takes the key itself (it would land in shell history and ps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "grounded LLM evaluation of any OpenAI-compatible model (sampled ECG-QA questions)"
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser
+    p.add_argument("--data", type=Path, required=True, help="prepared QA directory (`ecgqa prepare`, task qa)")
+    p.add_argument("--grounding", type=Path, required=True, help="upperbound checkpoint directory (`ecgqa train`)")
+    p.add_argument("--model", required=True, help="model name sent to the endpoint (e.g. gpt-4o)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
+    p.add_argument("--split", default="test", help="split to sample from (default: test)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (re-use it to resume)")
+    p.add_argument("--fraction", type=float, default=0.1, help="fraction of each qt3 stratum (default 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
+    p.add_argument("--ids-file", type=Path, help="evaluate exactly these sample ids (one per line or a JSON list)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                   help="NAME of the environment variable holding the API key (default OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
+    p.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts before giving up")
+    p.add_argument("--max-tokens", type=int, default=256, help="reply length cap (0 = no cap)")
+    p.add_argument("--price-in", type=float, help="price per 1M prompt tokens, for the cost estimate")
+    p.add_argument("--price-out", type=float, help="price per 1M completion tokens, for the cost estimate")
+    p.add_argument("--store", type=Path, help="response store (default OUT/responses.sqlite); share it across runs")
+    p.add_argument("--grounding-cache", type=Path, help="classifier score cache (default OUT/grounding_cache/…)")
+    p.add_argument("--device", help="device for the grounding classifier (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=64, help="grounding batch size")
+    p.add_argument("--dry-run", action="store_true", help="write all prompts (OUT/prompts.jsonl); call no model")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_eval.run import run_llm_eval
+
+    report = run_llm_eval(
+        args.data, args.grounding, args.model, args.out, split=args.split, fraction=args.fraction, seed=args.seed,
+        ids_file=args.ids_file, device=args.device, batch_size=args.batch_size, grounding_cache=args.grounding_cache,
+        progress=not args.quiet, base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
+        timeout=args.timeout, max_retries=args.max_retries, max_tokens=args.max_tokens or None,
+        price_in=args.price_in, price_out=args.price_out, store_path=args.store, dry_run=args.dry_run,
+    )
+    if args.dry_run:
+        return 0
+    # A run with failed requests is incomplete: say so in the exit status (re-run to retry them).
+    return 3 if report.get("n_failed") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure(argparse.ArgumentParser(prog="python -m llm_eval", description=HELP))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

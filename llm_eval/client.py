@@ -1,0 +1,220 @@
+"""Asking an OpenAI-compatible chat endpoint, politely and durably.
+
+The official ``openai`` (>= 1.0) ``AsyncOpenAI`` client talks to OpenAI or any compatible server
+(vLLM, Ollama, llama.cpp, a gateway) through ``--base-url``. The key comes from an environment
+variable (``OPENAI_API_KEY`` or the one ``--api-key-env`` names), never from the command line, and is
+never printed. Requests run with temperature 0 under a semaphore (``--concurrency``); 429s, 5xx,
+timeouts and dropped connections are retried with exponential backoff and full jitter, waiting at
+least what ``Retry-After`` asks. A request that still fails is reported as failed, so the scorer can
+leave it out instead of counting it wrong. Every success is committed to the store before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from llm_eval.store import Response, ResponseStore
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+PLACEHOLDER_KEY = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) ignore the key
+
+
+def api_key_from_env(env_name: str = DEFAULT_KEY_ENV, base_url: str | None = None) -> str:
+    """The API key from the named environment variable (the name, not the key, is what users pass)."""
+    if env_name.startswith("sk-") or len(env_name) > 64:
+        raise ValueError("--api-key-env takes the NAME of an environment variable holding the key, not the key itself")
+    key = os.environ.get(env_name)
+    if key:
+        return key
+    if base_url:
+        return PLACEHOLDER_KEY
+    raise ValueError(f"no API key: set the environment variable {env_name} (or name another one with --api-key-env)")
+
+
+class FatalEndpointError(RuntimeError):
+    """The endpoint rejects every request (bad key, unknown model, wrong URL): the run stops."""
+
+
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}")
+
+
+def redact(text: str, key: str | None = None) -> str:
+    """Error text safe to store and print: the key, and anything shaped like one, masked."""
+    if key and len(key) >= 8:
+        text = text.replace(key, "***")
+    return _KEYLIKE.sub(r"\1***", text)
+
+
+@dataclass
+class Outcome:
+    """The result of one prompt: a response, or the error that remained after all retries."""
+
+    prompt_hash: str
+    response: Response | None = None
+    error: str | None = None
+    attempts: int = 0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                return None  # an HTTP date: fall back to our own backoff
+    return None
+
+
+class ChatClient:
+    """Bounded-concurrency chat completions with retries, writing through to a ResponseStore."""
+
+    def __init__(
+        self,
+        model: str,
+        store: ResponseStore,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        max_tokens: int | None = 256,
+        seed: int | None = None,
+    ):
+        from openai import AsyncOpenAI
+
+        if concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, not {concurrency}")
+        self.model = model
+        self.store = store
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_tokens = max_tokens
+        self._rng = random.Random(seed)
+        self._key = api_key or api_key_from_env(base_url=base_url)
+        # The client's own retries are off: ours honour Retry-After and record every attempt.
+        self._client = AsyncOpenAI(base_url=base_url, api_key=self._key, timeout=timeout, max_retries=0)
+        self.requests_sent = 0
+
+    def _delay(self, attempt: int, exc: Exception) -> float:
+        backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * self._rng.random()  # full jitter
+        hint = _retry_after(exc)
+        return max(backoff, hint) if hint is not None else backoff
+
+    async def _ask(self, prompt_hash: str, messages: list[dict[str, str]]) -> Outcome:
+        import openai
+
+        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+        outcome = Outcome(prompt_hash)
+        for attempt in range(self.max_retries + 1):
+            outcome.attempts = attempt + 1
+            try:
+                self.requests_sent += 1
+                kwargs = {"max_tokens": self.max_tokens} if self.max_tokens else {}
+                completion = await self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, **kwargs
+                )
+            except retryable as e:
+                status = getattr(e, "status_code", None)
+                outcome.error = redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}", self._key)
+                if attempt == self.max_retries:
+                    break
+                await asyncio.sleep(self._delay(attempt, e))
+                continue
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                # Every other request would fail the same way: stop now instead of recording thousands of failures.
+                raise FatalEndpointError(
+                    f"the endpoint refused the request ({e.status_code} {type(e).__name__}): "
+                    + ("check the API key in the environment variable you named (the key is not shown)"
+                       if e.status_code in (401, 403) else f"check --model {self.model!r} and --base-url")
+                    + f"; server said: {redact(str(e), self._key)}"
+                ) from None
+            except openai.APIStatusError as e:  # 400, 422...: retrying will not help this prompt
+                outcome.error = redact(f"{type(e).__name__} {e.status_code}: {e}", self._key)
+                break
+            choice = completion.choices[0] if completion.choices else None
+            usage = completion.usage
+            outcome.response = Response(
+                reply=(choice.message.content or "") if choice else "",
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                response_model=completion.model,
+                finish_reason=choice.finish_reason if choice else None,
+            )
+            outcome.error = None
+            # Committed (fsync'd, on the writer thread so the event loop keeps going) before it counts as
+            # done or anyone scores it: a crash after this line loses nothing.
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.store.put, self.model, prompt_hash, messages, outcome.response
+            )
+            break
+        return outcome
+
+    async def run(
+        self,
+        prompts: dict[str, list[dict[str, str]]],
+        on_done: Callable[[Outcome], None] | None = None,
+    ) -> dict[str, Outcome]:
+        """Answer every prompt (hash → messages) not already in the store."""
+        out: dict[str, Outcome] = {}
+        todo = {}
+        for h, messages in prompts.items():
+            cached = self.store.get(self.model, h)
+            if cached is not None:
+                out[h] = Outcome(h, cached, cached=True)
+            else:
+                todo[h] = messages
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(h: str, messages: list[dict[str, str]]) -> None:
+            async with sem:
+                result = await self._ask(h, messages)
+            out[h] = result
+            if on_done is not None:
+                on_done(result)
+
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-eval-store")
+        try:
+            await asyncio.gather(*(one(h, m) for h, m in todo.items()))
+        finally:
+            self._writer.shutdown(wait=True)
+            await self._client.close()
+        return out
+
+
+def ask_all(client: ChatClient, prompts: dict[str, list[dict[str, str]]], progress: bool = True) -> dict[str, Outcome]:
+    """Synchronous wrapper with a progress bar over the prompts that need a request."""
+    from tqdm.auto import tqdm
+
+    n_todo = sum(1 for h in prompts if not client.store.has(client.model, h))
+    bar = tqdm(total=n_todo, desc=f"asking {client.model}", unit="q", disable=not progress or n_todo == 0, file=sys.stderr)
+
+    def on_done(o: Outcome) -> None:
+        bar.update(1)
+        if not o.ok:
+            bar.set_postfix_str(f"failed: {o.error[:60] if o.error else ''}")
+
+    try:
+        return asyncio.run(client.run(prompts, on_done))
+    finally:
+        bar.close()

@@ -1,0 +1,86 @@
+"""The durable response store: every reply is committed here before it is scored.
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash or a SIGKILL, a torn
+transaction is rolled back on the next open, and the primary key (model, prompt hash) makes a
+response impossible to record twice. A re-run looks every prompt up first, so answered prompts cost
+no request at all; only failed or missing ones are sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    model TEXT NOT NULL,
+    prompt_hash TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    response_model TEXT,
+    finish_reason TEXT,
+    messages TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, prompt_hash)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Response:
+    reply: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    response_model: str | None = None
+    finish_reason: str | None = None
+
+
+class ResponseStore:
+    """(model, prompt hash) → response, on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # One connection, shared with the client's writer thread under a lock (puts run off the event loop).
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise RuntimeError(f"{self.path}: not a usable response store ({e}); move it aside or pick --store") from e
+        self._lock = threading.Lock()
+
+    def get(self, model: str, prompt_hash: str) -> Response | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT reply, prompt_tokens, completion_tokens, response_model, finish_reason FROM responses "
+                "WHERE model = ? AND prompt_hash = ?",
+                (model, prompt_hash),
+            ).fetchone()
+        return Response(*row) if row else None
+
+    def has(self, model: str, prompt_hash: str) -> bool:
+        return self.get(model, prompt_hash) is not None
+
+    def put(self, model: str, prompt_hash: str, messages: list[dict[str, str]], response: Response) -> bool:
+        """Commit one response (durably); False when it was already there (first write wins)."""
+        row = (model, prompt_hash, response.reply, int(response.prompt_tokens), int(response.completion_tokens),
+               response.response_model, response.finish_reason, json.dumps(messages, ensure_ascii=False), time.time())
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return cur.rowcount == 1
+
+    def count(self, model: str | None = None) -> int:
+        with self._lock:
+            if model is None:
+                return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM responses WHERE model = ?", (model,)).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
