@@ -99,6 +99,10 @@ def evaluate(
         "split": split,
         "threshold": 0.5,
     }
+    seen = _trained_on(checkpoint, predictor, prepared, split)
+    if seen:
+        base["note"] = seen
+        print(f"warning: {seen}", file=sys.stderr)
     run_split = _evaluate_qa if predictor.task == "qa" else _evaluate_upperbound
     with _atomic_lines(out / "predictions.jsonl") as write_line:
         extra = run_split(predictor, prepared, table, write_line, batch_size=batch_size, progress=progress)
@@ -107,6 +111,21 @@ def evaluate(
     write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(out / "report.md", render_markdown(report))
     return report
+
+
+def _trained_on(checkpoint: Path, predictor: Any, prepared: Any, split: str) -> str | None:
+    """A warning when ``split`` is the very data the checkpoint was trained on (its EM is not a test score)."""
+    options = checkpoint / "train_options.json"
+    meta = getattr(predictor, "meta", None) or {}
+    if not options.is_file() or meta.get("content_hash") != prepared.meta.get("content_hash"):
+        return None
+    try:
+        train_split = json.loads(options.read_text()).get("train_split")
+    except json.JSONDecodeError:
+        return None
+    if train_split != split:
+        return None
+    return f"{checkpoint} was trained on split {split!r} of this prepared data; this EM is a training score"
 
 
 def _check_compatible(predictor: Any, prepared: Any, checkpoint: Path, data_path: Path) -> None:

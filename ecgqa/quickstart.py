@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of ECGs held out (default 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the ECG hold-out and training (default 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these small models gain nothing from more, and on a "
+                        "shared machine extra threads made steps ~4x slower)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"models to train (default: {' '.join(MODELS)})")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -117,7 +120,18 @@ def _time_limit(seconds: float):
 def run(args: argparse.Namespace) -> int:
     import os
 
+    import torch
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ecgqa import sample
     from ecgqa.evaluate import evaluate
     from ecgqa.prepare import prepare

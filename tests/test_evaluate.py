@@ -154,6 +154,7 @@ def test_evaluate_em_equals_independent_recomputation(qa_checkpoint, prepared_te
     summary, _ = _recompute(out, test_release)
     _assert_report_matches(report, summary)
     assert report["kind"] == "qa" and report["split"] == "test" and report["checkpoint"] == str(qa_checkpoint)
+    assert "note" not in report
     assert set(report["per_question_type"]) == {"single-verify", "single-choose", "single-query",
                                                 "comparison_consecutive-verify", "comparison_irrelevant-query"}
     assert 0 <= report["label_metrics"]["precision"] <= 1 and report["label_metrics"]["n_decisions"] > 0
@@ -208,6 +209,7 @@ def test_evaluate_upperbound_per_class_metrics(upperbound_checkpoint, prepared_u
     report = evaluate(upperbound_checkpoint, prepared_upperbound, "train", out, progress=False)
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert report["kind"] == "upperbound" and report["n"] == len(lines) > 0
+    assert "trained on split 'train'" in report["note"]  # the only split with samples: flagged, not hidden
     release = {s["sample_id"]: s for s in json.loads((mapped_sample / "template/train/120000.json").read_text())}
     per_class = defaultdict(lambda: ([], []))
     for x in lines:

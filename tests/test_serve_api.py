@@ -461,3 +461,47 @@ def test_upload_errors(client, sample_paths, case, words):
     assert r.status_code == 422, r.text
     assert words in r.json()["detail"]
     assert "/tmp" not in r.json()["detail"]  # never reveal the server's temporary folder
+
+
+def test_question_index_choose_options_and_fallback(space, data, release):
+    """A reworded choose question takes the classes it names (longest first: "lead II" is not "lead I")."""
+    from ecgqa.serve.questions import QuestionIndex
+
+    index = {c: i for i, c in enumerate(space.classes)}
+    rows = [
+        {"question": "Which lead shows static noise, lead V1 or lead aVR?", "question_type": "single-choose",
+         "attribute_type": "noise", "template_id": 900, "ecg_id": [RECORD],
+         "valid_classes": sorted([index["lead V1"], index["lead aVR"]])},
+        {"question": "Which lead shows static noise, lead III or lead I?", "question_type": "single-choose",
+         "attribute_type": "noise", "template_id": 900, "ecg_id": [RECORD],
+         "valid_classes": sorted([index["lead III"], index["lead I"], index["lead II"]])},
+    ]
+    qi = QuestionIndex.from_rows(list(space.classes), rows)
+    m = qi.match("which lead shows static noise: lead II or lead I")
+    assert m.source == "similar" and m.question_type == "single-choose" and m.n_ecgs == 1
+    assert [space.classes[c] for c in m.valid_classes] == ["lead I", "lead II"]
+    exact = qi.match("WHICH lead shows static noise,  lead V1 or lead aVR")
+    assert exact.source == "dataset" and exact.valid_classes == rows[0]["valid_classes"]
+    assert qi.match("tell me a joke").source == "fallback"
+
+    from_data = QuestionIndex.from_prepared(data)
+    s = next(x for x in release if x["question"] == "Does this ECG show baseline drift?")
+    m = from_data.match("Does this ECG show baseline drift?")
+    assert m.source == "dataset" and m.valid_classes == space.valid_classes(s)
+    assert m.template_id == s["template_id"]
+
+
+def test_create_app_refuses_a_mismatched_model(predictor, data):
+    from ecgqa.serve.app import create_app
+
+    class Proxy:
+        def __init__(self, **attrs):
+            self.__dict__.update(attrs)
+
+        def __getattr__(self, name):
+            return getattr(predictor, name)
+
+    with pytest.raises(ValueError, match="needs a QA checkpoint"):
+        create_app(Proxy(task="upperbound"), data)
+    with pytest.raises(ValueError, match="not in the model's answer space"):
+        create_app(Proxy(classes=list(predictor.classes)[:50]), data)

@@ -129,6 +129,8 @@ def test_example_click_and_visible_error(page, artefacts):
                            timeout=30_000)
     assert "comparison_irrelevant-query" in page.inner_text("#answer-meta")
     assert page.locator("#answer").is_visible()
+    assert page.locator("#bars li").count() > 2  # one confidence bar per option
+    page.screenshot(path=str(artefacts / "serve_comparison.png"), full_page=True)
     assert page.locator("#fig2").is_visible()
 
     page.select_option("#ecg2", "")  # a comparison question about a single ECG
@@ -137,4 +139,25 @@ def test_example_click_and_visible_error(page, artefacts):
     assert "second ECG" in page.inner_text("#error-text")
     assert page.locator("#answer").is_hidden()
     page.screenshot(path=str(artefacts / "serve_error.png"))
+    assert not page.js_errors
+
+
+def test_upload_a_record_from_the_page(page, sample_paths, tmp_path):
+    folder = sample_paths.ptbxl_records / "records500" / "00000"
+    files = []
+    for suffix in (".hea", ".dat"):
+        target = tmp_path / f"00005_hr{suffix}"
+        target.write_bytes((folder / f"00005_hr{suffix}").read_bytes())
+        files.append(str(target))
+    page.click("#upload-box summary")
+    page.set_input_files("#upload", files)
+    page.wait_for_function("document.getElementById('cap1').textContent.includes('uploaded')", timeout=30_000)
+    page.wait_for_function("document.getElementById('plot1').naturalWidth > 0")
+    assert page.locator("#ecg1").is_disabled()
+    page.fill("#question", "Does this ECG show baseline drift?")
+    page.click("#ask")
+    page.wait_for_function("document.getElementById('answer-meta').textContent.includes('noise')", timeout=30_000)
+    assert sorted(t.strip() for t in page.locator("#bars li .name").all_inner_texts()) == ["no", "yes"]
+    page.click("#clear-upload")
+    assert page.locator("#ecg1").is_enabled()
     assert not page.js_errors

@@ -245,6 +245,12 @@ class QAPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
+    def _init_head(self, head: nn.Linear) -> None:
+        # LeCun-normal (std 1/sqrt(fan_in)): unit-variance logits at init. With std 0.02 a narrow model's head
+        # passes almost no gradient back, and the encoder collapses to one answer for every question first.
+        nn.init.normal_(head.weight, std=head.in_features**-0.5)
+        nn.init.zeros_(head.bias)
+
     @staticmethod
     def qa_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         if labels is None:
@@ -277,6 +283,7 @@ class FusionModel(QAPreTrainedModel):
         n_parts = 2 * c.use_ecg + c.use_text
         self.head = nn.Linear(n_parts * c.hidden_size, c.num_classes)
         self.post_init()
+        self._init_head(self.head)
 
     def embed_question(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.text_encoder is not None:

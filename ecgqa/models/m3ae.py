@@ -112,6 +112,7 @@ class M3AEModel(QAPreTrainedModel):
         self.head = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes))
         self.drop = nn.Dropout(c.dropout)
         self.post_init()
+        self._init_head(self.head[-1])
 
     def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B = ecg.shape[0]
