@@ -14,14 +14,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 THRESHOLD = 0.5
 
-ECGs = Union[np.ndarray, Sequence[np.ndarray]]
+ECGs = np.ndarray | Sequence[np.ndarray]
 
 
 @dataclass

@@ -255,8 +255,8 @@ def train(
         train_ds = ECGQADataset(data, train_split, tokenizer=tokenizer, max_question_len=max_question_len)
         eval_ds = ECGQADataset(data, eval_split, tokenizer=tokenizer, max_question_len=max_question_len) if eval_split else None
         collate, label_names = collate_qa, ["labels", "valid_mask"]
-        model_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or 0,
-                            max_question_len=max_question_len)
+        model_kwargs = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id or 0,
+                            "max_question_len": max_question_len}
     else:
         if text_encoder:
             raise ValueError("--text-encoder applies to QA models only")
@@ -277,13 +277,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     trainer_dir = out / TRAINER_DIR
     if eval_steps:
-        strategy = dict(eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps)
+        strategy = {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps}
     elif eval_ds is not None:
-        strategy = dict(eval_strategy="epoch", save_strategy="epoch")
+        strategy = {"eval_strategy": "epoch", "save_strategy": "epoch"}
     elif save_steps:
-        strategy = dict(eval_strategy="no", save_strategy="steps", save_steps=save_steps)
+        strategy = {"eval_strategy": "no", "save_strategy": "steps", "save_steps": save_steps}
     else:
-        strategy = dict(eval_strategy="no", save_strategy="epoch")
+        strategy = {"eval_strategy": "no", "save_strategy": "epoch"}
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     args = TrainingArguments(
         output_dir=str(trainer_dir),

@@ -159,7 +159,11 @@ def test_missing_second_ecg_is_masked(name, qa_batch, qa_data):
 
 @pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
 def test_learns_a_tiny_batch(name, qa_batch, ub_batch, qa_data):
-    """A few dozen AdamW steps drive the loss down and reach 100 % train exact match."""
+    """At most 150 AdamW steps on 8 samples drive the loss down and reach 100 % train exact match.
+
+    Proves learning, not just running: blind must memorise questions that differ in one word, deaf the
+    ECGs alone, and the comparison samples need both ECG slots.
+    """
     from ecgqa.losses import labelled_bce
 
     torch.manual_seed(4)
@@ -167,26 +171,28 @@ def test_learns_a_tiny_batch(name, qa_batch, ub_batch, qa_data):
     qa = task_of(name) == "qa"
     batch = qa_batch if qa else ub_batch
     inputs = _inputs(batch, name)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2 if qa else 3e-3)
-    losses = []
-    for _ in range(40):
+    labels = batch["labels"].numpy()
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-3, betas=(0.9, 0.98))
+    losses, correct = [], np.zeros(8, dtype=bool)
+    for step in range(150):
+        model.train()
         logits = model(**inputs).logits
         loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"]) if qa
                 else labelled_bce(logits, batch["labels"], batch["label_mask"]))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
-    model.eval()
-    with torch.no_grad():
-        probs = torch.sigmoid(model(**inputs).logits).numpy()
-    labels = batch["labels"].numpy()
-    if qa:
-        correct = exact_match(probs, labels, batch["valid_mask"].numpy())
-    else:
-        correct = upperbound_correct(probs, labels, batch["label_mask"].numpy())
+        losses.append(loss.item())
+        if step % 10 == 9:
+            model.eval()  # the upperbound models' batch norm: judge what inference would answer
+            with torch.no_grad():
+                probs = torch.sigmoid(model(**inputs).logits).numpy()
+            correct = (exact_match(probs, labels, batch["valid_mask"].numpy()) if qa
+                       else upperbound_correct(probs, labels, batch["label_mask"].numpy()))
+            if correct.all():
+                break
     assert losses[-1] < 0.5 * losses[0], losses
-    assert correct.all(), (name, correct, losses[-5:])
+    assert correct.all(), (name, step + 1, correct, losses[-5:])
 
 
 def test_pretrained_text_encoder(tmp_path, qa_batch, qa_data):

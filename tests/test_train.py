@@ -129,8 +129,8 @@ def test_upperbound_predictor_zeroes_leads_in_a_copy(upperbound_checkpoint, prep
 
 def test_resume_continues_where_it_stopped(prepared_upperbound, tmp_path):
     """2 epochs of 4 steps; stopping after 3 and resuming gives the uninterrupted run's steps, epochs and weights."""
-    opts = dict(epochs=2, batch_size=128, lr=3e-3, warmup=0, save_steps=2, logging_steps=1, quiet=True,
-                overrides=tiny("se-wrn"), seed=3)
+    opts = {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup": 0, "save_steps": 2, "logging_steps": 1, "quiet": True,
+                "overrides": tiny("se-wrn"), "seed": 3}
     full = train(prepared_upperbound, "se-wrn", tmp_path / "full", **opts)
     part = tmp_path / "part"
     train(prepared_upperbound, "se-wrn", part, stop_after=3, **opts)
@@ -177,7 +177,7 @@ def test_torchrun_two_processes_cli(prepared_qa, tmp_path):
            "--model", "fusion-small", "--tiny", "--out", str(out), "--max-steps", "4", "--batch-size", "8",
            "--eval-steps", "2", "--logging-steps", "1", "--workers", "0", "--lr", "3e-3", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("checkpoint: ") == 1  # only rank 0 reports
     options = json.loads((out / "train_options.json").read_text())

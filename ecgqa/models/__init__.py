@@ -18,7 +18,7 @@ from ecgqa.models.fusion import FusionConfig, FusionModel
 from ecgqa.models.m3ae import M3AEConfig, M3AEModel
 from ecgqa.models.upperbound import UpperboundConfig, UpperboundModel
 
-_BASE = dict(hidden_size=768, num_heads=12, ffn_size=3072)
+_BASE = {"hidden_size": 768, "num_heads": 12, "ffn_size": 3072}
 
 #: name -> (config class, defaults). The QA models answer over meta["classes"] of a qa prepared
 #: directory, the upperbound ones classify its grounding classes (task "upperbound").
@@ -29,19 +29,19 @@ MODELS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
     "deaf": (FusionConfig, dict(_BASE, num_layers=8, use_text=False)),
     "m3ae-small": (M3AEConfig, dict(_BASE, ecg_layers=4, text_layers=4, fusion_layers=2)),
     "m3ae-base": (M3AEConfig, dict(_BASE, ecg_layers=12, text_layers=12, fusion_layers=6)),
-    "se-wrn": (UpperboundConfig, dict(arch="se-wrn", base_width=16, widen=4, blocks_per_stage=2, stages=3)),
-    "resnet-attn": (UpperboundConfig, dict(arch="resnet-attn", base_width=64, blocks_per_stage=2, stages=4)),
+    "se-wrn": (UpperboundConfig, {"arch": "se-wrn", "base_width": 16, "widen": 4, "blocks_per_stage": 2, "stages": 3}),
+    "resnet-attn": (UpperboundConfig, {"arch": "resnet-attn", "base_width": 64, "blocks_per_stage": 2, "stages": 4}),
 }
 
 #: Tiny widths per config class, for tests, CI and CPU smoke runs (``create_model(name, **tiny(name))``).
 #: Strided convs 4x4 turn 5000 samples into 19 ECG tokens instead of 312: small, not cropped.
-_TINY_CONV = dict(conv_channels=8, conv_kernel=4, conv_stride=4, pos_conv_kernel=5, pos_conv_groups=4)
+_TINY_CONV = {"conv_channels": 8, "conv_kernel": 4, "conv_stride": 4, "pos_conv_kernel": 5, "pos_conv_groups": 4}
 TINY: dict[type[PretrainedConfig], dict[str, Any]] = {
     FusionConfig: dict(_TINY_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0),
     M3AEConfig: dict(_TINY_CONV, hidden_size=32, num_heads=2, ffn_size=64, ecg_layers=1, text_layers=1,
                      fusion_layers=1, dropout=0.0),
-    UpperboundConfig: dict(base_width=8, widen=1, blocks_per_stage=1, stages=2, stem_stride=4, kernel_size=5,
-                           attn_hidden=16, dropout=0.0),
+    UpperboundConfig: {"base_width": 8, "widen": 1, "blocks_per_stage": 1, "stages": 2, "stem_stride": 4,
+                       "kernel_size": 5, "attn_hidden": 16, "dropout": 0.0},
 }
 
 
@@ -115,5 +115,18 @@ def load_model(path: str | Path) -> PreTrainedModel:
     return MODEL_CLASSES[model_type].from_pretrained(str(path))
 
 
-__all__ = ["MODELS", "TINY", "create_config", "create_model", "load_model", "task_of", "tiny", "FusionConfig", "FusionModel",
-           "M3AEConfig", "M3AEModel", "UpperboundConfig", "UpperboundModel"]
+__all__ = [
+    "MODELS",
+    "TINY",
+    "FusionConfig",
+    "FusionModel",
+    "M3AEConfig",
+    "M3AEModel",
+    "UpperboundConfig",
+    "UpperboundModel",
+    "create_config",
+    "create_model",
+    "load_model",
+    "task_of",
+    "tiny",
+]

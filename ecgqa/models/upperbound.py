@@ -144,6 +144,8 @@ class UpperboundModel(PreTrainedModel):
         self.pool = AttentionPool(width, c.attn_hidden) if c.arch == "resnet-attn" else None
         self.head = nn.Linear(width, c.num_classes)
         self.post_init()
+        nn.init.normal_(self.head.weight, std=width**-0.5)  # unit-variance logits at init (see fusion._init_head)
+        nn.init.zeros_(self.head.bias)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv1d):
