@@ -300,6 +300,7 @@ def train(
         lr_scheduler_type=schedule,
         warmup_steps=warmup if warmup < 1 else int(warmup),
         bf16=precision == "bf16",
+        use_cpu=precision != "fp32" and not torch.cuda.is_available(),  # CPU autocast; the Trainer wants it said
         fp16=precision == "fp16",
         seed=seed,
         logging_steps=logging_steps,

@@ -191,3 +191,12 @@ def test_torchrun_two_processes_cli(prepared_qa, tmp_path):
     answer = predictor.answer(np.zeros((12, 5000), dtype=np.float32), "Does this ECG show static noise in lead I?",
                               ["yes", "no"])
     assert set(answer.scores) == {"yes", "no"}
+
+
+def test_set_overrides_parse_json_values():
+    from ecgqa.train import _parse_overrides
+
+    assert _parse_overrides(["hidden_size=64", "use_ecg=false", "dropout=0.2", "text_encoder=bert"]) == {
+        "hidden_size": 64, "use_ecg": False, "dropout": 0.2, "text_encoder": "bert"}
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        _parse_overrides(["hidden_size"])
