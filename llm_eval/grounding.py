@@ -195,13 +195,16 @@ class ScoreCache:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a write torn by a crash; that reading is simply recomputed
-            self.scores[rec["key"]] = np.asarray(rec["scores"], dtype=np.float32)
+            self.scores[rec["key"]] = np.asarray(rec["scores"], dtype=np.float64)
 
     def __contains__(self, key: str) -> bool:
         return key in self.scores
 
     def add(self, items: dict[str, np.ndarray]) -> None:
-        self.scores.update(items)
+        # Keep in memory exactly what the file keeps (6 decimals, float64, which JSON round-trips), so a
+        # resumed run that reads the cache writes the same prompts as the run that computed the scores.
+        rounded = {key: [round(float(x), 6) for x in s] for key, s in items.items()}
+        self.scores.update({key: np.asarray(v, dtype=np.float64) for key, v in rounded.items()})
         if self.path is None or not items:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +215,8 @@ class ScoreCache:
             elif self._torn_tail:  # end the torn line so the next record starts on its own
                 f.write("\n")
                 self._torn_tail = False
-            for key, s in items.items():
-                f.write(json.dumps({"key": key, "scores": [round(float(x), 6) for x in s]}) + "\n")
+            for key, values in rounded.items():
+                f.write(json.dumps({"key": key, "scores": values}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
