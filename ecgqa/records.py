@@ -57,7 +57,7 @@ def read_record(path: str | Path, fs: int | None = None) -> Record:
     if bad.any():
         leads = [LEADS[i] for i in np.flatnonzero(bad)]
         raise RecordError(f"record {path}: NaN values in leads {leads}")
-    rate = int(round(rec.fs))
+    rate = round(rec.fs)
     if fs is not None and fs != rate:
         out = resample(out, rate, fs)
         rate = fs
