@@ -27,9 +27,11 @@ class ReleaseError(ValueError):
     """A release file is missing or malformed; the message names the file (and sample)."""
 
 
-def _read_class_csv(path: Path) -> list[str]:
+def read_class_csv(path: str | Path) -> list[str]:
+    """Class names of an ``index,class`` CSV (answers.csv, grounding_class.csv, qa_class.csv), in file order."""
+    path = Path(path)
     if not path.is_file():
-        raise ReleaseError(f"{path} not found: expected an ECG-QA release version folder holding answers.csv")
+        raise ReleaseError(f"{path} not found: expected an ECG-QA class list with the columns index,class")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "class" not in rows[0]:
@@ -47,7 +49,7 @@ class AnswerSpace:
     @classmethod
     def from_release(cls, release_dir: str | Path) -> AnswerSpace:
         release_dir = Path(release_dir)
-        classes = tuple(c for c in _read_class_csv(release_dir / "answers.csv") if c != NONE)
+        classes = tuple(c for c in read_class_csv(release_dir / "answers.csv") if c != NONE)
         path = release_dir / "answers_for_each_template.csv"
         if not path.is_file():
             raise ReleaseError(f"{path} not found")

@@ -16,7 +16,6 @@ The conversion has two steps, so that it streams over a whole release:
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.constants import CHEST, LEAD_GROUPS, LEADS, LIMB
+from ecgqa.release import read_class_csv
 
 #: Without a grounding class list, these (PTB-XL) attributes lose their lead location to the lead subset.
 LOCATED_BASES = ("myocardial infarction", "ischemic", "subendocardial injury")
@@ -55,15 +55,8 @@ class Label:
 
 
 def read_grounding_classes(path: str | Path) -> list[str]:
-    """The grounding classes (``index,class`` CSV, as shipped with ECG-QA's LLM experiments), in index order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a grounding_class.csv with the columns index,class")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "class" not in rows[0]:
-        raise UpperboundError(f"{path}: expected the columns index,class")
-    return [row["class"] for row in rows]
+    """The grounding classes (``grounding_class.csv``, as shipped with ECG-QA's LLM experiments), in index order."""
+    return read_class_csv(path)
 
 
 def bundled_grounding_classes(version: str) -> Path:
