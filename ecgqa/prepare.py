@@ -130,7 +130,12 @@ def detect_version(mapped: Path) -> str:
     answers = Path(mapped) / "answers.csv"
     if answers.is_file():
         n = sum(1 for _ in answers.open()) - 2  # header and "none"
-        return {103: "ptbxl", 187: "mimic-iv-ecg"}.get(n, "ptbxl")
+        version = {103: "ptbxl", 187: "mimic-iv-ecg"}.get(n)
+        if version is None:
+            raise PrepareError(
+                f"{answers}: {n} answer classes match neither PTB-XL (103) nor MIMIC-IV-ECG (187); pass --version"
+            )
+        return version
     raise PrepareError(f"{mapped}: cannot tell the ECG-QA version (no mapping_report.json or answers.csv); pass --version")
 
 
@@ -250,7 +255,7 @@ def prepare(
     Raises PrepareError after the full record scan when records are bad and ``drop_bad`` is false.
     """
     from ecgqa.release import SPLITS, AnswerSpace, load_shard
-    from ecgqa.upperbound import bundled_grounding_classes, read_grounding_classes
+    from ecgqa.upperbound import UpperboundError, bundled_grounding_classes, read_grounding_classes
 
     start = time.perf_counter()
     mapped, out = Path(mapped_dir), Path(out)
@@ -321,7 +326,10 @@ def prepare(
                 if split not in splits:
                     continue
                 if task == "upperbound":
-                    builders[split].add(sample)
+                    try:
+                        builders[split].add(sample)
+                    except UpperboundError as e:
+                        raise PrepareError(f"{shard}: {e}") from e
                 ecg_paths = sample.get("ecg_path")
                 if not ecg_paths or len(ecg_paths) != len(sample["ecg_id"]):
                     raise PrepareError(
@@ -434,7 +442,7 @@ def _write_signals(
     """Stream every unique record into ``signals.npy`` (rows in ascending ecg id order).
 
     Rows arrive in order (``imap`` keeps it), so the file is written front to back after its
-    ``.npy`` header: no memmap pages pile up in RAM, only one record per reader is in flight.
+    ``.npy`` header: no memmap pages pile up in RAM, and at most one window of records is in flight.
     Returns (ecg_ids of the stored rows, {bad id: reason}, number of records cropped/padded).
     Bad rows are compacted away afterwards, so the store only ever holds readable ECGs.
     """
@@ -458,7 +466,8 @@ def _write_signals(
                 ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
                 with ctx.Pool(num_proc) as pool:
                     chunk = max(1, min(16, len(items) // (num_proc * 8)))
-                    for ecg_id, sig, err, adj in pool.imap(_read_one, items, chunksize=chunk):
+                    results = _bounded_imap(pool, _read_one, items, chunk, window=num_proc * chunk * 8)
+                    for ecg_id, sig, err, adj in results:
                         adjusted += _store_row(f, ecg_id, sig, err, bad, length) and adj
                         bar.update()
             else:
@@ -474,6 +483,17 @@ def _write_signals(
         ids = ids[keep]
     np.save(build / "ecg_ids.npy", ids)
     return ids, bad, int(adjusted)
+
+
+def _bounded_imap(pool: Any, fn: Any, items: list, chunksize: int, window: int) -> Iterator[Any]:
+    """``pool.imap`` in order, but with at most ``window`` items submitted and not yet consumed.
+
+    A bare ``imap`` over every record lets the workers run arbitrarily far ahead of the writer: its
+    results are buffered in RAM (120 kB per 10 s ECG), e.g. behind one slow read at the front of the
+    ordered queue. Submitting window by window bounds that buffer at any dataset size.
+    """
+    for start in range(0, len(items), window):
+        yield from pool.imap(fn, items[start : start + window], chunksize=chunksize)
 
 
 def _store_row(f: Any, ecg_id: int, sig: Any, err: str | None, bad: dict[int, str], length: int) -> bool:

@@ -88,7 +88,10 @@ class AnswerSpace:
         interval" → "above the normal range"); all others: the template's classes minus none.
         """
         if sample["question_type"].endswith("choose"):
-            names = [self._choose_option(a, where) for a in sample["attribute"] or []]
+            if not sample.get("attribute"):
+                # with no options every prediction would be an exact match over an empty set
+                raise ReleaseError(f"{where}choose question without attribute options")
+            names = [self._choose_option(a, where) for a in sample["attribute"]]
         else:
             tid = int(sample["template_id"])
             if tid not in self.template_classes:

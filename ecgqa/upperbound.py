@@ -108,6 +108,11 @@ def _feature(name: str) -> str:
     return name.split(" of ", 1)[1] if " of " in name else name
 
 
+def _with_answered(attrs: list[str], answer: list[str]) -> list[str]:
+    """The attributes a query mentions, then any it answers without mentioning ("mention or answer")."""
+    return attrs + [a for a in answer if a not in attrs and a != "none" and a not in UNGROUNDED_OPTIONS]
+
+
 def _located(attrs: list[str], values: list[int], group: str | None, classes: Collection[str] | None) -> list[Label]:
     out = []
     for attr, value in zip(attrs, values):
@@ -141,8 +146,8 @@ def convert(sample: dict[str, Any], split: str, classes: Collection[str] | None 
     question = sample["question"]
     answer = list(sample["answer"])
     attrs = list(sample.get("attribute") or [])
-    if not attrs:
-        raise UpperboundError(f"sample {sample.get('sample_id')}: single question without attribute")
+    if not attrs or not answer:
+        raise UpperboundError(f"sample {sample.get('sample_id')}: single question without attribute or answer")
     group = question_lead_group(question)
 
     if kind == "verify":
@@ -171,6 +176,7 @@ def convert(sample: dict[str, Any], split: str, classes: Collection[str] | None 
     if kind != "query":
         raise UpperboundError(f"sample {sample.get('sample_id')}: unknown question type {qtype!r}")
     if group is not None:
+        attrs = _with_answered(attrs, answer)
         return _located(attrs, [int(a in answer) for a in attrs], group, classes)
     if question.startswith("What leads") or "which leads" in question.lower():
         attr = attrs[0]
@@ -190,6 +196,7 @@ def convert(sample: dict[str, Any], split: str, classes: Collection[str] | None 
     elif question.startswith("What numeric features"):
         values = [int(_feature(a) in answer) for a in attrs]
     else:
+        attrs = _with_answered(attrs, answer)
         values = [int(a in answer) for a in attrs]
     return _located(attrs, values, None, classes)
 

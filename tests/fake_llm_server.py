@@ -4,7 +4,8 @@
 reply is the option(s) picked by a hash of the prompt, with usage counts (whitespace tokens). It can
 be told, through ``/control`` or attributes of :class:`FakeLLM`, to
 
-- return scripted faults to the next requests: ``"429"`` (with ``Retry-After``), ``"500"``, ``"401"``,
+- return scripted faults to the next requests: ``"429"`` (with ``Retry-After``), ``"408"``, ``"409"``,
+  ``"500"``, ``"401"``,
   ``"hang"`` (never answer; the handler ends when the client gives up and disconnects),
   ``"nomatch"`` (a reply matching no option);
 - always fail (500) or always reply off-option for prompts containing a substring;
@@ -106,6 +107,8 @@ def create_app(state: FakeLLM) -> FastAPI:
         if fault == "401":  # like OpenAI, echo the key back: the harness must not store or print it
             return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
                                            "type": "invalid_request_error"}}, status_code=401)
+        if fault in ("408", "409"):  # request / lock timeout: worth retrying
+            return JSONResponse({"error": {"message": "request timed out", "type": "timeout"}}, status_code=int(fault))
         if fault == "500" or (state.fail_substring and state.fail_substring in prompt):
             return JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, status_code=500)
         if fault == "hang":

@@ -4,10 +4,12 @@ local server (retries, failures, resume), with a stand-in grounding classifier o
 from __future__ import annotations
 
 import csv
+import email.utils
 import json
 import math
 import re
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -193,6 +195,10 @@ def test_plan_blocks_per_question_kind(every_type):
     irr = plan_blocks(every_type["comparison_irrelevant-query"])
     assert [b.ecg_label for b in irr] == ["first ECG", "second ECG"]
     assert [b.ecg_id for b in irr] == list(every_type["comparison_irrelevant-query"].ecg_ids)
+    # "first degree av block" is a class, not the first ECG: a consecutive question keeps previous/recent
+    av = synthetic("comparison_consecutive-verify", "Has first degree av block newly appeared in the later ECG "
+                   "compared to the earlier one?", ["no", "yes"], ["no"], ecg_ids=(16, 17), attribute_type="scp_code")
+    assert [b.ecg_label for b in plan_blocks(av)] == ["previous ECG", "recent ECG"]
     both = plan_blocks(every_type["comparison_irrelevant-verify"])  # a lead named in a comparison question
     assert [(b.ecg_label, b.subset) for b in both] == [("first ECG", "V2"), ("second ECG", "V2")]
 
@@ -245,6 +251,20 @@ def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, g
     expect = sorted(((c, round(float(s), 3)) for c, s in zip(grounding_classes, scores) if s > 0.5),
                     key=lambda cs: (-cs[1], cs[0]))
     assert list(interp.findings) == expect and expect
+
+
+@pytest.mark.parametrize("left_behind", ["", '{"fingerprint": "ab'])
+def test_cache_killed_before_its_header_was_written_starts_afresh(tmp_path, signals, grounding_classes,
+                                                                  train_questions, left_behind):
+    """A kill between creating the cache file and completing its header line must not block every later run."""
+    path = tmp_path / "cache.jsonl"
+    path.write_text(left_behind)
+    qs = train_questions[:5]
+    g = Grounder(StandInClassifier(grounding_classes), signals, path, fingerprint="abc", progress=False)
+    first = g.ground(qs)
+    assert g.n_forward > 0
+    again = Grounder(StandInClassifier(grounding_classes), signals, path, fingerprint="abc", progress=False)
+    assert again.ground(qs) == first and again.n_forward == 0
 
 
 # ----------------------------------------------------------------------------- prompts and parsing
@@ -300,7 +320,10 @@ def test_retry_after_is_honoured_and_backoff_grows(tmp_path):
 
     assert _retry_after(Err({"retry-after": "7"})) == 7.0
     assert _retry_after(Err({"retry-after-ms": "250"})) == 0.25
-    assert _retry_after(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+    assert _retry_after(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # an HTTP date, long past
+    soon = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 < _retry_after(Err({"retry-after": soon})) <= 30  # an HTTP date is honoured too
+    assert _retry_after(Err({"retry-after": "soon"})) is None
     with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
         client = ChatClient("m", store, base_url="http://127.0.0.1:9/v1", api_key="x", backoff_base=0.5,
                             backoff_max=100, seed=0)
@@ -345,6 +368,15 @@ def test_retries_on_429_500_and_timeouts_then_succeeds(tmp_path, server):
     assert st["received"] == 4 and st["answered"] == 1
     assert st["faulted"] == {"429": 1, "500": 1, "hang": 1}
     assert server.state.tokens_seen == {KEY}
+
+
+def test_request_and_lock_timeouts_are_retried(tmp_path, server):
+    server.state.faults = ["408", "409"]
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, max_retries=3, backoff_base=0.01)
+        out = ask_all(client, {"h": [{"role": "user", "content": "Options: no; yes"}]}, progress=False)
+        assert out["h"].ok and out["h"].attempts == 3 and store.count() == 1
+    assert server.state.stats()["faulted"] == {"408": 1, "409": 1}
 
 
 def test_rejected_key_stops_the_run_without_showing_the_key(tmp_path, server):

@@ -245,3 +245,16 @@ def test_predictor_inputs_match_the_data_loader(qa_data, qa_batch, tmp_path):
     for i, answer in enumerate(answers):
         for name, score in answer.scores.items():
             assert score == pytest.approx(probs[i, qa_data.classes.index(name)], abs=1e-5)
+
+
+def test_default_conv_feature_extractor_gives_312_tokens_for_5000_samples():
+    # ECGQA.md: 4 layers, 256 channels, kernel 2, stride 2: 5000 samples -> 312 tokens
+    from ecgqa.models import create_config
+    from ecgqa.models.fusion import ConvFeatureExtractor
+
+    c = create_config("fusion-small")
+    assert (c.conv_layers, c.conv_channels, c.conv_kernel, c.conv_stride) == (4, 256, 2, 2)
+    fe = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride, 64, c.pos_conv_kernel,
+                              c.pos_conv_groups, 0.0)
+    with torch.no_grad():
+        assert fe(torch.zeros(1, 12, 5000)).shape == (1, 312, 64)

@@ -312,6 +312,57 @@ def test_bad_records_fail_after_full_scan_or_are_dropped(tmp_path, sample_paths)
                                rtol=1e-3, atol=2e-3)
 
 
+def test_signal_reads_are_submitted_in_bounded_windows(tmp_path, monkeypatch):
+    """With --num-proc, results must not pile up in RAM: the pool never gets every record at once."""
+    import ecgqa.prepare as prep
+
+    submitted = []
+
+    class FakePool:
+        def __init__(self, n):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap(self, fn, iterable, chunksize=1):
+            batch = list(iterable)  # a real Pool's task feeder takes everything it is given
+            submitted.append(len(batch))
+            return map(fn, batch)
+
+    class FakeContext:
+        Pool = FakePool
+
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: FakeContext())
+    paths = {i: str(tmp_path / f"missing{i}") for i in range(200, 0, -1)}  # unreadable: listed as bad, in order
+    ids, bad, _ = prep._write_signals(tmp_path, paths, 500, 10, num_proc=2, progress=False)
+    assert sum(submitted) == 200 and max(submitted) < 200 and len(submitted) > 1
+    assert list(bad) == sorted(paths) and len(ids) == 0
+
+
+def test_unknown_answer_space_size_is_an_error_not_ptbxl(tmp_path):
+    from ecgqa.prepare import detect_version
+
+    (tmp_path / "answers.csv").write_text("index,class\n0,yes\n1,no\n2,none\n")
+    with pytest.raises(PrepareError, match=r"answers.csv: 2 answer classes.*--version"):
+        detect_version(tmp_path)
+
+
+def test_upperbound_conversion_errors_name_the_shard(tmp_path, sample_paths):
+    bad = qa(21, 26, "single-verify", "noise", "Does this ECG show static noise?", ["no"], [2], None)
+    release = make_release(tmp_path / "release", sample_paths.ptbxl_release, {"train": [bad]})
+    records = copy_ptbxl_records(tmp_path / "ptbxl", sample_paths.ptbxl_records, [2])
+    mapped = tmp_path / "mapped"
+    map_release("ptbxl", release, records, mapped, progress=False)
+    with pytest.raises(PrepareError, match=r"template/train/0\.json: sample 21"):
+        prepare(mapped, tmp_path / "out", task="upperbound", progress=False)
+
+
 # ------------------------------------------------------------------------------------------- MIMIC
 
 

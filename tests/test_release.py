@@ -53,6 +53,8 @@ def test_choose_valid_classes_and_none():
     verify = {"question_type": "single-verify", "attribute_type": "scp_code", "template_id": 9, "answer": ["yes"], "attribute": ["x"]}
     assert encode_sample(space, verify)["valid_classes"] == [0, 1]
     assert space.encode(["none of myocardial infarction"]) == [4]  # a real class, not the empty answer
+    with pytest.raises(ReleaseError, match="sample 8: choose question without attribute options"):
+        encode_sample(space, {**choose, "attribute": None}, where="sample 8: ")
     with pytest.raises(ReleaseError, match="sample 7: unknown answer class 'maybe'"):
         space.encode(["maybe"], where="sample 7: ")
 

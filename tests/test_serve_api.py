@@ -308,6 +308,19 @@ def test_request_body_over_limit_is_413(client):
     assert r.status_code == 413
 
 
+def test_compressed_upload_that_inflates_past_the_limit_is_413(client):
+    """A small .npz of zeros can decompress to gigabytes: the limit applies to what it inflates to."""
+    from ecgqa.serve.app import MAX_UPLOAD_BYTES
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, signal=np.zeros((12, 400_000)))  # ~40 kB on the wire, 38 MB in memory
+    assert len(buf.getvalue()) < MAX_UPLOAD_BYTES / 100
+    for path, data in (("/api/answer/upload", {"question": "Any noise?", "rate": "500"}), ("/api/plot", {"rate": "500"})):
+        r = client.post(path, files={"files": ("bomb.npz", buf.getvalue())}, data=data)
+        assert r.status_code == 413, r.text
+        assert "bomb.npz" in r.json()["detail"] and "decompresses" in r.json()["detail"]
+
+
 def test_model_failure_is_500_with_an_id_and_details_only_in_the_log(predictor, data, caplog):
     from ecgqa.serve.app import create_app, get_predictor
 

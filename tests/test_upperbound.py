@@ -161,3 +161,16 @@ def test_builder_skips_attributes_outside_the_grounding_classes(cls):
     b = UpperboundBuilder([cls], "train")
     b.add(qa("Does this ECG show static noise?", "single-verify", ["static noise"], ["no"], atype="noise"))
     assert list(b.rows()) == [] and b.unknown_attributes == {"static noise": 1}
+
+
+def test_query_labels_answered_attributes_it_does_not_mention():
+    # ECGQA.md: "one label per attribute they mention or answer"
+    q = qa("What kind of noises does this ECG show?", "single-query", ["static noise"], ["burst noise"], atype="noise")
+    assert convert(q, "train", PTBXL) == [Label("entire", "static noise", 0), Label("entire", "burst noise", 1)]
+    in_lead = {**q, "question": "What kind of noises does this ECG show in lead V2?"}
+    assert convert(in_lead, "valid", PTBXL) == [Label("V2", "static noise", 0), Label("V2", "burst noise", 1)]
+    mi = qa("What symptoms does this ECG show?", "single-query", ["first degree av block"],
+            ["myocardial infarction in inferior leads"])
+    assert convert(mi, "train", PTBXL) == [Label("entire", "first degree av block", 0),
+                                           Label("inferior", "myocardial infarction", 1)]
+    assert convert({**q, "answer": ["none"]}, "train", PTBXL) == [Label("entire", "static noise", 0)]

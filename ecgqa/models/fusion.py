@@ -146,12 +146,6 @@ class ConvFeatureExtractor(nn.Module):
         pos = F.gelu(self.pos_conv(x.transpose(1, 2)))[..., : x.shape[1]].transpose(1, 2)
         return self.drop(x + pos)
 
-    @staticmethod
-    def num_tokens(length: int, layers: int, kernel: int, stride: int) -> int:
-        for _ in range(layers):
-            length = (length - kernel) // stride + 1
-        return length
-
 
 class Attention(nn.Module):
     """Multi-head attention (self or cross) with a key padding mask; True in ``key_mask`` = a real key."""

@@ -21,6 +21,9 @@ from ecgqa.constants import LEADS
 MIN_RATE, MAX_RATE = 100, 2000  # Hz: what a diagnostic 12-lead ECG is sampled at in practice
 MIN_SECONDS = 2.0
 MAX_ECGS = 2
+#: Decompressed size allowed for one .npz (12 leads x 2000 Hz x 2 min of float64 is 23 MB): a few MB of
+#: compressed zeros would otherwise inflate to gigabytes in memory, past the upload limit.
+MAX_NPZ_BYTES = 32 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RATE_KEYS = ("fs", "rate", "sampling_rate")
 
@@ -81,6 +84,10 @@ def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
         raise UploadError(f"{name}: not a readable .npy/.npz file ({type(e).__name__})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
+            inflated = sum(info.file_size for info in loaded.zip.infolist())
+            if inflated > MAX_NPZ_BYTES:
+                raise UploadError(f"{name}: the .npz decompresses to {inflated} bytes; the limit is "
+                                  f"{MAX_NPZ_BYTES / 2**20:g} MB", status=413)
             keys = list(loaded.files)
             arrays = [k for k in keys if k not in _RATE_KEYS]
             key = "signal" if "signal" in keys else (arrays[0] if len(arrays) == 1 else None)
