@@ -16,9 +16,11 @@ import os
 import random
 import re
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 from llm_eval.store import Response, ResponseStore
 
@@ -68,18 +70,38 @@ class Outcome:
 
 
 def _retry_after(exc: Exception) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if not headers:
         return None
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
         value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                return None  # an HTTP date: fall back to our own backoff
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            continue
+        if when.tzinfo is not None:
+            return max(0.0, when.timestamp() - time.time())
     return None
+
+
+# Request and lock timeouts are retried with 429 and 5xx, as the openai client itself would.
+_RETRY_STATUS = (408, 409)
+
+
+def _retryable(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)):
+        return True  # APIConnectionError covers timeouts and dropped connections
+    return getattr(exc, "status_code", None) in _RETRY_STATUS
 
 
 class ChatClient:
@@ -124,7 +146,6 @@ class ChatClient:
     async def _ask(self, prompt_hash: str, messages: list[dict[str, str]]) -> Outcome:
         import openai
 
-        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
         outcome = Outcome(prompt_hash)
         for attempt in range(self.max_retries + 1):
             outcome.attempts = attempt + 1
@@ -134,13 +155,6 @@ class ChatClient:
                 completion = await self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, **kwargs
                 )
-            except retryable as e:
-                status = getattr(e, "status_code", None)
-                outcome.error = redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}", self._key)
-                if attempt == self.max_retries:
-                    break
-                await asyncio.sleep(self._delay(attempt, e))
-                continue
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every other request would fail the same way: stop now instead of recording thousands of failures.
                 raise FatalEndpointError(
@@ -149,9 +163,13 @@ class ChatClient:
                        if e.status_code in (401, 403) else f"check --model {self.model!r} and --base-url")
                     + f"; server said: {redact(str(e), self._key)}"
                 ) from None
-            except openai.APIStatusError as e:  # 400, 422...: retrying will not help this prompt
-                outcome.error = redact(f"{type(e).__name__} {e.status_code}: {e}", self._key)
-                break
+            except openai.APIError as e:
+                status = getattr(e, "status_code", None)
+                outcome.error = redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}", self._key)
+                if not _retryable(e) or attempt == self.max_retries:
+                    break  # 400, 422...: retrying will not help this prompt
+                await asyncio.sleep(self._delay(attempt, e))
+                continue
             choice = completion.choices[0] if completion.choices else None
             usage = completion.usage
             outcome.response = Response(

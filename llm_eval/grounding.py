@@ -109,14 +109,18 @@ class Block:
         return tuple(lead for lead in LEADS if lead in LEAD_GROUPS[self.subset])
 
 
+_PREVIOUS_RECENT = re.compile(r"\b(previous|recent)\b")
+_FIRST_SECOND = re.compile(r"\b(first|second)\b(?!\s+degree)")  # "first degree av block" names no ECG
+
+
 def ecg_labels(q: Question) -> tuple[str, ...]:
     """How the question itself names its ECGs, so the blocks use the same words."""
     if not q.is_comparison:
         return ("ECG",)
     text = q.question.lower()
-    if "previous" in text or "recent" in text:
+    if _PREVIOUS_RECENT.search(text):
         return ("previous ECG", "recent ECG")
-    if "first" in text or "second" in text:
+    if _FIRST_SECOND.search(text):
         return ("first ECG", "second ECG")
     if q.question_type.startswith("comparison_consecutive"):
         return ("previous ECG", "recent ECG")
@@ -178,10 +182,14 @@ class ScoreCache:
     def _load(self) -> None:
         assert self.path is not None
         text = self.path.read_text()
-        self._torn_tail = bool(text) and not text.endswith("\n")
+        if "\n" not in text:
+            # Killed before the header line was complete (empty or torn): nothing was cached, start afresh.
+            self.path.unlink()
+            return
+        self._torn_tail = not text.endswith("\n")
         lines = text.splitlines()
         try:
-            header = json.loads(lines[0]) if lines else {}
+            header = json.loads(lines[0])
         except json.JSONDecodeError:
             header = {}
         if header.get("fingerprint") != self.fingerprint or header.get("classes") != self.classes:

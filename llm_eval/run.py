@@ -16,20 +16,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecgqa.report import write_atomic
 from llm_eval.grounding import Grounder, fingerprint, prepared_signal_of
 from llm_eval.prompts import PROMPT_VERSION, build_prompt, options_for, prompt_hash
 from llm_eval.sampling import DEFAULT_FRACTION, DEFAULT_SEED, Question, questions_from_prepared, read_ids_file, select
 from llm_eval.scoring import Scored, exact_match, parse_reply, summarize
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from ecgqa.report import write_atomic
-
-    write_atomic(path, text)
 
 
 def _safe_url(url: str | None) -> str | None:
@@ -73,7 +68,7 @@ def write_prompts(items: list[PromptItem], out: Path) -> dict[str, Any]:
         chars += n
         lines.append(json.dumps({"sample_id": it.question.sample_id, "question_type": it.question.question_type,
                                  "prompt_hash": it.hash, "chars": n, "messages": it.messages}, ensure_ascii=False))
-    _write_atomic(out / "prompts.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    write_atomic(out / "prompts.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     # ~4 characters per token for English text: a planning estimate, not a bill.
     return {"n_prompts": len(items), "n_distinct_prompts": len({it.hash for it in items}), "chars": chars,
             "estimated_prompt_tokens": round(chars / 4)}
@@ -162,7 +157,7 @@ def evaluate(
 
     if dry_run:
         summary.update({"dry_run": True, "n_forward": grounder.n_forward, "prompts": str(out / "prompts.jsonl")})
-        _write_atomic(out / "dry_run.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(out / "dry_run.json", json.dumps(summary, indent=2) + "\n")
         log(f"dry run: {summary['n_prompts']} prompts, {summary['chars']} characters "
             f"(~{summary['estimated_prompt_tokens']} tokens) written to {out / 'prompts.jsonl'}; no model was called")
         return summary
@@ -183,27 +178,24 @@ def evaluate(
         store.close()
 
     for row, transcript in scored:
-        _write_atomic(out / "transcripts" / f"{row.sample_id}.json", json.dumps(transcript, indent=1, ensure_ascii=False))
-    preds = []
-    for row, transcript in scored:
-        d = asdict(row)
-        preds.append(json.dumps({
-            "sample_id": d["sample_id"], "question_type": d["question_type"], "attribute_type": d["attribute_type"],
-            "predicted": d["predicted"], "true": d["true"], "valid": d["valid"], "scores": {},
-            "correct": d["correct"], "status": d["status"], "reply": transcript["reply"],
-        }, ensure_ascii=False))
-    _write_atomic(out / "predictions.jsonl", "\n".join(preds) + ("\n" if preds else ""))
+        write_atomic(out / "transcripts" / f"{row.sample_id}.json", json.dumps(transcript, indent=1, ensure_ascii=False))
+    preds = [json.dumps({
+        "sample_id": row.sample_id, "question_type": row.question_type, "attribute_type": row.attribute_type,
+        "predicted": row.predicted, "true": row.true, "valid": row.valid, "scores": {},
+        "correct": row.correct, "status": row.status, "reply": transcript["reply"],
+    }, ensure_ascii=False) for row, transcript in scored]
+    write_atomic(out / "predictions.jsonl", "\n".join(preds) + ("\n" if preds else ""))
 
     report: dict[str, Any] = {"kind": "llm", "model": model, "llm": model, "base_url": _safe_url(base_url)}
     report.update(report_meta or {})
     report.update(summarize([r for r, _ in scored], price_in, price_out))
     report.update({"prompt_version": PROMPT_VERSION, "n_distinct_prompts": len(distinct)})
     report.setdefault("grounding", None)
-    _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out / "report.md", render_report_md(report))
+    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "report.md", render_report_md(report))
     run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached,
                "grounding_forward_rows": grounder.n_forward, "wall_s": round(time.time() - t0, 3)}
-    _write_atomic(out / "run_log.json", json.dumps(run_log, indent=2) + "\n")
+    write_atomic(out / "run_log.json", json.dumps(run_log, indent=2) + "\n")
     log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions "
         f"(macro over question types {100 * (report['em_macro_question_type'] or 0):.1f} %), "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}")
