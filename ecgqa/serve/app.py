@@ -519,7 +519,8 @@ def create_app(predictor: Predictor, data: Any) -> FastAPI:
         notes: list[str] = []
         inputs = []
         for signal, fs, name in ecgs:
-            x, n = service.model_input(predictor, signal, fs, name)
+            # resampling an upload can take tens of ms: keep it off the event loop
+            x, n = await run_in_threadpool(service.model_input, predictor, signal, fs, name)
             inputs.append(x)
             notes += n
         valid = [service.data.classes[c] for c in match.valid_classes]
