@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 VERSIONS = ("ptbxl", "mimic-iv-ecg")
 #: The short names the CLI accepts for each release version.
 SOURCE_ALIASES = {"ptbxl": "ptbxl", "ptb-xl": "ptbxl", "mimic": "mimic-iv-ecg", "mimic-iv-ecg": "mimic-iv-ecg"}
@@ -22,6 +20,8 @@ def ptbxl_record_path(ecg_id: int, rate: int = 500) -> str:
 
 def mimic_record_paths(root: Path) -> dict[int, str]:
     """study_id → record path (relative to ``root``) from MIMIC-IV-ECG's ``record_list.csv``."""
+    import pandas as pd  # here, not at the top: the CLI imports this module to build its parser
+
     table = root / "record_list.csv"
     if not table.is_file():
         raise FileNotFoundError(
