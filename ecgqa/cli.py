@@ -32,14 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand (also for ``python -m mapping`` / ``python -m llm_eval``)."""
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; re-run the same command to continue", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Our errors name the file / record / sample at fault; a traceback adds nothing for users.
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser().parse_args(argv))

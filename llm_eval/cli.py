@@ -7,8 +7,9 @@ there is deliberately no option that takes the key itself (it would land in shel
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ecgqa.cli import dispatch
 
 HELP = "grounded LLM evaluation of any OpenAI-compatible model (sampled ECG-QA questions)"
 
@@ -60,12 +61,4 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = configure(argparse.ArgumentParser(prog="python -m llm_eval", description=HELP))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return dispatch(parser.parse_args(argv))

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ecgqa.cli import dispatch
+
     parser = configure(argparse.ArgumentParser(prog="python -m mapping", description=__doc__))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return dispatch(parser.parse_args(argv))
