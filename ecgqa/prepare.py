@@ -155,6 +155,34 @@ def _source(path: Path, root: Path | None) -> dict[str, Any]:
     return {"path": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
+def _record_paths(shard_list: list[tuple[str, Path]], splits: Iterable[str]) -> set[str]:
+    """Every record path the selected splits' questions use (read from the mapped shards)."""
+    from ecgqa.release import load_shard
+
+    out: set[str] = set()
+    for split, shard in shard_list:
+        if split in splits:
+            for sample in load_shard(shard):
+                out.update(sample.get("ecg_path") or [])
+    return out
+
+
+def _records_fingerprint(paths: Iterable[str]) -> str:
+    """Size and mtime of each record's header and signal file: cheap (two stats a record), and it
+    changes when a record is repaired or replaced, which hashing the release files alone would miss."""
+    from mapping.sources import record_files
+
+    h = hashlib.sha256()
+    for path in sorted(set(paths)):
+        for f in record_files(Path(path)):
+            try:
+                st = f.stat()
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except FileNotFoundError:
+                h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -302,7 +330,10 @@ def prepare(
             old = json.loads((out / META).read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("content_hash") == content_hash:
+        # Record files are inputs too: a repaired or replaced record (size / mtime) means a rebuild.
+        if old.get("content_hash") == content_hash and old.get("records_fingerprint") == _records_fingerprint(
+            _record_paths(shard_list, splits)
+        ):
             return {**old, "_noop": True}
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +369,7 @@ def prepare(
                     )
                 for i, p in zip(sample["ecg_id"], ecg_paths):
                     paths.setdefault(int(i), p)
+        records_fingerprint = _records_fingerprint(paths.values())
         if task == "upperbound":
             wanted = set().union(*(b.ecg_ids() for b in builders.values())) if builders else set()
             paths = {i: p for i, p in paths.items() if i in wanted}
@@ -390,6 +422,7 @@ def prepare(
             "splits": counts,
             "sources": sources,
             "content_hash": content_hash,
+            "records_fingerprint": records_fingerprint,
             "format": FORMAT_VERSION,
             "dropped": _dropped_summary(dropped),
             "length_adjusted": adjusted,

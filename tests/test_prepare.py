@@ -229,6 +229,26 @@ def test_rerun_is_a_noop_and_force_rebuilds(handmade):
     prepare(mapped, out, progress=False)  # back to 500 Hz for the other tests
 
 
+def test_repaired_record_is_picked_up_without_force(handmade):
+    _, records, mapped, out, _ = handmade
+    dat = next(records.glob("records500/*/00002_hr.dat"))
+    original = dat.read_bytes()
+    try:
+        # lead I, first sample := 1000 ADC units = 1.0 mV (format 16, gain 1000/mV, baseline 0)
+        dat.write_bytes((1000).to_bytes(2, "little", signed=True) + original[2:])
+        meta = prepare(mapped, out, progress=False)
+        assert "_noop" not in meta
+        data = PreparedData(out)
+        assert float(data.signals[data.row_of(2), 0, 0]) == 1.0
+        assert prepare(mapped, out, progress=False).get("_noop") is True
+    finally:
+        dat.write_bytes(original)
+        prepare(mapped, out, progress=False)
+    data = PreparedData(out)
+    expected = wfdb.rdsamp(str(dat.with_suffix("")))[0][0, 0]
+    assert float(data.signals[data.row_of(2), 0, 0]) == pytest.approx(expected, abs=1e-3)
+
+
 def test_interrupted_run_leaves_no_half_written_store(handmade, monkeypatch):
     import ecgqa.prepare as prep
 
