@@ -507,3 +507,11 @@ def test_dry_run_writes_prompts_and_calls_nothing(tmp_path, server, signals, gro
     assert server.state.stats()["received"] == 0
     assert not (tmp_path / "dry" / "report.json").exists()
     assert all(options_for(q) == ["no", "yes"] for q in qs)
+
+
+def test_report_url_drops_credentials_and_query_keeps_ipv6():
+    from llm_eval.run import _safe_url
+
+    assert _safe_url("https://user:secret@gw.example.com:8443/v1?api-key=abc") == "https://gw.example.com:8443/v1"
+    assert _safe_url("http://u:p@[::1]:8000/v1?k=1") == "http://[::1]:8000/v1"
+    assert _safe_url(None) is None
