@@ -109,19 +109,21 @@ class PreparedData:
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
-class ECGQADataset(Dataset):
-    """QA samples: ECG slots (2, 12, T), tokenised question, multi-hot answer, valid-class mask, qt codes."""
+class _SplitDataset(Dataset):
+    """One split of a prepared directory of the right task; items are fetched a batch at a time
+    (one Arrow read per batch: DataLoader calls ``__getitems__`` when it exists)."""
 
-    def __init__(self, data: PreparedData, split: str, tokenizer: Any = None, max_question_len: int = 64) -> None:
-        if data.task != "qa":
-            raise PreparedDataError(f"{data.path} holds task {data.task!r}; ECGQADataset needs a --task qa directory")
+    task = ""
+
+    def __init__(self, data: PreparedData, split: str) -> None:
+        if data.task != self.task:
+            raise PreparedDataError(
+                f"{data.path} holds task {data.task!r}; {type(self).__name__} needs a --task {self.task} directory"
+            )
         self.data = data
         self.split_name = split
         self.table = data.split(split)
-        self.tokenizer = tokenizer if tokenizer is not None else data.tokenizer
-        self.max_question_len = max_question_len
         self.n_classes = len(data.classes)
-        self.pad_token_id = int(self.tokenizer.pad_token_id or 0)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -129,12 +131,26 @@ class ECGQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])[0]
 
+    def _rows(self, indices: list[int]) -> list[dict[str, Any]]:
+        columns = self.table[[int(i) for i in indices]]
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+class ECGQADataset(_SplitDataset):
+    """QA samples: ECG slots (2, 12, T), tokenised question, multi-hot answer, valid-class mask, qt codes."""
+
+    task = "qa"
+
+    def __init__(self, data: PreparedData, split: str, tokenizer: Any = None, max_question_len: int = 64) -> None:
+        super().__init__(data, split)
+        self.tokenizer = tokenizer if tokenizer is not None else data.tokenizer
+        self.max_question_len = max_question_len
+        self.pad_token_id = int(self.tokenizer.pad_token_id or 0)
+
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """A batch of items with one table read and one tokenizer call (DataLoader uses it when present)."""
-        rows = self.table[[int(i) for i in indices]]
-        enc = self.tokenizer(rows["question"], truncation=True, max_length=self.max_question_len)
-        n = len(rows["question"])
-        return [self._item({k: v[i] for k, v in rows.items()}, enc["input_ids"][i]) for i in range(n)]
+        rows = self._rows(indices)
+        enc = self.tokenizer([r["question"] for r in rows], truncation=True, max_length=self.max_question_len)
+        return [self._item(row, ids) for row, ids in zip(rows, enc["input_ids"])]
 
     def _item(self, row: dict[str, Any], input_ids: list[int]) -> dict[str, Any]:
         signals = self.data.signals
@@ -201,28 +217,13 @@ def lead_group_mask(group: str) -> np.ndarray:
 _GROUP_MASKS = {g: lead_group_mask(g) for g in LEAD_GROUPS}
 
 
-class UpperboundDataset(Dataset):
+class UpperboundDataset(_SplitDataset):
     """Upperbound samples: one ECG with the leads outside its subset zeroed (in a copy), labelled classes."""
 
-    def __init__(self, data: PreparedData, split: str) -> None:
-        if data.task != "upperbound":
-            raise PreparedDataError(
-                f"{data.path} holds task {data.task!r}; UpperboundDataset needs a --task upperbound directory"
-            )
-        self.data = data
-        self.split_name = split
-        self.table = data.split(split)
-        self.n_classes = len(data.classes)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
+    task = "upperbound"
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        rows = self.table[[int(i) for i in indices]]
-        return [self._item({k: v[i] for k, v in rows.items()}) for i in range(len(rows["sample_id"]))]
+        return [self._item(row) for row in self._rows(indices)]
 
     def _item(self, row: dict[str, Any]) -> dict[str, Any]:
         keep = _GROUP_MASKS[row["lead_group"]]

@@ -103,7 +103,7 @@ def test_forward_backward_shapes(name, qa_batch, ub_batch, qa_data):
         stem = next(p for n, p in model.named_parameters() if "conv" in n or "stem" in n)
         assert stem.grad.abs().sum() > 0
     if name in ("fusion-small", "m3ae-small", "blind"):
-        assert model.word_emb.weight.grad.abs().sum() > 0
+        assert model.question.word_emb.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
@@ -207,7 +207,7 @@ def test_pretrained_text_encoder(tmp_path, qa_batch, qa_data):
     bert.save_pretrained(enc_dir)
     tok.save_pretrained(enc_dir)
     model = create_model("fusion-small", text_encoder=str(enc_dir), classes=qa_data.classes, **tiny("fusion-small"))
-    torch.testing.assert_close(model.text_encoder.embeddings.word_embeddings.weight,
+    torch.testing.assert_close(model.question.text_encoder.embeddings.word_embeddings.weight,
                                bert.embeddings.word_embeddings.weight)
     model.eval()
     inputs = _inputs(qa_batch, "fusion-small")

@@ -17,8 +17,8 @@ The text side can instead be any pretrained ``transformers`` encoder (``text_enc
 id): its last hidden states are projected to the model width and take the place of the question
 embeddings. Its config is stored in ours, so a checkpoint reloads offline.
 
-The small building blocks (``ConvFeatureExtractor``, ``Block``, ``masked_mean``) are shared with
-``m3ae.py``.
+The building blocks (``ECGPairEmbedding``, ``QuestionEmbedding``, ``Block``, ``masked_mean``) are
+shared with ``m3ae.py``.
 """
 
 from __future__ import annotations
@@ -206,6 +206,60 @@ def build_text_encoder(config: PretrainedConfig) -> nn.Module | None:
     return AutoModel.from_config(text_cfg)
 
 
+class ECGPairEmbedding(nn.Module):
+    """``[ECG1][SEP+ECG2]``: both ECG slots through one conv feature extractor, a SEP token before the
+    second, a token-type embedding per slot, and the key masks that hide a missing second ECG.
+    The one place this layout lives; the fusion and M3AE models both read their ECGs through it."""
+
+    def __init__(self, c: PretrainedConfig) -> None:
+        super().__init__()
+        self.extractor = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride,
+                                              c.hidden_size, c.pos_conv_kernel, c.pos_conv_groups, c.dropout)
+        self.sep = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        self.type_emb = nn.Embedding(2, c.hidden_size)
+
+    def forward(self, ecg: torch.Tensor, ecg_mask: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """ecg (B, 2, 12, T), ecg_mask (B, 2) → [(ECG1 tokens, mask), (SEP+ECG2 tokens, mask)]."""
+        B = ecg.shape[0]
+        if ecg_mask is None:
+            ecg_mask = torch.ones(B, 2, dtype=torch.bool, device=ecg.device)
+        ecg_mask = ecg_mask.to(torch.bool)
+        tokens = self.extractor(ecg.flatten(0, 1)).unflatten(0, (B, 2))  # (B, 2, N, D)
+        N = tokens.shape[2]
+        e1 = tokens[:, 0] + self.type_emb.weight[0]
+        e2 = torch.cat([self.sep.expand(B, 1, -1), tokens[:, 1]], 1) + self.type_emb.weight[1]
+        return [(e1, ecg_mask[:, :1].expand(B, N)), (e2, ecg_mask[:, 1:].expand(B, N + 1))]
+
+
+class QuestionEmbedding(nn.Module):
+    """Question tokens → (B, L, width): word + position embeddings trained from scratch, or a pretrained
+    ``transformers`` encoder's last hidden states projected to the width (``config.text_config`` set)."""
+
+    def __init__(self, c: PretrainedConfig) -> None:
+        super().__init__()
+        self.max_len = c.max_question_len
+        self.text_encoder = build_text_encoder(c)
+        if self.text_encoder is None:
+            self.word_emb = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+            self.pos_emb = nn.Embedding(c.max_question_len, c.hidden_size)
+        else:
+            self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, c.hidden_size)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.text_encoder is not None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.text_encoder is not None:
+            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.text_proj(hidden)
+        if input_ids.shape[1] > self.max_len:
+            raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
+                             f"{self.max_len}; truncate it when tokenizing")
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.word_emb(input_ids) + self.pos_emb(pos)[None]
+
+
 def attach_pretrained_text_encoder(model: PreTrainedModel, name_or_path: str) -> None:
     """Replace the model's text encoder by ``name_or_path``'s pretrained weights (AutoModel)."""
     from transformers import AutoModel
@@ -217,7 +271,7 @@ def attach_pretrained_text_encoder(model: PreTrainedModel, name_or_path: str) ->
             f"text encoder {name_or_path!r} could not be loaded ({e}); give a local folder holding a transformers "
             "encoder (config.json + weights + tokenizer) or a hub id while online"
         ) from e
-    model.text_encoder.load_state_dict(encoder.state_dict())
+    model.question.text_encoder.load_state_dict(encoder.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,18 +312,9 @@ class FusionModel(QAPreTrainedModel):
     def __init__(self, config: FusionConfig) -> None:
         super().__init__(config)
         c = config
-        if c.use_ecg:
-            self.ecg_encoder = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride,
-                                                    c.hidden_size, c.pos_conv_kernel, c.pos_conv_groups, c.dropout)
-            self.sep = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
-        self.text_encoder = build_text_encoder(c) if c.use_text else None
-        if c.use_text:
-            if self.text_encoder is None:
-                self.word_emb = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
-                self.pos_emb = nn.Embedding(c.max_question_len, c.hidden_size)
-            else:
-                self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, c.hidden_size)
-        self.type_emb = nn.Embedding(3, c.hidden_size)
+        self.ecg = ECGPairEmbedding(c) if c.use_ecg else None
+        self.question = QuestionEmbedding(c) if c.use_text else None
+        self.question_type_emb = nn.Embedding(1, c.hidden_size) if c.use_text else None  # token type 2
         self.emb_norm = nn.LayerNorm(c.hidden_size)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.ffn_size, c.dropout) for _ in range(c.num_layers))
@@ -278,16 +323,6 @@ class FusionModel(QAPreTrainedModel):
         self.head = nn.Linear(n_parts * c.hidden_size, c.num_classes)
         self.post_init()
         self._init_head(self.head)
-
-    def embed_question(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder is not None:
-            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.text_proj(hidden)
-        if input_ids.shape[1] > self.config.max_question_len:
-            raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
-                             f"{self.config.max_question_len}; truncate it when tokenizing")
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.word_emb(input_ids) + self.pos_emb(pos)[None]
 
     def forward(
         self,
@@ -299,23 +334,15 @@ class FusionModel(QAPreTrainedModel):
         **unused: Any,
     ) -> QAOutput:
         """ecg (B, 2, 12, T), ecg_mask (B, 2) bool, input_ids / attention_mask (B, L), labels (B, C) multi-hot."""
-        c = self.config
         parts, masks = [], []
-        if c.use_ecg:
-            B = ecg.shape[0]
-            tokens = self.ecg_encoder(ecg.flatten(0, 1)).unflatten(0, (B, 2))  # (B, 2, N, D)
-            N = tokens.shape[2]
-            e1 = tokens[:, 0] + self.type_emb.weight[0]
-            e2 = torch.cat([self.sep.expand(B, 1, -1), tokens[:, 1]], 1) + self.type_emb.weight[1]
-            if ecg_mask is None:
-                ecg_mask = torch.ones(B, 2, dtype=torch.bool, device=ecg.device)
-            ecg_mask = ecg_mask.to(torch.bool)
-            parts += [e1, e2]
-            masks += [ecg_mask[:, :1].expand(B, N), ecg_mask[:, 1:].expand(B, N + 1)]
-        if c.use_text:
+        if self.ecg is not None:
+            for tokens, mask in self.ecg(ecg, ecg_mask):
+                parts.append(tokens)
+                masks.append(mask)
+        if self.question is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            parts.append(self.embed_question(input_ids, attention_mask) + self.type_emb.weight[2])
+            parts.append(self.question(input_ids, attention_mask) + self.question_type_emb.weight[0])
             masks.append(attention_mask.to(torch.bool))
         x = self.drop(self.emb_norm(torch.cat(parts, 1)))
         mask = torch.cat(masks, 1)

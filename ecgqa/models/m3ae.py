@@ -21,11 +21,11 @@ from transformers import PretrainedConfig
 
 from ecgqa.models.fusion import (
     Block,
-    ConvFeatureExtractor,
+    ECGPairEmbedding,
     QAConfigMixin,
     QAOutput,
     QAPreTrainedModel,
-    build_text_encoder,
+    QuestionEmbedding,
     masked_mean,
 )
 
@@ -88,22 +88,13 @@ class M3AEModel(QAPreTrainedModel):
         def blocks(n: int, cross: bool = False) -> nn.ModuleList:
             return nn.ModuleList(Block(D, c.num_heads, c.ffn_size, c.dropout, cross=cross) for _ in range(n))
 
-        # ECG side
-        self.ecg_encoder = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride, D,
-                                                c.pos_conv_kernel, c.pos_conv_groups, c.dropout)
-        self.sep = nn.Parameter(torch.zeros(1, 1, D))
-        self.ecg_type_emb = nn.Embedding(2, D)
+        self.ecg = ECGPairEmbedding(c)
         self.ecg_blocks = blocks(c.ecg_layers)
         self.ecg_ln = nn.LayerNorm(D)
-        # text side
-        self.text_encoder = build_text_encoder(c)
-        if self.text_encoder is None:
-            self.word_emb = nn.Embedding(c.vocab_size, D, padding_idx=c.pad_token_id)
-            self.pos_emb = nn.Embedding(c.max_question_len, D)
+        self.question = QuestionEmbedding(c)
+        if not self.question.pretrained:  # a pretrained encoder already contextualises the question
             self.text_emb_norm = nn.LayerNorm(D)
             self.text_blocks = blocks(c.text_layers)
-        else:
-            self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, D)
         self.text_ln = nn.LayerNorm(D)
         # fusion
         self.fusion_ecg = blocks(c.fusion_layers, cross=True)
@@ -114,27 +105,18 @@ class M3AEModel(QAPreTrainedModel):
         self.post_init()
         self._init_head(self.head[-1])
 
-    def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B = ecg.shape[0]
-        tokens = self.ecg_encoder(ecg.flatten(0, 1)).unflatten(0, (B, 2))  # (B, 2, N, D)
-        N = tokens.shape[2]
-        e1 = tokens[:, 0] + self.ecg_type_emb.weight[0]
-        e2 = torch.cat([self.sep.expand(B, 1, -1), tokens[:, 1]], 1) + self.ecg_type_emb.weight[1]
-        x = self.drop(torch.cat([e1, e2], 1))
-        mask = torch.cat([ecg_mask[:, :1].expand(B, N), ecg_mask[:, 1:].expand(B, N + 1)], 1)
+    def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        (e1, m1), (e2, m2) = self.ecg(ecg, ecg_mask)
+        x, mask = self.drop(torch.cat([e1, e2], 1)), torch.cat([m1, m2], 1)
         for block in self.ecg_blocks:
             x = block(x, mask)
         return self.ecg_ln(x), mask
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder is not None:
-            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.text_ln(self.text_proj(hidden))
-        if input_ids.shape[1] > self.config.max_question_len:
-            raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
-                             f"{self.config.max_question_len}; truncate it when tokenizing")
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.drop(self.text_emb_norm(self.word_emb(input_ids) + self.pos_emb(pos)[None]))
+        x = self.question(input_ids, attention_mask)
+        if self.question.pretrained:
+            return self.text_ln(x)
+        x = self.drop(self.text_emb_norm(x))
         mask = attention_mask.to(torch.bool)
         for block in self.text_blocks:
             x = block(x, mask)
@@ -150,11 +132,9 @@ class M3AEModel(QAPreTrainedModel):
         **unused: Any,
     ) -> QAOutput:
         """ecg (B, 2, 12, T), ecg_mask (B, 2) bool, input_ids / attention_mask (B, L), labels (B, C) multi-hot."""
-        if ecg_mask is None:
-            ecg_mask = torch.ones(ecg.shape[0], 2, dtype=torch.bool, device=ecg.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        e, e_mask = self.encode_ecg(ecg, ecg_mask.to(torch.bool))
+        e, e_mask = self.encode_ecg(ecg, ecg_mask)
         t_mask = attention_mask.to(torch.bool)
         t = self.encode_text(input_ids, attention_mask)
         for ecg_block, text_block in zip(self.fusion_ecg, self.fusion_text):
