@@ -18,17 +18,15 @@ from ecgqa.models.fusion import FusionConfig, FusionModel
 from ecgqa.models.m3ae import M3AEConfig, M3AEModel
 from ecgqa.models.upperbound import UpperboundConfig, UpperboundModel
 
-_BASE = {"hidden_size": 768, "num_heads": 12, "ffn_size": 3072}
-
 #: name -> (config class, defaults). The QA models answer over meta["classes"] of a qa prepared
 #: directory, the upperbound ones classify its grounding classes (task "upperbound").
 MODELS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
-    "fusion-small": (FusionConfig, dict(_BASE, num_layers=8)),
-    "fusion-base": (FusionConfig, dict(_BASE, num_layers=12)),
-    "blind": (FusionConfig, dict(_BASE, num_layers=8, use_ecg=False)),
-    "deaf": (FusionConfig, dict(_BASE, num_layers=8, use_text=False)),
-    "m3ae-small": (M3AEConfig, dict(_BASE, ecg_layers=4, text_layers=4, fusion_layers=2)),
-    "m3ae-base": (M3AEConfig, dict(_BASE, ecg_layers=12, text_layers=12, fusion_layers=6)),
+    "fusion-small": (FusionConfig, {"num_layers": 8}),
+    "fusion-base": (FusionConfig, {"num_layers": 12}),
+    "blind": (FusionConfig, {"num_layers": 8, "use_ecg": False}),
+    "deaf": (FusionConfig, {"num_layers": 8, "use_text": False}),
+    "m3ae-small": (M3AEConfig, {"ecg_layers": 4, "text_layers": 4, "fusion_layers": 2}),
+    "m3ae-base": (M3AEConfig, {"ecg_layers": 12, "text_layers": 12, "fusion_layers": 6}),
     "se-wrn": (UpperboundConfig, {"arch": "se-wrn", "base_width": 16, "widen": 4, "blocks_per_stage": 2, "stages": 3}),
     "resnet-attn": (UpperboundConfig, {"arch": "resnet-attn", "base_width": 64, "blocks_per_stage": 2, "stages": 4}),
 }

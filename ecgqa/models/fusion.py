@@ -24,7 +24,7 @@ shared with ``m3ae.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,28 +42,36 @@ class QAOutput(ModelOutput):
 
 
 class QAConfigMixin:
-    """Fields every QA model config carries, so a checkpoint is self-describing (see predictor.py)."""
+    """Fields every QA model config carries: the shared widths, the ECG side (the reference conv extractor:
+    4 layers × 256 channels, kernel 2, stride 2) and what makes a checkpoint self-describing (see predictor.py)."""
 
-    def _init_common(
-        self,
-        classes: list[str] | None,
-        rate: int,
-        signal_length: int,
-        model_name: str,
-        vocab_size: int,
-        max_question_len: int,
-        text_encoder: str | None,
-        text_config: dict[str, Any] | None,
-    ) -> None:
+    SHARED: ClassVar[dict[str, Any]] = {
+        "hidden_size": 768,
+        "num_heads": 12,
+        "ffn_size": 3072,
+        "dropout": 0.1,
+        "conv_channels": 256,
+        "conv_layers": 4,
+        "conv_kernel": 2,
+        "conv_stride": 2,
+        "pos_conv_kernel": 65,
+        "pos_conv_groups": 16,
+        "classes": None,
+        "rate": 500,
+        "signal_length": 5000,
+        "vocab_size": 30522,
+        "max_question_len": 64,
+        "text_encoder": None,
+        "text_config": None,
+    }
+
+    def _init_shared(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Set the shared fields from ``kwargs`` (defaults above); return the rest for PretrainedConfig."""
+        for name, default in self.SHARED.items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.classes = list(self.classes or [])
         self.task = "qa"
-        self.classes = list(classes or [])
-        self.rate = rate
-        self.signal_length = signal_length
-        self.model_name = model_name
-        self.vocab_size = vocab_size
-        self.max_question_len = max_question_len
-        self.text_encoder = text_encoder
-        self.text_config = text_config
+        return kwargs
 
     @property
     def num_classes(self) -> int:
@@ -75,48 +83,20 @@ class FusionConfig(QAConfigMixin, PretrainedConfig):
 
     def __init__(
         self,
-        hidden_size: int = 768,
         num_layers: int = 8,
-        num_heads: int = 12,
-        ffn_size: int = 3072,
-        dropout: float = 0.1,
-        conv_channels: int = 256,
-        conv_layers: int = 4,
-        conv_kernel: int = 2,
-        conv_stride: int = 2,
-        pos_conv_kernel: int = 65,
-        pos_conv_groups: int = 16,
         use_ecg: bool = True,
         use_text: bool = True,
-        classes: list[str] | None = None,
-        rate: int = 500,
-        signal_length: int = 5000,
         model_name: str = "fusion-small",
-        vocab_size: int = 30522,
-        max_question_len: int = 64,
         pad_token_id: int = 0,
-        text_encoder: str | None = None,
-        text_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if not (use_ecg or use_text):
             raise ValueError("a fusion model needs at least one modality (use_ecg or use_text)")
-        self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.ffn_size = ffn_size
-        self.dropout = dropout
-        self.conv_channels = conv_channels
-        self.conv_layers = conv_layers
-        self.conv_kernel = conv_kernel
-        self.conv_stride = conv_stride
-        self.pos_conv_kernel = pos_conv_kernel
-        self.pos_conv_groups = pos_conv_groups
         self.use_ecg = use_ecg
         self.use_text = use_text
-        self._init_common(classes, rate, signal_length, model_name, vocab_size, max_question_len, text_encoder,
-                          text_config)
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.model_name = model_name
+        super().__init__(pad_token_id=pad_token_id, **self._init_shared(kwargs))
 
 
 # ---------------------------------------------------------------------------------------------------

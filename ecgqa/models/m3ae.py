@@ -35,46 +35,18 @@ class M3AEConfig(QAConfigMixin, PretrainedConfig):
 
     def __init__(
         self,
-        hidden_size: int = 768,
-        num_heads: int = 12,
-        ffn_size: int = 3072,
         ecg_layers: int = 6,
         text_layers: int = 6,
         fusion_layers: int = 3,
-        dropout: float = 0.1,
-        conv_channels: int = 256,
-        conv_layers: int = 4,
-        conv_kernel: int = 2,
-        conv_stride: int = 2,
-        pos_conv_kernel: int = 65,
-        pos_conv_groups: int = 16,
-        classes: list[str] | None = None,
-        rate: int = 500,
-        signal_length: int = 5000,
         model_name: str = "m3ae-small",
-        vocab_size: int = 30522,
-        max_question_len: int = 64,
         pad_token_id: int = 0,
-        text_encoder: str | None = None,
-        text_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.ffn_size = ffn_size
         self.ecg_layers = ecg_layers
         self.text_layers = text_layers
         self.fusion_layers = fusion_layers
-        self.dropout = dropout
-        self.conv_channels = conv_channels
-        self.conv_layers = conv_layers
-        self.conv_kernel = conv_kernel
-        self.conv_stride = conv_stride
-        self.pos_conv_kernel = pos_conv_kernel
-        self.pos_conv_groups = pos_conv_groups
-        self._init_common(classes, rate, signal_length, model_name, vocab_size, max_question_len, text_encoder,
-                          text_config)
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.model_name = model_name
+        super().__init__(pad_token_id=pad_token_id, **self._init_shared(kwargs))
 
 
 class M3AEModel(QAPreTrainedModel):
