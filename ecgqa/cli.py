@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from ecgqa import __version__
+from ecgqa.cliutil import dispatch
 
 #: name → (module, one-line help). Adding a stage means adding one row here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -31,19 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).configure(sp)
     return parser
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    """Run a parsed subcommand (also for ``python -m mapping`` / ``python -m llm_eval``)."""
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to continue", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Our errors name the file / record / sample at fault; a traceback adds nothing for users.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ecgqa.files import atomic_write, sha256_file
+
 FORMAT_VERSION = 1
 TASKS = ("qa", "upperbound")
 DEFAULT_SECONDS = 10
@@ -142,17 +144,9 @@ def detect_version(mapped: Path) -> str:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source(path: Path, root: Path | None) -> dict[str, Any]:
     name = path.relative_to(root).as_posix() if root is not None else str(path.resolve())
-    return {"path": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _record_paths(shard_list: list[tuple[str, Path]], splits: Iterable[str]) -> set[str]:
@@ -181,17 +175,6 @@ def _records_fingerprint(paths: Iterable[str]) -> str:
             except FileNotFoundError:
                 h.update(f"{f}\0missing\n".encode())
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pid_alive(pid: int) -> bool:
@@ -382,7 +365,7 @@ def prepare(
             more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
             if not drop_bad:
                 report = out.parent / f"{out.name}.bad_records.json"
-                _atomic_write_text(report, json.dumps({str(i): bad[i] for i in sorted(bad)}, indent=1))
+                atomic_write(report, json.dumps({str(i): bad[i] for i in sorted(bad)}, indent=1))
                 raise PrepareError(
                     f"{len(bad)} bad records (unreadable, truncated or NaN):\n  {listed}{more}\n"
                     f"Full list: {report}. Re-run with --drop-bad to drop the samples that use them."
@@ -430,8 +413,8 @@ def prepare(
             "seconds": round(time.perf_counter() - start, 3),
         }
         if dropped:
-            _atomic_write_text(build / DROPPED, json.dumps(dropped, indent=1))
-        _atomic_write_text(build / META, json.dumps(meta, indent=1))  # last: marks the build complete
+            atomic_write(build / DROPPED, json.dumps(dropped, indent=1))
+        atomic_write(build / META, json.dumps(meta, indent=1))  # last: marks the build complete
         _swap_into_place(build, out)
         return meta
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgqa.cli import dispatch
+from ecgqa.cliutil import dispatch
 
 HELP = "grounded LLM evaluation of any OpenAI-compatible model (sampled ECG-QA questions)"
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ecgqa.cli import dispatch
+    from ecgqa.cliutil import dispatch
 
     parser = configure(argparse.ArgumentParser(prog="python -m mapping", description=__doc__))
     return dispatch(parser.parse_args(argv))

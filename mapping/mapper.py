@@ -8,7 +8,6 @@ release behind; ``mapping_report.json`` is written either way.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ecgqa.files import atomic_write_json
 from ecgqa.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
 from mapping.sources import mimic_record_paths, ptbxl_record_path, record_files
 
@@ -60,18 +60,6 @@ def _resolver(version: str, root: Path, rate: int) -> _Resolver:
         raise ValueError("MIMIC-IV-ECG records exist at 500 Hz only")
     table = mimic_record_paths(root)
     return _Resolver(table.get, root)
-
-
-def _atomic_write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj))  # json.dumps uses the C encoder; json.dump(obj, f) streams in pure Python
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def map_release(
@@ -120,7 +108,7 @@ def map_release(
                     continue
                 kept.append({**sample, "ecg_path": paths})
             if not (missing_ids and not skip_missing):
-                _atomic_write_json(kept, staging / rel)
+                atomic_write_json(staging / rel, kept, indent=None)
             all_missing |= missing_ids
             report["files"][rel] = {
                 "samples": len(samples),
@@ -135,7 +123,7 @@ def map_release(
         report["seconds"] = round(time.perf_counter() - start, 3)
         if all_missing and not skip_missing:
             report["status"] = "failed: missing records"
-            _atomic_write_json(report, out / REPORT)
+            atomic_write_json(out / REPORT, report, indent=None)
             raise MissingRecordsError(_missing_message(version, records, rate, all_missing, out / REPORT))
         for f in RELEASE_FILES:
             if (version_dir / f).is_file():
@@ -145,7 +133,7 @@ def map_release(
             target = out / path.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
-        _atomic_write_json(report, out / REPORT)
+        atomic_write_json(out / REPORT, report, indent=None)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
