@@ -73,10 +73,4 @@ def question_codes(question_type: str, attribute_type: str) -> tuple[int, int, i
         ) from e
     return qt1, qt2, qt3
 
-
-def lead_mask(leads: tuple[str, ...] | list[str]) -> list[bool]:
-    """A 12-element keep-mask in LEADS order for a lead subset."""
-    unknown = set(leads) - set(LEADS)
-    if unknown:
-        raise ValueError(f"unknown lead names {sorted(unknown)}; expected names from {LEADS}")
-    return [lead in leads for lead in LEADS]
+# Lead masks and the regexes that find lead names in text: ecgqa/leads.py.

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ecgqa.constants import LEAD_GROUPS, LEADS, lead_mask
+from ecgqa.constants import LEAD_GROUPS, LEADS
+from ecgqa.leads import group_mask as lead_group_mask
 
 META = "meta.json"
 
@@ -205,13 +206,6 @@ def collate_qa(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "qt3": torch.tensor([it["qt3"] for it in items], dtype=torch.long),
         "sample_id": torch.tensor([it["sample_id"] for it in items], dtype=torch.long),
     }
-
-
-def lead_group_mask(group: str) -> np.ndarray:
-    """Keep-mask (12,) bool in LEADS order for a key of LEAD_GROUPS."""
-    if group not in LEAD_GROUPS:
-        raise KeyError(f"unknown lead group {group!r}; expected one of {list(LEAD_GROUPS)}")
-    return np.array(lead_mask(LEAD_GROUPS[group]), dtype=bool)
 
 
 _GROUP_MASKS = {g: lead_group_mask(g) for g in LEAD_GROUPS}

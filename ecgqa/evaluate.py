@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ecgqa.constants import ATTRIBUTE_TYPES, LEAD_GROUPS, QUESTION_TYPES, lead_mask
+from ecgqa.constants import ATTRIBUTE_TYPES, LEAD_GROUPS, QUESTION_TYPES
+from ecgqa.leads import group_mask
 from ecgqa.report import render_markdown, write_atomic
 
 CHUNK = 256  # samples read from the store per step: bounds memory on the full test split
@@ -246,7 +247,7 @@ def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: 
         unknown = sorted({g for g in groups if g not in LEAD_GROUPS})
         if unknown:
             raise ValueError(f"{prepared.path}: unknown lead groups {unknown}; expected keys of constants.LEAD_GROUPS")
-        leads = np.array([lead_mask(LEAD_GROUPS[g]) for g in groups], dtype=bool)
+        leads = np.array([group_mask(g) for g in groups], dtype=bool)
         p = predictor.classify(ecgs, leads, batch_size=batch_size)
         y = np.zeros((len(groups), n_classes), dtype=bool)
         m = np.zeros((len(groups), n_classes), dtype=bool)

@@ -4,8 +4,8 @@ The demo server, ``ecgqa evaluate`` and the LLM harness all go through this one 
 measured is what users get. A QA predictor answers questions about one or two ECGs; an upperbound
 predictor scores the grounding classes of ECGs (optionally restricted to a lead subset).
 
-Thresholding follows the benchmark: a class is in the answer when its sigmoid is >= 0.5 *and* it is
-one of the question's valid classes.
+Thresholding follows the benchmark: a class is in the answer when ``ecgqa.metrics.decide`` says so
+(sigmoid > 0.5) *and* it is one of the question's valid classes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-THRESHOLD = 0.5
+from ecgqa.metrics import decide
 
 ECGs = np.ndarray | Sequence[np.ndarray]
 
@@ -122,7 +122,8 @@ class Predictor:
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             for p, v in zip(probs, valid):
                 scores = {self.classes[c]: float(p[c]) for c in v}
-                answers.append(Answer(answer=[self.classes[c] for c in v if p[c] >= THRESHOLD], scores=scores,
+                chosen = decide(p)
+                answers.append(Answer(answer=[self.classes[c] for c in v if chosen[c]], scores=scores,
                                       valid_classes=[self.classes[c] for c in v]))
         return answers
 

@@ -266,7 +266,7 @@ def prepare(
     Raises PrepareError after the full record scan when records are bad and ``drop_bad`` is false.
     """
     from ecgqa.release import SPLITS, AnswerSpace, load_shard
-    from ecgqa.upperbound import UpperboundError, bundled_grounding_classes, read_grounding_classes
+    from ecgqa.upperbound_labels import UpperboundError, bundled_grounding_classes, read_grounding_classes
 
     start = time.perf_counter()
     mapped, out = Path(mapped_dir), Path(out)
@@ -331,7 +331,7 @@ def prepare(
         paths: dict[int, str] = {}
         builders = {}
         if task == "upperbound":
-            from ecgqa.upperbound import UpperboundBuilder
+            from ecgqa.upperbound_labels import UpperboundBuilder
 
             builders = {s: UpperboundBuilder(gclasses, s) for s in splits}
         for split, shard in _progress(shard_list, progress, "scan questions"):

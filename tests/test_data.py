@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecgqa.constants import LEAD_GROUPS, lead_mask
+from ecgqa.constants import LEAD_GROUPS
 from ecgqa.data import (
     ECGQADataset,
     PreparedData,
@@ -19,6 +19,7 @@ from ecgqa.data import (
     collate_upperbound,
     make_loader,
 )
+from ecgqa.leads import lead_mask
 from ecgqa.losses import labelled_bce
 
 

@@ -19,7 +19,7 @@ import pytest
 from ecgqa.cli import main
 
 # Hand-made samples over real sample records. "expected" is the exact match a model that scores only
-# the HIGH classes >= 0.5 (whatever the input) must get; see test_rigged_model_scores_exactly_as_designed.
+# the HIGH classes > 0.5 (whatever the input) must get; see test_rigged_model_scores_exactly_as_designed.
 HIGH = ("no", "lead I", "left axis deviation", "within the normal range", "qt interval", "static noise")
 HAND_MADE = [
     # (template_id, question_type, attribute_type, question, attribute, answer, n_ecgs, expected)
@@ -116,7 +116,7 @@ def _recompute(out: Path, release: Path) -> tuple[dict, dict[int, bool]]:
         assert set(x["valid"]) == t["valid"], x["sample_id"]
         assert set(x["true"]) == t["true"], x["sample_id"]
         assert set(x["scores"]) == t["valid"]  # scores over the valid classes only
-        predicted = {c for c in t["valid"] if x["scores"][c] >= 0.5}
+        predicted = {c for c in t["valid"] if x["scores"][c] > 0.5}
         assert set(x["predicted"]) == predicted
         ok = predicted == t["true"] & t["valid"]
         assert x["correct"] == ok, x["sample_id"]
@@ -166,7 +166,7 @@ def test_evaluate_em_equals_independent_recomputation(qa_checkpoint, prepared_te
 
 
 def test_rigged_model_scores_exactly_as_designed(qa_checkpoint, prepared_test, test_release, tmp_path):
-    """A copy of the checkpoint whose head ignores its input and scores only HIGH classes >= 0.5: every
+    """A copy of the checkpoint whose head ignores its input and scores only HIGH classes > 0.5: every
     hand-made sample's exact match is then known in advance (threshold over valid classes only)."""
     from safetensors.numpy import load_file, save_file
 
@@ -218,7 +218,7 @@ def test_evaluate_upperbound_per_class_metrics(upperbound_checkpoint, prepared_u
         where = re.search(r" in lead (\w+)\?$", s["question"])
         lead = where.group(1) if where else "entire"
         assert x["lead_group"] == lead and x["valid"] == [s["attribute"][0]]
-        ok = all((x["scores"][c] >= 0.5) == (c in x["true"]) for c in x["valid"])
+        ok = all((x["scores"][c] > 0.5) == (c in x["true"]) for c in x["valid"])
         assert x["correct"] == ok
         for c in x["valid"]:
             per_class[c][0].append(c in x["true"])
@@ -228,7 +228,7 @@ def test_evaluate_upperbound_per_class_metrics(upperbound_checkpoint, prepared_u
     for c, (y, s) in per_class.items():
         got = report["per_class"][c]
         assert got["n"] == len(y) and got["n_positive"] == sum(y)
-        assert got["accuracy"] == pytest.approx(np.mean([(p >= 0.5) == t for p, t in zip(s, y)]))
+        assert got["accuracy"] == pytest.approx(np.mean([(p > 0.5) == t for p, t in zip(s, y)]))
         auc = _auc_by_pairs(y, s)
         assert got["auc"] == (pytest.approx(auc) if auc is not None else None)
     assert "charts/per_class_auc.png" in report["charts"] and (out / "charts/per_class_auc.png").is_file()

@@ -21,13 +21,17 @@ def test_exact_match_hand_cases():
         [
             [0.2, 0.9, 0.99, 0.99],  # right: high scores outside the valid classes do not count
             [0.9, 0.9, 0.1, 0.49],  # right: none = nothing valid above the threshold
-            [0.0, 0.0, 0.5, 0.7],  # right: 0.5 itself counts as predicted (>=)
+            [0.0, 0.0, 0.51, 0.7],  # right: both lead classes above the threshold
             [0.6, 0.6, 0.0, 0.0],  # wrong: an extra class
             [0.0, 0.0, 0.4, 0.1],  # wrong: a missing class
             [0.7, 0.1, 0.0, 0.0],  # right: a true class outside the valid set is ignored
         ]
     )
     assert metrics.exact_match(probs, labels, valid).tolist() == [True, True, True, False, False, True]
+    # 0.5 itself is "no" (the reference code's `probs > 0.5`): a true class scored exactly 0.5 is missed
+    at_threshold = probs.copy()
+    at_threshold[2, 2] = 0.5
+    assert metrics.exact_match(at_threshold, labels, valid)[2] == False  # noqa: E712
     pred = metrics.predict(probs, valid)
     assert pred[0].tolist() == [False, True, False, False]
     assert pred[2].tolist() == [False, False, True, True]
@@ -44,7 +48,7 @@ def test_exact_match_equals_set_comparison_on_random_data():
     expected = []
     for i in range(n):
         options = {j for j in range(c) if valid[i, j]}
-        predicted = {j for j in options if probs[i, j] >= 0.5}
+        predicted = {j for j in options if probs[i, j] > 0.5}
         expected.append(predicted == {j for j in options if labels[i, j]})
     assert got.tolist() == expected
     assert 0 < got.sum() < n
@@ -85,9 +89,9 @@ def test_label_metrics_against_hand_counts():
     labels = rng.random((n, c)) < 0.4
     m = metrics.label_metrics(probs, labels, valid)
     y, s = labels[valid].astype(int), probs[valid]
-    tp = int(((s >= 0.5) & (y == 1)).sum())
-    fp = int(((s >= 0.5) & (y == 0)).sum())
-    fn = int(((s < 0.5) & (y == 1)).sum())
+    tp = int(((s > 0.5) & (y == 1)).sum())
+    fp = int(((s > 0.5) & (y == 0)).sum())
+    fn = int(((s <= 0.5) & (y == 1)).sum())
     assert m["n_decisions"] == int(valid.sum())
     assert m["precision"] == pytest.approx(tp / (tp + fp))
     assert m["recall"] == pytest.approx(tp / (tp + fn))

@@ -432,7 +432,7 @@ def test_mimic_layout_lead_order_and_upperbound(tmp_path, sample_paths):
     assert rows[1]["lead_group"] == "anterior"
     assert [data.classes[c] for c in rows[1]["label_classes"]] == ["Myocardial infarction"]
     assert rows[1]["label_values"] == [1]
-    assert rows[2]["lead_group"] == "entire"
+    assert rows[2]["lead_group"] == "lateral"  # the class names its leads (U1, as upstream)
     assert [data.classes[c] for c in rows[2]["label_classes"]] == ["Broad R wave in lateral leads"]
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ecgqa.constants import LEAD_GROUPS, LEADS
-from ecgqa.upperbound import (
+from ecgqa.leads import lead_subsets_in, question_lead_group, trailing_lead_group
+from ecgqa.upperbound_labels import (
     Label,
     UpperboundBuilder,
     bundled_grounding_classes,
     convert,
-    question_lead_group,
     read_grounding_classes,
     split_location,
 )
@@ -42,13 +42,48 @@ def test_located_attribute_collapses_to_base_and_lead_subset():
     assert split_location("myocardial infarction in anterior leads") == ("myocardial infarction", "anterior")
     assert split_location("ischemic in inferolateral leads", PTBXL) == ("ischemic", "inferolateral")
     assert split_location("subendocardial injury in lateral leads", PTBXL) == ("subendocardial injury", "lateral")
-    # a class that names leads itself stays whole, on the entire ECG
+    # a class that names leads itself stays whole, on the subset its name ends in (upstream's
+    # parse_lead_position); all twelve leads ("frontal and horizontal") read as the entire ECG
     lvolt = "low qrs voltages in the frontal and horizontal leads"
     assert split_location(lvolt, PTBXL) == (lvolt, "entire")
-    assert split_location("Broad R wave in lateral leads", MIMIC) == ("Broad R wave in lateral leads", "entire")
+    assert split_location("Broad R wave in lateral leads", MIMIC) == ("Broad R wave in lateral leads", "lateral")
+    assert split_location("QRS changes in anteroseptal leads", MIMIC) == (
+        "QRS changes in anteroseptal leads", "anteroseptal")
     assert split_location("ischemic ST-T changes in diffuse leads", MIMIC) == ("ischemic ST-T changes", "diffuse")
     assert split_location("Myocardial infarction in septal leads", MIMIC) == ("Myocardial infarction", "septal")
     assert LEAD_GROUPS["anterior"] == ("V3", "V4")
+
+
+@pytest.mark.parametrize("cls, leads", [
+    ("Broad R wave in lateral leads", ("I", "aVL", "V5", "V6")),
+    ("QRS changes in anteroseptal leads", ("V1", "V2", "V3", "V4")),
+])
+def test_mimic_classes_naming_a_lead_group_train_and_ground_on_that_subset(cls, leads):
+    """U1: the label conversion (training) and the LLM grounding plan read these classes on the same leads."""
+    sample = qa(f"Does this ECG show {cls.lower()}?", "single-verify", [cls], ["yes"])
+    sample["question"] = f"Does this ECG show {cls}?"
+    (label,) = convert(sample, "train", set(MIMIC))
+    assert label.attribute == cls and label.value == 1
+    assert LEAD_GROUPS[label.lead_group] == leads
+    assert lead_subsets_in(sample["question"]) == [label.lead_group]  # what llm_eval/grounding.py plans
+    builder = UpperboundBuilder(MIMIC, "train")
+    builder.add(sample)
+    (row,) = builder.rows()
+    assert row["lead_group"] == label.lead_group and row["label_classes"] == [MIMIC.index(cls)]
+    assert trailing_lead_group("low qrs voltages in the frontal and horizontal leads") == "entire"
+    assert trailing_lead_group("ischemic ST-T changes in diffuse leads") == "entire"
+    assert trailing_lead_group("static noise") == "entire"
+
+
+def test_mimic_located_mi_uses_the_capitalised_class():
+    """U2 (documented in ecgqa/upperbound_labels.py): located MI → "Myocardial infarction" (12), not 105."""
+    sample = qa("Does this ECG show myocardial infarction in anterior leads?", "single-verify",
+                ["Myocardial infarction in anterior leads"], ["yes"])
+    builder = UpperboundBuilder(MIMIC, "train")
+    builder.add(sample)
+    (row,) = builder.rows()
+    assert (row["lead_group"], row["label_classes"], row["label_values"]) == ("anterior", [12], [1])
+    assert MIMIC[12] == "Myocardial infarction" and MIMIC[105] == "myocardial infarction"
 
 
 def test_question_lead_group_distinguishes_lead_i_from_ii_and_iii():

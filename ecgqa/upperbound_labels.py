@@ -3,7 +3,23 @@
 A question such as "Does this ECG show static noise in lead aVL?" answered "no" becomes the label
 (lead subset ``aVL``, attribute ``static noise``, 0). Attributes that carry a location
 ("myocardial infarction in anterior leads") collapse to their base attribute and move the location
-into the lead subset. Lead subsets are keys of :data:`ecgqa.constants.LEAD_GROUPS`.
+into the lead subset. Lead subsets are keys of :data:`ecgqa.constants.LEAD_GROUPS`; the regexes that
+find them in questions and names are ``ecgqa/leads.py`` (shared with the LLM grounding).
+
+(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/upperbound.py``.)
+
+Grounding classes whose name carries a lead group ("Broad R wave in lateral leads", "QRS changes in
+anteroseptal leads", both MIMIC-IV-ECG) keep their name and are labelled on that lead subset, as the
+reference conversion does (fairseq-signals ``preprocess_ecgqa_for_classification.py``,
+``parse_lead_position``), so training and LLM grounding read them on the same leads.
+
+MIMIC located myocardial infarction (a deliberate choice, documented): "myocardial infarction in
+anterior leads" collapses to the grounding class named exactly as the collapsed attribute,
+"Myocardial infarction" (MIMIC class 12), on the anterior subset. The reference code matches the
+capitalised name but writes the lowercase "myocardial infarction" (MIMIC class 105, the name of the
+diagnostic *superclass*), so its class-105 labels mix located MI into the superclass. We keep class 12:
+the LLM grounding reads the same class on the same subset, so the project is self-consistent, but
+per-class numbers for MIMIC classes 12 and 105 are not comparable with upstream checkpoints.
 
 The conversion has two steps, so that it streams over a whole release:
 
@@ -16,7 +32,6 @@ The conversion has two steps, so that it streams over a whole release:
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.constants import CHEST, LEAD_GROUPS, LEADS, LIMB
+from ecgqa.leads import question_lead_group, split_lead_location, trailing_lead_group
 from ecgqa.release import read_class_csv
 
 #: Without a grounding class list, these (PTB-XL) attributes lose their lead location to the lead subset.
 LOCATED_BASES = ("myocardial infarction", "ischemic", "subendocardial injury")
-_LOCATED = re.compile(r"^(.+?) in (?:the )?(.+?) leads$")
-#: "... in lead aVL", "... in limb leads" inside a question: the subset the question is about.
-_QUESTION_LEAD = re.compile(r"\bin (?:lead (III|II|I|aVR|aVL|aVF|V[1-6])\b|(limb|chest) leads\b)")
 #: "What leads ..." questions about these voltage attributes are labelled per limb/chest group, not per lead.
 VOLTAGE_ATTRIBUTES = (
     "voltage criteria (qrs) for left ventricular hypertrophy",
@@ -69,16 +82,17 @@ def bundled_grounding_classes(version: str) -> Path:
 def split_location(attribute: str, classes: Collection[str] | None = None) -> tuple[str, str]:
     """("myocardial infarction in anterior leads") → ("myocardial infarction", "anterior"); else (attribute, "entire").
 
-    With ``classes`` (the grounding classes) an attribute that is itself a class stays whole ("Broad R wave
-    in lateral leads", "low qrs voltages in the frontal and horizontal leads") and any other "X in G leads"
-    whose G is a lead group collapses to X. Without it only :data:`LOCATED_BASES` collapse.
+    With ``classes`` (the grounding classes) an attribute that is itself a class keeps its name, on the
+    lead subset its name ends in ("Broad R wave in lateral leads" → lateral; "low qrs voltages in the
+    frontal and horizontal leads" → entire, see :func:`ecgqa.leads.trailing_lead_group`), and any other
+    "X in G leads" whose G is a lead group collapses to X. Without it only :data:`LOCATED_BASES` collapse.
     """
     if classes is not None and attribute in classes:
+        return attribute, trailing_lead_group(attribute)
+    located = split_lead_location(attribute)
+    if located is None:
         return attribute, "entire"
-    m = _LOCATED.match(attribute)
-    if m is None:
-        return attribute, "entire"
-    base, where = m.group(1), m.group(2)
+    base, where = located
     if classes is None and base.lower() not in LOCATED_BASES:
         return attribute, "entire"
     if where not in LEAD_GROUPS:
@@ -88,14 +102,6 @@ def split_location(attribute: str, classes: Collection[str] | None = None) -> tu
             )
         return attribute, "entire"
     return base, where
-
-
-def question_lead_group(question: str) -> str | None:
-    """The lead subset a question names ("… in lead V2" → "V2", "… in limb leads" → "limb"), or None."""
-    m = _QUESTION_LEAD.search(question)
-    if m is None:
-        return None
-    return m.group(1) or m.group(2)
 
 
 def _range_head(name: str) -> str:
