@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from ecgqa import sample
 from llm_eval.client import ChatClient, ask_all
-from llm_eval.grounding import Grounder, plan_blocks
+from llm_eval.grounding import Grounder, plan_readings
 from llm_eval.sampling import questions_from_release
 from llm_eval.store import ResponseStore
 
@@ -87,7 +87,7 @@ class Counting:
 
 def bench_grounding(grounding: Path | None) -> None:
     from ecgqa.records import read_record
-    from ecgqa.upperbound import bundled_grounding_classes, read_grounding_classes
+    from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
 
     paths = sample.paths()
     qs = questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid")
@@ -99,13 +99,13 @@ def bench_grounding(grounding: Path | None) -> None:
     classes = predictor.classes if predictor else read_grounding_classes(bundled_grounding_classes("ptbxl"))
     signals: dict[int, np.ndarray] = {}
 
-    def signal_of(block):
-        if block.ecg_id not in signals:
-            rel = f"records500/{block.ecg_id // 1000 * 1000:05d}/{block.ecg_id:05d}_hr"
-            signals[block.ecg_id] = read_record(paths.ptbxl_records / rel).signal
-        return signals[block.ecg_id]
+    def signal_of(reading):
+        if reading.ecg_id not in signals:
+            rel = f"records500/{reading.ecg_id // 1000 * 1000:05d}/{reading.ecg_id:05d}_hr"
+            signals[reading.ecg_id] = read_record(paths.ptbxl_records / rel).signal
+        return signals[reading.ecg_id]
 
-    uncached = sum(len(plan_blocks(q)) for q in qs)
+    uncached = sum(len(plan_readings(q)) for q in qs)
     clf = Counting(classes, predictor)
     g = Grounder(clf, signal_of, progress=False)
     t0 = time.perf_counter()

@@ -21,11 +21,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from llm_eval.store import Response, ResponseStore
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_KEY = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) ignore the key
+
+
+def safe_url(url: str | None) -> str | None:
+    """The endpoint without any user:password part or query string (gateways sometimes carry keys there)."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def api_key_from_env(env_name: str = DEFAULT_KEY_ENV, base_url: str | None = None) -> str:
@@ -42,6 +56,48 @@ def api_key_from_env(env_name: str = DEFAULT_KEY_ENV, base_url: str | None = Non
 
 class FatalEndpointError(RuntimeError):
     """The endpoint rejects every request (bad key, unknown model, wrong URL): the run stops."""
+
+
+class RejectedInputError(FatalEndpointError):
+    """HTTP 400: the server refuses this kind of input (e.g. an image for a text-only model): the run stops."""
+
+
+class BadResponse(Exception):
+    """A 2xx reply that is not a usable chat completion (an HTML page, broken JSON, no choices, no content).
+
+    Treated like a 5xx: retried with backoff, then recorded as failed, never stored or scored.
+    """
+
+    def __init__(self, endpoint: str, status: int, what: str, body: str):
+        self.status_code = status
+        excerpt = " ".join(body.split())[:200]
+        super().__init__(f"{endpoint} answered HTTP {status} with {what}; body starts: {excerpt!r}")
+
+
+def read_completion(raw: Any, endpoint: str) -> Response:
+    """The reply in a raw ``with_raw_response`` result, or :class:`BadResponse` saying what was wrong."""
+    from openai.types.chat import ChatCompletion
+
+    status = int(raw.status_code)
+    try:
+        completion = raw.parse()
+    except ValueError as e:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
+        raise BadResponse(endpoint, status, f"a body that is not a chat completion ({type(e).__name__})", raw.text) from None
+    if not isinstance(completion, ChatCompletion):
+        raise BadResponse(endpoint, status, "a non-JSON body", raw.text)
+    if not completion.choices:
+        raise BadResponse(endpoint, status, "no choices", raw.text)
+    choice = completion.choices[0]
+    if choice.message is None or choice.message.content is None:
+        raise BadResponse(endpoint, status, "a choice without message content", raw.text)
+    usage = completion.usage
+    return Response(
+        reply=choice.message.content,
+        prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+        completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        response_model=completion.model,
+        finish_reason=choice.finish_reason,
+    )
 
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}")
@@ -119,6 +175,9 @@ class ChatClient:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         max_tokens: int | None = 256,
+        max_completion_tokens: int | None = None,
+        omit_temperature: bool = False,
+        input_name: str = "classifier",
         seed: int | None = None,
     ):
         from openai import AsyncOpenAI
@@ -132,6 +191,10 @@ class ChatClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_tokens = max_tokens
+        self.max_completion_tokens = max_completion_tokens
+        self.omit_temperature = omit_temperature
+        self.input_name = input_name
+        self.endpoint = safe_url(base_url) or "https://api.openai.com/v1"
         self._rng = random.Random(seed)
         self._key = api_key or api_key_from_env(base_url=base_url)
         # The client's own retries are off: ours honour Retry-After and record every attempt.
@@ -143,7 +206,16 @@ class ChatClient:
         hint = _retry_after(exc)
         return max(backoff, hint) if hint is not None else backoff
 
-    async def _ask(self, prompt_hash: str, messages: list[dict[str, str]]) -> Outcome:
+    def _request_args(self) -> dict[str, Any]:
+        """Sampling options as sent: temperature 0 unless omitted (reasoning models refuse it)."""
+        kwargs: dict[str, Any] = {} if self.omit_temperature else {"temperature": 0}
+        if self.max_completion_tokens:
+            kwargs["max_completion_tokens"] = self.max_completion_tokens
+        elif self.max_tokens:
+            kwargs["max_tokens"] = self.max_tokens
+        return kwargs
+
+    async def _ask(self, prompt_hash: str, messages: list[dict[str, Any]]) -> Outcome:
         import openai
 
         outcome = Outcome(prompt_hash)
@@ -151,10 +223,10 @@ class ChatClient:
             outcome.attempts = attempt + 1
             try:
                 self.requests_sent += 1
-                kwargs = {"max_tokens": self.max_tokens} if self.max_tokens else {}
-                completion = await self._client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0, **kwargs
+                raw = await self._client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, **self._request_args()
                 )
+                response = read_completion(raw, self.endpoint)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every other request would fail the same way: stop now instead of recording thousands of failures.
                 raise FatalEndpointError(
@@ -163,22 +235,20 @@ class ChatClient:
                        if e.status_code in (401, 403) else f"check --model {self.model!r} and --base-url")
                     + f"; server said: {redact(str(e), self._key)}"
                 ) from None
-            except openai.APIError as e:
+            except openai.BadRequestError as e:
+                # 400: this input is refused (e.g. an image sent to a text-only model); the next prompt would be too.
+                raise RejectedInputError(
+                    f"{self.endpoint} refused model {self.model!r} the input {self.input_name!r} "
+                    f"(HTTP 400): {redact(str(e), self._key)[:300]}"
+                ) from None
+            except (openai.APIError, BadResponse) as e:
                 status = getattr(e, "status_code", None)
                 outcome.error = redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}", self._key)
-                if not _retryable(e) or attempt == self.max_retries:
-                    break  # 400, 422...: retrying will not help this prompt
+                if not (isinstance(e, BadResponse) or _retryable(e)) or attempt == self.max_retries:
+                    break  # 422...: retrying will not help this prompt
                 await asyncio.sleep(self._delay(attempt, e))
                 continue
-            choice = completion.choices[0] if completion.choices else None
-            usage = completion.usage
-            outcome.response = Response(
-                reply=(choice.message.content or "") if choice else "",
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                response_model=completion.model,
-                finish_reason=choice.finish_reason if choice else None,
-            )
+            outcome.response = response
             outcome.error = None
             # Committed (fsync'd, on the writer thread so the event loop keeps going) before it counts as
             # done or anyone scores it: a crash after this line loses nothing.
@@ -190,7 +260,7 @@ class ChatClient:
 
     async def run(
         self,
-        prompts: dict[str, list[dict[str, str]]],
+        prompts: dict[str, list[dict[str, Any]]],
         on_done: Callable[[Outcome], None] | None = None,
     ) -> dict[str, Outcome]:
         """Answer every prompt (hash → messages) not already in the store."""
@@ -204,7 +274,7 @@ class ChatClient:
                 todo[h] = messages
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def one(h: str, messages: list[dict[str, str]]) -> None:
+        async def one(h: str, messages: list[dict[str, Any]]) -> None:
             async with sem:
                 result = await self._ask(h, messages)
             out[h] = result
@@ -220,7 +290,7 @@ class ChatClient:
         return out
 
 
-def ask_all(client: ChatClient, prompts: dict[str, list[dict[str, str]]], progress: bool = True) -> dict[str, Outcome]:
+def ask_all(client: ChatClient, prompts: dict[str, list[dict[str, Any]]], progress: bool = True) -> dict[str, Outcome]:
     """Synchronous wrapper with a progress bar over the prompts that need a request."""
     from tqdm.auto import tqdm
 

@@ -2,12 +2,12 @@
 
 The LLM never sees a signal: it sees, per ECG and lead subset, the grounding classes the classifier
 scores above 0.5 (ECGQA.md, "The LLM evaluation protocol", step 2). Which (ECG, lead subset) pairs
-a question needs is decided by :func:`plan_blocks`:
+a question needs is decided by :func:`plan_readings`:
 
 - a question naming a lead or a lead group ("… in lead V2", "… in inferior leads") gets the classifier
   run on that subset only (the other leads zeroed);
 - a "which leads …" question (its options are the twelve lead classes) gets one pass per single lead;
-- a comparison question gets one block per ECG (first/second or previous/recent, as its wording says);
+- a comparison question gets one reading per ECG (first/second or previous/recent, as its wording says);
 - everything else gets the whole 12-lead ECG.
 
 Many questions share an ECG, so each (ecg id, lead subset) is classified once, in batches, and the
@@ -29,10 +29,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ecgqa.constants import LEAD_GROUPS, LEADS, lead_mask
+from ecgqa.constants import LEADS
+from ecgqa.leads import group_leads, lead_mask, lead_subsets_in
+from ecgqa.metrics import decide
 from llm_eval.sampling import Question
 
-THRESHOLD = 0.5
 LEAD_CLASSES = tuple(f"lead {lead}" for lead in LEADS)
 
 
@@ -44,55 +45,15 @@ class Classifier(Protocol):
     def classify(self, ecgs: np.ndarray, lead_masks: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray: ...
 
 
-def _canonical_subsets() -> dict[tuple[str, ...], str]:
-    # Several group names cover the same leads (frontal = limb, diffuse = entire): cache them once.
-    out: dict[tuple[str, ...], str] = {}
-    for name, leads in LEAD_GROUPS.items():
-        out.setdefault(tuple(lead for lead in LEADS if lead in leads), name)
-    return out
-
-
-_CANONICAL = _canonical_subsets()
-
-
-def canonical_subset(name: str) -> str:
-    """The first LEAD_GROUPS name covering the same leads as ``name`` ("diffuse" → "entire")."""
-    if name not in LEAD_GROUPS:
-        raise ValueError(f"unknown lead subset {name!r}; expected a key of ecgqa.constants.LEAD_GROUPS")
-    return _CANONICAL[tuple(lead for lead in LEADS if lead in LEAD_GROUPS[name])]
-
-
-_LEAD_ALT = "|".join(sorted((re.escape(lead) for lead in LEADS), key=len, reverse=True))
-_GROUP_ALT = "|".join(
-    sorted((re.escape(g) for g in LEAD_GROUPS if g not in LEADS and g != "entire"), key=len, reverse=True)
-)
-# "lead V2", "leads V1 and V2", "V2 lead"; lead names are case-sensitive ("I" is not "i").
-_SINGLE = re.compile(rf"(?i:\bleads?\s+)({_LEAD_ALT})\b|\b({_LEAD_ALT})(?i:\s+leads?\b)")
-_GROUP = re.compile(rf"\b({_GROUP_ALT})\s+leads?\b", re.IGNORECASE)
-
-
-def lead_subsets_in(text: str) -> list[str]:
-    """Canonical lead subsets a question names, in order of first mention ([] = none named)."""
-    found: list[tuple[int, str]] = []
-    for m in _GROUP.finditer(text):
-        found.append((m.start(), canonical_subset(m.group(1).lower())))
-    for m in _SINGLE.finditer(text):
-        found.append((m.start(), m.group(1) or m.group(2)))
-    out: list[str] = []
-    for _, name in sorted(found):
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def is_which_leads(q: Question) -> bool:
     """A "which leads …" question: its options are lead classes."""
     return bool(q.options) and all(o in LEAD_CLASSES for o in q.options)
 
 
 @dataclass(frozen=True)
-class Block:
-    """One interpretation block of a prompt: an ECG read through one lead subset."""
+class Reading:
+    """One ECG of a question read through one lead subset: what the classifier is run on, and one
+    interpretation section of the prompt."""
 
     ecg_index: int  # 0 or 1 within the question
     ecg_id: int
@@ -106,7 +67,7 @@ class Block:
 
     @property
     def leads(self) -> tuple[str, ...]:
-        return tuple(lead for lead in LEADS if lead in LEAD_GROUPS[self.subset])
+        return group_leads(self.subset)
 
 
 _PREVIOUS_RECENT = re.compile(r"\b(previous|recent)\b")
@@ -114,7 +75,7 @@ _FIRST_SECOND = re.compile(r"\b(first|second)\b(?!\s+degree)")  # "first degree 
 
 
 def ecg_labels(q: Question) -> tuple[str, ...]:
-    """How the question itself names its ECGs, so the blocks use the same words."""
+    """How the question itself names its ECGs, so the readings use the same words."""
     if not q.is_comparison:
         return ("ECG",)
     text = q.question.lower()
@@ -127,7 +88,7 @@ def ecg_labels(q: Question) -> tuple[str, ...]:
     return ("first ECG", "second ECG")
 
 
-def plan_blocks(q: Question) -> list[Block]:
+def plan_readings(q: Question) -> list[Reading]:
     """The (ECG, lead subset) readings a question's prompt shows, in prompt order."""
     if is_which_leads(q):
         subsets = list(LEADS)
@@ -136,19 +97,19 @@ def plan_blocks(q: Question) -> list[Block]:
     labels = ecg_labels(q)
     if len(labels) < len(q.ecg_ids):
         raise ValueError(f"sample {q.sample_id}: {len(q.ecg_ids)} ECGs for a {q.question_type} question")
-    blocks = []
+    readings = []
     for i, ecg_id in enumerate(q.ecg_ids):
         row = q.ecg_rows[i] if q.ecg_rows is not None else None
         for subset in subsets:
-            blocks.append(Block(i, ecg_id, row, subset, labels[i]))
-    return blocks
+            readings.append(Reading(i, ecg_id, row, subset, labels[i]))
+    return readings
 
 
 @dataclass(frozen=True)
 class Interpretation:
-    """A block with its findings: grounding classes scored above the threshold, highest first."""
+    """A reading with its findings: grounding classes scored above the threshold, highest first."""
 
-    block: Block
+    reading: Reading
     findings: tuple[tuple[str, float], ...]
 
 
@@ -167,6 +128,23 @@ def fingerprint(checkpoint: str | Path | None, data_hash: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+CACHE_KIND = "ecgqa-grounding-cache"
+CACHE_HEADER = json.dumps({"kind": CACHE_KIND})[:-1]  # how every cache file we write begins
+
+
+def _cache_header(text: str | None) -> dict[str, Any] | None:
+    """The header of a grounding cache we wrote, or None for anything else (a user's file)."""
+    if not text or "\n" not in text:
+        return None
+    try:
+        header = json.loads(text.split("\n", 1)[0])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(header, dict) or header.get("kind") != CACHE_KIND:
+        return None
+    return header
+
+
 class ScoreCache:
     """Append-only, fsync'd JSONL of classifier scores per (ecg id, subset); a torn last line is skipped."""
 
@@ -176,22 +154,33 @@ class ScoreCache:
         self.fingerprint = fingerprint
         self.scores: dict[str, np.ndarray] = {}
         self._torn_tail = False
+        if self.path is not None and self.path.exists() and not self.path.is_file():
+            raise ValueError(f"--grounding-cache {self.path} is a folder; it must name a file (e.g. {self.path}/scores.jsonl)")
         if self.path is not None and self.path.is_file():
             self._load()
 
     def _load(self) -> None:
         assert self.path is not None
-        text = self.path.read_text()
-        if "\n" not in text:
-            # Killed before the header line was complete (empty or torn): nothing was cached, start afresh.
+        try:
+            text = self.path.read_text()
+        except UnicodeDecodeError:
+            text = None
+        if text == "":
+            return  # empty: the header is written with the first scores
+        if text is not None and "\n" not in text and (CACHE_HEADER.startswith(text) or text.startswith(CACHE_HEADER)):
+            # Our header, torn by a kill before its line was complete: nothing was cached, start afresh.
             self.path.unlink()
             return
+        header = _cache_header(text)
+        if header is None:
+            # Someone else's file: never overwrite or delete what we cannot prove we wrote.
+            raise ValueError(
+                f"--grounding-cache {self.path} is not a grounding cache written by ecgqa llm-eval (its first line "
+                f"is not {CACHE_HEADER}...); it was left untouched. Point --grounding-cache at a new file name"
+            )
+        assert text is not None
         self._torn_tail = not text.endswith("\n")
         lines = text.splitlines()
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            header = {}
         if header.get("fingerprint") != self.fingerprint or header.get("classes") != self.classes:
             # Readings of another checkpoint or other data: never mix them in, never silently delete them.
             raise ValueError(
@@ -216,10 +205,10 @@ class ScoreCache:
         if self.path is None or not items:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
+        new = not self.path.is_file() or self.path.stat().st_size == 0
         with self.path.open("a") as f:
             if new:
-                f.write(json.dumps({"fingerprint": self.fingerprint, "classes": self.classes}) + "\n")
+                f.write(json.dumps({"kind": CACHE_KIND, "fingerprint": self.fingerprint, "classes": self.classes}) + "\n")
             elif self._torn_tail:  # end the torn line so the next record starts on its own
                 f.write("\n")
                 self._torn_tail = False
@@ -235,27 +224,25 @@ class Grounder:
     def __init__(
         self,
         classifier: Classifier,
-        signal_of: Callable[[Block], np.ndarray],
+        signal_of: Callable[[Reading], np.ndarray],
         cache_path: str | Path | None = None,
         fingerprint: str = "",
         batch_size: int = 64,
-        threshold: float = THRESHOLD,
         progress: bool = True,
     ):
         self.classifier = classifier
         self.signal_of = signal_of
         self.batch_size = batch_size
-        self.threshold = threshold
         self.progress = progress
         self.cache = ScoreCache(cache_path, list(classifier.classes), fingerprint)
         self.n_forward = 0  # (ECG, subset) rows actually run through the classifier
 
-    def compute(self, blocks: Iterable[Block]) -> None:
-        """Run the classifier on every distinct block not cached yet, ``batch_size`` at a time."""
+    def compute(self, readings: Iterable[Reading]) -> None:
+        """Run the classifier on every distinct reading not cached yet, ``batch_size`` at a time."""
         from tqdm.auto import tqdm
 
-        todo: dict[str, Block] = {}
-        for b in blocks:
+        todo: dict[str, Reading] = {}
+        for b in readings:
             if b.key not in self.cache and b.key not in todo:
                 todo[b.key] = b
         pending = list(todo.values())
@@ -276,27 +263,27 @@ class Grounder:
             bar.update(len(batch))
         bar.close()
 
-    def scores(self, block: Block) -> np.ndarray:
-        return self.cache.scores[block.key]
+    def scores(self, reading: Reading) -> np.ndarray:
+        return self.cache.scores[reading.key]
 
-    def interpret(self, block: Block) -> Interpretation:
-        s = self.scores(block)
-        found = [(c, round(float(x), 3)) for c, x in zip(self.cache.classes, s) if x > self.threshold]
+    def interpret(self, reading: Reading) -> Interpretation:
+        s = self.scores(reading)
+        found = [(c, round(float(x), 3)) for c, x, keep in zip(self.cache.classes, s, decide(s)) if keep]
         found.sort(key=lambda cx: (-cx[1], cx[0]))
-        return Interpretation(block, tuple(found))
+        return Interpretation(reading, tuple(found))
 
     def ground(self, questions: list[Question]) -> dict[int, list[Interpretation]]:
-        """sample id → its interpretation blocks, in prompt order."""
-        plans = {q.sample_id: plan_blocks(q) for q in questions}
-        self.compute(b for blocks in plans.values() for b in blocks)
-        return {sid: [self.interpret(b) for b in blocks] for sid, blocks in plans.items()}
+        """sample id → its interpretation readings, in prompt order."""
+        plans = {q.sample_id: plan_readings(q) for q in questions}
+        self.compute(b for readings in plans.values() for b in readings)
+        return {sid: [self.interpret(b) for b in readings] for sid, readings in plans.items()}
 
 
-def prepared_signal_of(data: Any) -> Callable[[Block], np.ndarray]:
+def prepared_signal_of(data: Any) -> Callable[[Reading], np.ndarray]:
     """Signal lookup in a prepared directory's store, by the question's row (or its ECG id)."""
 
-    def signal_of(block: Block) -> np.ndarray:
-        row = block.ecg_row if block.ecg_row is not None else data.row_of(block.ecg_id)
+    def signal_of(reading: Reading) -> np.ndarray:
+        row = reading.ecg_row if reading.ecg_row is not None else data.row_of(reading.ecg_id)
         return data.signals[row]
 
     return signal_of

@@ -48,7 +48,7 @@ def _leads_phrase(leads: tuple[str, ...]) -> str:
 
 def block_text(interp: Interpretation) -> str:
     """``Interpretation of the first ECG (leads II, III, aVF only):`` and its findings, one per line."""
-    b = interp.block
+    b = interp.reading
     head = f"Interpretation of the {b.ecg_label} ({_leads_phrase(b.leads)}):"
     if not interp.findings:
         return f"{head}\n- no finding scored above 0.5"

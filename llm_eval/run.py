@@ -20,24 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecgqa.report import write_atomic
+from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir
 from llm_eval.grounding import Grounder, fingerprint, prepared_signal_of
 from llm_eval.prompts import PROMPT_VERSION, build_prompt, options_for, prompt_hash
 from llm_eval.sampling import DEFAULT_FRACTION, DEFAULT_SEED, Question, questions_from_prepared, read_ids_file, select
 from llm_eval.scoring import Scored, exact_match, parse_reply, summarize
 
+#: Written first into every llm-eval output folder: proof that the folder is ours to resume and rewrite.
+MARKER = "llm_eval_run.json"
 
-def _safe_url(url: str | None) -> str | None:
-    """The endpoint without any user:password part or query string (gateways sometimes carry keys there)."""
-    if not url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def claim_out(out: Path) -> None:
+    """Refuse an --out holding someone else's files; mark the folder ours before writing anything else."""
+    claim_output_dir(out, marker=MARKER, what="llm-eval output")
+    if not (out / MARKER).is_file():
+        atomic_write_json(out / MARKER, {"tool": "ecgqa llm-eval"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def write_prompts(items: list[PromptItem], out: Path) -> dict[str, Any]:
         chars += n
         lines.append(json.dumps({"sample_id": it.question.sample_id, "question_type": it.question.question_type,
                                  "prompt_hash": it.hash, "chars": n, "messages": it.messages}, ensure_ascii=False))
-    write_atomic(out / "prompts.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write(out / "prompts.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     # ~4 characters per token for English text: a planning estimate, not a bill.
     return {"n_prompts": len(items), "n_distinct_prompts": len({it.hash for it in items}), "chars": chars,
             "estimated_prompt_tokens": round(chars / 4)}
@@ -143,11 +140,11 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate already-selected questions; returns report.json's content (or the dry-run summary)."""
-    from llm_eval.client import ChatClient, api_key_from_env, ask_all
+    from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out)
     t0 = time.time()
     items = build_prompts(questions, grounder)
     summary = write_prompts(items, out)
@@ -158,7 +155,7 @@ def evaluate(
 
     if dry_run:
         summary.update({"dry_run": True, "n_forward": grounder.n_forward, "prompts": str(out / "prompts.jsonl")})
-        write_atomic(out / "dry_run.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write(out / "dry_run.json", json.dumps(summary, indent=2) + "\n")
         log(f"dry run: {summary['n_prompts']} prompts, {summary['chars']} characters "
             f"(~{summary['estimated_prompt_tokens']} tokens) written to {out / 'prompts.jsonl'}; no model was called")
         return summary
@@ -179,24 +176,24 @@ def evaluate(
         store.close()
 
     for row, transcript in scored:
-        write_atomic(out / "transcripts" / f"{row.sample_id}.json", json.dumps(transcript, indent=1, ensure_ascii=False))
+        atomic_write(out / "transcripts" / f"{row.sample_id}.json", json.dumps(transcript, indent=1, ensure_ascii=False))
     preds = [json.dumps({
         "sample_id": row.sample_id, "question_type": row.question_type, "attribute_type": row.attribute_type,
         "predicted": row.predicted, "true": row.true, "valid": row.valid, "scores": {},
         "correct": row.correct, "status": row.status, "reply": transcript["reply"],
     }, ensure_ascii=False) for row, transcript in scored]
-    write_atomic(out / "predictions.jsonl", "\n".join(preds) + ("\n" if preds else ""))
+    atomic_write(out / "predictions.jsonl", "\n".join(preds) + ("\n" if preds else ""))
 
-    report: dict[str, Any] = {"kind": "llm", "model": model, "llm": model, "base_url": _safe_url(base_url)}
+    report: dict[str, Any] = {"kind": "llm", "model": model, "llm": model, "base_url": safe_url(base_url)}
     report.update(report_meta or {})
     report.update(summarize([r for r, _ in scored], price_in, price_out))
     report.update({"prompt_version": PROMPT_VERSION, "n_distinct_prompts": len(distinct)})
     report.setdefault("grounding", None)
-    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out / "report.md", render_report_md(report))
+    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "report.md", render_report_md(report))
     run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached,
                "grounding_forward_rows": grounder.n_forward, "wall_s": round(time.time() - t0, 3)}
-    write_atomic(out / "run_log.json", json.dumps(run_log, indent=2) + "\n")
+    atomic_write(out / "run_log.json", json.dumps(run_log, indent=2) + "\n")
     log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions "
         f"(macro over question types {100 * (report['em_macro_question_type'] or 0):.1f} %), "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}")

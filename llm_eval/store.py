@@ -31,6 +31,14 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+class StoreFullError(RuntimeError):
+    """The disk (or quota) under the response store is full: the run stops with one clear message."""
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("full" in str(e) or "disk I/O" in str(e))
+
+
 @dataclass(frozen=True)
 class Response:
     reply: str
@@ -73,7 +81,15 @@ class ResponseStore:
         row = (model, prompt_hash, response.reply, int(response.prompt_tokens), int(response.completion_tokens),
                response.response_model, response.finish_reason, json.dumps(messages, ensure_ascii=False), time.time())
         with self._lock:
-            cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            try:
+                cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            except sqlite3.OperationalError as e:
+                if _is_full(e):
+                    raise StoreFullError(
+                        f"{self.path}: the disk is full ({e}); every reply committed so far is kept. Free some "
+                        "space (or point --store at another disk) and re-run the same command to continue"
+                    ) from None
+                raise
             return cur.rowcount == 1
 
     def count(self, model: str | None = None) -> int:

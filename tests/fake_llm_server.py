@@ -7,21 +7,29 @@ be told, through ``/control`` or attributes of :class:`FakeLLM`, to
 - return scripted faults to the next requests: ``"429"`` (with ``Retry-After``), ``"408"``, ``"409"``,
   ``"500"``, ``"401"``,
   ``"hang"`` (never answer; the handler ends when the client gives up and disconnects),
-  ``"nomatch"`` (a reply matching no option);
+  ``"nomatch"`` (a reply matching no option),
+  broken 200s: ``"html"`` (a proxy's error page), ``"badjson"``, ``"empty"`` (``{}``), ``"nochoices"``
+  (``choices: []``), ``"nullcontent"`` (``content: null``), and ``"400"`` (an input the model refuses);
+- refuse (400) every request carrying an image (``reject_images``: a text-only model);
 - always fail (500) or always reply off-option for prompts containing a substring;
 - answer only the first ``answer_limit`` requests and hang all later ones (to kill a client mid-run
   at a deterministic point);
 - wait ``latency`` seconds per request (asyncio, so concurrent requests overlap).
 
-It counts requests received and answered, and records each request's bearer token.
+It counts requests received and answered, records each request's bearer token, and keeps what
+arrived (:attr:`FakeLLM.seen`: the text, the sampling options and, per image part, the decoded PNG's
+size), so tests can check what a run really sent.
 Run it alone with ``python tests/fake_llm_server.py --latency 0.05`` (prints its URL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -30,7 +38,9 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 OPTIONS_PREFIX = "Options: "
 OPTION_SEPARATOR = "; "
@@ -41,6 +51,32 @@ def options_in(prompt: str) -> list[str]:
         if line.startswith(OPTIONS_PREFIX):
             return line[len(OPTIONS_PREFIX) :].split(OPTION_SEPARATOR)
     return []
+
+
+def png_size(data_url: str) -> tuple[int, int] | None:
+    """(width, height) of a ``data:image/png;base64,...`` URL's image (its IHDR chunk), None if not a PNG."""
+    prefix = "data:image/png;base64,"
+    if not data_url.startswith(prefix):
+        return None
+    data = base64.b64decode(data_url[len(prefix) :], validate=True)
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def split_content(content: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A message's text (parts joined) and its image parts, for string or list-of-parts content."""
+    if isinstance(content, str):
+        return content, []
+    texts, images = [], []
+    for part in content or []:
+        if part.get("type") == "text":
+            texts.append(part.get("text", ""))
+        elif part.get("type") == "image_url":
+            url = part.get("image_url", {}).get("url", "")
+            images.append({"size": png_size(url), "detail": part.get("image_url", {}).get("detail"),
+                           "bytes": len(url)})
+    return "\n".join(texts), images
 
 
 def deterministic_answer(prompt: str) -> str:
@@ -65,6 +101,8 @@ class FakeLLM:
     fail_substring: str | None = None
     nomatch_substring: str | None = None
     answer_limit: int | None = None
+    reject_images: bool = False
+    seen: list = field(default_factory=list)
     received: int = 0
     answered: int = 0
     faulted: Counter = field(default_factory=Counter)
@@ -90,9 +128,13 @@ def create_app(state: FakeLLM) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
-        prompt = "\n".join(m.get("content", "") for m in body.get("messages", []))
+        parts = [split_content(m.get("content", "")) for m in body.get("messages", [])]
+        prompt = "\n".join(text for text, _ in parts)
+        images = [img for _, imgs in parts for img in imgs]
         auth = request.headers.get("authorization", "")
         with state.lock:
+            state.seen.append({"text": prompt, "images": images,
+                               "options": {k: v for k, v in body.items() if k not in ("messages", "model")}})
             state.received += 1
             state.tokens_seen.add(auth.removeprefix("Bearer "))
             fault = state.faults.pop(0) if state.faults else None
@@ -113,13 +155,27 @@ def create_app(state: FakeLLM) -> FastAPI:
             return JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, status_code=500)
         if fault == "hang":
             return await hang(request)
+        if fault == "400" or (state.reject_images and images):
+            return JSONResponse({"error": {"message": "this model does not support image input",
+                                           "type": "invalid_request_error"}}, status_code=400)
+        broken = {"html": ("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+                  "badjson": ('{"id": "x", "choices": [', "application/json"),
+                  "empty": ("{}", "application/json"),
+                  "nochoices": ('{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}',
+                                "application/json"),
+                  "nullcontent": (json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                              "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                                           "finish_reason": "stop"}]}), "application/json")}
+        if fault in broken:
+            body_text, media_type = broken[fault]
+            return Response(body_text, status_code=200, media_type=media_type)
         if state.latency:
             await asyncio.sleep(state.latency)
         nomatch = fault == "nomatch" or (state.nomatch_substring and state.nomatch_substring in prompt)
         reply = "I am not able to answer that." if nomatch else deterministic_answer(prompt)
         with state.lock:
             state.answered += 1
-            state.answered_prompts[hashlib.sha256(prompt.encode()).hexdigest()] += 1
+            state.answered_prompts[hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()] += 1
         p_tok, c_tok = len(prompt.split()), len(reply.split())
         return JSONResponse({
             "id": f"chatcmpl-{state.answered}", "object": "chat.completion", "created": int(time.time()),
@@ -133,7 +189,8 @@ def create_app(state: FakeLLM) -> FastAPI:
         body = await request.json()
         with state.lock:
             for k, v in body.items():
-                if k in ("latency", "retry_after", "faults", "fail_substring", "nomatch_substring", "answer_limit"):
+                if k in ("latency", "retry_after", "faults", "fail_substring", "nomatch_substring", "answer_limit",
+                         "reject_images"):
                     setattr(state, k, v)
         return state.stats()
 

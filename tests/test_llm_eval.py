@@ -18,7 +18,7 @@ import wfdb
 from ecgqa.constants import LEAD_GROUPS, LEADS, QUESTION_TYPES, question_codes
 from llm_eval import sampling
 from llm_eval.client import ChatClient, FatalEndpointError, _retry_after, api_key_from_env, ask_all
-from llm_eval.grounding import Block, Grounder, lead_subsets_in, plan_blocks
+from llm_eval.grounding import Grounder, Reading, lead_subsets_in, plan_readings
 from llm_eval.prompts import INSTRUCTION, build_prompt, options_for, prompt_hash
 from llm_eval.run import evaluate
 from llm_eval.sampling import Question
@@ -79,14 +79,14 @@ def signals(sample_paths):
     """ECG id → read-only (12, 5000) array read with wfdb directly; any write into it raises."""
     cache: dict[int, np.ndarray] = {}
 
-    def signal_of(block: Block) -> np.ndarray:
-        if block.ecg_id not in cache:
-            path = sample_paths.ptbxl_records / "records500" / f"{block.ecg_id // 1000 * 1000:05d}" / f"{block.ecg_id:05d}_hr"
+    def signal_of(reading: Reading) -> np.ndarray:
+        if reading.ecg_id not in cache:
+            path = sample_paths.ptbxl_records / "records500" / f"{reading.ecg_id // 1000 * 1000:05d}" / f"{reading.ecg_id:05d}_hr"
             sig, _ = wfdb.rdsamp(str(path))
             arr = np.ascontiguousarray(sig.T.astype(np.float32))
             arr.flags.writeable = False
-            cache[block.ecg_id] = arr
-        return cache[block.ecg_id]
+            cache[reading.ecg_id] = arr
+        return cache[reading.ecg_id]
 
     signal_of.cache = cache
     return signal_of
@@ -187,29 +187,29 @@ def test_lead_subsets_named_by_questions():
 def test_plan_blocks_per_question_kind(every_type):
     verify = every_type["single-verify"]
     lead = re.search(r"in lead (\S+)\?", verify.question).group(1)
-    assert [(b.subset, b.leads) for b in plan_blocks(verify)] == [(lead, (lead,))]
-    which = plan_blocks(every_type["single-query"])
+    assert [(b.subset, b.leads) for b in plan_readings(verify)] == [(lead, (lead,))]
+    which = plan_readings(every_type["single-query"])
     assert [b.subset for b in which] == list(LEADS)  # one pass per single lead
-    comp = plan_blocks(every_type["comparison_consecutive-verify"])
+    comp = plan_readings(every_type["comparison_consecutive-verify"])
     assert [(b.ecg_label, b.ecg_id, b.subset) for b in comp] == [("previous ECG", 16, "entire"), ("recent ECG", 17, "entire")]
-    irr = plan_blocks(every_type["comparison_irrelevant-query"])
+    irr = plan_readings(every_type["comparison_irrelevant-query"])
     assert [b.ecg_label for b in irr] == ["first ECG", "second ECG"]
     assert [b.ecg_id for b in irr] == list(every_type["comparison_irrelevant-query"].ecg_ids)
     # "first degree av block" is a class, not the first ECG: a consecutive question keeps previous/recent
     av = synthetic("comparison_consecutive-verify", "Has first degree av block newly appeared in the later ECG "
                    "compared to the earlier one?", ["no", "yes"], ["no"], ecg_ids=(16, 17), attribute_type="scp_code")
-    assert [b.ecg_label for b in plan_blocks(av)] == ["previous ECG", "recent ECG"]
-    both = plan_blocks(every_type["comparison_irrelevant-verify"])  # a lead named in a comparison question
+    assert [b.ecg_label for b in plan_readings(av)] == ["previous ECG", "recent ECG"]
+    both = plan_readings(every_type["comparison_irrelevant-verify"])  # a lead named in a comparison question
     assert [(b.ecg_label, b.subset) for b in both] == [("first ECG", "V2"), ("second ECG", "V2")]
 
 
 def test_per_lead_grounding_differs_and_never_touches_the_store(signals, grounding_classes, every_type):
     q = every_type["single-query"]  # "which leads": one pass per lead
-    ecg = np.array(signals(plan_blocks(q)[0]))
+    ecg = np.array(signals(plan_readings(q)[0]))
     for clf in (StandInClassifier(grounding_classes), InPlaceMaskingClassifier(grounding_classes)):
         g = Grounder(clf, signals, progress=False)
         g.ground([q])
-        per_lead = np.stack([g.scores(b) for b in plan_blocks(q)])
+        per_lead = np.stack([g.scores(b) for b in plan_readings(q)])
         zeroed = clf.classify(np.zeros((1, 12, ecg.shape[-1]), np.float32))[0]
         # every pair of leads reads differently, and no lead reads like an all-zero ECG
         for i in range(12):
@@ -221,13 +221,13 @@ def test_per_lead_grounding_differs_and_never_touches_the_store(signals, groundi
             x = ecg.copy()
             x[[k for k in range(12) if k != i]] = 0
             np.testing.assert_allclose(per_lead[i], StandInClassifier(grounding_classes).classify(x[None])[0], rtol=0, atol=1e-6)  # scores are kept to 6 decimals
-        np.testing.assert_array_equal(signals(plan_blocks(q)[0]), ecg)  # the source is unchanged
+        np.testing.assert_array_equal(signals(plan_readings(q)[0]), ecg)  # the source is unchanged
 
 
 def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, grounding_classes, train_questions):
     qs = train_questions[:60]
-    distinct = {b.key for q in qs for b in plan_blocks(q)}
-    total = sum(len(plan_blocks(q)) for q in qs)
+    distinct = {b.key for q in qs for b in plan_readings(q)}
+    total = sum(len(plan_readings(q)) for q in qs)
     clf = StandInClassifier(grounding_classes)
     g = Grounder(clf, signals, tmp_path / "cache.jsonl", fingerprint="abc", batch_size=16, progress=False)
     first = g.ground(qs)
@@ -247,13 +247,13 @@ def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, g
     assert n_new > 0 and after.n_forward == 0  # ...and every new record reads back
     # interpretations: classes scored > 0.5 with three decimals, highest first
     interp = first[qs[0].sample_id][0]
-    scores = g.scores(interp.block)
+    scores = g.scores(interp.reading)
     expect = sorted(((c, round(float(s), 3)) for c, s in zip(grounding_classes, scores) if s > 0.5),
                     key=lambda cs: (-cs[1], cs[0]))
     assert list(interp.findings) == expect and expect
 
 
-@pytest.mark.parametrize("left_behind", ["", '{"fingerprint": "ab'])
+@pytest.mark.parametrize("left_behind", ["", '{"kind": "ecgqa-grou', '{"kind": "ecgqa-grounding-cache", "fingerp'])
 def test_cache_killed_before_its_header_was_written_starts_afresh(tmp_path, signals, grounding_classes,
                                                                   train_questions, left_behind):
     """A kill between creating the cache file and completing its header line must not block every later run."""
@@ -276,7 +276,7 @@ def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
     for qtype, q in every_type.items():
         text = build_prompt(q, interps[q.sample_id])[0]["content"]
         blocks = re.findall(r"^Interpretation of the (.+?) \((.+?)\):$", text, re.MULTILINE)
-        expected = [(b.ecg_label, b.subset) for b in plan_blocks(q)]
+        expected = [(b.ecg_label, b.subset) for b in plan_readings(q)]
         assert len(blocks) == len(expected), qtype
         for (label, leads), (want_label, subset) in zip(blocks, expected):
             assert label == want_label
@@ -510,8 +510,86 @@ def test_dry_run_writes_prompts_and_calls_nothing(tmp_path, server, signals, gro
 
 
 def test_report_url_drops_credentials_and_query_keeps_ipv6():
-    from llm_eval.run import _safe_url
+    from llm_eval.client import safe_url as _safe_url
 
     assert _safe_url("https://user:secret@gw.example.com:8443/v1?api-key=abc") == "https://gw.example.com:8443/v1"
     assert _safe_url("http://u:p@[::1]:8000/v1?k=1") == "http://[::1]:8000/v1"
     assert _safe_url(None) is None
+
+
+# ----------------------------------------------------------------------------- broken endpoints, full disks, user files
+
+
+@pytest.mark.parametrize("fault", ["html", "badjson", "empty", "nochoices", "nullcontent"])
+def test_a_broken_200_is_a_failed_attempt_retried_then_recorded_as_failed(tmp_path, server, fault):
+    """L6-L8: a 200 that is no chat completion is never stored as a reply; it is retried, then failed."""
+    messages = [{"role": "user", "content": "Question: ?\n\nOptions: no; yes"}]
+    server.state.faults = [fault] * 3
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, max_retries=2, backoff_base=0.01)
+        out = ask_all(client, {"h": messages}, progress=False)["h"]
+        assert not out.ok and out.attempts == 3 and store.count() == 0
+        assert server.url in out.error and "HTTP 200" in out.error
+        excerpt = {"html": "502 Bad Gateway", "badjson": '"choices": [', "empty": "{}", "nochoices": '"choices": []',
+                   "nullcontent": '"content": null'}[fault]
+        assert excerpt in out.error
+    assert server.state.stats()["received"] == 3
+    # the next run asks again (nothing bad was stored) and gets the answer
+    server.state.faults = [fault]
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, max_retries=2, backoff_base=0.01)
+        out = ask_all(client, {"h": messages}, progress=False)["h"]
+        assert out.ok and out.attempts == 2 and store.get("fake", "h").reply in ("no", "yes")
+
+
+def test_broken_200s_in_a_run_are_failed_not_scored_and_resent(tmp_path, server, signals, grounding_classes,
+                                                              train_questions):
+    qs = train_questions[:6]
+    server.state.faults = ["empty", "nullcontent"] * 20
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 1, "max_retries": 1, "backoff_base": 0.01,
+              "progress": False}
+    report = evaluate(qs, g, "fake", tmp_path / "out", **kwargs)
+    assert report["n_failed"] == len(qs) and report["n"] == 0 and report["n_no_match"] == 0
+    server.state.faults = []
+    report = evaluate(qs, g, "fake", tmp_path / "out", **kwargs)
+    assert report["n_failed"] == 0 and report["n"] == len(qs)
+
+
+def test_a_full_disk_ends_with_one_clear_message(tmp_path, server):
+    """L11: sqlite's "database or disk is full" (a real SQLITE_FULL, via max_page_count) is one message."""
+    from llm_eval.store import StoreFullError
+
+    with _closing(ResponseStore(tmp_path / "s.sqlite")) as store:
+        store._db.execute(f"PRAGMA max_page_count = {store._db.execute('PRAGMA page_count').fetchone()[0]}")
+        client = ChatClient("fake", store, base_url=server.url, api_key=KEY, max_retries=0)
+        prompts = {f"h{i}": [{"role": "user", "content": "x" * 3000 + f"{i}\n\nOptions: no; yes"}] for i in range(5)}
+        with pytest.raises(StoreFullError, match="disk is full.*re-run the same command"):
+            ask_all(client, prompts, progress=False)
+
+
+def test_a_user_file_given_as_grounding_cache_is_refused_and_kept(tmp_path, signals, grounding_classes):
+    """L13: a file that is not our cache is never deleted or appended to, with or without a newline."""
+    for text in ("my notes, no newline", "line one\nline two\n", '{"fingerprint": "x"}\n'):
+        path = tmp_path / "notes.txt"
+        path.write_text(text)
+        with pytest.raises(ValueError, match="not a grounding cache written by ecgqa.*left untouched"):
+            Grounder(StandInClassifier(grounding_classes), signals, path, fingerprint="abc", progress=False)
+        assert path.read_text() == text
+    with pytest.raises(ValueError, match="is a folder"):
+        Grounder(StandInClassifier(grounding_classes), signals, tmp_path, fingerprint="abc", progress=False)
+
+
+def test_out_holding_someone_elses_files_is_refused(tmp_path, server, signals, grounding_classes, train_questions):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    with pytest.raises(ValueError, match="thesis.tex"):
+        evaluate(train_questions[:2], g, "fake", out, base_url=server.url, api_key=KEY, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"] and server.state.stats()["received"] == 0
+    # our own folder is reused (that is how a run resumes)
+    ours = tmp_path / "ours"
+    for _ in range(2):
+        evaluate(train_questions[:2], g, "fake", ours, base_url=server.url, api_key=KEY, progress=False)
+    assert server.state.stats()["received"] == 2

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgqa.constants import LEADS, lead_mask
+from ecgqa.constants import LEADS
+from ecgqa.leads import lead_mask
 from tests.fake_llm_server import FakeLLM, FakeServer
 
 KEY = "sk-e2e-NEVER-PRINT-ME-9876543210"
@@ -103,13 +104,13 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
     # the real checkpoint, read per lead through the grounder, sees twelve different ECGs, none blank
     from ecgqa import load
     from ecgqa.data import PreparedData
-    from llm_eval.grounding import Block, Grounder, prepared_signal_of
+    from llm_eval.grounding import Grounder, Reading, prepared_signal_of
 
     data = PreparedData(prepared_qa)
     predictor = load(upperbound_checkpoint, device="cpu")
     g = Grounder(predictor, prepared_signal_of(data), progress=False)
     ecg_id = int(data.ecg_ids[0])
-    blocks = [Block(0, ecg_id, None, lead, "ECG") for lead in LEADS]
+    blocks = [Reading(0, ecg_id, None, lead, "ECG") for lead in LEADS]
     g.compute(blocks)
     per_lead = np.stack([g.scores(b) for b in blocks])
     zero = predictor.classify(np.zeros((1, 12, data.signals.shape[-1]), np.float32))[0]
