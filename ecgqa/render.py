@@ -240,13 +240,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: the file name must end in .png or .svg")
     data_bytes = render_ecg(signal, fs, layout=args.layout, speed=args.speed, gain=args.gain, dpi=args.dpi,
                             color=not args.grey, fmt=fmt, title=args.title or name, seconds=args.seconds)
-    try:
-        from ecgqa.files import atomic_write
-    except ImportError:  # until ecgqa/files.py lands
-        def atomic_write(path: Path, data: bytes) -> None:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+    from ecgqa.files import atomic_write
+
     atomic_write(out, data_bytes)
     print(f"wrote {out} ({args.layout}, {args.speed:g} mm/s, {args.gain:g} mm/mV, {args.dpi} dpi)", file=sys.stderr)
     return 0
