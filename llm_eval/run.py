@@ -84,8 +84,9 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
             predicted, matched = parse_reply(resp.reply, it.options)
+            # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
             row = Scored(q.sample_id, q.question_type, q.attribute_type, predicted, list(q.answer), list(q.options),
-                         exact_match(predicted, q.answer, q.options), "ok" if matched else "no-match",
+                         matched and exact_match(predicted, q.answer, q.options), "ok" if matched else "no-match",
                          resp.prompt_tokens, resp.completion_tokens)
             reply, error = resp.reply, None
         transcript = {
@@ -106,7 +107,7 @@ def render_report_md(report: dict[str, Any]) -> str:
     lines = [render_markdown(report), "## LLM run", ""]
     lines.append(f"- prompt version: {report['prompt_version']}, grounding: `{report['grounding']}`")
     lines.append(f"- questions: {report['n_questions']} sampled, {report['n']} scored, {report['n_failed']} failed "
-                 f"(not scored), {report['n_no_match']} replies matched no option (scored as the empty answer)")
+                 f"(not scored), {report['n_no_match']} replies matched no option (scored wrong)")
     u = report["usage"]
     lines.append(f"- tokens: {u['prompt_tokens']} in, {u['completion_tokens']} out")
     if "cost" in report:

@@ -1,21 +1,33 @@
-"""Which questions an LLM run evaluates: the published stratified 10 % sample, or an explicit id list.
+"""Which questions an LLM run evaluates: the ECG-QA paper's 10 % draw, or an explicit id list.
 
-LLM calls cost money, so the protocol (ECGQA.md, "The LLM evaluation protocol") evaluates a 10 %
-sample of the test split stratified by ``qt3``: ``round(count * fraction)`` questions per stratum,
-drawn with a seeded generator. The draw depends only on the set of sample ids per stratum (sorted
-first), so the same release always yields the same sample whatever order the rows are stored in.
+LLM calls cost money, so the paper evaluated a 10 % sample of the test split stratified by ``qt3``
+(question scope x kind x attribute type, 54 keys). :func:`stratified_sample` repeats the original
+draw exactly (ecg-qa ``llm_modeling/random_sample.py``): Python's ``random.seed(42)``, then for
+each qt3 key 0..53 in order (``itertools.product`` of scope, kind, attribute type), ``random.sample``
+of ``round(n / 10)`` questions from that key's questions *in manifest order*: the order the original
+preprocessing lists them, i.e. every shard of the split sorted by file name, samples in file
+order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
+the same release gives the published sample ids, for the template and the paraphrased questions
+alike (they share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
+draw; the report records how many were dropped.
+
+``--ids-file`` evaluates a given list instead: sample ids (one per line, ``#`` comments, or a JSON
+list, or separated by commas/whitespace), or the original harness's sampled manifest
+(``<split>_sampled.tsv``: a folder line, then ``<index>.mat<TAB>sizes...``, where ``index`` is the
+question's position in manifest order).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ecgqa.constants import question_codes
 
@@ -111,53 +123,86 @@ def questions_from_release(version_dir: str | Path, split: str, variant: str = "
     return questions_from_rows(rows, list(space.classes))
 
 
+N_QT3 = 54  # 3 scopes x 3 kinds x 6 attribute types
+
+
 def stratified_sample(
     questions: list[Question], fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED
 ) -> list[Question]:
-    """``round(n * fraction)`` questions per qt3 stratum (Python's round), seeded; sorted by sample id."""
+    """The paper's draw over ``questions`` given in manifest order; returned sorted by sample id.
+
+    ``round(n * fraction)`` per qt3 key (exact decimal arithmetic, so 0.1 gives ``round(n / 10)``
+    with Python's half-to-even rounding, as the original), keys visited 0..53 with one generator.
+    """
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], not {fraction}")
-    by_stratum: dict[int, list[Question]] = defaultdict(list)
+    share = Fraction(str(fraction))
+    by_key: dict[int, list[Question]] = defaultdict(list)
     for q in questions:
-        by_stratum[q.qt3].append(q)
-    rng = np.random.default_rng(seed)
+        if not 0 <= q.qt3 < N_QT3:
+            raise ValueError(f"sample {q.sample_id}: qt3 {q.qt3} outside 0..{N_QT3 - 1}")
+        by_key[q.qt3].append(q)
+    rng = random.Random(seed)  # the same stream as random.seed(seed) + random.sample
     chosen: list[Question] = []
-    for qt3 in sorted(by_stratum):
-        stratum = sorted(by_stratum[qt3], key=lambda q: q.sample_id)
-        k = round(len(stratum) * fraction)
-        if k == 0:
-            continue
-        picks = rng.choice(len(stratum), size=k, replace=False)
-        chosen.extend(stratum[i] for i in picks)
+    for key in range(N_QT3):
+        candidates = by_key.get(key, [])
+        chosen.extend(rng.sample(candidates, round(len(candidates) * share)))
     return sorted(chosen, key=lambda q: q.sample_id)
 
 
-def read_ids_file(path: str | Path) -> list[int]:
-    """Sample ids from a text file (one per line, ``#`` comments) or a JSON list."""
+@dataclass(frozen=True)
+class IdList:
+    """What an ``--ids-file`` names: sample ids, or positions in manifest order (the original's .tsv)."""
+
+    values: list[int]
+    kind: str = "sample_id"  # or "manifest_index"
+
+
+_MANIFEST_LINE = re.compile(r"^(\d+)\.mat(?:\t.*)?$")
+
+
+def read_ids_file(path: str | Path) -> IdList:
+    """Parse an ``--ids-file`` (formats in the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--ids-file {path} not found")
     text = path.read_text()
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
     try:
         if text.lstrip().startswith("["):
-            return [int(i) for i in json.loads(text)]
-        return [int(line.split("#")[0]) for line in text.splitlines() if line.split("#")[0].strip()]
+            return IdList([int(i) for i in json.loads(text)])
+        if len(lines) > 1 and all(_MANIFEST_LINE.match(line) for line in lines[1:]):
+            return IdList([int(_MANIFEST_LINE.match(line).group(1)) for line in lines[1:]], "manifest_index")
+        return IdList([int(tok) for line in lines for tok in re.split(r"[\s,]+", line) if tok])
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: expected sample ids, one integer per line or a JSON list ({e})") from e
+        raise ValueError(
+            f"{path}: expected sample ids (one integer per line, comma/space separated, or a JSON list) or the "
+            f"original harness's <split>_sampled.tsv ({e})"
+        ) from e
 
 
 def select(
     questions: list[Question],
     fraction: float = DEFAULT_FRACTION,
     seed: int = DEFAULT_SEED,
-    ids: list[int] | None = None,
+    ids: IdList | list[int] | None = None,
     where: str = "",
 ) -> list[Question]:
-    """The questions to evaluate: exactly ``ids`` when given, else the stratified sample."""
+    """The questions to evaluate: exactly ``ids`` when given, else the paper's stratified sample."""
     if ids is None:
         return stratified_sample(questions, fraction, seed)
+    if not isinstance(ids, IdList):
+        ids = IdList(list(ids))
+    if ids.kind == "manifest_index":
+        bad = [i for i in ids.values if not 0 <= i < len(questions)]
+        if bad:
+            raise ValueError(f"{where}--ids-file names manifest positions beyond the {len(questions)} questions of "
+                             f"this split, e.g. {bad[:10]}")
+        picked = {questions[i].sample_id: questions[i] for i in ids.values}
+        return [picked[k] for k in sorted(picked)]
     by_id = {q.sample_id: q for q in questions}
-    missing = [i for i in dict.fromkeys(ids) if i not in by_id]
+    missing = [i for i in dict.fromkeys(ids.values) if i not in by_id]
     if missing:
         raise ValueError(f"{where}--ids-file names {len(missing)} sample ids not in this split, e.g. {missing[:10]}")
-    return [by_id[i] for i in sorted(set(ids))]
+    return [by_id[i] for i in sorted(set(ids.values))]

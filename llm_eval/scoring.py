@@ -3,7 +3,8 @@
 A reply is matched against the option strings case-insensitively, longest option first, each match
 consuming its span (so "lead III" never also counts as "lead II" or "lead I", and "none of myocardial
 infarction" never also counts as "None"). An option only matches as a whole phrase. ``None`` means the
-empty set; a reply that matches no option parses to the empty set too (and is flagged). Exact match
+empty set. A reply that matches no option is scored wrong, also when the true answer is ``none``
+(the paper's harness compared it with ``{"none"}``), and is counted in ``n_no_match``. Exact match
 compares the parsed set with the true set over the question's options, as for the trained models.
 Failed requests are not scored: they are counted and listed separately.
 """

@@ -54,7 +54,7 @@ def _independent_em(transcripts: list[dict], release: dict[int, dict]) -> dict:
                 hits.add(o)
                 text = text[: m.start()] + "#" * len(o) + text[m.end():]
         true = {a for a in release[t["sample_id"]]["answer"] if a != "none"}
-        per.setdefault(t["question_type"], []).append(hits - {"None"} == true)
+        per.setdefault(t["question_type"], []).append(bool(hits) and hits - {"None"} == true)  # no match = wrong
     flat = [c for v in per.values() for c in v]
     return {"n": len(flat), "em": sum(flat) / len(flat), "macro": float(np.mean([np.mean(v) for v in per.values()])),
             "per_qt": {k: {"n": len(v), "em": sum(v) / len(v)} for k, v in per.items()}}
