@@ -10,7 +10,10 @@ Runs a trained checkpoint over one split of a prepared dataset through the publi
   for an upperbound checkpoint, per-grounding-class AUC and accuracy;
 - ``charts/*.png``: bar charts of EM per question type (and per attribute type inside each one).
 
-Exact match thresholds at 0.5 over each sample's valid classes only (ECGQA.md, "The metric").
+Exact match uses ``ecgqa.metrics.decide`` (score > 0.5) over each sample's valid classes only.
+The checkpoint and the data are matched by ``ecgqa.checkpoint.check_compatible`` (task, classes,
+rate, signal length). ``--out`` is replaced only when it is absent, empty, or a report folder this
+command wrote (``ecgqa.files.claim_output_dir``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,14 @@ from typing import Any
 import numpy as np
 
 from ecgqa.constants import ATTRIBUTE_TYPES, LEAD_GROUPS, QUESTION_TYPES
+from ecgqa.files import AtomicLines, atomic_write, claim_output_dir
 from ecgqa.leads import group_mask
-from ecgqa.report import render_markdown, write_atomic
+from ecgqa.metrics import THRESHOLD, decide
+from ecgqa.report import paper_table, render_markdown
+
+REPORT_JSON = "report.json"
+#: everything an evaluation writes into --out (a folder holding only these is ours to replace)
+OUTPUTS = ("predictions.jsonl", REPORT_JSON, "report.md", "charts")
 
 CHUNK = 256  # samples read from the store per step: bounds memory on the full test split
 
@@ -57,11 +65,25 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.quiet,
     )
-    print(
-        f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %, "
-        f"macro over question types {100 * report['em_macro_question_type']:.1f} %\nwritten: {args.out}"
-    )
+    print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
+    print(paper_table([report]), end="")
+    print(f"written: {args.out}")
     return 0
+
+
+def _is_our_report(marker: Path) -> bool:
+    try:
+        return json.loads(marker.read_text()).get("kind") in ("qa", "upperbound")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def claim_report_dir(out: Path) -> None:
+    """Refuse an ``--out`` this command did not write (see ``ecgqa.files.claim_output_dir``)."""
+    if out.is_dir() and not out.is_symlink() and all(p.name in OUTPUTS or p.name.startswith(".")
+                                                     for p in out.iterdir()):
+        return  # only our own outputs (perhaps of an interrupted run)
+    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=_is_our_report)
 
 
 def evaluate(
@@ -77,12 +99,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data``/``split`` and write the report folder ``out``; returns report.json."""
     import ecgqa
+    from ecgqa.checkpoint import check_compatible
     from ecgqa.data import PreparedData
 
     checkpoint, data_path, out = Path(checkpoint), Path(data), Path(out)
+    claim_report_dir(out)
     predictor = ecgqa.load(checkpoint, device=device)
     prepared = PreparedData(data_path)
-    _check_compatible(predictor, prepared, checkpoint, data_path)
+    check_compatible(predictor, prepared)
     if split not in prepared.splits:
         raise ValueError(f"{data_path} has no split {split!r}; it holds {prepared.splits}")
     table = prepared.split(split)
@@ -98,19 +122,19 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "data": str(data_path),
         "split": split,
-        "threshold": 0.5,
+        "threshold": THRESHOLD,
     }
     seen = _trained_on(checkpoint, predictor, prepared, split)
     if seen:
         base["note"] = seen
         print(f"warning: {seen}", file=sys.stderr)
     run_split = _evaluate_qa if predictor.task == "qa" else _evaluate_upperbound
-    with _atomic_lines(out / "predictions.jsonl") as write_line:
+    with AtomicLines(out / "predictions.jsonl") as write_line:
         extra = run_split(predictor, prepared, table, write_line, batch_size=batch_size, progress=progress)
     report = {**base, **extra}
     report["charts"] = _charts(report, out)
-    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out / "report.md", render_markdown(report))
+    atomic_write(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "report.md", render_markdown(report))
     return report
 
 
@@ -127,39 +151,6 @@ def _trained_on(checkpoint: Path, predictor: Any, prepared: Any, split: str) -> 
     if train_split != split:
         return None
     return f"{checkpoint} was trained on split {split!r} of this prepared data; this EM is a training score"
-
-
-def _check_compatible(predictor: Any, prepared: Any, checkpoint: Path, data_path: Path) -> None:
-    task = prepared.meta.get("task")
-    if predictor.task != task:
-        raise ValueError(
-            f"{checkpoint} is a {predictor.task!r} checkpoint but {data_path} was prepared for {task!r}; "
-            f"evaluate it on data prepared with the same task"
-        )
-    if list(predictor.classes) != list(prepared.classes):
-        raise ValueError(
-            f"{checkpoint} predicts {len(predictor.classes)} classes that differ from the {len(prepared.classes)} "
-            f"of {data_path} (another release version?); evaluate on data of the version it was trained on"
-        )
-
-
-class _atomic_lines:
-    """A JSONL file written line by line into a temporary sibling, renamed into place on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self.file = os.fdopen(fd, "w")
-        return lambda record: self.file.write(json.dumps(record) + "\n")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            Path(self.tmp).unlink(missing_ok=True)
 
 
 def _chunks(table: Any, progress: bool, what: str) -> Iterator[dict[str, list]]:
@@ -224,12 +215,12 @@ def _evaluate_qa(predictor, prepared, table, write_line, *, batch_size: int, pro
 
 
 def _nested_em(correct: np.ndarray, qtypes: list[str], atypes: list[str]) -> dict[str, dict[str, dict]]:
-    from ecgqa.metrics import group_em
+    from ecgqa.metrics import group_em, ordered
 
     q = np.asarray(qtypes, dtype=object)
     a = np.asarray(atypes, dtype=object)
     out = {}
-    for qt in [t for t in QUESTION_TYPES if t in set(qtypes)] + sorted(set(qtypes) - set(QUESTION_TYPES)):
+    for qt in ordered(qtypes, QUESTION_TYPES):
         m = q == qt
         out[qt] = group_em(correct[m], a[m].tolist(), ATTRIBUTE_TYPES)
     return out
@@ -255,6 +246,7 @@ def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: 
             m[i, cls] = True
             y[i, cls] = np.asarray(vals, dtype=bool)
         correct = upperbound_correct(p, y, m)
+        chosen = decide(p)
         for i in range(len(groups)):
             labelled = np.flatnonzero(m[i])
             write_line(
@@ -264,7 +256,7 @@ def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: 
                     "attribute_type": chunk["attribute_type"][i],
                     "ecg_id": [int(e) for e in chunk["ecg_id"][i]],
                     "lead_group": groups[i],
-                    "predicted": [classes[c] for c in labelled if p[i, c] >= 0.5],
+                    "predicted": [classes[c] for c in labelled if chosen[i, c]],
                     "true": [classes[c] for c in labelled if y[i, c]],
                     "valid": [classes[c] for c in labelled],
                     "scores": {classes[c]: float(p[i, c]) for c in labelled},

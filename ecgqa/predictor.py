@@ -10,7 +10,6 @@ Thresholding follows the benchmark: a class is in the answer when ``ecgqa.metric
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,34 +161,11 @@ class Predictor:
 
 
 def load(ckpt: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """Load a checkpoint folder written by ``ecgqa train`` (config, weights, tokenizer, prepared meta).
+    """Load a checkpoint folder written by ``ecgqa train`` (``ecgqa.checkpoint.load_checkpoint``).
 
     ``device`` defaults to CUDA when available, else CPU.
     """
-    from ecgqa.models import load_model
+    from ecgqa.checkpoint import load_checkpoint
 
-    path = Path(ckpt)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} not found; train one with `ecgqa train --out {path}`")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for a demo or an eval run
-    try:
-        model = load_model(path).to(device)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    tokenizer = None
-    if model.config.task == "qa":
-        tok_dir = path / "tokenizer"
-        if not tok_dir.is_dir():
-            raise FileNotFoundError(f"{tok_dir} missing: a QA checkpoint keeps its question tokenizer there")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    meta_path = path / "prepared_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return Predictor(model, tokenizer, meta, device, path)
+    ckpt = load_checkpoint(ckpt, device=device)
+    return Predictor(ckpt.model, ckpt.tokenizer, ckpt.meta, ckpt.model.device, ckpt.path)

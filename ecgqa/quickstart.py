@@ -134,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ecgqa import sample
     from ecgqa.evaluate import evaluate
+    from ecgqa.files import atomic_write
     from ecgqa.prepare import prepare
-    from ecgqa.report import compare_table, write_atomic
+    from ecgqa.report import compare_table
     from ecgqa.train import train
     from mapping.mapper import map_release
 
@@ -183,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
 
     say(steps, "done")
     table = compare_table(reports, list(args.models))
-    write_atomic(out / "comparison.md", table)
+    atomic_write(out / "comparison.md", table)
     print("\nExact match (%) on the held-out test split (no test ECG was seen in training):\n")
     print(table)
     print(f"mapped release:   {mapped}\nre-split release: {release} (split_report.json)\nprepared data:    {prepared}")

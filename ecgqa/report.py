@@ -5,6 +5,12 @@ Any ``report.json`` of the shared shape works (``ecgqa evaluate`` for QA and upp
 EM, the macro average over question types, then each question type and attribute type present in
 any of them; a cell shows EM in percent and the number of samples it was measured on, because
 reports over different splits or subsamples are only comparable when those counts agree.
+
+:func:`paper_table` prints the same reports as the ECG-QA paper lays out its tables: one row per
+model, EM per question type in the paper's columns (S-Verify … CI-Query, ``ecgqa.metrics.PAPER_COLUMNS``),
+then ``em_macro_single`` (the macro over the three single-ECG types: the paper's headline) and
+``em_macro_all`` (over every type present). ``--paper`` adds the published numbers from
+``ecgqa/paper_results.json`` as reference rows, each with its source.
 """
 
 from __future__ import annotations
@@ -12,32 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ecgqa.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
+from ecgqa.files import atomic_write
+from ecgqa.metrics import PAPER_COLUMNS, ordered, paper_row
 
 REPORT_JSON = "report.json"
 REQUIRED = ("em", "per_question_type")
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write a whole file through a temporary sibling and a rename, so a crash never leaves half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -75,11 +66,6 @@ def _cell(block: dict[str, Any] | None) -> str:
     return f"{_pct(block.get('em'))} (n={block.get('n', '?')})"
 
 
-def _ordered_union(dicts: Sequence[dict[str, Any]], known: Sequence[str]) -> list[str]:
-    keys = {k for d in dicts for k in d}
-    return [k for k in known if k in keys] + sorted(keys - set(known))
-
-
 def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> str:
     """The side-by-side Markdown table of several reports (EM in %, n per cell)."""
     names = list(names) if names else [report_name(r) for r in reports]
@@ -96,18 +82,57 @@ def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None
     row("kind", [str(r.get("kind", "?")) for r in reports])
     row("split", [str(r.get("split", "?")) for r in reports])
     row("**EM**", [f"**{_pct(r.get('em'))}** (n={r.get('n', '?')})" for r in reports])
-    row("**EM, macro over question types**", [f"**{_pct(r.get('em_macro_question_type'))}**" for r in reports])
+    macros = [paper_row(r) for r in reports]
+    row("**EM, macro over single-ECG types** (paper headline)", [f"**{_pct(m['em_macro_single'])}**" for m in macros])
+    row("EM, macro over all question types", [_pct(m["em_macro_all"]) for m in macros])
     for key, known, title in (
         ("per_question_type", QUESTION_TYPES, "question type"),
         ("per_attribute_type", ATTRIBUTE_TYPES, "attribute type"),
     ):
         blocks = [r.get(key) or {} for r in reports]
-        groups = _ordered_union(blocks, known)
+        groups = ordered({k for b in blocks for k in b}, known)
         if groups:
             row(f"*by {title}*", [""] * len(reports))
         for g in groups:
             row(g, [_cell(b.get(g)) for b in blocks])
     return "\n".join(rows) + "\n"
+
+
+PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
+MACRO_COLUMNS = {"em_macro_single": "Macro (single)", "em_macro_all": "Macro (all)"}
+
+
+def paper_results(path: str | Path = PAPER_RESULTS) -> list[dict[str, Any]]:
+    """The published reference rows (``ecgqa/paper_results.json``): each has ``model``, ``dataset``,
+    ``source`` and EMs in percent under the paper's column names (absent = not published)."""
+    rows = json.loads(Path(path).read_text())["results"]
+    for r in rows:
+        if not r.get("source"):
+            raise ValueError(f"{path}: the row for {r.get('model')!r} has no source; every number needs one")
+    return rows
+
+
+def paper_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None,
+                references: Sequence[dict[str, Any]] = ()) -> str:
+    """Reports (and published reference rows) as the paper's table: EM % per question type column,
+    the single-ECG macro and the all-types macro; "–" = not measured / not published."""
+    names = list(names) if names else [report_name(r) for r in reports]
+    columns = list(PAPER_COLUMNS) + list(MACRO_COLUMNS.values())
+    lines = ["| model | " + " | ".join(columns) + " | n | source |", "|---|" + "---:|" * (len(columns) + 1) + "---|"]
+    for name, r in zip(names, reports, strict=True):
+        row = paper_row(r)
+        cells = [_pct(row[c]) for c in PAPER_COLUMNS] + [_pct(row[k]) for k in MACRO_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('n', '?')} | this run ({r.get('split', '?')}) |")
+    for ref in references:
+        values = ref.get("em", {})
+        cells = [_num(values.get(c)) for c in columns]
+        label = f"{ref['model']} ({ref.get('dataset', '?')}, published)"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | – | {ref['source']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.1f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -124,6 +149,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Exact match (EM): a sample counts only when its predicted set equals its true set over its valid classes.",
         "",
         compare_table([report], [report.get("model", "EM")]),
+        "## As the paper tabulates (EM %)",
+        "",
+        paper_table([report], [report.get("model", "EM")]),
     ]
     labels = report.get("label_metrics")
     if labels:
@@ -161,6 +189,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("reports", nargs="+", type=Path, help="report.json files or folders holding one")
     parser.add_argument("--names", nargs="+", help="column titles (default: each report's folder name)")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--paper", action="store_true",
+                        help="print the paper's table layout with the published results (ecgqa/paper_results.json) "
+                        "as reference rows, each with its source")
     parser.set_defaults(func=run)
     return parser
 
@@ -168,8 +199,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     reports = [load_report(p) for p in args.reports]
     table = compare_table(reports, args.names)
+    if args.paper:
+        table += "\n" + paper_table(reports, args.names, paper_results())
     if args.out:
-        write_atomic(args.out, table)
+        atomic_write(args.out, table)
         print(f"written: {args.out}", file=sys.stderr)
     print(table, end="")
     return 0

@@ -162,3 +162,35 @@ def test_render_markdown_lists_extra_blocks():
     assert "| afib | 2 | 1 | 50.0 | – |" in md
     assert "![question_types](charts/question_types.png)" in md
     assert compare_table([r], ["x"]).splitlines()[0] == "| | x |"
+
+
+def test_em_summary_names_both_macros():
+    correct = np.array([1, 0, 1, 1, 0, 0], bool)
+    qts = ["single-verify", "single-verify", "single-choose", "single-query", "comparison_consecutive-query",
+           "comparison_irrelevant-verify"]
+    s = metrics.em_summary(correct, qts, ["noise"] * 6)
+    assert s["em_macro_single"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert s["em_macro_all"] == pytest.approx((0.5 + 1.0 + 1.0 + 0.0 + 0.0) / 5)
+    assert s["em_macro_question_type"] == s["em_macro_all"]  # the old name, still written
+    assert metrics.em_summary(correct[4:], qts[4:], ["noise"] * 2)["em_macro_single"] is None
+
+
+def test_paper_table_columns_and_references(tmp_path, capsys):
+    per_qt = {"single-verify": {"n": 4, "em": 0.75}, "single-query": {"n": 2, "em": 0.5},
+              "comparison_irrelevant-query": {"n": 2, "em": 0.0}}
+    old = _report("qa", 0.5, 0.4, per_qt, model="fusion")  # an old report: no em_macro_single/all keys
+    (tmp_path / "fusion").mkdir()
+    (tmp_path / "fusion" / "report.json").write_text(json.dumps(old))
+    assert main(["report", str(tmp_path / "fusion"), "--paper"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("| model | S-Verify"))
+    assert head.split(" | ")[1:10] == ["S-Verify", "S-Choose", "S-Query", "CC-Verify", "CC-Query", "CI-Verify",
+                                        "CI-Query", "Macro (single)", "Macro (all)"]
+    ours = next(line for line in lines if line.startswith("| fusion |"))
+    # single macro recomputed from the per-type block: (75 + 50) / 2; all-types macro: the stored old name
+    assert ours.split(" | ")[1:10] == ["75.0", "–", "50.0", "–", "–", "–", "0.0", "62.5", "40.0"]
+    m3ae = next(line for line in lines if line.startswith("| M3AE (PTB-XL, published) |"))
+    assert " 57.6 " in m3ae and "arXiv:2306.15681" in m3ae
+    from ecgqa.report import paper_results
+
+    assert all(r["source"] for r in paper_results())
