@@ -1,0 +1,152 @@
+"""Dense attribute labels (ecgqa/attributes.py): lead parsing, the derivation rules, and agreement with
+every single-verify answer of the release whose ECG has metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ecgqa import attributes as A
+from ecgqa.constants import LEADS
+from ecgqa.release import load_shard, shards
+from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
+
+SHARED = Path("/work/shared/data")  # optional: the shipped shards, when this machine has them
+
+
+@pytest.fixture(scope="module")
+def classes() -> list[str]:
+    return read_grounding_classes(bundled_grounding_classes("ptbxl"))
+
+
+@pytest.fixture(scope="module")
+def statements(sample_paths) -> A.Statements:
+    return A.Statements.read(sample_paths.ptbxl_records / "scp_statements.csv")
+
+
+LIMB = ("I", "II", "III", "aVR", "aVL", "aVF")
+
+
+@pytest.mark.parametrize("text,expected", [
+    (" , I-AVF,  ", (True, LIMB)),
+    (" , alles,  ", (True, LEADS)),
+    ("V2,3", (True, ("V2", "V3"))),
+    (" , V3,5,6", (True, ("V3", "V5", "V6"))),
+    ("v5-6,  ", (True, ("V5", "V6"))),
+    (" , V1V6", (True, ("V1", "V6"))),
+    (" , I,II,AVR,AVL.AVF,V1,  ", (True, ("I", "II", "aVR", "aVL", "aVF", "V1"))),
+    (" , I,III-AVR,  ", (True, ("I", "III", "aVR"))),
+    (" , III,V3-V6", (True, ("III", "V3", "V4", "V5", "V6"))),
+    (" , II,III,AVF-V6", (True, ("II", "III", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"))),
+    (" , leicht,  ", (True, ())),
+    (float("nan"), (False, ())),
+    ("  ", (False, ())),
+    ("V6-I", None),  # a backwards range is unreadable, not guessed
+])
+def test_parse_leads(text, expected):
+    assert A.parse_leads(text) == expected
+
+
+def test_every_noise_value_of_the_bundled_metadata_parses(sample_paths):
+    db = pd.read_csv(sample_paths.ptbxl_records / "ptbxl_database.csv")
+    for column in A.NOISE_COLUMNS:
+        for value in db[column].dropna().unique():
+            assert A.parse_leads(value) is not None, (column, value)
+
+
+def _record(**kw) -> dict:
+    base = {"scp_codes": "{'SR': 0.0}", "heart_axis": float("nan"), "infarction_stadium1": float("nan"),
+            "infarction_stadium2": float("nan"), "extra_beats": float("nan"), "pacemaker": float("nan"),
+            **{c: float("nan") for c in A.NOISE_COLUMNS}}
+    return base | kw
+
+
+def test_likelihood_rule_and_superclasses(statements):
+    labels = A.derive(_record(scp_codes="{'IMI': 100.0, 'NST_': 50.0, 'ABQRS': 0.0, 'SR': 0.0, 'LVH': 0.0}"), statements)
+    e = labels["entire"]
+    assert e["myocardial infarction"] == 1 and labels["inferior"]["myocardial infarction"] == 1
+    assert labels["anterior"]["myocardial infarction"] == 0
+    assert e["non-specific st changes"] is None  # diagnostic at 50: uncertain → unknown ("not sure")
+    assert e["left ventricular hypertrophy"] is None  # diagnostic with likelihood 0 = not given: uncertain
+    assert e["st/t change"] is None and e["hypertrophy"] is None  # only uncertain evidence
+    assert e["abnormal qrs"] == 1  # form statement: no likelihood, certain
+    assert e["sinus rhythm"] == 1 and e["any rhythm-related symptoms"] == 0 and e["any form-related symptoms"] == 1
+    assert e["any diagnostic symptoms"] == 1 and e["any kind of abnormal symptoms"] == 1
+    assert e["normal ecg"] == 0 and e["atrial fibrillation"] == 0
+
+
+def test_axis_stage_extra_beats_noise(statements):
+    labels = A.derive(_record(heart_axis="ALAD", infarction_stadium1="Stadium II-III", extra_beats="2SVES",
+                              burst_noise="V2,3", static_noise=" , leicht,  "), statements)
+    e = labels["entire"]
+    assert [e[c] for c in A.AXIS_CLASSES] == [0, 1, 0, 0]
+    assert (e["early stage of myocardial infarction"], e["middle stage of myocardial infarction"],
+            e["old stage of myocardial infarction"]) == (0, 1, 1)
+    assert e["supraventricular extrasystoles"] == 1 and e["ventricular extrasystoles"] == 0
+    assert e["any kind of extra systoles"] == 1
+    assert e["burst noise"] == 1 and e["static noise"] == 1 and e["any kind of noises"] == 1
+    assert labels["V2"]["burst noise"] == 1 and labels["V4"]["burst noise"] == 0
+    assert labels["V2"]["static noise"] == 0  # "leicht" names no lead (release: ECG 211, lead V2 → "no")
+    assert labels["V3"]["any kind of noises"] == 1 and labels["I"]["any kind of noises"] == 0
+    unknown = A.derive(_record(infarction_stadium1="unknown"), statements)["entire"]
+    assert unknown["early stage of myocardial infarction"] is None
+    assert "normal heart axis" not in A.derive(_record(), statements)["entire"]  # no heart_axis → unknown
+
+
+def test_rows_follow_the_grounding_class_order(statements, classes):
+    labels = A.derive(_record(scp_codes="{'NORM': 100.0, 'SR': 0.0}", heart_axis="MID", baseline_drift=" , V6"),
+                      statements)
+    rows = list(A.rows(7, labels, classes))
+    groups = [r["lead_group"] for r in rows]
+    assert groups[0] == "entire" and set(LEADS) <= set(groups) and "inferior" in groups
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+    entire = rows[0]
+    assert entire["label_classes"] == sorted(entire["label_classes"])
+    named = dict(zip((classes[i] for i in entire["label_classes"]), entire["label_values"]))
+    assert named["normal ecg"] == 1 and named["normal heart axis"] == 1 and named["baseline drift"] == 1
+    assert "within the normal range of qt interval" not in named  # no measurements given → unknown
+    v6 = next(r for r in rows if r["lead_group"] == "V6")
+    assert dict(zip((classes[i] for i in v6["label_classes"]), v6["label_values"]))["baseline drift"] == 1
+
+
+def test_measurements_add_range_classes(statements, classes):
+    from ecgqa.measure import Measurements
+
+    m = Measurements(rr_mean=1100.0, pr=150.0, qrs=None, qt=400.0, qtc=420.0, p_duration=100.0)
+    e = A.derive(_record(), statements, m)["entire"]
+    assert e["above the normal range of rr interval"] == 1 and e["within the normal range of rr interval"] == 0
+    assert e["within the normal range of pr interval"] == 1 and e["above the normal range of qrs duration"] is None
+
+
+def _release_samples(root: Path) -> list[dict]:
+    return [s for shard in shards(root, variants=("template",)) for s in load_shard(shard)]
+
+
+def test_derivation_matches_every_single_verify_answer(sample_paths, statements, classes):
+    """Every single-verify question of the bundled sample whose ECG has metadata: derived label == answer."""
+    db = A.read_metadata(sample_paths.ptbxl_records / "ptbxl_database.csv")
+    result = A.check_release(_release_samples(sample_paths.ptbxl_release), db, statements, classes)
+    assert result["checked"] == 413 and not result["not_derived"]
+    assert result["disagreements"] == [], json.dumps(result["disagreements"][:20], indent=1)
+
+
+@pytest.mark.skipif(not (SHARED / "ecgqa" / "ptbxl").is_dir(), reason="shipped shards not on this machine")
+def test_derivation_matches_the_shipped_shards():
+    statements = A.Statements.read(SHARED / "ptbxl" / "scp_statements.csv")
+    classes = read_grounding_classes(SHARED / "ecgqa" / "grounding" / "ptbxl" / "grounding_class.csv")
+    db = A.read_metadata(SHARED / "ptbxl" / "ptbxl_database.csv")
+    result = A.check_release(_release_samples(SHARED / "ecgqa" / "ptbxl"), db, statements, classes)
+    assert result["checked"] >= 413
+    assert result["disagreements"] == [], json.dumps(result["disagreements"][:20], indent=1)
+
+
+def test_mimic_metadata_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "machine_measurements.csv"
+    path.write_text("subject_id,study_id,report_0\n1,2,Sinus rhythm\n")
+    with pytest.raises(A.AttributesError, match="PTB-XL only"):
+        A.read_metadata(path)
+    with pytest.raises(A.AttributesError, match="no such file"):
+        A.read_metadata(tmp_path / "absent.csv")
