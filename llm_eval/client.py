@@ -3,10 +3,16 @@
 The official ``openai`` (>= 1.0) ``AsyncOpenAI`` client talks to OpenAI or any compatible server
 (vLLM, Ollama, llama.cpp, a gateway) through ``--base-url``. The key comes from an environment
 variable (``OPENAI_API_KEY`` or the one ``--api-key-env`` names), never from the command line, and is
-never printed. Requests run with temperature 0 under a semaphore (``--concurrency``); 429s, 5xx,
-timeouts and dropped connections are retried with exponential backoff and full jitter, waiting at
-least what ``Retry-After`` asks. A request that still fails is reported as failed, so the scorer can
-leave it out instead of counting it wrong. Every success is committed to the store before returning.
+never printed. Requests run with temperature 0 (unless omitted) under a semaphore (``--concurrency``); 429s, 5xx,
+timeouts, dropped connections and 2xx replies that are no usable chat completion (an HTML error
+page, broken JSON, ``{}``, no choices, ``content: null``) are retried with exponential backoff and
+full jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
+failed (with the endpoint, the status and a short excerpt of the body), so the scorer leaves it out
+instead of counting it wrong and the next run asks again. Every success is committed to the store
+before returning. A 401/403/404 or a 400 (the model refuses this kind of input, e.g. an image sent
+to a text-only model) stops the run: every other request would fail the same way.
+Reasoning models: ``max_completion_tokens`` replaces ``max_tokens``, and ``omit_temperature`` leaves
+``temperature`` out of the request for models that refuse it.
 """
 
 from __future__ import annotations
@@ -178,6 +184,7 @@ class ChatClient:
         max_completion_tokens: int | None = None,
         omit_temperature: bool = False,
         input_name: str = "classifier",
+        expand: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
         seed: int | None = None,
     ):
         from openai import AsyncOpenAI
@@ -194,6 +201,7 @@ class ChatClient:
         self.max_completion_tokens = max_completion_tokens
         self.omit_temperature = omit_temperature
         self.input_name = input_name
+        self.expand = expand  # prompt as stored (images by hash) → as sent (images as data URLs)
         self.endpoint = safe_url(base_url) or "https://api.openai.com/v1"
         self._rng = random.Random(seed)
         self._key = api_key or api_key_from_env(base_url=base_url)
@@ -224,7 +232,8 @@ class ChatClient:
             try:
                 self.requests_sent += 1
                 raw = await self._client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=messages, **self._request_args()
+                    model=self.model, messages=self.expand(messages) if self.expand else messages,
+                    **self._request_args()
                 )
                 response = read_completion(raw, self.endpoint)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
@@ -274,9 +283,17 @@ class ChatClient:
                 todo[h] = messages
         sem = asyncio.Semaphore(self.concurrency)
 
+        stop: list[FatalEndpointError] = []
+
         async def one(h: str, messages: list[dict[str, Any]]) -> None:
             async with sem:
-                result = await self._ask(h, messages)
+                if stop:  # the endpoint refused a request for good: send nothing more
+                    return
+                try:
+                    result = await self._ask(h, messages)
+                except FatalEndpointError as e:
+                    stop.append(e)
+                    raise
             out[h] = result
             if on_done is not None:
                 on_done(result)

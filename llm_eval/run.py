@@ -1,14 +1,17 @@
-"""One grounded LLM evaluation, end to end: sample → ground → prompt → ask → store → score → report.
+"""One LLM evaluation, end to end: sample → gather the inputs → prompt → ask → store → score → report.
 
-Outputs in ``OUT``:
+Outputs in ``OUT`` (the folder is claimed with ``ecgqa.files.claim_output_dir``: it must be new, empty,
+or one this command wrote, marked by ``llm_eval_run.json``; re-using it resumes):
 
-- ``prompts.jsonl``: every prompt (also the whole output of ``--dry-run``), with its hash and size;
+- ``prompts.jsonl``: every prompt with its hash, size and token estimate. Images appear as
+  ``sha256:<hex>`` of the cached PNG; with ``--dry-run`` every message is written exactly as it would be
+  sent, images as their base64 data URLs (and ``dry_run.json`` sums the estimate);
 - ``responses.sqlite``: the durable response store (or ``--store``), keyed by (model, prompt hash);
-- ``transcripts/<sample_id>.json``: prompt, reply, parsed answer, truth, score, usage, per question;
+- ``transcripts/<sample_id>.json``: input, prompt, reply, parsed answer, truth, score, usage, per question;
 - ``predictions.jsonl``, ``report.json``, ``report.md``: the same shape as ``ecgqa evaluate``'s, so
-  ``ecgqa report`` tabulates LLMs next to trained models;
-- ``run_log.json``: what this particular run did (requests sent, wall time) — kept out of the report
-  so that a resumed run and an uninterrupted one write identical reports.
+  ``ecgqa report`` tabulates LLMs (one column per model and input) next to trained models;
+- ``run_log.json``: what this particular run did (requests sent, ECGs rendered and measured, wall time)
+  — kept out of the report so that a resumed run and an uninterrupted one write identical reports.
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir
-from llm_eval.grounding import Grounder, fingerprint, prepared_signal_of
-from llm_eval.prompts import PROMPT_VERSION, build_prompt, options_for, prompt_hash
+from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
+from llm_eval.client import FatalEndpointError
+from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
+from llm_eval.inputs import FeatureCache, ImageCache, image_tokens, input_name, parse_inputs
+from llm_eval.prompts import PROMPT_VERSION, build_prompt, message_text, options_for, prompt_hash
 from llm_eval.sampling import DEFAULT_FRACTION, DEFAULT_SEED, Question, questions_from_prepared, read_ids_file, select
 from llm_eval.scoring import Scored, exact_match, parse_reply, summarize
 
 #: Written first into every llm-eval output folder: proof that the folder is ours to resume and rewrite.
 MARKER = "llm_eval_run.json"
+CHARS_PER_TOKEN = 4  # English text, for planning estimates only
 
 
 def claim_out(out: Path) -> None:
@@ -37,10 +43,34 @@ def claim_out(out: Path) -> None:
         atomic_write_json(out / MARKER, {"tool": "ecgqa llm-eval"})
 
 
+@dataclass
+class Sources:
+    """Where each input's evidence comes from (only those of ``inputs`` are needed)."""
+
+    inputs: tuple[str, ...] = ("classifier",)
+    grounder: Grounder | None = None
+    images: ImageCache | None = None
+    features: FeatureCache | None = None
+    image_detail: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)  # recorded in the report
+
+    def __post_init__(self) -> None:
+        for name, have in (("classifier", self.grounder), ("image", self.images), ("features", self.features)):
+            if name in self.inputs and have is None:
+                raise ValueError(f"--input {name} needs its source (for classifier: --grounding CKPT)")
+
+    @property
+    def name(self) -> str:
+        return input_name(self.inputs)
+
+    def expand(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.images.expand(messages) if self.images is not None else messages
+
+
 @dataclass(frozen=True)
 class PromptItem:
     question: Question
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # images as sha256 references; Sources.expand gives what is sent
     hash: str
 
     @property
@@ -48,31 +78,61 @@ class PromptItem:
         return options_for(self.question)
 
 
-def build_prompts(questions: list[Question], grounder: Grounder) -> list[PromptItem]:
-    """Ground every question (each (ECG, subset) classified once) and build its prompt."""
-    interpretations = grounder.ground(questions)
+def build_prompts(questions: list[Question], sources: Sources) -> list[PromptItem]:
+    """Gather each question's evidence (each ECG rendered / measured / classified once) and build its prompt."""
+    interpretations = sources.grounder.ground(questions) if sources.grounder and "classifier" in sources.inputs else None
+    if "features" in sources.inputs:
+        sources.features.measure([e for q in questions for e in q.ecg_ids])
     items = []
     for q in questions:
-        messages = build_prompt(q, interpretations[q.sample_id])
+        labels = ecg_labels(q)
+        images = features = None
+        if "image" in sources.inputs:
+            images = [(label, sources.images.ref(e)) for label, e in zip(labels, q.ecg_ids)]
+        if "features" in sources.inputs:
+            features = [(label, sources.features.text(e)) for label, e in zip(labels, q.ecg_ids)]
+        messages = build_prompt(q, interpretations[q.sample_id] if interpretations is not None else None,
+                                images=images, features=features, image_detail=sources.image_detail)
         items.append(PromptItem(q, messages, prompt_hash(messages)))
     return items
 
 
-def write_prompts(items: list[PromptItem], out: Path) -> dict[str, Any]:
-    """prompts.jsonl (atomic) and its size summary: what a run would send, before spending anything."""
-    lines, chars = [], 0
-    for it in items:
-        n = sum(len(m["content"]) for m in it.messages)
-        chars += n
-        lines.append(json.dumps({"sample_id": it.question.sample_id, "question_type": it.question.question_type,
-                                 "prompt_hash": it.hash, "chars": n, "messages": it.messages}, ensure_ascii=False))
-    atomic_write(out / "prompts.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    # ~4 characters per token for English text: a planning estimate, not a bill.
+def estimate(item: PromptItem, sources: Sources) -> dict[str, int]:
+    """Characters, images and estimated prompt tokens of one prompt (text / 4 + each image's tile estimate)."""
+    chars = len(message_text(item.messages))
+    tokens = round(chars / CHARS_PER_TOKEN)
+    n_images = 0
+    for m in item.messages:
+        for part in m["content"] if isinstance(m["content"], list) else []:
+            if part.get("type") == "image_url":
+                n_images += 1
+                w, h = sources.images.sizes[part["image_url"]["url"].removeprefix("sha256:")]
+                tokens += image_tokens(w, h, part["image_url"].get("detail", "auto"))
+    return {"chars": chars, "images": n_images, "estimated_tokens": tokens}
+
+
+def write_prompts(items: list[PromptItem], out: Path, sources: Sources, *, exact: bool = False) -> dict[str, Any]:
+    """prompts.jsonl (atomic) and its size summary: what a run would send, before spending anything.
+
+    ``exact``: messages exactly as sent (images as data URLs), for ``--dry-run``.
+    """
+    chars = tokens = images = 0
+    with AtomicLines(out / "prompts.jsonl") as write:
+        for it in items:
+            e = estimate(it, sources)
+            chars, tokens, images = chars + e["chars"], tokens + e["estimated_tokens"], images + e["images"]
+            messages = sources.expand(it.messages) if exact else it.messages
+            write.write_line(json.dumps({"sample_id": it.question.sample_id, "question_type": it.question.question_type,
+                                         "input": sources.name, "prompt_hash": it.hash, **e, "messages": messages},
+                                        ensure_ascii=False))
     return {"n_prompts": len(items), "n_distinct_prompts": len({it.hash for it in items}), "chars": chars,
-            "estimated_prompt_tokens": round(chars / 4)}
+            "images": images, "estimated_prompt_tokens": tokens,
+            "estimate_rule": "text characters / 4, plus per image OpenAI's tile rule (low: 85; high/auto: "
+                             "85 + 170 per 512 px tile after scaling to 2048 and shortest side 768)"}
 
 
-def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[str, str]) -> list[tuple[Scored, dict]]:
+def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[str, str],
+                input_label: str = "classifier") -> list[tuple[Scored, dict]]:
     """Score every item from the store (never from memory: what is scored is what was persisted)."""
     out = []
     for it in items:
@@ -91,7 +151,7 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
             reply, error = resp.reply, None
         transcript = {
             "sample_id": q.sample_id, "question": q.question, "question_type": q.question_type,
-            "attribute_type": q.attribute_type, "ecg_id": list(q.ecg_ids), "model": model,
+            "attribute_type": q.attribute_type, "ecg_id": list(q.ecg_ids), "model": model, "input": input_label,
             "prompt_hash": it.hash, "messages": it.messages, "options": it.options, "reply": reply,
             "parsed": row.predicted, "true": row.true, "valid": row.valid, "correct": row.correct,
             "status": row.status, "error": error,
@@ -105,7 +165,9 @@ def render_report_md(report: dict[str, Any]) -> str:
     from ecgqa.report import render_markdown
 
     lines = [render_markdown(report), "## LLM run", ""]
-    lines.append(f"- prompt version: {report['prompt_version']}, grounding: `{report['grounding']}`")
+    lines.append(f"- input: {report['input']}; prompt version: {report['prompt_version']}; "
+                 f"grounding: `{report['grounding']}`")
+    lines.append(f"- request: {json.dumps(report['request'])}")
     lines.append(f"- questions: {report['n_questions']} sampled, {report['n']} scored, {report['n_failed']} failed "
                  f"(not scored), {report['n_no_match']} replies matched no option (scored wrong)")
     u = report["usage"]
@@ -121,7 +183,7 @@ def render_report_md(report: dict[str, Any]) -> str:
 
 def evaluate(
     questions: list[Question],
-    grounder: Grounder,
+    sources: Sources | Grounder,
     model: str,
     out: str | Path,
     *,
@@ -133,6 +195,8 @@ def evaluate(
     max_retries: int = 6,
     backoff_base: float = 1.0,
     max_tokens: int | None = 256,
+    max_completion_tokens: int | None = None,
+    omit_temperature: bool = False,
     price_in: float | None = None,
     price_out: float | None = None,
     store_path: str | Path | None = None,
@@ -140,73 +204,103 @@ def evaluate(
     report_meta: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate already-selected questions; returns report.json's content (or the dry-run summary)."""
+    """Evaluate already-selected questions; returns report.json's content (or the dry-run summary).
+
+    ``sources`` may be a bare Grounder: the classifier input alone (the paper's protocol).
+    """
     from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
 
+    if isinstance(sources, Grounder):
+        sources = Sources(("classifier",), grounder=sources)
     out = Path(out)
     claim_out(out)
     t0 = time.time()
-    items = build_prompts(questions, grounder)
-    summary = write_prompts(items, out)
+    items = build_prompts(questions, sources)
+    summary = write_prompts(items, out, sources, exact=dry_run)
+    work = {"grounding_forward_rows": sources.grounder.n_forward if sources.grounder else 0,
+            "images_rendered": sources.images.n_rendered if sources.images else 0,
+            "render_s": round(sources.images.render_s, 3) if sources.images else 0.0,
+            "ecgs_measured": sources.features.n_measured if sources.features else 0,
+            "measure_s": round(sources.features.measure_s, 3) if sources.features else 0.0}
 
     def log(msg: str) -> None:
         if progress:
             print(msg, file=sys.stderr)
 
     if dry_run:
-        summary.update({"dry_run": True, "n_forward": grounder.n_forward, "prompts": str(out / "prompts.jsonl")})
-        atomic_write(out / "dry_run.json", json.dumps(summary, indent=2) + "\n")
-        log(f"dry run: {summary['n_prompts']} prompts, {summary['chars']} characters "
-            f"(~{summary['estimated_prompt_tokens']} tokens) written to {out / 'prompts.jsonl'}; no model was called")
+        summary.update({"dry_run": True, "input": sources.name, **work, "prompts": str(out / "prompts.jsonl")})
+        if price_in is not None:
+            summary["estimated_input_cost"] = round(summary["estimated_prompt_tokens"] * price_in / 1e6, 6)
+        atomic_write_json(out / "dry_run.json", summary, indent=2)
+        log(f"dry run ({sources.name}): {summary['n_prompts']} prompts, {summary['chars']} characters and "
+            f"{summary['images']} images (~{summary['estimated_prompt_tokens']} prompt tokens) written to "
+            f"{out / 'prompts.jsonl'}; no model was called")
         return summary
 
     key = api_key if api_key is not None else api_key_from_env(api_key_env, base_url)
     store = ResponseStore(store_path or out / "responses.sqlite")
+    stopped: FatalEndpointError | None = None
     try:
         distinct = {it.hash: it.messages for it in items}
         cached = sum(1 for h in distinct if store.has(model, h))
-        log(f"{len(items)} questions, {len(distinct)} distinct prompts: {cached} already answered in {store.path}, "
-            f"{len(distinct) - cached} to ask {model}")
+        log(f"{len(items)} questions, {len(distinct)} distinct prompts ({sources.name}): {cached} already answered "
+            f"in {store.path}, {len(distinct) - cached} to ask {model}")
         client = ChatClient(model, store, base_url=base_url, api_key=key, concurrency=concurrency, timeout=timeout,
-                            max_retries=max_retries, backoff_base=backoff_base, max_tokens=max_tokens)
-        outcomes = ask_all(client, distinct, progress=progress)
+                            max_retries=max_retries, backoff_base=backoff_base, max_tokens=max_tokens,
+                            max_completion_tokens=max_completion_tokens, omit_temperature=omit_temperature,
+                            input_name=sources.name, expand=sources.expand)
+        try:
+            outcomes = ask_all(client, distinct, progress=progress)
+        except FatalEndpointError as e:
+            # Record what was done (every committed reply is scored, the rest is failed), then stop.
+            stopped, outcomes = e, {}
         errors = {h: o.error for h, o in outcomes.items() if not o.ok and o.error}
-        scored = score_items(items, store, model, errors)
+        if stopped is not None:
+            errors = {h: str(stopped) for h in distinct}
+        scored = score_items(items, store, model, errors, sources.name)
     finally:
         store.close()
 
     for row, transcript in scored:
         atomic_write(out / "transcripts" / f"{row.sample_id}.json", json.dumps(transcript, indent=1, ensure_ascii=False))
-    preds = [json.dumps({
-        "sample_id": row.sample_id, "question_type": row.question_type, "attribute_type": row.attribute_type,
-        "predicted": row.predicted, "true": row.true, "valid": row.valid, "scores": {},
-        "correct": row.correct, "status": row.status, "reply": transcript["reply"],
-    }, ensure_ascii=False) for row, transcript in scored]
-    atomic_write(out / "predictions.jsonl", "\n".join(preds) + ("\n" if preds else ""))
+    with AtomicLines(out / "predictions.jsonl") as write:
+        for row, transcript in scored:
+            write.write_line(json.dumps({
+                "sample_id": row.sample_id, "question_type": row.question_type, "attribute_type": row.attribute_type,
+                "predicted": row.predicted, "true": row.true, "valid": row.valid, "scores": {},
+                "correct": row.correct, "status": row.status, "reply": transcript["reply"],
+            }, ensure_ascii=False))
 
-    report: dict[str, Any] = {"kind": "llm", "model": model, "llm": model, "base_url": safe_url(base_url)}
+    request = {"temperature": None if omit_temperature else 0,
+               "max_completion_tokens" if max_completion_tokens else "max_tokens": max_completion_tokens or max_tokens}
+    report: dict[str, Any] = {"kind": "llm", "model": f"{model} ({sources.name})", "llm": model,
+                              "input": sources.name, "base_url": safe_url(base_url)}
     report.update(report_meta or {})
     report.update(summarize([r for r, _ in scored], price_in, price_out))
-    report.update({"prompt_version": PROMPT_VERSION, "n_distinct_prompts": len(distinct)})
+    report.update({"prompt_version": PROMPT_VERSION, "n_distinct_prompts": len(distinct), "request": request,
+                   "input_options": sources.options})
     report.setdefault("grounding", None)
-    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "report.json", report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
-    run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached,
-               "grounding_forward_rows": grounder.n_forward, "wall_s": round(time.time() - t0, 3)}
-    atomic_write(out / "run_log.json", json.dumps(run_log, indent=2) + "\n")
+    run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached, **work,
+               "wall_s": round(time.time() - t0, 3)}
+    atomic_write_json(out / "run_log.json", run_log, indent=2)
+    if stopped is not None:
+        raise stopped
     log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions "
-        f"(macro over question types {100 * (report['em_macro_question_type'] or 0):.1f} %), "
+        f"(macro over single-ECG types {100 * (report.get('em_macro_single') or 0):.1f} %), "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}")
     return report
 
 
 def run_llm_eval(
     data: str | Path,
-    grounding: str | Path,
+    grounding: str | Path | None,
     model: str,
     out: str | Path,
     *,
+    inputs: str | tuple[str, ...] = ("classifier",),
     split: str = "test",
     fraction: float = DEFAULT_FRACTION,
     seed: int = DEFAULT_SEED,
@@ -214,34 +308,68 @@ def run_llm_eval(
     device: str | None = None,
     batch_size: int = 64,
     grounding_cache: str | Path | None = None,
+    image_detail: str = "auto",
+    layout: str = "3x4",
+    dpi: int = 100,
     progress: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """The ``ecgqa llm-eval`` job on a prepared QA directory and an upperbound checkpoint."""
-    import ecgqa
+    """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``)."""
     from ecgqa.data import PreparedData
 
+    inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     out = Path(out)
+    claim_out(out)
     prepared = PreparedData(data)
     questions = questions_from_prepared(prepared, split)
     ids = read_ids_file(ids_file) if ids_file else None
     chosen = select(questions, fraction, seed, ids, where=f"{data} ({split}): ")
     if progress:
         print(f"{len(chosen)} of {len(questions)} {split} questions selected "
-              f"({'--ids-file' if ids else f'stratified by qt3, fraction {fraction}, seed {seed}'})", file=sys.stderr)
+              f"({'--ids-file' if ids else f'the paper draw: qt3 keys, fraction {fraction}, seed {seed}'})",
+              file=sys.stderr)
+    data_hash = str(prepared.meta.get("content_hash", ""))
+    cache_root = Path(grounding_cache).parent if grounding_cache else out / "grounding_cache"
+    rate = float(prepared.meta.get("rate") or 0)
+
+    def signal_by_id(ecg_id: int) -> Any:
+        return prepared.signals[prepared.row_of(ecg_id)]
+
+    sources = Sources(inputs, image_detail=image_detail)
+    meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split,
+                            "sampling": {"fraction": fraction, "seed": seed,
+                                         "ids_file": str(ids_file) if ids_file else None,
+                                         "n_in_split": len(questions)}}
+    if "classifier" in inputs:
+        if grounding is None:
+            raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")
+        sources.grounder, fp = _grounder(grounding, prepared, data_hash, grounding_cache, out, device, batch_size,
+                                         progress)
+        meta.update({"grounding": str(grounding), "grounding_fingerprint": fp})
+    if "image" in inputs:
+        if image_detail not in ("auto", "low", "high"):
+            raise ValueError(f"--image-detail {image_detail!r}: expected auto, low or high")
+        sources.images = ImageCache(cache_root, signal_by_id, rate, data_hash, layout=layout, dpi=dpi)
+        sources.options.update({"layout": layout, "dpi": dpi, "image_detail": image_detail})
+    if "features" in inputs:
+        sources.features = FeatureCache(cache_root, signal_by_id, rate, data_hash)
+    return evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
+
+
+def _grounder(grounding: str | Path, prepared: Any, data_hash: str, grounding_cache: str | Path | None, out: Path,
+              device: str | None, batch_size: int, progress: bool) -> tuple[Grounder, str]:
+    """The classifier input: an upperbound checkpoint checked against the prepared data, with its score cache."""
+    import ecgqa
+
     predictor = ecgqa.load(grounding, device=device)
     if predictor.task != "upperbound":
         raise ValueError(f"--grounding {grounding} is a {predictor.task!r} checkpoint; it must be an upperbound one "
                          "(trained on a prepared upperbound directory)")
     rate = prepared.meta.get("rate")
     if rate is not None and predictor.rate != rate:
-        raise ValueError(f"--grounding {grounding} expects {predictor.rate} Hz signals but {data} holds {rate} Hz")
-    fp = fingerprint(grounding, str(prepared.meta.get("content_hash", "")))
+        raise ValueError(f"--grounding {grounding} expects {predictor.rate} Hz signals but {prepared.path} holds "
+                         f"{rate} Hz; re-prepare with --rate {predictor.rate}")
+    fp = fingerprint(grounding, data_hash)
     cache = Path(grounding_cache) if grounding_cache else out / "grounding_cache" / f"{fp}.jsonl"
-    grounder = Grounder(predictor, prepared_signal_of(prepared), cache, fingerprint=fp, batch_size=batch_size,
-                        progress=progress)
-    meta = {"grounding": str(grounding), "grounding_fingerprint": fp, "data": str(data),
-            "split": split, "sampling": {"fraction": fraction, "seed": seed,
-                                         "ids_file": str(ids_file) if ids_file else None,
-                                         "n_in_split": len(questions)}}
-    return evaluate(chosen, grounder, model, out, report_meta=meta, progress=progress, **kwargs)
+    return Grounder(predictor, prepared_signal_of(prepared), cache, fingerprint=fp, batch_size=batch_size,
+                    progress=progress), fp

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -76,10 +77,16 @@ class ResponseStore:
     def has(self, model: str, prompt_hash: str) -> bool:
         return self.get(model, prompt_hash) is not None
 
-    def put(self, model: str, prompt_hash: str, messages: list[dict[str, str]], response: Response) -> bool:
-        """Commit one response (durably); False when it was already there (first write wins)."""
+    def put(self, model: str, prompt_hash: str, messages: list[dict[str, Any]], response: Response) -> bool:
+        """Commit one response (durably); False when it was already there (first write wins).
+
+        The messages are kept with images replaced by their PNG's hash (``prompts.compact_messages``).
+        """
+        from llm_eval.prompts import compact_messages
+
         row = (model, prompt_hash, response.reply, int(response.prompt_tokens), int(response.completion_tokens),
-               response.response_model, response.finish_reason, json.dumps(messages, ensure_ascii=False), time.time())
+               response.response_model, response.finish_reason,
+               json.dumps(compact_messages(messages), ensure_ascii=False), time.time())
         with self._lock:
             try:
                 cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
