@@ -250,7 +250,8 @@ class _Gated:
 
 def test_inference_does_not_block_the_event_loop(predictor, data):
     """/healthz is served while an answer is being computed (the model runs in a worker thread)."""
-    from ecgqa.serve.app import create_app, get_predictor
+    from ecgqa.serve.app import create_app
+    from ecgqa.serve.routes import get_predictor
 
     gate = threading.Event()
     gated = _Gated(predictor, gate)
@@ -297,7 +298,7 @@ def test_answer_errors(client, payload, status, words):
 
 
 def test_request_body_over_limit_is_413(client):
-    from ecgqa.serve.app import MAX_UPLOAD_BYTES
+    from ecgqa.serve.middleware import MAX_UPLOAD_BYTES
 
     r = client.post("/api/answer", content=b"{" + b" " * MAX_UPLOAD_BYTES + b"}",
                     headers={"content-type": "application/json"})
@@ -310,7 +311,7 @@ def test_request_body_over_limit_is_413(client):
 
 def test_compressed_upload_that_inflates_past_the_limit_is_413(client):
     """A small .npz of zeros can decompress to gigabytes: the limit applies to what it inflates to."""
-    from ecgqa.serve.app import MAX_UPLOAD_BYTES
+    from ecgqa.serve.middleware import MAX_UPLOAD_BYTES
 
     buf = io.BytesIO()
     np.savez_compressed(buf, signal=np.zeros((12, 400_000)))  # ~40 kB on the wire, 38 MB in memory
@@ -322,7 +323,8 @@ def test_compressed_upload_that_inflates_past_the_limit_is_413(client):
 
 
 def test_model_failure_is_500_with_an_id_and_details_only_in_the_log(predictor, data, caplog):
-    from ecgqa.serve.app import create_app, get_predictor
+    from ecgqa.serve.app import create_app
+    from ecgqa.serve.routes import get_predictor
 
     class Broken:
         def __getattr__(self, name):
@@ -423,7 +425,7 @@ def _header(name: str, signal_file: str, leads=LEADS, fs: int = 500, n: int = 50
         ("three_ecgs", "3 ECGs"),
         ("wfdb_missing_dat", "00002_hr.dat"),
         ("wfdb_wrong_leads", "wrong lead set"),
-        ("wfdb_escaping_path", "r.hea: unreadable WFDB header"),
+        ("wfdb_escaping_path", "r.hea names the signal file"),
         ("bad_name", "not allowed"),
         ("empty_question", "question"),
     ],
@@ -516,5 +518,8 @@ def test_create_app_refuses_a_mismatched_model(predictor, data):
 
     with pytest.raises(ValueError, match="needs a QA checkpoint"):
         create_app(Proxy(task="upperbound"), data)
-    with pytest.raises(ValueError, match="not in the model's answer space"):
+    with pytest.raises(ValueError, match="predicts 50 answer classes that differ from the 103"):
         create_app(Proxy(classes=list(predictor.classes)[:50]), data)
+    # one rate policy (ecgqa/checkpoint.py): prepared data at another rate is refused, never resampled
+    with pytest.raises(ValueError, match=r"re-prepare with `ecgqa prepare \.\.\. --rate 250"):
+        create_app(Proxy(rate=250, signal_length=2500), data)

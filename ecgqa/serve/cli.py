@@ -23,61 +23,91 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--quickstart-out", type=Path, default=QUICKSTART_OUT,
                         help="where the quickstart run lives (or is built) when --checkpoint/--data are not given")
+    parser.add_argument("--attributes", type=Path, default=None,
+                        help="attribute classifier checkpoint (upperbound/attributes task) whose findings the page "
+                             "shows for the chosen ECG; default: the quickstart's, when it has one")
+    parser.add_argument("--header-timeout", type=float, default=None,
+                        help="seconds a client may take to send a request's headers (default 10)")
+    parser.add_argument("--body-timeout", type=float, default=None,
+                        help="seconds a client may take to send a request body (default 30)")
+    parser.add_argument("--keep-alive", type=int, default=None, help="seconds an idle connection stays open (default 15)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings-only server log")
     parser.set_defaults(func=run)
     return parser
 
 
-def quickstart_paths(out: Path) -> tuple[Path, Path]:
-    """Where ``ecgqa quickstart --out OUT`` writes its fusion checkpoint and its prepared QA data."""
+def demo_paths(out: Path, quiet: bool = False) -> tuple[Path, Path, Path | None]:
+    """The quickstart's QA checkpoint, prepared data and attribute classifier (None when it has none),
+    built by ``ecgqa quickstart`` first when missing (``ecgqa.quickstart.ensure_demo``)."""
     from ecgqa import quickstart
 
-    model = getattr(quickstart, "MODELS", ("fusion-small",))[0]
-    return out / "checkpoints" / model, out / "prepared" / "ptbxl-template-qa"
+    if not hasattr(quickstart, "ensure_demo"):  # until ecgqa.quickstart.ensure_demo lands (contract 9)
+        return (*_legacy_quickstart(out, quiet), None)
+    demo = quickstart.ensure_demo(out, quiet=quiet)
+    return Path(demo.checkpoint), Path(demo.data), getattr(demo, "attributes_checkpoint", None)
 
 
-def ensure_quickstart(out: Path, quiet: bool = False) -> tuple[Path, Path]:
-    """The quickstart checkpoint and prepared data, built by ``ecgqa quickstart`` first when missing."""
+def _legacy_quickstart(out: Path, quiet: bool) -> tuple[Path, Path]:
     from ecgqa import quickstart
 
-    ckpt, data = quickstart_paths(out)
+    ckpt, data = out / "checkpoints" / "fusion-small", out / "prepared" / "ptbxl-template-qa"
     if (ckpt / "config.json").is_file() and (data / "meta.json").is_file():
         return ckpt, data
-    model = ckpt.name
-    print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out} --models {model}` "
-          "(a few minutes on a CPU; later starts reuse it)", file=sys.stderr, flush=True)
+    print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
     parser = argparse.ArgumentParser(prog="ecgqa quickstart")
     quickstart.configure(parser)
-    argv = ["--out", str(out)] + (["--models", model] if "--models" in parser._option_string_actions else [])
-    args = parser.parse_args(argv + (["--quiet"] if quiet else []))
+    args = parser.parse_args(["--out", str(out)] + (["--quiet"] if quiet else []))
     code = args.func(args)
-    if code or not (ckpt / "config.json").is_file() or not (data / "meta.json").is_file():
-        raise RuntimeError(f"`ecgqa quickstart --out {out}` did not produce {ckpt} and {data} (exit {code}); "
-                           "see its messages above, or pass --checkpoint CKPT --data PREPARED")
+    if code or not (ckpt / "config.json").is_file():
+        raise RuntimeError(f"`ecgqa quickstart --out {out}` did not produce {ckpt} (exit {code})")
     return ckpt, data
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
     from ecgqa import load
-    from ecgqa.data import PreparedData
+    from ecgqa.serve import server
     from ecgqa.serve.app import create_app
+    from ecgqa.serve.middleware import BODY_SECONDS
 
+    try:
+        from ecgqa.prepared import PreparedData
+    except ImportError:  # until ecgqa/prepared.py lands
+        from ecgqa.data import PreparedData
+
+    server.limit_malloc_arenas()
     if (args.checkpoint is None) != (args.data is None):
         given, missing = ("--checkpoint", "--data") if args.data is None else ("--data", "--checkpoint")
         raise ValueError(f"{given} needs {missing} too (or give neither to serve the quickstart model)")
+    attributes_ckpt = args.attributes
     if args.checkpoint is not None:
         ckpt, data_dir = args.checkpoint, args.data
     else:
-        ckpt, data_dir = ensure_quickstart(args.quickstart_out, args.quiet)
+        ckpt, data_dir, default_attributes = demo_paths(args.quickstart_out, args.quiet)
+        attributes_ckpt = attributes_ckpt or default_attributes
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"loading {ckpt} and {data_dir}", file=sys.stderr)
+    print(f"loading {ckpt} and {data_dir}" + (f" (findings: {attributes_ckpt})" if attributes_ckpt else ""),
+          file=sys.stderr)
     predictor = load(ckpt, device=args.device)
-    app = create_app(predictor, PreparedData(data_dir))
+    attributes = load(attributes_ckpt, device=args.device) if attributes_ckpt else None
+    loopback = is_loopback(args.host)
+    app = create_app(predictor, PreparedData(data_dir), attributes=attributes, loopback_only=loopback,
+                     body_seconds=args.body_timeout or BODY_SECONDS)
     print(f"ECG-QA demo: http://{args.host}:{args.port}/  (API docs at /docs; Ctrl-C stops)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    server.run_server(app, args.host, args.port, quiet=args.quiet,
+                      header_seconds=args.header_timeout or server.HEADER_SECONDS,
+                      keep_alive=args.keep_alive or server.KEEP_ALIVE_SECONDS)
     return 0

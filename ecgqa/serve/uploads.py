@@ -24,6 +24,14 @@ MAX_ECGS = 2
 #: Decompressed size allowed for one .npz (12 leads x 2000 Hz x 2 min of float64 is 23 MB): a few MB of
 #: compressed zeros would otherwise inflate to gigabytes in memory, past the upload limit.
 MAX_NPZ_BYTES = 32 * 2**20
+MAX_NPZ_MEMBERS = 8  # a signal and its rate; a .npz with 40,000 members is refused without listing them
+#: WFDB headers are parsed by wfdb at about 1 ms of CPU per signal line (RELIABILITY-PROBE S14: a 1 MB
+#: header cost 27 s): headers are checked here, in microseconds, before wfdb sees them.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_SIGNALS = 16  # the 12 leads plus a few extra channels some recorders add
+#: |amplitude| above this is not an ECG in millivolts (a µV or raw-ADC array, or junk such as 1e38,
+#: which overflows inside the model and would come back as no score at all, RELIABILITY-PROBE S21)
+MAX_ABS_MV = 100.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RATE_KEYS = ("fs", "rate", "sampling_rate")
 
@@ -68,10 +76,15 @@ def check_signal(array: np.ndarray, fs: int, where: str) -> np.ndarray:
             f"{where}: wrong lead count: expected shape (12, T) with rows in lead order {', '.join(LEADS)}; "
             f"got shape {tuple(array.shape)}{hint}"
         )
-    signal = array.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        signal = array.astype(np.float32)
     bad = ~np.isfinite(signal).all(axis=1)
     if bad.any():
         raise UploadError(f"{where}: NaN or infinite values in leads {[LEADS[i] for i in np.flatnonzero(bad)]}")
+    peak = float(np.abs(signal).max()) if signal.size else 0.0
+    if peak > MAX_ABS_MV:
+        raise UploadError(f"{where}: amplitudes up to {peak:.3g}; expected millivolts (|x| <= {MAX_ABS_MV:g}); "
+                          "convert µV or ADC units to mV")
     if signal.shape[1] < MIN_SECONDS * fs:
         raise UploadError(f"{where}: only {signal.shape[1] / fs:.2f} s of signal; need at least {MIN_SECONDS:g} s")
     return signal
@@ -84,6 +97,10 @@ def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
         raise UploadError(f"{name}: not a readable .npy/.npz file ({type(e).__name__})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
+            members = loaded.zip.infolist()
+            if len(members) > MAX_NPZ_MEMBERS:
+                raise UploadError(f"{name}: the .npz holds {len(members)} arrays; send one (12, T) array named "
+                                  "'signal' (and optionally its rate as 'fs')")
             inflated = sum(info.file_size for info in loaded.zip.infolist())
             if inflated > MAX_NPZ_BYTES:
                 raise UploadError(f"{name}: the .npz decompresses to {inflated} bytes; the limit is "
@@ -108,26 +125,56 @@ def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
     return UploadedECG(name, check_signal(array, fs, name), fs)
 
 
-def _load_wfdb(header: str, files: dict[str, bytes]) -> UploadedECG:
-    import wfdb
+def check_header(header: str, text: bytes, uploaded: set[str]) -> int:
+    """Size, signal count, sampling rate and signal file names of an uploaded WFDB header, before wfdb.
 
+    Returns the sampling rate (checked like a ``.npy`` rate: a whole number in range; wfdb would
+    silently default a missing or negative rate to 250 Hz and round 499.5 to 500).
+    """
+    if len(text) > MAX_HEADER_BYTES:
+        raise UploadError(f"{header}: {len(text)} bytes is too large for a 12-lead WFDB header "
+                          f"(limit {MAX_HEADER_BYTES // 1024} kB)", status=413)
+    lines = [ln.strip() for ln in text.decode("latin-1").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise UploadError(f"{header}: unreadable WFDB header (no record line)")
+    fields = lines[0].split()
+    if len(fields) < 2 or "/" in fields[0]:
+        raise UploadError(f"{header}: unreadable WFDB header, or a multi-segment record (not supported)")
+    try:
+        n_sig = int(fields[1])
+    except ValueError:
+        raise UploadError(f"{header}: unreadable WFDB header (signal count {fields[1][:20]!r})") from None
+    if not 1 <= n_sig <= MAX_SIGNALS or len(lines) - 1 > MAX_SIGNALS:
+        raise UploadError(f"{header}: {max(n_sig, len(lines) - 1)} signals; a 12-lead ECG header has at most "
+                          f"{MAX_SIGNALS}")
+    if len(lines) - 1 != n_sig:
+        raise UploadError(f"{header}: the record line announces {n_sig} signals but {len(lines) - 1} signal lines follow")
+    if len(fields) < 3:
+        raise UploadError(f"{header}: the header gives no sampling rate")
+    rate_text = fields[2].split("/")[0]
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise UploadError(f"{header}: sampling rate {rate_text[:20]!r} is not a number") from None
+    fs = check_rate(rate, header)
+    for line in lines[1:]:
+        fname = line.split()[0]
+        # The header must name uploaded files only: never let it point at a file of the server's.
+        if fname not in uploaded:
+            raise UploadError(f"{header} names the signal file {fname[:80]!r}; upload that file alongside the header")
+    return fs
+
+
+def _load_wfdb(header: str, files: dict[str, bytes]) -> UploadedECG:
     from ecgqa.records import RecordError, read_record
 
+    fs = check_header(header, files[header], set(files))
     stem = header[: -len(".hea")]
     with tempfile.TemporaryDirectory(prefix="ecgqa-upload-") as tmp:
         for fname, data in files.items():
             (Path(tmp) / fname).write_bytes(data)
         path = Path(tmp) / stem
-        try:
-            head = wfdb.rdheader(str(path))
-        except Exception as e:  # noqa: BLE001 - wfdb raises many types for bad headers
-            raise UploadError(f"{header}: unreadable WFDB header ({type(e).__name__})") from None
-        if isinstance(head, wfdb.MultiRecord) or not head.file_name:
-            raise UploadError(f"{header}: multi-segment or signal-less WFDB records are not supported")
-        for fname in dict.fromkeys(head.file_name):
-            # The header must name uploaded files only: never let it point at a file of the server's.
-            if fname not in files:
-                raise UploadError(f"{header} names the signal file {fname!r}; upload that file alongside the header")
         try:
             rec = read_record(path)
         except RecordError as e:
@@ -135,7 +182,6 @@ def _load_wfdb(header: str, files: dict[str, bytes]) -> UploadedECG:
             raise UploadError(str(e).replace(str(path.parent) + "/", "").replace(str(path), stem)) from None
         except Exception as e:  # noqa: BLE001 - and for bad signal files
             raise UploadError(f"{header}: unreadable WFDB record ({type(e).__name__})") from None
-    fs = check_rate(rec.fs, header)
     return UploadedECG(stem, check_signal(rec.signal, fs, header), fs)
 
 

@@ -1,0 +1,284 @@
+"""What the demo app serves, built once at start-up: the models, the ECG index, questions, examples.
+
+The QA model (and the optional attribute classifier) run on ONE dedicated worker thread
+(:data:`MODEL_THREADS`): requests that arrive while it is busy are answered together in one forward
+pass by :class:`Batcher`, the (not thread-safe) tokenizer is never used concurrently, and torch's
+per-thread intra-op pools are not re-created on every pooled thread that happens to run a request
+(which is how the thread count climbed from 6 to 78 under load, RELIABILITY-PROBE S17). Plots and
+upload parsing run on anyio's worker threads, whose number ``create_app`` bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import HTTPException
+
+from ecgqa.constants import QUESTION_TYPES
+from ecgqa.metrics import THRESHOLD, decide
+from ecgqa.records import resample
+from ecgqa.render import render_ecg
+from ecgqa.serve.questions import QuestionIndex
+from ecgqa.serve.schemas import Example, Finding, Findings
+
+MAX_BATCH = 16
+MODEL_THREADS = 1
+PLOT_CACHE = 128  # rendered PNGs kept (about 100 kB each)
+
+
+class Predictor(Protocol):
+    """What the app needs of ``ecgqa.load(...)`` (the cross-stage Predictor contract)."""
+
+    task: str
+    classes: list[str]
+    rate: int
+    signal_length: int
+    model_name: str
+
+    def answer(self, ecgs: Any, question: str, valid_classes: Any = None) -> Any: ...
+
+    def answer_batch(self, items: list[tuple[Any, str, Any]], batch_size: int = 32) -> list[Any]: ...
+
+
+class ModelError(Exception):
+    """The predictor failed on input we had validated: a server fault, reported as 500 with an id."""
+
+
+def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
+    """Cut to or zero-pad to ``length`` samples (until ecgqa.records.fit_length lands)."""
+    if signal.shape[-1] >= length:
+        return signal[..., :length]
+    return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, length - signal.shape[-1])])
+
+
+class Batcher:
+    """Collects requests that arrive while the model is busy and answers them in one forward pass."""
+
+    def __init__(self, predictor: Predictor, executor: ThreadPoolExecutor, max_batch: int = MAX_BATCH):
+        self.predictor, self.executor, self.max_batch = predictor, executor, max_batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, ecgs: list[np.ndarray], question: str, valid: list[str]) -> tuple[Any, float, float, int]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._task = loop.create_task(self._consume())
+        fut = loop.create_future()
+        self._queue.put_nowait(((ecgs, question, valid), fut, time.perf_counter()))
+        return await fut
+
+    async def _consume(self) -> None:
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            batch = [b for b in batch if not b[1].done()]
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            results = await loop.run_in_executor(self.executor, self._answer, [b[0] for b in batch])
+            ms = (time.perf_counter() - t0) * 1000
+            for (_, fut, t_in), result in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result((result, (t0 - t_in) * 1000, ms, len(batch)))
+
+    def _answer(self, items: list[tuple]) -> list[Any]:
+        try:
+            return list(self.predictor.answer_batch(items, batch_size=self.max_batch))
+        except Exception as e:  # noqa: BLE001 - any model failure becomes that request's 500
+            if len(items) == 1:
+                return [e]
+        out: list[Any] = []
+        for item in items:  # isolate the failing request(s) so the others still get answers
+            try:
+                out.append(self.predictor.answer_batch([item], batch_size=1)[0])
+            except Exception as e:  # noqa: BLE001 - isolated per request, reported as 500 with an id
+                out.append(e)
+        return out
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+class _LRU:
+    """A small thread-safe LRU of rendered plots (functools.lru_cache would also cache 404 lookups)."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+@dataclass
+class Service:
+    """Everything built once at start-up: the predictors, the ECG index, questions and examples."""
+
+    predictor: Predictor
+    data: Any
+    questions: QuestionIndex
+    ecg_rows: dict[int, int]
+    ecg_questions: dict[int, int]
+    ecg_splits: dict[int, list[str]]
+    examples: list[Example]
+    attributes: Any = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(MODEL_THREADS, thread_name_prefix="ecgqa-model"))
+    batchers: dict[int, Batcher] = field(default_factory=dict)
+    plots: _LRU = field(default_factory=lambda: _LRU(PLOT_CACHE))
+    _findings: dict[int, Findings] = field(default_factory=dict)
+
+    def batcher_for(self, predictor: Predictor) -> Batcher:
+        """One batcher per predictor object (the injected one; tests may override the dependency)."""
+        key = id(predictor)
+        if key not in self.batchers or self.batchers[key].predictor is not predictor:
+            self.batchers[key] = Batcher(predictor, self.executor)
+        return self.batchers[key]
+
+    @property
+    def rate(self) -> int:
+        return int(self.data.meta["rate"])
+
+    def row(self, ecg_id: int) -> int:
+        if ecg_id not in self.ecg_rows:
+            raise HTTPException(404, f"ECG {ecg_id} is not in the prepared data; pick an id from /api/ecgs")
+        return self.ecg_rows[ecg_id]
+
+    def signal(self, ecg_id: int) -> np.ndarray:
+        return np.asarray(self.data.signals[self.row(ecg_id)], dtype=np.float32)
+
+    @staticmethod
+    def model_input(predictor: Predictor, signal: np.ndarray, fs: int, name: str) -> tuple[np.ndarray, list[str]]:
+        """An uploaded ECG resampled to the model's rate and cut/padded to its length, saying what changed.
+
+        (Prepared ECGs already match: ``build_service`` checked them with ``check_compatible``.)
+        """
+        notes = []
+        rate, length = int(predictor.rate), int(predictor.signal_length)
+        if fs != rate:
+            signal = resample(signal, fs, rate)
+            notes.append(f"{name}: resampled from {fs} Hz to the model's {rate} Hz")
+        if signal.shape[1] > length:
+            notes.append(f"{name}: used the first {length / rate:g} s of {signal.shape[1] / rate:.2f} s")
+        elif signal.shape[1] < length:
+            notes.append(f"{name}: {signal.shape[1] / rate:.2f} s zero-padded to the model's {length / rate:g} s")
+        return np.ascontiguousarray(fit_length(signal, length), dtype=np.float32), notes
+
+    def plot(self, ecg_id: int) -> bytes:
+        png = self.plots.get(ecg_id)
+        if png is None:
+            png = render_ecg(self.signal(ecg_id), self.rate, title=f"ECG {ecg_id}")
+            self.plots.put(ecg_id, png)
+        return png
+
+    async def findings(self, ecg_id: int) -> Findings:
+        """The attribute classifier's classes above the threshold for a prepared ECG (cached)."""
+        if self.attributes is None:
+            raise HTTPException(404, "no attribute classifier loaded; start the demo with "
+                                     "`ecgqa serve --attributes CKPT` (an upperbound/attributes checkpoint)")
+        row = self.row(ecg_id)
+        if ecg_id not in self._findings:
+            signal = np.asarray(self.data.signals[row], dtype=np.float32)
+            loop = asyncio.get_running_loop()
+            scores = (await loop.run_in_executor(self.executor, self.attributes.classify, signal))[0]
+            if not np.isfinite(scores).all():
+                raise HTTPException(422, f"the attribute classifier gave non-finite scores for ECG {ecg_id}")
+            chosen = np.flatnonzero(decide(scores))
+            order = chosen[np.argsort(-scores[chosen], kind="stable")]
+            self._findings[ecg_id] = Findings(
+                ecg_id=ecg_id, model_name=str(self.attributes.model_name), threshold=THRESHOLD,
+                findings=[Finding(name=self.attributes.classes[i], score=float(scores[i])) for i in order],
+                n_classes=len(self.attributes.classes),
+            )
+        return self._findings[ecg_id]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def build_service(predictor: Predictor, data: Any, attributes: Any = None) -> Service:
+    """Check the models against the data (one rate policy, ecgqa/checkpoint.py) and index the data."""
+    from ecgqa.checkpoint import CheckpointError, check_compatible
+
+    if getattr(predictor, "task", "qa") != "qa":
+        raise ValueError(f"the checkpoint is a {predictor.task!r} model; `ecgqa serve` needs a QA checkpoint")
+    check_compatible(predictor, data)
+    if attributes is not None:
+        rate, length = int(data.meta["rate"]), int(data.meta["signal_length"])
+        if not hasattr(attributes, "classify"):
+            raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
+                                  f"{getattr(attributes, 'task', '?')!r} model, not an attribute classifier")
+        if (int(attributes.rate), int(attributes.signal_length)) != (rate, length):
+            raise CheckpointError(
+                f"{data.path} holds {rate} Hz x {length} samples but the attribute classifier "
+                f"{attributes.path} was trained on {attributes.rate} Hz x {attributes.signal_length} samples; "
+                "prepared data is never resampled on the fly: serve data prepared at its rate and length"
+            )
+    cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
+    rows_by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
+    rows = [dict(zip(cols, v)) for t in rows_by_split.values() for v in zip(*(t[c] for c in cols))]
+    questions = QuestionIndex.from_rows(list(data.classes), rows)
+
+    ecg_rows = {int(e): i for i, e in enumerate(np.asarray(data.ecg_ids).tolist())}
+    n_questions: dict[int, int] = defaultdict(int)
+    splits: dict[int, set[str]] = defaultdict(set)
+    for split, table in rows_by_split.items():
+        for ids in table["ecg_id"]:
+            for e in ids:
+                n_questions[int(e)] += 1
+                splits[int(e)].add(split)
+    return Service(
+        predictor, data, questions, ecg_rows, dict(n_questions), {e: sorted(s) for e, s in splits.items()},
+        pick_examples(rows_by_split, list(data.classes), set(ecg_rows)), attributes,
+    )
+
+
+def pick_examples(rows_by_split: dict[str, dict[str, list]], classes: list[str], ecgs: set[int],
+                  per_type: int = 3) -> list[Example]:
+    """A few questions of each type, held-out splits first, distinct templates before repeats."""
+    order = sorted(rows_by_split, key=lambda s: {"test": 0, "valid": 1, "train": 2}.get(s, 3))
+    picked: dict[str, list[Example]] = defaultdict(list)
+    seen: set[tuple[str, int | str]] = set()
+    for distinct in ("template", "question"):
+        for split in order:
+            t = rows_by_split[split]
+            for i, qtype in enumerate(t["question_type"]):
+                key = (qtype, t["template_id"][i] if distinct == "template" else t["question"][i])
+                if len(picked[qtype]) >= per_type or key in seen or t["question"][i] in {
+                    e.question for e in picked[qtype]
+                } or not set(t["ecg_id"][i]) <= ecgs:
+                    continue
+                seen.add(key)
+                picked[qtype].append(Example(
+                    question=t["question"][i], ecg_ids=[int(e) for e in t["ecg_id"][i]], question_type=qtype,
+                    attribute_type=t["attribute_type"][i], answer=[classes[c] for c in t["answer"][i]], split=split,
+                ))
+    rank = {q: i for i, q in enumerate(QUESTION_TYPES)}
+    return [e for q in sorted(picked, key=lambda q: rank.get(q, 99)) for e in picked[q]]
