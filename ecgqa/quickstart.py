@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     from ecgqa.files import atomic_write
     from ecgqa.prepare import prepare
     from ecgqa.report import compare_table
-    from ecgqa.train import train
+    from ecgqa.train import TrainConfig, train
     from mapping.mapper import map_release
 
     start = time.perf_counter()
@@ -172,9 +172,9 @@ def _run(args: argparse.Namespace) -> int:
         limit = _time_limit(60 * args.minutes)
         if ckpt.exists():
             shutil.rmtree(ckpt)  # a fresh run each time: an old Trainer state would be resumed otherwise
-        train(prepared, name, ckpt, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=0.05,
-              seed=args.seed, eval_split=None, overrides=dict(QUICK_MODEL), logging_steps=50, quiet=args.quiet,
-              callbacks=[limit])
+        train(TrainConfig(data=prepared, model=name, out=ckpt, max_steps=args.max_steps, batch_size=args.batch_size,
+                          lr=args.lr, warmup=0.05, seed=args.seed, eval_split=None, overrides=dict(QUICK_MODEL),
+                          logging_steps=50, quiet=args.quiet), callbacks=[limit])
         if getattr(limit, "stopped_at", None):
             print(f"  time cap reached after {limit.stopped_at} steps", file=sys.stderr)
         report_dir = out / "reports" / name

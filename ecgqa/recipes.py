@@ -25,7 +25,7 @@ The effective batch is reached on any number of devices: gradient accumulation =
 effective / (per-device batch × devices), see :func:`grad_accum_for`.
 
 ``quick`` (the default) is for the bundled sample and CPUs: AdamW (weight decay 0.01 except biases
-and norms), 5 % warmup then cosine decay, batch 32, 3 epochs. The paper recipe's 50k updates of 256
+and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper recipe's 50k updates of 256
 samples are 12.8 M samples, days on a CPU; choose it explicitly on the full release.
 """
 
@@ -45,7 +45,7 @@ class Recipe:
     name: str
     source: str  # where the numbers come from
     lr: float
-    effective_batch: int
+    effective_batch: int | None  # None: whatever --batch-size x devices gives (no accumulation)
     batch_size: int  # per device, the reference config's (the default of --batch-size)
     max_steps: int | None = None  # optimizer updates; None → epochs
     epochs: float | None = None
@@ -89,7 +89,7 @@ PAPER: dict[str, Recipe] = {
 PAPER["m3ae-small"] = PAPER["m3ae-base"]  # the same fine-tuning config; only the width differs
 
 QUICK = Recipe(name="quick", source="this project's default for the bundled sample and CPUs", lr=1e-4,
-               effective_batch=32, batch_size=32, epochs=3.0, optimizer="adamw", weight_decay=0.01,
+               effective_batch=None, batch_size=32, epochs=3.0, optimizer="adamw", weight_decay=0.01,
                schedule="cosine", warmup=0.05)
 
 RECIPES = ("quick", "paper")

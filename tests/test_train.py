@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 import ecgqa
+from ecgqa.cli import main
 from ecgqa.data import PreparedData
-from ecgqa.models import tiny
-from ecgqa.train import train
+from ecgqa.train import TrainConfig, train
 
 
 def _log(ckpt: Path) -> list[dict]:
@@ -35,7 +35,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_qa_checkpoint_holds_everything_to_answer(qa_checkpoint, prepared_qa):
     config = json.loads((qa_checkpoint / "config.json").read_text())
     meta = json.loads((prepared_qa / "meta.json").read_text())
-    assert config["task"] == "qa" and config["model_name"] == "fusion-small"
+    assert config["task"] == "qa" and config["model_name"] == "fusion-test"
     assert config["classes"] == meta["classes"] and len(config["classes"]) == 103
     assert (config["rate"], config["signal_length"]) == (meta["rate"], meta["signal_length"]) == (500, 5000)
     assert json.loads((qa_checkpoint / "prepared_meta.json").read_text()) == meta
@@ -63,7 +63,7 @@ def test_best_checkpoint_by_em_is_the_one_saved(qa_checkpoint):
 
 def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
     with pytest.raises(ValueError, match="prepared for task 'upperbound'.*'fusion-small' trains on 'qa'"):
-        train(prepared_upperbound, "fusion-small", tmp_path / "x", max_steps=1, quiet=True)
+        train(TrainConfig(data=prepared_upperbound, model="fusion-small", out=tmp_path / "x", max_steps=1, quiet=True))
 
 
 # ------------------------------------------------------------------------------------------ predictor
@@ -72,7 +72,7 @@ def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
 def test_predictor_answers_over_valid_classes(qa_checkpoint, prepared_qa):
     data = PreparedData(prepared_qa)
     predictor = ecgqa.load(qa_checkpoint, device="cpu")
-    assert predictor.task == "qa" and predictor.classes == data.classes and predictor.model_name == "fusion-small"
+    assert predictor.task == "qa" and predictor.classes == data.classes and predictor.model_name == "fusion-test"
     assert (predictor.rate, predictor.signal_length) == (500, 5000)
     assert predictor.meta == data.meta and str(predictor.device) == "cpu"
     valid = data.split("valid")
@@ -127,16 +127,28 @@ def test_upperbound_predictor_zeroes_leads_in_a_copy(upperbound_checkpoint, prep
 # ------------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_continues_where_it_stopped(prepared_upperbound, tmp_path):
     """2 epochs of 4 steps; stopping after 3 and resuming gives the uninterrupted run's steps, epochs and weights."""
     opts = {"epochs": 2, "batch_size": 128, "lr": 3e-3, "warmup": 0, "save_steps": 2, "logging_steps": 1, "quiet": True,
-                "overrides": tiny("se-wrn"), "seed": 3}
-    full = train(prepared_upperbound, "se-wrn", tmp_path / "full", **opts)
+                "seed": 3}
+    def config(out, **kw):
+        return TrainConfig(data=prepared_upperbound, model="se-wrn-test", out=out, **opts, **kw)
+
+    full = train(config(tmp_path / "full"))
     part = tmp_path / "part"
-    train(prepared_upperbound, "se-wrn", part, stop_after=3, **opts)
+    train(config(part), stop_after=3)
     assert not (part / "model.safetensors").exists()  # interrupted: only the resumable state
     assert (part / "checkpoints" / "checkpoint-3").is_dir()
-    train(prepared_upperbound, "se-wrn", part, resume=True, **opts)
+    # a kill after step 3's checkpoint but before the next one: steps 4-5 were logged, then lost
+    with (part / "metrics.jsonl").open("a") as f:
+        for step in (4, 5):
+            f.write(json.dumps({"step": step, "epoch": 1.0, "loss": 9.9}) + "\n")
+    # ... and a kill during the save of checkpoint-4: a torn folder without trainer_state.json
+    torn = part / "checkpoints" / "checkpoint-4"
+    torn.mkdir()
+    (torn / "config.json").write_text("{}")
+    train(config(part, resume=True))
 
     full_opts, part_opts = (json.loads((p / "train_options.json").read_text()) for p in (full, part))
     assert full_opts["global_step"] == part_opts["global_step"] == 8  # ceil(413 / 128) = 4 per epoch
@@ -157,7 +169,8 @@ def test_resume_continues_where_it_stopped(prepared_upperbound, tmp_path):
 
 def test_resume_without_a_checkpoint_says_so(prepared_upperbound, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train(prepared_upperbound, "se-wrn", tmp_path / "none", resume=True, max_steps=1, quiet=True)
+        train(TrainConfig(data=prepared_upperbound, model="se-wrn", out=tmp_path / "none", resume=True, max_steps=1,
+                          quiet=True))
 
 
 # ------------------------------------------------------------------------------------------ distributed
@@ -169,6 +182,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_cli(prepared_qa, tmp_path):
     """`torchrun --nproc_per_node 2 -m ecgqa train ...` (gloo on CPU): trains, evaluates, writes one checkpoint."""
     out = tmp_path / "ddp"
@@ -200,3 +214,123 @@ def test_set_overrides_parse_json_values():
         "hidden_size": 64, "use_ecg": False, "dropout": 0.2, "text_encoder": "bert"}
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         _parse_overrides(["hidden_size"])
+
+
+# ------------------------------------------------------------------------------------------ options (fast)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grad-accum", "0"], "--grad-accum 0: must be a positive integer"),
+    (["--epochs", "0"], "--epochs 0.0: must be a positive number"),
+    (["--epochs", "-1"], "--epochs -1.0: must be a positive number"),
+    (["--max-steps", "0"], "--max-steps 0: must be a positive integer"),
+    (["--max-steps", "-5"], "--max-steps -5: must be a positive integer"),
+    (["--eval-steps", "0"], "--eval-steps 0: must be a positive integer"),
+    (["--save-total-limit", "0"], "--save-total-limit 0: must be a positive integer"),
+    (["--set", "hidden_size=abc"], "--set hidden_size='abc': expected a int >= 1"),
+    (["--set", "hidden_size=0"], "--set hidden_size=0: expected a int >= 1"),
+    (["--set", "num_layers=-1"], "--set num_layers=-1: expected a int >= 1"),
+    (["--set", "bogus_field=1"], "fusion-small has no config field 'bogus_field'"),
+    (["--text-encoder", "/nonexistent/encoder"], "--text-encoder /nonexistent/encoder: cannot load it"),
+])
+def test_bad_options_are_one_line_errors(prepared_qa, tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(prepared_qa), "--model", "fusion-small", "--tiny", "--out", str(out),
+               "--max-steps", "1", "--workers", "0", "-q", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and not out.exists()  # nothing written
+
+
+def test_out_must_be_ours(prepared_qa, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    for out in (a_file, folder):
+        rc = main(["train", "--data", str(prepared_qa), "--model", "fusion-small", "--tiny", "--out", str(out),
+                   "--max-steps", "1", "--workers", "0", "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "error: --out" in err and "Traceback" not in err, err
+    assert a_file.read_text() == "mine" and (folder / "chapter1.tex").read_text() == "precious"
+
+
+def test_resume_skips_a_torn_checkpoint(tmp_path, capsys):
+    from ecgqa.train import find_resume_checkpoint
+
+    run = tmp_path / "run" / "checkpoints"
+    for step, complete in ((20, True), (40, True), (60, False)):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    config = TrainConfig(data=tmp_path, model="se-wrn", out=tmp_path / "run", resume=True)
+    assert find_resume_checkpoint(config) == run / "checkpoint-40"
+    assert "skipping" in capsys.readouterr().err and "checkpoint-60" in capsys.readouterr().err + str(run / "checkpoint-60")
+    with pytest.raises(ValueError, match="incomplete"):
+        find_resume_checkpoint(TrainConfig(data=tmp_path, model="se-wrn", out=tmp_path, resume=run / "checkpoint-60"))
+
+
+# ------------------------------------------------------------------------------------------ recipes (fast)
+
+
+def test_tri_stage_curve_matches_the_formula():
+    """fairseq's tri_stage: linear warmup from 0.01·lr, hold, exponential decay to 0.05·lr, then flat."""
+    import math
+
+    from ecgqa.recipes import tri_stage_factor
+
+    total, lr = 1000, 1e-4
+    w, h, d = 100, 400, 500
+
+    def expected(step):
+        if step < w:
+            return 0.01 + (1 - 0.01) * step / w
+        if step < w + h:
+            return 1.0
+        if step <= w + h + d:
+            return math.exp(-(-math.log(0.05) / d) * (step - w - h))
+        return 0.05
+
+    for step in (0, 1, 50, 99, 100, 300, 499, 500, 501, 750, 999, 1000, 1200):
+        assert tri_stage_factor(step, total) * lr == pytest.approx(expected(step) * lr, rel=1e-12), step
+    assert tri_stage_factor(0, total) == pytest.approx(0.01)
+    assert tri_stage_factor(1000, total) == pytest.approx(0.05)
+    assert tri_stage_factor(750, total) == pytest.approx(0.05 ** 0.5)  # half-way through the decay
+
+
+def test_paper_recipe_numbers():
+    from ecgqa.recipes import PAPER, grad_accum_for
+
+    assert {m: PAPER[m].effective_batch for m in ("fusion-base", "blind", "deaf", "m3ae-base", "fusion-small",
+                                                   "se-wrn", "resnet-attn")} == {
+        "fusion-base": 256, "blind": 256, "deaf": 256, "m3ae-base": 256, "fusion-small": 64, "se-wrn": 128,
+        "resnet-attn": 128}
+    assert PAPER["m3ae-base"].lr == 5e-5 and PAPER["fusion-base"].lr == 1e-4
+    assert PAPER["se-wrn"].weight_decay == 5e-4 and PAPER["resnet-attn"].weight_decay == 1e-4
+    assert PAPER["fusion-base"].weight_decay == 0 and PAPER["fusion-base"].betas == (0.9, 0.98)
+    assert PAPER["fusion-base"].max_steps == 50_000 and PAPER["se-wrn"].max_steps == 100_000
+    assert grad_accum_for(256, 8, 4) == 8 and grad_accum_for(256, 32, 1) == 8
+    with pytest.raises(ValueError, match="cannot be made of --batch-size 48"):
+        grad_accum_for(256, 48, 1)
+
+
+def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_upperbound, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "--data", str(prepared_qa), "--model", "fusion-base", "--out", "unused",
+                 "--recipe", "paper", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "effective batch: 256 = batch 8 x grad-accum 32 x 1 device(s)" in lines
+    assert "updates: 50000" in lines
+    # 413 train samples on the bundled sample: 50000 x 256 samples = 30992.25 epochs
+    assert f"samples seen: {50000 * 256} = {50000 * 256 / 413:.2f} epochs of 413 train samples" in lines
+    assert ("lr schedule: tri-stage: warmup 5000 updates 1e-06 -> 0.0001, hold 20000, exponential decay 25000 "
+            "to 5e-06") in lines
+    assert any(line.startswith("optimizer: AdamW over all parameters") and "weight decay 0" in line for line in lines)
+    assert not Path("unused").exists()
+    assert main(["train", "--data", str(prepared_upperbound), "--model", "se-wrn", "--out", "unused",
+                 "--recipe", "paper", "--dry-run", "--batch-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "effective batch: 128 = batch 32 x grad-accum 4 x 1 device(s)" in lines and "updates: 100000" in lines
+    assert any("weight decay 0.0005" in line for line in lines)
