@@ -115,16 +115,15 @@ class Interpretation:
 
 def fingerprint(checkpoint: str | Path | None, data_hash: str = "") -> str:
     """Identity of (checkpoint weights and config, prepared data): the cache is only reused for both."""
+    from ecgqa.files import sha256_file
+
     h = hashlib.sha256(data_hash.encode())
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         files = sorted(p for p in ckpt.iterdir() if p.is_file()) if ckpt.is_dir() else [ckpt]
         for p in files:
             if p.suffix in (".json", ".safetensors", ".bin", ".pt"):
-                h.update(p.name.encode())
-                with p.open("rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
+                h.update(f"{p.name}:{sha256_file(p)}".encode())
     return h.hexdigest()[:16]
 
 

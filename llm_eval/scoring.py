@@ -50,8 +50,11 @@ class Scored:
 
 
 def exact_match(predicted: Iterable[str], true: Iterable[str], valid: Iterable[str]) -> bool:
+    """Exact match over the question's options (``ecgqa.metrics.exact_match_sets``, the one definition)."""
+    from ecgqa.metrics import exact_match_sets
+
     v = set(valid)
-    return set(predicted) & v == set(true) & v
+    return bool(exact_match_sets([set(predicted) & v], [set(true) & v])[0])
 
 
 def cost(prompt_tokens: int, completion_tokens: int, price_in: float | None, price_out: float | None) -> dict | None:
