@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
-    print(paper_table([report]), end="")
+    print(paper_table([report], [report["model"]]), end="")
     print(f"written: {args.out}")
     return 0
 

@@ -127,6 +127,7 @@ def _recompute(out: Path, release: Path) -> tuple[dict, dict[int, bool]]:
         "n": len(lines),
         "em": float(np.mean(list(correct.values()))),
         "em_macro_question_type": float(np.mean([np.mean(v) for v in by_qt.values()])),
+        "em_macro_single": float(np.mean([np.mean(v) for k, v in by_qt.items() if k.startswith("single-")])),
         "per_question_type": {k: {"n": len(v), "em": float(np.mean(v))} for k, v in by_qt.items()},
         "per_attribute_type": {k: {"n": len(v), "em": float(np.mean(v))} for k, v in by_at.items()},
     }
@@ -137,6 +138,8 @@ def _assert_report_matches(report: dict, summary: dict) -> None:
     assert report["n"] == summary["n"]
     assert report["em"] == pytest.approx(summary["em"])
     assert report["em_macro_question_type"] == pytest.approx(summary["em_macro_question_type"])
+    assert report["em_macro_all"] == pytest.approx(summary["em_macro_question_type"])
+    assert report["em_macro_single"] == pytest.approx(summary["em_macro_single"])
     for key in ("per_question_type", "per_attribute_type"):
         assert set(report[key]) == set(summary[key])
         for k, v in summary[key].items():
@@ -149,8 +152,15 @@ def test_evaluate_em_equals_independent_recomputation(qa_checkpoint, prepared_te
     rc = main(["evaluate", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_test), "--split", "test",
                "--out", str(out), "--batch-size", "8", "-q"])
     assert rc == 0
-    assert "EM" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
+    # the paper's columns, then the single-ECG and all-types macros (percent, one decimal)
+    row = next(line for line in printed.splitlines() if line.startswith("| fusion"))
+    cells = row.split(" | ")
+    pq = report["per_question_type"]
+    assert cells[1] == f"{100 * pq['single-verify']['em']:.1f}" and cells[4] == f"{100 * pq['comparison_consecutive-verify']['em']:.1f}"
+    assert cells[5] == "–"  # no comparison_consecutive-query sample
+    assert cells[8] == f"{100 * report['em_macro_single']:.1f}" and cells[9] == f"{100 * report['em_macro_all']:.1f}"
     summary, _ = _recompute(out, test_release)
     _assert_report_matches(report, summary)
     assert report["kind"] == "qa" and report["split"] == "test" and report["checkpoint"] == str(qa_checkpoint)
@@ -241,3 +251,44 @@ def test_evaluate_refuses_mismatched_data(upperbound_checkpoint, prepared_qa, tm
     err = capsys.readouterr().err
     assert "upperbound" in err and str(prepared_qa) in err
     assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_evaluate_out_must_be_ours(qa_checkpoint, prepared_test, tmp_path, capsys):
+    """--out an existing file or a folder of someone else's: refused, nothing deleted; our own report: replaced."""
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("mine")
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    for out in (a_file, folder):
+        rc = main(["evaluate", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_test), "--split", "test",
+                   "--out", str(out), "--limit", "2", "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "error: --out" in err and "Traceback" not in err, err
+    assert a_file.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == ["chapter1.tex"]
+    ours = tmp_path / "ours"
+    for _ in range(2):  # a re-run over its own report folder is allowed
+        assert main(["evaluate", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_test), "--split", "test",
+                     "--out", str(ours), "--limit", "2", "-q"]) == 0
+    assert json.loads((ours / "report.json").read_text())["n"] == 2
+    assert oct((ours / "report.json").stat().st_mode & 0o777) != oct(0o600)  # umask honoured, not mkstemp's 0600
+
+
+def test_check_compatible_names_both_rates_and_the_fix(qa_checkpoint, prepared_qa):
+    from types import SimpleNamespace
+
+    from ecgqa.checkpoint import CheckpointError, check_compatible, load_checkpoint
+    from ecgqa.data import PreparedData
+
+    ckpt = load_checkpoint(qa_checkpoint, device="cpu")
+    data = PreparedData(prepared_qa)
+    check_compatible(ckpt, data)  # the data it was trained on
+    check_compatible(ckpt, data, tokenizer=True)
+    other = SimpleNamespace(meta={**data.meta, "rate": 250, "signal_length": 2500}, path="prepared/at-250")
+    with pytest.raises(CheckpointError, match=r"250 Hz x 2500 samples.*500 Hz x 5000.*--rate 500 --seconds 10"):
+        check_compatible(ckpt, other)
+    swapped = SimpleNamespace(meta={**data.meta, "classes": data.classes[::-1]}, path="prepared/other")
+    with pytest.raises(CheckpointError, match="first difference at index 0"):
+        check_compatible(ckpt, swapped)
+    with pytest.raises(CheckpointError, match="prepared for task 'upperbound'"):
+        check_compatible(ckpt, SimpleNamespace(meta={**data.meta, "task": "upperbound"}, path="p"))
