@@ -324,10 +324,14 @@ def run_llm_eval(
     questions = questions_from_prepared(prepared, split)
     ids = read_ids_file(ids_file) if ids_file else None
     chosen = select(questions, fraction, seed, ids, where=f"{data} ({split}): ")
+    dropped = (prepared.meta.get("dropped") or {}).get(split) or []
     if progress:
         print(f"{len(chosen)} of {len(questions)} {split} questions selected "
               f"({'--ids-file' if ids else f'the paper draw: qt3 keys, fraction {fraction}, seed {seed}'})",
               file=sys.stderr)
+        if dropped and not ids:
+            print(f"note: prepare dropped {len(dropped)} {split} samples (missing records), so this draw differs from "
+                  "the paper's sample ids", file=sys.stderr)
     data_hash = str(prepared.meta.get("content_hash", ""))
     cache_root = Path(grounding_cache).parent if grounding_cache else out / "grounding_cache"
     rate = float(prepared.meta.get("rate") or 0)
@@ -339,7 +343,7 @@ def run_llm_eval(
     meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split,
                             "sampling": {"fraction": fraction, "seed": seed,
                                          "ids_file": str(ids_file) if ids_file else None,
-                                         "n_in_split": len(questions)}}
+                                         "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)}}
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")

@@ -66,6 +66,7 @@ def _cli(args: list[str]) -> int:
     return main(["llm-eval", *args])
 
 
+@pytest.mark.slow
 def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbound_checkpoint, release_answers,
                                          monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -79,7 +80,8 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
         report = json.loads((out / "report.json").read_text())
         transcripts = [json.loads(p.read_text()) for p in (out / "transcripts").glob("*.json")]
         ind = _independent_em(transcripts, release_answers)
-        assert report["kind"] == "llm" and report["split"] == split and report["model"] == "fake-4o"
+        assert report["kind"] == "llm" and report["split"] == split and report["model"] == "fake-4o (classifier)"
+        assert report["llm"] == "fake-4o" and report["input"] == "classifier"
         assert report["n"] == ind["n"] == len(transcripts) == report["n_questions"]
         assert report["em"] == pytest.approx(ind["em"]) and report["em_macro_question_type"] == pytest.approx(ind["macro"])
         assert {k: (v["n"], pytest.approx(v["em"])) for k, v in report["per_question_type"].items()} == {
@@ -141,6 +143,7 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
     assert server.state.tokens_seen == {KEY}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, server, prepared_qa, upperbound_checkpoint, monkeypatch, capsys):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "llm_eval", "--data", str(prepared_qa), "--grounding", str(upperbound_checkpoint),
@@ -197,3 +200,41 @@ def test_sigkill_mid_run_then_resume(tmp_path, server, prepared_qa, upperbound_c
         if p.is_file():
             assert KEY.encode() not in p.read_bytes(), p
     assert server.state.tokens_seen == {KEY}
+
+
+@pytest.mark.slow
+def test_inputs_side_by_side_through_the_cli(tmp_path, server, prepared_qa, upperbound_checkpoint, monkeypatch, capsys):
+    """`--input image` / `none` need no --grounding; `classifier` does; `ecgqa report` shows each run's input."""
+    from ecgqa.render import layout_geometry
+    from ecgqa.report import compare_table, load_report
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    base = ["--data", str(prepared_qa), "--model", "fake-vl", "--base-url", server.url, "--split", "valid", "-q"]
+    assert _cli([*base, "--input", "classifier", "--out", str(tmp_path / "nogrounding")]) == 2
+    assert "--grounding" in capsys.readouterr().err
+    runs = {"image": ["--input", "image", "--dpi", "40", "--image-detail", "low"], "none": ["--input", "none"],
+            "classifier": ["--grounding", str(upperbound_checkpoint)],
+            "image+classifier": ["--input", "classifier,image", "--dpi", "40", "--grounding", str(upperbound_checkpoint)]}
+    for name, extra in runs.items():
+        before = len(server.state.seen)
+        assert _cli([*base, *extra, "--out", str(tmp_path / name)]) == 0, name
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["input"] == name and report["n"] == report["n_questions"] == round(38 / 10)
+        sent = server.state.seen[before:]
+        n_images = [len(r["images"]) for r in sent]
+        if "image" in name:
+            assert n_images == [2] * len(sent)  # the sample's valid split: comparison questions, two ECGs each
+            assert {i["size"] for r in sent for i in r["images"]} == {layout_geometry("3x4").pixels(40)}
+            assert all("The first ECG:" in r["text"] and "The second ECG:" in r["text"] for r in sent)
+        else:
+            assert n_images == [0] * len(sent)
+        assert all(("Interpretation of the" in r["text"]) == ("classifier" in name) for r in sent)
+    assert (tmp_path / "image" / "grounding_cache" / "images").is_dir()
+    table = compare_table([load_report(tmp_path / n) for n in runs])
+    for name in runs:
+        assert f"fake-vl ({name})" in table
+    # a warm re-run of the image run renders nothing and asks nothing
+    before = server.state.stats()["received"]
+    assert _cli([*base, *runs["image"], "--out", str(tmp_path / "image")]) == 0
+    log = json.loads((tmp_path / "image" / "run_log.json").read_text())
+    assert log["images_rendered"] == 0 and log["requests_sent"] == 0 and server.state.stats()["received"] == before
