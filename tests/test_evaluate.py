@@ -147,6 +147,7 @@ def _assert_report_matches(report: dict, summary: dict) -> None:
             assert report[key][k]["em"] == pytest.approx(v["em"])
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_evaluate_em_equals_independent_recomputation(qa_checkpoint, prepared_test, test_release, tmp_path, capsys):
     out = tmp_path / "report"
     rc = main(["evaluate", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_test), "--split", "test",
@@ -175,6 +176,7 @@ def test_evaluate_em_equals_independent_recomputation(qa_checkpoint, prepared_te
     assert "charts/question_types.png" in report["charts"]
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_rigged_model_scores_exactly_as_designed(qa_checkpoint, prepared_test, test_release, tmp_path):
     """A copy of the checkpoint whose head ignores its input and scores only HIGH classes > 0.5: every
     hand-made sample's exact match is then known in advance (threshold over valid classes only)."""
@@ -212,6 +214,7 @@ def _auc_by_pairs(y, s):
     return sum((p > q) + 0.5 * (p == q) for p, q in itertools.product(pos, neg)) / (len(pos) * len(neg))
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_evaluate_upperbound_per_class_metrics(upperbound_checkpoint, prepared_upperbound, mapped_sample, tmp_path):
     from ecgqa.evaluate import evaluate
 
@@ -244,6 +247,7 @@ def test_evaluate_upperbound_per_class_metrics(upperbound_checkpoint, prepared_u
     assert "charts/per_class_auc.png" in report["charts"] and (out / "charts/per_class_auc.png").is_file()
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_evaluate_refuses_mismatched_data(upperbound_checkpoint, prepared_qa, tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(upperbound_checkpoint), "--data", str(prepared_qa), "--split", "valid",
                "--out", str(tmp_path / "x"), "-q"])
@@ -253,6 +257,7 @@ def test_evaluate_refuses_mismatched_data(upperbound_checkpoint, prepared_qa, tm
     assert not (tmp_path / "x" / "report.json").exists()
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_evaluate_out_must_be_ours(qa_checkpoint, prepared_test, tmp_path, capsys):
     """--out an existing file or a folder of someone else's: refused, nothing deleted; our own report: replaced."""
     a_file = tmp_path / "report.txt"
@@ -274,6 +279,7 @@ def test_evaluate_out_must_be_ours(qa_checkpoint, prepared_test, tmp_path, capsy
     assert oct((ours / "report.json").stat().st_mode & 0o777) != oct(0o600)  # umask honoured, not mkstemp's 0600
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_check_compatible_names_both_rates_and_the_fix(qa_checkpoint, prepared_qa):
     from types import SimpleNamespace
 

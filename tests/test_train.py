@@ -32,6 +32,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_qa_checkpoint_holds_everything_to_answer(qa_checkpoint, prepared_qa):
     config = json.loads((qa_checkpoint / "config.json").read_text())
     meta = json.loads((prepared_qa / "meta.json").read_text())
@@ -45,6 +46,7 @@ def test_qa_checkpoint_holds_everything_to_answer(qa_checkpoint, prepared_qa):
     assert saved.get_vocab() == PreparedData(prepared_qa).tokenizer.get_vocab()
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_best_checkpoint_by_em_is_the_one_saved(qa_checkpoint):
     log = _log(qa_checkpoint)
     evals = {r["step"]: r["eval_em"] for r in log if "eval_em" in r}
@@ -69,6 +71,7 @@ def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
 # ------------------------------------------------------------------------------------------ predictor
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_predictor_answers_over_valid_classes(qa_checkpoint, prepared_qa):
     data = PreparedData(prepared_qa)
     predictor = ecgqa.load(qa_checkpoint, device="cpu")
@@ -104,6 +107,7 @@ def test_predictor_answers_over_valid_classes(qa_checkpoint, prepared_qa):
         predictor.classify(np.zeros((12, 5000)))
 
 
+@pytest.mark.slow  # trains a checkpoint fixture
 def test_upperbound_predictor_zeroes_leads_in_a_copy(upperbound_checkpoint, prepared_upperbound):
     data = PreparedData(prepared_upperbound)
     predictor = ecgqa.load(upperbound_checkpoint)
