@@ -423,6 +423,18 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
     return db
 
 
+def measure_record(path: str | Path) -> Any:
+    """Measurements of a record at its own rate (``ecgqa.measure``); None when it cannot be read."""
+    from ecgqa.measure import measure_ecg
+    from ecgqa.records import RecordError, read_record
+
+    try:
+        rec = read_record(path)
+    except RecordError:
+        return None
+    return measure_ecg(rec.signal, rec.fs)
+
+
 def verify_answer(labels: Mapping[str, Labels], sample: Mapping[str, Any], classes: Iterable[str]) -> tuple[str, str]:
     """The (lead subset, class) a single-verify question asks about, as the upperbound conversion reads it."""
     from ecgqa.leads import question_lead_group

@@ -1,4 +1,5 @@
-"""``ecgqa quickstart`` end to end (a few training steps), and its hold-out split by ECG."""
+"""``ecgqa quickstart`` end to end (a few training steps), its hold-out split by ECG, the attribute
+classifier's AUC scoring and the demo contract (``ensure_demo``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from ecgqa.cli import main
-from ecgqa.quickstart import holdout_by_ecg
+from ecgqa.quickstart import DemoPaths, _auc, auc_markdown, demo_paths, ensure_demo, holdout_by_ecg
 from ecgqa.release import load_shard, shards
 
 
@@ -44,11 +45,51 @@ def test_holdout_by_ecg_is_disjoint_and_seeded(mapped_sample, tmp_path):
         holdout_by_ecg(mapped_sample, tmp_path / "d", test_fraction=1.5)
 
 
+def test_rank_auc_matches_sklearn():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 40)
+        scores = np.round(rng.random(40), 1)  # ties on purpose
+        if 0 < labels.sum() < 40:
+            assert _auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+
+
+def test_auc_markdown_says_plainly_whether_it_learned():
+    base = {"n_ecgs": 50, "macro_auc": 0.81, "macro_ci95": [0.75, 0.86], "control_macro_auc": 0.52,
+            "classes": [{"class": "sinus rhythm", "auc": 0.9, "ci95": [0.8, 0.97], "positives": 30, "negatives": 20,
+                         "control_auc": 0.5}]}
+    yes = auc_markdown({**base, "difference_ci95": [0.2, 0.35], "learned": True})
+    assert "The ECG side learned something" in yes and "| sinus rhythm | 0.900 (0.800–0.970) | 30/20 | 0.500 |" in yes
+    no = auc_markdown({**base, "difference_ci95": [-0.05, 0.1], "learned": False})
+    assert "No evidence that the ECG side learned" in no
+
+
+def test_ensure_demo_returns_existing_paths_without_training(tmp_path, prepared_qa):
+    import shutil
+
+    from ecgqa.checkpoint import REQUIRED
+
+    paths = demo_paths(tmp_path)
+    paths.checkpoint.mkdir(parents=True)
+    for name in REQUIRED:  # a finished checkpoint's files: ensure_demo must not start a quickstart run
+        (paths.checkpoint / name).write_text("{}")
+    shutil.copytree(prepared_qa, paths.data)
+    got = ensure_demo(tmp_path, quiet=True)
+    assert isinstance(got, DemoPaths) and got.checkpoint == paths.checkpoint and got.data == paths.data
+    assert got.attributes_checkpoint is None  # no attribute classifier trained in this folder
+
+
+@pytest.mark.slow
 def test_quickstart_fast_run(tmp_path, capsys):
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--max-steps", "2", "--batch-size", "4", "-q"]) == 0
+    assert main(["quickstart", "--out", str(out), "--max-steps", "2", "--attribute-steps", "3", "--batch-size", "4",
+                 "--bootstrap", "50", "-q"]) == 0
     printed = capsys.readouterr().out
 
     release = out / "release" / "ptbxl"
@@ -62,9 +103,9 @@ def test_quickstart_fast_run(tmp_path, capsys):
 
     table = (out / "comparison.md").read_text()
     assert table in printed
-    assert table.splitlines()[0] == "| | fusion-small | blind |"
+    assert table.splitlines()[0] == "| | fusion-quick | blind-quick |"
     ems = []
-    for name in ("fusion-small", "blind"):
+    for name in ("fusion-quick", "blind-quick"):
         report = json.loads((out / "reports" / name / "report.json").read_text())
         assert report["model"] == name and report["split"] == "test" and report["n"] == len(test_ids)
         lines = (out / "reports" / name / "predictions.jsonl").read_text().splitlines()
@@ -73,3 +114,18 @@ def test_quickstart_fast_run(tmp_path, capsys):
         ems.append(f"**{100 * report['em']:.1f}** (n={report['n']})")
     assert f"| **EM** | {ems[0]} | {ems[1]} |" in table
     assert str(out / "comparison.md") in printed
+
+    # the attribute classifier: dense labels of the same ECG split, scored on held-out ECGs only
+    attrs = PreparedData(out / "prepared" / "ptbxl-attributes")
+    assert attrs.task == "upperbound" and attrs.rate == 100
+    attr_ecgs = {name: {e for ids in attrs.split(name)["ecg_id"] for e in ids} for name in ("train", "test")}
+    assert attr_ecgs["test"] <= set(split["ecgs"]["test"]) and not attr_ecgs["test"] & attr_ecgs["train"]
+    result = json.loads((out / "attributes.json").read_text())
+    assert result["n_ecgs"] == len(attr_ecgs["test"]) and len(result["classes"]) >= 20
+    assert all(0 <= e["ci95"][0] <= e["auc"] <= e["ci95"][1] <= 1 for e in result["classes"])
+    assert "control_macro_auc" in result and isinstance(result["learned"], bool)
+    md = (out / "attributes.md").read_text()
+    assert md in printed and ("learned something" in md or "No evidence" in md)
+    demo = ensure_demo(out)
+    assert demo.attributes_checkpoint == out / "checkpoints" / "se-wrn-quick"
+    assert demo.checkpoint == out / "checkpoints" / "fusion-quick"
