@@ -5,8 +5,13 @@
    ideal bound N·L/concurrency, and the speed-up over concurrency 1.
 2. Grounding: classifier rows (forward passes of one (ECG, lead subset)) for the bundled sample's
    questions with the per-(ECG, subset) cache, vs one per (question, lead block) without caching.
+3. Inputs (``--input``): for the first ``--questions`` questions of the bundled sample, per input kind,
+   images rendered per second and ECGs measured per second (cold caches), bytes of the request as
+   sent and estimated prompt tokens per prompt (text / 4 + OpenAI's image tile rule), and a warm
+   re-run over the same caches, which must render and measure nothing.
 
     python benchmarks/llm_eval.py [-n 200] [--latency 0.05] [--concurrency 1 8 32] [--grounding CKPT]
+                                  [--questions 60] [--dpi 100] [--detail auto] [--skip-requests]
 """
 
 from __future__ import annotations
@@ -122,15 +127,82 @@ def bench_grounding(grounding: Path | None) -> None:
     print(f"a second pass over the same questions (cache warm): {clf.rows - before} rows")
 
 
+def bench_inputs(n_questions: int, dpi: int, detail: str) -> None:
+    import json
+
+    from ecgqa.records import read_record
+    from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
+    from llm_eval.inputs import FeatureCache, ImageCache
+    from llm_eval.run import Sources, build_prompts, estimate
+
+    paths = sample.paths()
+    qs = (questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid"))
+    qs = qs[:: max(1, len(qs) // n_questions)][:n_questions]  # spread over both splits (single and comparison)
+    classes = read_grounding_classes(bundled_grounding_classes("ptbxl"))
+    signals: dict[int, np.ndarray] = {}
+
+    def by_id(ecg_id: int) -> np.ndarray:
+        if ecg_id not in signals:
+            rel = f"records500/{ecg_id // 1000 * 1000:05d}/{ecg_id:05d}_hr"
+            signals[ecg_id] = read_record(paths.ptbxl_records / rel).signal
+        return signals[ecg_id]
+
+    def reading_signal(reading):
+        return by_id(reading.ecg_id)
+
+    distinct = len({e for q in qs for e in q.ecg_ids})
+    print(f"\n## inputs: {len(qs)} questions of the bundled sample, {distinct} distinct ECGs, images at {dpi} dpi "
+          f"(3x4), detail {detail}; classifier = stand-in")
+    print(f"{'input':>28} {'cold s':>7} {'rendered':>8} {'img/s':>6} {'measured':>8} {'ecg/s':>6} "
+          f"{'bytes/prompt':>12} {'~tokens/prompt':>14} {'warm s':>7} {'warm rendered+measured':>22}")
+    for inputs in [("none",), ("classifier",), ("features",), ("image",), ("image", "classifier"),
+                   ("image", "features", "classifier")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            def sources(inputs: tuple[str, ...] = inputs, tmp: str = tmp) -> Sources:
+                return Sources(
+                    inputs,
+                    grounder=Grounder(Counting(classes), reading_signal, Path(tmp) / "g.jsonl", progress=False)
+                    if "classifier" in inputs else None,
+                    images=ImageCache(tmp, by_id, 500, "bench", dpi=dpi) if "image" in inputs else None,
+                    features=FeatureCache(tmp, by_id, 500, "bench") if "features" in inputs else None,
+                    image_detail=detail)
+
+            for e in {e for q in qs for e in q.ecg_ids}:
+                by_id(e)  # read the records first: the timing is of rendering / measuring only
+            cold = sources()
+            t0 = time.perf_counter()
+            items = build_prompts(qs, cold)
+            cold_s = time.perf_counter() - t0
+            sent = [len(json.dumps(cold.expand(it.messages)).encode()) for it in items]
+            tokens = [estimate(it, cold)["estimated_tokens"] for it in items]
+            warm = sources()
+            t0 = time.perf_counter()
+            build_prompts(qs, warm)
+            warm_s = time.perf_counter() - t0
+            rendered = cold.images.n_rendered if cold.images else 0
+            measured = cold.features.n_measured if cold.features else 0
+            img_rate = rendered / cold.images.render_s if rendered else 0.0
+            ecg_rate = measured / cold.features.measure_s if measured else 0.0
+            warm_work = (warm.images.n_rendered if warm.images else 0) + (warm.features.n_measured if warm.features else 0)
+            print(f"{'+'.join(inputs):>28} {cold_s:>7.2f} {rendered:>8} {img_rate:>6.1f} {measured:>8} {ecg_rate:>6.1f} "
+                  f"{np.mean(sent):>12.0f} {np.mean(tokens):>14.0f} {warm_s:>7.2f} {warm_work:>22}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--grounding", type=Path, help="an upperbound checkpoint (default: a counting stand-in)")
+    p.add_argument("--questions", type=int, default=60, help="questions for the --input measurements")
+    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--detail", default="auto", choices=("auto", "low", "high"))
+    p.add_argument("--skip-requests", action="store_true", help="only the grounding and input measurements")
     args = p.parse_args()
-    bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))
+    if not args.skip_requests:
+        bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))
     bench_grounding(args.grounding)
+    bench_inputs(args.questions, args.dpi, args.detail)
 
 
 if __name__ == "__main__":
