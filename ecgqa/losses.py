@@ -1,9 +1,18 @@
-"""Loss helpers shared by the trainers."""
+"""The two losses of the toolkit; the models call them (``model(**batch).loss``), nothing else computes a loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def qa_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """QA loss: BCE-with-logits over the whole answer space, mean over batch × classes.
+
+    Upstream's multi-label QA criterion sums the terms and divides by their number, which is this mean
+    (docs/models.md). Computed in float32 whatever the autocast dtype of the logits.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 def labelled_bce(logits: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ A question such as "Does this ECG show static noise in lead aVL?" answered "no" 
 into the lead subset. Lead subsets are keys of :data:`ecgqa.constants.LEAD_GROUPS`; the regexes that
 find them in questions and names are ``ecgqa/leads.py`` (shared with the LLM grounding).
 
-(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/upperbound.py``.)
+(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/se_wrn.py`` and ``ecgqa/models/resnet_attn.py``.)
 
 Grounding classes whose name carries a lead group ("Broad R wave in lateral leads", "QRS changes in
 anteroseptal leads", both MIMIC-IV-ECG) keep their name and are labelled on that lead subset, as the

@@ -1,90 +1,155 @@
-"""Every model of the toolkit, created by name from one table of variants (timm's ``create_model``).
+"""Every model of the toolkit, created by name from one registry (timm style: every size is a named entry).
 
 >>> model = create_model("fusion-small", classes=data.classes, vocab_size=len(tokenizer))
 
-A variant is a config class plus its defaults; keyword arguments override any config field (tests
-and quick runs use tiny widths this way). The configs are registered with ``transformers``' Auto
-classes, so ``AutoModel.from_pretrained(ckpt)`` works once ``ecgqa.models`` is imported.
+Each family has its published size(s) (the ECG-QA paper's baselines, at the upstream configs' widths;
+docs/models.md), a ``-test`` size (tests and CI: trains in seconds) and, where the quickstart trains it, a
+``-quick`` size (the reference architecture at a width that trains in minutes on two CPU cores).
+``variant_for_tests(name)`` / ``quick_variant(name)`` give those names for any member of a family.
+Keyword arguments of ``create_model`` override config fields (``ecgqa train --set``).
+
+The configs are registered with ``transformers``' Auto classes, so ``AutoModel.from_pretrained(ckpt)``
+works once ``ecgqa.models`` is imported.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from ecgqa.models.fusion import FusionConfig, FusionModel
+from ecgqa.models.fusion_prenorm import PreNormFusionConfig, PreNormFusionModel
+from ecgqa.models.layers import QAConfig, UpperboundConfig
 from ecgqa.models.m3ae import M3AEConfig, M3AEModel
-from ecgqa.models.upperbound import UpperboundConfig, UpperboundModel
+from ecgqa.models.resnet_attn import ResNetAttnConfig, ResNetAttnModel
+from ecgqa.models.resnet_lstm import ResNetLSTMConfig, ResNetLSTMModel
+from ecgqa.models.se_wrn import SEWRNConfig, SEWRNModel
 
-#: name -> (config class, defaults). The QA models answer over meta["classes"] of a qa prepared
-#: directory, the upperbound ones classify its grounding classes (task "upperbound").
-MODELS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
-    "fusion-small": (FusionConfig, {"num_layers": 8}),
-    "fusion-base": (FusionConfig, {"num_layers": 12}),
-    "blind": (FusionConfig, {"num_layers": 8, "use_ecg": False}),
-    "deaf": (FusionConfig, {"num_layers": 8, "use_text": False}),
-    "m3ae-small": (M3AEConfig, {"ecg_layers": 4, "text_layers": 4, "fusion_layers": 2}),
-    "m3ae-base": (M3AEConfig, {"ecg_layers": 12, "text_layers": 12, "fusion_layers": 6}),
-    "se-wrn": (UpperboundConfig, {"arch": "se-wrn", "base_width": 16, "widen": 4, "blocks_per_stage": 2, "stages": 3}),
-    "resnet-attn": (UpperboundConfig, {"arch": "resnet-attn", "base_width": 64, "blocks_per_stage": 2, "stages": 4}),
+
+@dataclass(frozen=True)
+class Variant:
+    """One registry entry: a config class, the fields that differ from its defaults, and what it is."""
+
+    config: type[PretrainedConfig]
+    fields: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
+    size: str = "published"  # "published" (a paper baseline), "test", "quick" or "extra" (this project's)
+
+
+# Test widths: a few thousand parameters. Four strided convs of kernel/stride 4 turn 5000 samples into
+# 19 ECG tokens instead of 312 (small, not cropped).
+_TEST_CONV = {"conv_channels": 8, "conv_kernel": 4, "conv_stride": 4}
+_TEST_FUSION = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0,
+                    activation_dropout=0.0, pos_conv_kernel=4, pos_conv_groups=4)
+_TEST_PRENORM = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0,
+                     pos_conv_kernel=5, pos_conv_groups=4)
+_TEST_M3AE = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, ecg_layers=1, text_layers=1, fusion_layers=1,
+                  dropout=0.0, pos_conv_kernel=5, pos_conv_groups=4)
+# Quickstart widths: 3 strided convs of kernel/stride 4 (78 tokens per ECG), width 64, 2 layers.
+_QUICK_FUSION = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 128, "conv_channels": 32,
+                 "conv_layers": 3, "conv_kernel": 4, "conv_stride": 4, "pos_conv_kernel": 8, "pos_conv_groups": 4}
+
+MODELS: dict[str, Variant] = {
+    # ---- QA: the ECG-QA paper's baselines (upstream configs) --------------------------------------
+    "fusion-small": Variant(FusionConfig, {"num_layers": 8}, "fusion"),
+    "fusion-base": Variant(FusionConfig, {"num_layers": 12}, "fusion"),
+    "fusion-test": Variant(FusionConfig, _TEST_FUSION, "fusion", "test"),
+    "fusion-quick": Variant(FusionConfig, _QUICK_FUSION, "fusion", "quick"),
+    "medvill": Variant(FusionConfig, {"num_layers": 12, "feature_grad_mult": 0.1}, "medvill"),
+    "medvill-test": Variant(FusionConfig, dict(_TEST_FUSION, feature_grad_mult=0.1), "medvill", "test"),
+    "blind": Variant(FusionConfig, {"num_layers": 12, "use_ecg": False}, "blind"),
+    "blind-test": Variant(FusionConfig, dict(_TEST_FUSION, use_ecg=False), "blind", "test"),
+    "blind-quick": Variant(FusionConfig, dict(_QUICK_FUSION, use_ecg=False), "blind", "quick"),
+    "deaf": Variant(FusionConfig, {"num_layers": 12, "use_text": False}, "deaf"),
+    "deaf-test": Variant(FusionConfig, dict(_TEST_FUSION, use_text=False), "deaf", "test"),
+    "m3ae-base": Variant(M3AEConfig, {}, "m3ae"),
+    "m3ae-test": Variant(M3AEConfig, _TEST_M3AE, "m3ae", "test"),
+    "resnet-lstm": Variant(ResNetLSTMConfig, {}, "resnet-lstm"),
+    "resnet-lstm-test": Variant(ResNetLSTMConfig, {"resnet_stages": [1, 1, 1, 1], "resnet_width": 4,
+                                                   "lstm_input_dim": 16, "lstm_hidden": 16, "lstm_layers": 1,
+                                                   "final_dim": 32}, "resnet-lstm", "test"),
+    # ---- QA: this project's variants (not published baselines) ------------------------------------
+    "fusion-prenorm-small": Variant(PreNormFusionConfig, {"num_layers": 8}, "fusion-prenorm", "extra"),
+    "fusion-prenorm-base": Variant(PreNormFusionConfig, {"num_layers": 12}, "fusion-prenorm", "extra"),
+    "fusion-prenorm-test": Variant(PreNormFusionConfig, _TEST_PRENORM, "fusion-prenorm", "test"),
+    "m3ae-small": Variant(M3AEConfig, {"ecg_layers": 4, "text_layers": 4, "fusion_layers": 2}, "m3ae", "extra"),
+    # ---- upperbound classifiers (upstream ecg_classification/resnet configs) ---------------------
+    "se-wrn": Variant(SEWRNConfig, {}, "se-wrn"),
+    "se-wrn-test": Variant(SEWRNConfig, {"widths": [8, 8, 16], "blocks_per_stage": 1, "kernel_size": 5,
+                                         "se_ratio": 4, "block_dropout": 0.0, "final_dropout": 0.0},
+                           "se-wrn", "test"),
+    "se-wrn-quick": Variant(SEWRNConfig, {"widths": [8, 8, 16, 32, 64], "blocks_per_stage": 1}, "se-wrn", "quick"),
+    "resnet-attn": Variant(ResNetAttnConfig, {}, "resnet-attn"),
+    "resnet-attn-test": Variant(ResNetAttnConfig, {"channels": 8, "num_blocks": 2, "stride": 4, "attention_heads": 2,
+                                                   "final_dropout": 0.0}, "resnet-attn", "test"),
 }
 
-#: Tiny widths per config class, for tests, CI and CPU smoke runs (``create_model(name, **tiny(name))``).
-#: Strided convs 4x4 turn 5000 samples into 19 ECG tokens instead of 312: small, not cropped.
-_TINY_CONV = {"conv_channels": 8, "conv_kernel": 4, "conv_stride": 4, "pos_conv_kernel": 5, "pos_conv_groups": 4}
-TINY: dict[type[PretrainedConfig], dict[str, Any]] = {
-    FusionConfig: dict(_TINY_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0),
-    M3AEConfig: dict(_TINY_CONV, hidden_size=32, num_heads=2, ffn_size=64, ecg_layers=1, text_layers=1,
-                     fusion_layers=1, dropout=0.0),
-    UpperboundConfig: {"base_width": 8, "widen": 1, "blocks_per_stage": 1, "stages": 2, "stem_stride": 4,
-                       "kernel_size": 5, "attn_hidden": 16, "dropout": 0.0},
-}
-
-
-def tiny(name: str) -> dict[str, Any]:
-    """Config overrides that make ``name`` tiny (a few thousand parameters; trains in seconds on a CPU)."""
-    return dict(TINY[MODELS[_check(name)][0]])
-
-
-MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
-    FusionConfig.model_type: FusionModel,
-    M3AEConfig.model_type: M3AEModel,
-    UpperboundConfig.model_type: UpperboundModel,
-}
-
-for _config, _model in ((FusionConfig, FusionModel), (M3AEConfig, M3AEModel), (UpperboundConfig, UpperboundModel)):
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {}
+for _config, _model in ((FusionConfig, FusionModel), (PreNormFusionConfig, PreNormFusionModel),
+                        (M3AEConfig, M3AEModel), (ResNetLSTMConfig, ResNetLSTMModel),
+                        (SEWRNConfig, SEWRNModel), (ResNetAttnConfig, ResNetAttnModel)):
+    MODEL_CLASSES[_config.model_type] = _model
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
 
 
-def task_of(name: str) -> str:
-    """"qa" or "upperbound": which prepared data (meta["task"]) a model trains on."""
-    return "upperbound" if MODELS[_check(name)][0] is UpperboundConfig else "qa"
-
-
-def _check(name: str) -> str:
+def _check(name: str) -> Variant:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return name
+    return MODELS[name]
+
+
+def task_of(name: str) -> str:
+    """"qa" or "upperbound": which prepared data (meta["task"]) a model trains on."""
+    return "upperbound" if issubclass(_check(name).config, UpperboundConfig) else "qa"
+
+
+def family_of(name: str) -> str:
+    return _check(name).family
+
+
+def variant_for_tests(name: str) -> str:
+    """The ``-test`` size of ``name``'s family (``"fusion-base"`` → ``"fusion-test"``): tests, CI, ``--tiny``."""
+    family = family_of(name)
+    return next(n for n, v in MODELS.items() if v.family == family and v.size == "test")
+
+
+def quick_variant(name: str) -> str:
+    """The ``-quick`` size of ``name``'s family (the quickstart's width); ValueError when it has none."""
+    family = family_of(name)
+    for n, v in MODELS.items():
+        if v.family == family and v.size == "quick":
+            return n
+    raise ValueError(f"model family {family!r} has no quickstart size; families with one: "
+                     f"{', '.join(sorted({v.family for v in MODELS.values() if v.size == 'quick'}))}")
+
+
+def reference_models() -> list[str]:
+    """The published baselines (size "published"), in registry order: what ``--recipe paper`` and the
+    benchmark cover."""
+    return [n for n, v in MODELS.items() if v.size == "published"]
 
 
 def create_config(name: str, **overrides: Any) -> PretrainedConfig:
-    config_cls, defaults = MODELS[_check(name)]
-    return config_cls(**{**defaults, "model_name": name, **overrides})
+    variant = _check(name)
+    return variant.config(**{**variant.fields, "model_name": name, **overrides})
 
 
 def create_model(name: str, *, text_encoder: str | None = None, **overrides: Any) -> PreTrainedModel:
     """A freshly initialised model ``name`` (see ``MODELS``); ``overrides`` set config fields.
 
-    ``text_encoder`` (QA models): path or hub id of a pretrained ``transformers`` encoder whose
-    weights initialise the text side; its tokenizer must then be used for the questions.
+    ``text_encoder`` (QA models with a text side): path or hub id of a pretrained ``transformers`` encoder
+    whose weights initialise the text side; its tokenizer must then be used for the questions.
     """
     if text_encoder is not None:
-        if task_of(name) != "qa" or name == "deaf":
-            raise ValueError(f"--text-encoder applies to models with a text side, not {name!r}")
-        from ecgqa.models.fusion import attach_pretrained_text_encoder
+        config = create_config(name)
+        if not isinstance(config, QAConfig) or not getattr(config, "use_text", True) or isinstance(
+                config, ResNetLSTMConfig):
+            raise ValueError(f"--text-encoder applies to transformer QA models with a text side, not {name!r}")
+        from ecgqa.models.layers import attach_pretrained_text_encoder
 
         try:
             text_config = AutoConfig.from_pretrained(text_encoder).to_dict()
@@ -94,7 +159,8 @@ def create_model(name: str, *, text_encoder: str | None = None, **overrides: Any
                 "encoder (config.json, weights, tokenizer) or a hub id while online"
             ) from e
         overrides = {**overrides, "text_encoder": text_encoder, "text_config": text_config}
-        model = MODEL_CLASSES[create_config(name).model_type](create_config(name, **overrides))
+        config = create_config(name, **overrides)
+        model = MODEL_CLASSES[config.model_type](config)
         attach_pretrained_text_encoder(model, text_encoder)
         return model
     config = create_config(name, **overrides)
@@ -115,16 +181,26 @@ def load_model(path: str | Path) -> PreTrainedModel:
 
 __all__ = [
     "MODELS",
-    "TINY",
+    "MODEL_CLASSES",
     "FusionConfig",
     "FusionModel",
     "M3AEConfig",
     "M3AEModel",
-    "UpperboundConfig",
-    "UpperboundModel",
+    "PreNormFusionConfig",
+    "PreNormFusionModel",
+    "ResNetAttnConfig",
+    "ResNetAttnModel",
+    "ResNetLSTMConfig",
+    "ResNetLSTMModel",
+    "SEWRNConfig",
+    "SEWRNModel",
+    "Variant",
     "create_config",
     "create_model",
+    "family_of",
     "load_model",
+    "quick_variant",
+    "reference_models",
     "task_of",
-    "tiny",
+    "variant_for_tests",
 ]

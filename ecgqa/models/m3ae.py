@@ -1,14 +1,19 @@
-"""M3AE-style QA model: separate ECG and text encoders joined by cross-attention fusion layers.
+"""M3AE-style QA model (``m3ae-*``): separate ECG and text encoders joined by cross-attention fusion layers.
 
-- ECG encoder: the fusion model's conv feature extractor on each ECG, a token-type embedding per
-  slot (ECG1 / SEP+ECG2), then ``ecg_layers`` self-attention blocks over both ECGs together.
+- ECG encoder: the conv feature extractor on each ECG (pre-norm front end, see ``layers.py``), a learned
+  [CLS] vector in front (upstream ``class_embedding``, uniform [0, 1)), a token-type embedding per slot
+  (ECG1 / SEP+ECG2), then ``ecg_layers`` self-attention blocks over ``[CLS][ECG1][SEP][ECG2]``.
 - Text encoder: word + position embeddings and ``text_layers`` blocks, or any pretrained
   ``transformers`` encoder (``text_encoder`` = path or hub id) followed by a linear projection.
 - Fusion: ``fusion_layers`` pairs of blocks; in each, the ECG stream self-attends and cross-attends
   to the text stream and vice versa (both read the previous layer's other stream).
-- Head: mean-pool each stream over its real tokens, concatenate, Linear -> LayerNorm -> GELU -> Linear.
+- Pooling as upstream (``m3ae.py`` ``Pooler``): the first token of each stream (the question's [CLS],
+  the ECG [CLS]) through Linear + tanh, concatenated as [text, ECG];
+  head Linear → LayerNorm → GELU → Linear.
 
-Padding (question pads, a missing second ECG) is masked in every attention and pool.
+Padding (question pads, a missing second ECG) is masked in every attention. Upstream fine-tunes a
+pretrained M3AE (W2V+CMSC ECG encoder, BERT-base); here the model trains from scratch unless
+``text_encoder`` is given (docs/models.md).
 """
 
 from __future__ import annotations
@@ -17,36 +22,67 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
-from ecgqa.models.fusion import (
-    Block,
+from ecgqa.models.fusion_prenorm import lecun_head_
+from ecgqa.models.layers import (
     ECGPairEmbedding,
-    QAConfigMixin,
+    PreNormBlock,
+    QAConfig,
     QAOutput,
     QAPreTrainedModel,
     QuestionEmbedding,
-    masked_mean,
+    bert_init_,
 )
 
 
-class M3AEConfig(QAConfigMixin, PretrainedConfig):
+class M3AEConfig(QAConfig):
+    """Layer counts and head of upstream ``m3ae`` / ``m3ae_qa`` (12 ECG, 12 text (BERT-base), 6 fusion layers)."""
+
     model_type = "ecgqa-m3ae"
 
     def __init__(
         self,
-        ecg_layers: int = 6,
-        text_layers: int = 6,
-        fusion_layers: int = 3,
-        model_name: str = "m3ae-small",
-        pad_token_id: int = 0,
+        ecg_layers: int = 12,
+        text_layers: int = 12,
+        fusion_layers: int = 6,
+        hidden_size: int = 768,
+        num_heads: int = 12,
+        ffn_size: int = 3072,
+        dropout: float = 0.1,
+        conv_channels: int = 256,
+        conv_layers: int = 4,
+        conv_kernel: int = 2,
+        conv_stride: int = 2,
+        pos_conv_kernel: int = 65,
+        pos_conv_groups: int = 16,
+        model_name: str = "m3ae-base",
         **kwargs: Any,
     ) -> None:
         self.ecg_layers = ecg_layers
         self.text_layers = text_layers
         self.fusion_layers = fusion_layers
-        self.model_name = model_name
-        super().__init__(pad_token_id=pad_token_id, **self._init_shared(kwargs))
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.ffn_size = ffn_size
+        self.dropout = dropout
+        self.conv_channels = conv_channels
+        self.conv_layers = conv_layers
+        self.conv_kernel = conv_kernel
+        self.conv_stride = conv_stride
+        self.pos_conv_kernel = pos_conv_kernel
+        self.pos_conv_groups = pos_conv_groups
+        super().__init__(model_name=model_name, **kwargs)
+
+
+class FirstTokenPooler(nn.Module):
+    """Upstream ``Pooler``: the first token through Linear + tanh."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0]))
 
 
 class M3AEModel(QAPreTrainedModel):
@@ -58,9 +94,10 @@ class M3AEModel(QAPreTrainedModel):
         D = c.hidden_size
 
         def blocks(n: int, cross: bool = False) -> nn.ModuleList:
-            return nn.ModuleList(Block(D, c.num_heads, c.ffn_size, c.dropout, cross=cross) for _ in range(n))
+            return nn.ModuleList(PreNormBlock(D, c.num_heads, c.ffn_size, c.dropout, cross=cross) for _ in range(n))
 
         self.ecg = ECGPairEmbedding(c)
+        self.ecg_cls = nn.Parameter(torch.rand(1, 1, D))
         self.ecg_blocks = blocks(c.ecg_layers)
         self.ecg_ln = nn.LayerNorm(D)
         self.question = QuestionEmbedding(c)
@@ -72,14 +109,20 @@ class M3AEModel(QAPreTrainedModel):
         self.fusion_ecg = blocks(c.fusion_layers, cross=True)
         self.fusion_text = blocks(c.fusion_layers, cross=True)
         self.ln_ecg, self.ln_text = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.text_pooler, self.ecg_pooler = FirstTokenPooler(D), FirstTokenPooler(D)
         self.head = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes))
         self.drop = nn.Dropout(c.dropout)
+        for name, module in self.named_children():
+            if name != "question" or not self.question.pretrained:
+                module.apply(bert_init_)
+        lecun_head_(self.head[-1])
         self.post_init()
-        self._init_head(self.head[-1])
 
     def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         (e1, m1), (e2, m2) = self.ecg(ecg, ecg_mask)
-        x, mask = self.drop(torch.cat([e1, e2], 1)), torch.cat([m1, m2], 1)
+        cls = self.ecg_cls.to(e1.dtype).expand(e1.shape[0], -1, -1)
+        x = self.drop(torch.cat([cls, e1, e2], 1))
+        mask = torch.cat([torch.ones_like(m1[:, :1]), m1, m2], 1)
         for block in self.ecg_blocks:
             x = block(x, mask)
         return self.ecg_ln(x), mask
@@ -111,6 +154,6 @@ class M3AEModel(QAPreTrainedModel):
         t = self.encode_text(input_ids, attention_mask)
         for ecg_block, text_block in zip(self.fusion_ecg, self.fusion_text):
             e, t = ecg_block(e, e_mask, t, t_mask), text_block(t, t_mask, e, e_mask)
-        pooled = torch.cat([masked_mean(self.ln_ecg(e), e_mask), masked_mean(self.ln_text(t), t_mask)], -1)
+        pooled = torch.cat([self.text_pooler(self.ln_text(t)), self.ecg_pooler(self.ln_ecg(e))], -1)
         logits = self.head(pooled)
         return QAOutput(loss=self.qa_loss(logits, labels), logits=logits)
