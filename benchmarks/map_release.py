@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgqa.records import record_files
 from mapping.mapper import map_release
-from mapping.sources import ptbxl_record_path, record_files
+from mapping.sources import ptbxl_record_path
 
 
 def build(root: Path, n_samples: int, seed: int = 0) -> tuple[Path, Path]:

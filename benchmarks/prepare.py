@@ -29,8 +29,10 @@ import torch
 import wfdb
 from torch.utils.data import DataLoader, Dataset
 
-from ecgqa.data import PreparedData, make_loader
-from ecgqa.prepare import map_bundled_sample, prepare
+from ecgqa.data import make_loader
+from ecgqa.prepare import prepare
+from ecgqa.prepared import SIGNALS, PreparedData
+from mapping.mapper import map_bundled_sample
 
 
 def du(path: Path) -> int:
@@ -144,7 +146,7 @@ def part2(tmp: Path, n_ecgs: int, num_proc: int, baseline_rate: float) -> None:
     t = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    store = (tmp / "scale" / "prepared" / "signals.npy").stat().st_size
+    store = (tmp / "scale" / "prepared" / SIGNALS).stat().st_size
     grown = (rss - rss0) / 1e3
     print(f"scale: {meta['n_ecgs']} ECGs, {meta['splits']['train']} samples (26 per ECG, as in PTB-XL), "
           f"--num-proc {num_proc}: {meta['n_ecgs'] / t:.0f} ECGs/s, {meta['splits']['train'] / t:.0f} samples/s "

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     import ecgqa
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
     from ecgqa.serve.cli import ensure_quickstart
 
     if args.checkpoint is None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 def build_sample(dest: Path) -> Path:
     """Prepare the bundled PTB-XL sample (task qa, template, 500 Hz) into ``dest``."""
-    from ecgqa.prepare import map_bundled_sample, prepare
+    from ecgqa.prepare import prepare
+    from mapping.mapper import map_bundled_sample
 
     mapped = map_bundled_sample(dest / "mapped")
     out = dest / "prepared-qa"
@@ -47,7 +48,8 @@ def main() -> None:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ecgqa.data import PreparedData, make_loader
+    from ecgqa.data import make_loader
+    from ecgqa.prepared import PreparedData
     from ecgqa.models import create_model, tiny
 
     tmp = tempfile.TemporaryDirectory()

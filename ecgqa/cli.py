@@ -13,7 +13,7 @@ from ecgqa.cliutil import dispatch
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ecgqa.quickstart", "run the main job on the bundled sample"),
     "map": ("mapping.cli", "join ECG-QA questions to local PTB-XL / MIMIC-IV-ECG records"),
-    "prepare": ("ecgqa.prepare", "build a prepared dataset (questions as Arrow + one signal store) for qa or upperbound"),
+    "prepare": ("ecgqa.prepare_cli", "build a prepared dataset (questions as Arrow + one signal store) for qa or upperbound"),
     "train": ("ecgqa.train", "train a QA model or an upperbound classifier on a prepared directory"),
     "evaluate": ("ecgqa.evaluate", "exact-match report of a checkpoint on a prepared split"),
     "report": ("ecgqa.report", "tabulate evaluation reports side by side (Markdown)"),

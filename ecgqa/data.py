@@ -1,14 +1,11 @@
-"""Read a prepared directory (written by ``ecgqa prepare``) and serve it to PyTorch.
+"""Serve a prepared directory (``ecgqa.prepared.PreparedData``) to PyTorch: datasets, collate, loaders.
 
-``PreparedData`` opens the store lazily and read-only; the datasets copy each ECG out of the memmap,
-so lead masking (upperbound) and any later in-place change never touch the stored data. The store is
+The datasets copy each ECG out of the read-only memmap, so lead masking (upperbound) and any later in-place change never touch the stored data. The store is
 re-opened in every DataLoader worker instead of being pickled with the dataset.
 """
 
 from __future__ import annotations
 
-import json
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,96 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ecgqa.constants import LEAD_GROUPS, LEADS
 from ecgqa.leads import group_mask as lead_group_mask
-
-META = "meta.json"
-
-
-class PreparedDataError(ValueError):
-    """Not a (complete) prepared directory; the message says what to do."""
-
-
-class PreparedData:
-    """A prepared directory: meta, the signal store (read-only memmap), questions per split, tokenizer."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        meta_path = self.path / META
-        if not meta_path.is_file():
-            raise PreparedDataError(
-                f"{self.path} is not a complete prepared directory (no {META}); run `ecgqa prepare ... --out {self.path}`"
-            )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        for name in ("signals.npy", "ecg_ids.npy"):
-            if not (self.path / name).is_file():
-                raise PreparedDataError(f"{self.path / name} missing: re-run `ecgqa prepare --force --out {self.path}`")
-        self._signals = None
-
-    def __repr__(self) -> str:
-        m = self.meta
-        return f"PreparedData({str(self.path)!r}, {m['task']} {m['version']}/{m['variant']}, splits={m['splits']})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Never pickle the memmap (a pickled memmap carries its data): workers re-open the file.
-        state = self.__dict__.copy()
-        state["_signals"] = None
-        state.pop("_splits_cache", None)
-        return state
-
-    @property
-    def task(self) -> str:
-        return self.meta["task"]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def signals(self) -> np.ndarray:
-        """(N, 12, T) float16, read-only memmap."""
-        if self._signals is None:
-            self._signals = np.load(self.path / "signals.npy", mmap_mode="r")
-        return self._signals
-
-    @cached_property
-    def ecg_ids(self) -> np.ndarray:
-        return np.load(self.path / "ecg_ids.npy")
-
-    @cached_property
-    def _row_index(self) -> dict[int, int]:
-        return {int(e): r for r, e in enumerate(self.ecg_ids)}
-
-    def row_of(self, ecg_id: int) -> int:
-        """Store row of a source ecg id (KeyError names the id and the directory)."""
-        try:
-            return self._row_index[int(ecg_id)]
-        except KeyError:
-            raise KeyError(f"ecg id {ecg_id} is not in the signal store of {self.path}") from None
-
-    @property
-    def splits(self) -> list[str]:
-        return list(self.meta["splits"])
-
-    def split(self, name: str):
-        """The questions table of a split as a memory-mapped ``datasets.Dataset``."""
-        import datasets
-
-        cache = self.__dict__.setdefault("_splits_cache", {})
-        if name not in cache:
-            folder = self.path / "questions" / name
-            if not folder.is_dir():
-                raise PreparedDataError(f"{self.path}: no split {name!r}; available: {self.splits}")
-            cache[name] = datasets.load_from_disk(str(folder))
-        return cache[name]
-
-    @cached_property
-    def tokenizer(self):
-        """The WordPiece tokenizer trained at prepare time (a ``PreTrainedTokenizerFast``)."""
-        from transformers import PreTrainedTokenizerFast
-
-        folder = self.path / "tokenizer"
-        if not folder.is_dir():
-            raise PreparedDataError(f"{self.path}: no tokenizer/ (only --task qa writes one)")
-        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+from ecgqa.prepared import PreparedData, PreparedDataError
 
 
 class _SplitDataset(Dataset):

@@ -100,7 +100,7 @@ def evaluate(
     """Evaluate ``checkpoint`` on ``data``/``split`` and write the report folder ``out``; returns report.json."""
     import ecgqa
     from ecgqa.checkpoint import check_compatible
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     checkpoint, data_path, out = Path(checkpoint), Path(data), Path(out)
     claim_report_dir(out)

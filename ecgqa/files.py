@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
 
 class OutputDirError(ValueError):
@@ -97,7 +97,7 @@ class AtomicLines:
         self._tmp: str | None = None
         self._file: TextIO | None = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> AtomicLines:  # noqa: PYI034 - a final class
         fd, self._tmp = _temp_sibling(self.path)
         self._file = os.fdopen(fd, "w")
         return self

@@ -1,125 +1,115 @@
-"""``ecgqa prepare``: mapped ECG-QA samples → a prepared directory (questions as Arrow, one signal store).
+"""``ecgqa prepare`` (library side): mapped ECG-QA samples → a prepared directory.
 
 Replaces the upstream preprocessing, which wrote one ``.mat`` per QA sample and re-read every ECG
-once per sample. Here every unique ECG is read once (in parallel with ``--num-proc``), resampled to
-``--rate`` and streamed into a float16 ``signals.npy`` memmap, so memory stays bounded at any scale.
+once per sample. Here every unique ECG is read once (in parallel with ``num_proc``), resampled to
+``rate`` and streamed into one float16 signal store, so memory stays bounded at any scale. The
+layout of the result is ``ecgqa/prepared.py``'s business; this module only decides what goes in.
 
-Layout (the cross-stage contract; ``ecgqa.data`` reads it)::
+The stage, step by step (``prepare``)::
 
-    PREPARED/meta.json            version, variant, task, classes, rate, counts, sources, content_hash
-    PREPARED/signals.npy          (N, 12, T) float16, LEADS order, mV
-    PREPARED/ecg_ids.npy          (N,) int64: row → source ecg id
-    PREPARED/questions/<split>/   HF datasets save_to_disk
-    PREPARED/tokenizer/           WordPiece tokenizer trained on the questions (task qa)
-    PREPARED/dropped.json         what --drop-bad removed (only when something was)
+    check_options → read_inputs → content_hash → (up to date? stop) → claim --out
+    → scan_questions → store_signals → handle_bad_records → write_question_tables
+    → build_tokenizer → write meta last → swap the build into place
 
-Safety: everything is built in a sibling ``.NAME.build-PID`` folder and renamed into place at the end,
-with ``meta.json`` written last, so a crash never leaves a half-written directory under the final
-name. Re-running with the same inputs and options finds the same content hash and does nothing.
+Safety: everything is built in a sibling ``.NAME.build-PID`` folder and swapped into place at the
+end, so a crash never leaves a half-written directory under the final name, and ``--out`` is only
+replaced when it is empty or a prepared directory (``prepared.claim``). The same inputs and options
+give the same bytes, and a re-run finds the same content hash and does nothing.
+
+Tasks are a table (``TASKS``): each entry says which samples a task keeps, which ECGs it stores and
+the rows of its questions tables. See ``TaskBuilder`` for how to add one.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
+import math
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ecgqa.files import atomic_write, sha256_file
+import numpy as np
 
-FORMAT_VERSION = 1
-TASKS = ("qa", "upperbound")
+from ecgqa import prepared
+from ecgqa.files import atomic_write_json, clean_stale, sha256_file, staging_dir, swap_dir
+from ecgqa.prepared import PreparedMeta, TokenizerInfo
+from ecgqa.release import SPLITS, AnswerSpace, ReleaseError, encode_sample, load_shard, shards
+
 DEFAULT_SECONDS = 10
+DEFAULT_RATE = 500
 MAX_LISTED = 20
-META = "meta.json"
-DROPPED = "dropped.json"
+#: Accepted option ranges: an ECG below 50 Hz loses its QRS complexes; a store is one fixed window.
+RATE_RANGE = (50, 10_000)
+SECONDS_RANGE = (1.0, 120.0)
+NUM_PROC_RANGE = (1, 256)
+#: Question tokenizers: BERT's uncased vocabulary (as upstream) or one built from the train questions.
+TOKENIZERS = ("bert", "trained")
 
 
 class PrepareError(RuntimeError):
-    """Bad records or inconsistent inputs; the message names them and says what to do."""
+    """Bad records, options or inputs; the message names them and says what to do."""
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------------------ options
 
 
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "mapped_dir",
-        nargs="?",
-        type=Path,
-        help="output of `ecgqa map` (holds template/ or paraphrased/ and mapping_report.json); "
-        "default: the bundled sample, mapped on the fly",
-    )
-    parser.add_argument("--out", type=Path, help="prepared directory to write (default: prepared/<version>-<variant>-<task>)")
-    parser.add_argument("--variant", choices=["template", "paraphrased"], default="template")
-    parser.add_argument("--splits", nargs="+", choices=["train", "valid", "test"], help="default: every split present")
-    parser.add_argument("--rate", type=int, default=500, help="signal rate in Hz (records are resampled; default 500)")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="signal length in seconds (default 10)")
-    parser.add_argument("--task", choices=TASKS, default="qa", help="qa (default) or upperbound attribute classification")
-    parser.add_argument("--num-proc", type=int, default=1, help="parallel record readers (default 1)")
-    parser.add_argument("--drop-bad", action="store_true", help="drop samples whose records are unreadable or hold NaN")
-    parser.add_argument(
-        "--grounding-classes", type=Path, help="grounding_class.csv for --task upperbound (default: the bundled list)"
-    )
-    parser.add_argument("--version", dest="ecg_version", choices=["ptbxl", "mimic-iv-ecg"], help="default: from the mapping")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the content hash matches")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
+@dataclass(frozen=True)
+class Options:
+    """The options that decide the content of a prepared directory (all go into its content hash)."""
+
+    variant: str
+    splits: list[str]
+    rate: int
+    seconds: float
+    task: str
+    drop_bad: bool
+    version: str
+    tokenizer: str
+
+    @property
+    def length(self) -> int:
+        return round(self.rate * self.seconds)
+
+    def hashed(self) -> dict[str, Any]:
+        return {
+            "format": prepared.FORMAT_VERSION,
+            "version": self.version,
+            "variant": self.variant,
+            "task": self.task,
+            "splits": self.splits,
+            "rate": self.rate,
+            "signal_length": self.length,
+            "drop_bad": self.drop_bad,
+            **({"tokenizer": self.tokenizer} if TASKS[self.task].uses_tokenizer else {}),
+        }
 
 
-def run(args: argparse.Namespace) -> int:
-    mapped = args.mapped_dir
-    tmp = None
-    try:
-        if mapped is None:
-            tmp = tempfile.TemporaryDirectory(prefix="ecgqa-mapped-")
-            mapped = map_bundled_sample(Path(tmp.name), progress=not args.quiet)
-            print(f"using the bundled sample (mapped into {mapped})", file=sys.stderr)
-        version = args.ecg_version or detect_version(mapped)
-        out = args.out or Path("prepared") / f"{version}-{args.variant}-{args.task}"
-        meta = prepare(
-            mapped,
-            out,
-            variant=args.variant,
-            splits=args.splits,
-            rate=args.rate,
-            seconds=args.seconds,
-            task=args.task,
-            num_proc=args.num_proc,
-            drop_bad=args.drop_bad,
-            grounding_classes=args.grounding_classes,
-            version=version,
-            force=args.force,
-            progress=not args.quiet,
-        )
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    status = "up to date" if meta.get("_noop") else f"prepared in {meta['seconds']} s"
-    splits = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
-    print(f"{out}: {status}; {meta['task']} {meta['version']}/{meta['variant']}, {meta['n_ecgs']} ECGs, samples: {splits}")
-    if meta["dropped"]:
-        print(f"dropped: {json.dumps(meta['dropped'])[:500]}")
-    return 0
+def check_options(*, rate: Any, seconds: Any, num_proc: Any, task: str, variant: str, tokenizer: str) -> None:
+    """One clear line for an option out of range (``--rate 7``, ``--seconds nan``, ``--num-proc 0``, ...)."""
+    if task not in TASKS:
+        raise PrepareError(f"--task must be one of {list(TASKS)}, not {task!r}")
+    if TASKS[task].template_only and variant != "template":
+        raise PrepareError(f"--task {task} converts template questions only; use --variant template")
+    if tokenizer not in TOKENIZERS:
+        raise PrepareError(f"--tokenizer must be one of {list(TOKENIZERS)}, not {tokenizer!r}")
+    if isinstance(rate, bool) or not isinstance(rate, int) or not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+        raise PrepareError(f"--rate {rate}: give a sample rate in Hz between {RATE_RANGE[0]} and {RATE_RANGE[1]} "
+                           "(e.g. 500, or 100 for PTB-XL's low-rate records)")
+    if (isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds)
+            or not SECONDS_RANGE[0] <= seconds <= SECONDS_RANGE[1]):
+        raise PrepareError(f"--seconds {seconds}: give a signal length between {SECONDS_RANGE[0]:g} and "
+                           f"{SECONDS_RANGE[1]:g} seconds (ECG-QA records are 10 s)")
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or not NUM_PROC_RANGE[0] <= num_proc <= NUM_PROC_RANGE[1]:
+        raise PrepareError(f"--num-proc {num_proc}: give a number of record readers between {NUM_PROC_RANGE[0]} "
+                           f"and {NUM_PROC_RANGE[1]} (1 reads in this process)")
 
 
-def map_bundled_sample(dest: Path, progress: bool = False) -> Path:
-    """Map the bundled PTB-XL sample into ``dest/ptbxl`` (what `ecgqa prepare` uses without input)."""
-    from ecgqa import sample
-    from mapping.mapper import map_release
-
-    paths = sample.paths()
-    out = dest / "ptbxl"
-    map_release("ptbxl", paths.ptbxl_release, paths.ptbxl_records, out, progress=progress)
-    return out
+# ------------------------------------------------------------------------------------------- inputs
 
 
 def detect_version(mapped: Path) -> str:
@@ -141,7 +131,18 @@ def detect_version(mapped: Path) -> str:
     raise PrepareError(f"{mapped}: cannot tell the ECG-QA version (no mapping_report.json or answers.csv); pass --version")
 
 
-# ------------------------------------------------------------------------------------------ helpers
+@dataclass
+class Inputs:
+    """What a build reads: the mapped folder's shards, answer space and the files they come from."""
+
+    mapped: Path
+    shard_list: list[tuple[str, Path]]  # (split, shard) for every split present, in a stable order
+    space: AnswerSpace
+    sources: list[dict[str, Any]]
+    grounding_classes: list[str] = field(default_factory=list)
+
+    def shards_of(self, split: str) -> list[Path]:
+        return [p for s, p in self.shard_list if s == split]
 
 
 def _source(path: Path, root: Path | None) -> dict[str, Any]:
@@ -149,22 +150,38 @@ def _source(path: Path, root: Path | None) -> dict[str, Any]:
     return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _record_paths(shard_list: list[tuple[str, Path]], splits: Iterable[str]) -> set[str]:
-    """Every record path the selected splits' questions use (read from the mapped shards)."""
-    from ecgqa.release import load_shard
+def read_inputs(mapped: Path, opts: Options, grounding_classes: str | Path | None) -> Inputs:
+    """Check the mapped folder has what the options ask for, and describe every source file."""
+    if not (mapped / opts.variant).is_dir():
+        raise PrepareError(
+            f"{mapped}: no {opts.variant}/ folder; expected the output of `ecgqa map` (holding {opts.variant}/<split>/*.json)"
+        )
+    present = [s for s in SPLITS if (mapped / opts.variant / s).is_dir()]
+    missing = [s for s in opts.splits if s not in present]
+    if missing:
+        raise PrepareError(f"{mapped / opts.variant}: no split folder for {missing}; present: {present}")
+    shard_list = [(split, path) for split in present for path in shards(mapped, (opts.variant,), (split,))]
+    for split in opts.splits:
+        if not any(s == split for s, _ in shard_list):
+            raise PrepareError(f"{mapped / opts.variant / split}: no question shards (*.json) for split {split!r}; "
+                               "leave it out of --splits or re-run `ecgqa map`")
+    space = AnswerSpace.from_release(mapped)
+    sources = [_source(mapped / name, mapped) for name in ("answers.csv", "answers_for_each_template.csv")]
+    sources += [_source(p, mapped) for _, p in shard_list]
+    inputs = Inputs(mapped, shard_list, space, sources)
+    TASKS[opts.task].add_inputs(inputs, opts, grounding_classes)
+    return inputs
 
-    out: set[str] = set()
-    for split, shard in shard_list:
-        if split in splits:
-            for sample in load_shard(shard):
-                out.update(sample.get("ecg_path") or [])
-    return out
+
+def content_hash(opts: Options, inputs: Inputs) -> str:
+    """Options and source files (by hash) decide the content: same hash → nothing to rebuild."""
+    return hashlib.sha256(json.dumps([opts.hashed(), inputs.sources], sort_keys=True).encode()).hexdigest()
 
 
-def _records_fingerprint(paths: Iterable[str]) -> str:
+def records_fingerprint(paths: Iterable[str]) -> str:
     """Size and mtime of each record's header and signal file: cheap (two stats a record), and it
     changes when a record is repaired or replaced, which hashing the release files alone would miss."""
-    from mapping.sources import record_files
+    from ecgqa.records import record_files
 
     h = hashlib.sha256()
     for path in sorted(set(paths)):
@@ -177,48 +194,231 @@ def _records_fingerprint(paths: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def _record_paths(inputs: Inputs, splits: Iterable[str]) -> list[str]:
+    """The record path of every ECG the selected splits' questions use (first path per id, as the scan)."""
+    out: dict[int, str] = {}
+    for split, shard in inputs.shard_list:
+        if split in splits:
+            for sample in load_shard(shard):
+                for i, p in zip(sample["ecg_id"], sample.get("ecg_path") or []):
+                    out.setdefault(i, p)
+    return list(out.values())
+
+
+def up_to_date(out: Path, digest: str, inputs: Inputs, opts: Options) -> dict[str, Any] | None:
+    """The existing meta when ``out`` already holds this build (same content hash and records)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        old = prepared.read_meta(out)
+    except prepared.PreparedDataError:
+        return None
+    # Record files are inputs too: a repaired or replaced record (size / mtime) means a rebuild.
+    if old.content_hash == digest and old.records_fingerprint == records_fingerprint(_record_paths(inputs, opts.splits)):
+        return old.model_dump()
+    return None
 
 
-def _clean_stale_builds(out: Path) -> None:
-    """Remove build folders of runs that died (their pid is gone); a running build is left alone."""
-    leftovers = [*out.parent.glob(f".{out.name}.build-*"), *out.parent.glob(f".{out.name}.old-*")]
-    for stale in leftovers:
+# -------------------------------------------------------------------------------------------- tasks
+
+
+class TaskBuilder:
+    """One ``--task``: which samples it keeps, which ECGs it stores and the rows of its tables.
+
+    Adding a task is one subclass and one ``TASKS`` entry: set ``name``, give ``features()`` (the
+    Arrow schema of its questions table) and ``rows()`` (one dict per table row; ``row_of`` maps an
+    ecg id to its store row, and ids of samples whose ECGs were dropped go into ``lost``). A task
+    that converts questions overrides ``add`` (called once per selected sample during the scan),
+    ``wanted_ecgs`` (which scanned ECGs it stores), ``classes`` and ``stats`` — see UpperboundTask.
+    """
+
+    name: ClassVar[str] = ""
+    template_only: ClassVar[bool] = False
+    uses_tokenizer: ClassVar[bool] = False
+
+    def __init__(self, inputs: Inputs, opts: Options, attributes: list[str]) -> None:
+        self.inputs, self.opts, self.attributes = inputs, opts, attributes
+
+    @classmethod
+    def add_inputs(cls, inputs: Inputs, opts: Options, extra: str | Path | None) -> None:
+        """Read task-specific input files into ``inputs`` (and its ``sources``); none by default."""
+
+    def classes(self) -> list[str]:
+        return list(self.inputs.space.classes)
+
+    def add(self, split: str, shard: Path, sample: dict[str, Any]) -> None:
+        """See one selected sample during the scan (before any ECG is read)."""
+
+    def wanted_ecgs(self, ecg_ids: set[int]) -> set[int]:
+        return ecg_ids
+
+    def features(self) -> Any:
+        raise NotImplementedError
+
+    def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any] | None:
+        return None
+
+
+class QATask(TaskBuilder):
+    """ECG-QA question answering: every sample, its answer / valid classes and its ECG rows."""
+
+    name = "qa"
+    uses_tokenizer = True
+
+    def features(self) -> Any:
+        from datasets import Features, List, Value
+
+        ints = List(Value("int64"))
+        return Features({
+            "sample_id": Value("int64"), "template_id": Value("int64"), "question_id": Value("int64"),
+            "question": Value("string"), "question_type": Value("string"), "attribute_type": Value("string"),
+            "answer": ints, "valid_classes": ints, "qt1": Value("int64"), "qt2": Value("int64"), "qt3": Value("int64"),
+            "ecg_id": ints, "ecg_rows": ints, "attribute": List(Value("string")), "attribute_ids": ints,
+        })
+
+    def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
+        attr_id = {a: i for i, a in enumerate(self.attributes)}
+        for shard in self.inputs.shards_of(split):
+            for sample in load_shard(shard):
+                ids = sample["ecg_id"]
+                if any(i not in row_of for i in ids):
+                    lost.append(sample["sample_id"])
+                    continue
+                enc = encode_sample(self.inputs.space, sample, where=f"{shard}: sample {sample['sample_id']}: ")
+                attrs = list(sample.get("attribute") or [])
+                yield {
+                    "sample_id": sample["sample_id"],
+                    "template_id": sample["template_id"],
+                    "question_id": sample["question_id"],
+                    "question": sample["question"],
+                    "question_type": sample["question_type"],
+                    "attribute_type": sample["attribute_type"],
+                    **enc,
+                    "ecg_id": ids,
+                    "ecg_rows": [row_of[i] for i in ids],
+                    "attribute": attrs,
+                    "attribute_ids": [attr_id[a] for a in attrs],
+                }
+
+
+class UpperboundTask(TaskBuilder):
+    """Attribute classification per (ECG, lead subset): template questions converted to grounding labels."""
+
+    name = "upperbound"
+    template_only = True
+
+    def __init__(self, inputs: Inputs, opts: Options, attributes: list[str]) -> None:
+        from ecgqa.upperbound_labels import UpperboundBuilder
+
+        super().__init__(inputs, opts, attributes)
+        self.builders = {s: UpperboundBuilder(inputs.grounding_classes, s) for s in opts.splits}
+
+    @classmethod
+    def add_inputs(cls, inputs: Inputs, opts: Options, extra: str | Path | None) -> None:
+        from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
+
+        path = Path(extra) if extra else bundled_grounding_classes(opts.version)
+        inputs.grounding_classes = read_grounding_classes(path)
+        inputs.sources.append(_source(path, None))
+
+    def classes(self) -> list[str]:
+        return list(self.inputs.grounding_classes)
+
+    def add(self, split: str, shard: Path, sample: dict[str, Any]) -> None:
+        from ecgqa.upperbound_labels import UpperboundError
+
         try:
-            pid = int(stale.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
+            self.builders[split].add(sample)
+        except UpperboundError as e:
+            raise PrepareError(f"{shard}: {e}") from e
+
+    def wanted_ecgs(self, ecg_ids: set[int]) -> set[int]:
+        wanted = set().union(*(b.ecg_ids() for b in self.builders.values()))
+        return ecg_ids & wanted
+
+    def features(self) -> Any:
+        from datasets import Features, List, Value
+
+        ints = List(Value("int64"))
+        return Features({
+            "sample_id": Value("int64"), "ecg_id": ints, "lead_group": Value("string"), "label_classes": ints,
+            "label_values": ints, "question_type": Value("string"), "attribute_type": Value("string"), "ecg_rows": ints,
+        })
+
+    def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
+        for row in self.builders[split].rows():
+            if row["ecg_id"][0] not in row_of:
+                lost.append(row["sample_id"])
+                continue
+            yield {**row, "ecg_rows": [row_of[row["ecg_id"][0]]]}
+
+    def stats(self) -> dict[str, Any]:
+        return {s: {**b.stats, "unknown_attributes": dict(b.unknown_attributes)} for s, b in self.builders.items()}
 
 
-def fit_length(signal: Any, length: int) -> Any:
-    """Crop or zero-pad (12, T) to ``length`` samples: the store has one fixed T."""
-    import numpy as np
+#: ``--task`` name → its builder. One entry per task.
+TASKS: dict[str, type[TaskBuilder]] = {"qa": QATask, "upperbound": UpperboundTask}
 
-    t = signal.shape[-1]
-    if t == length:
-        return signal
-    if t > length:
-        return signal[:, :length]
-    out = np.zeros((signal.shape[0], length), dtype=signal.dtype)
-    out[:, :t] = signal
-    return out
+
+# -------------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Scan:
+    """What the question scan found: record paths of the selected samples and the global attribute map."""
+
+    paths: dict[int, str]
+    attributes: list[str]
+    samples: dict[str, int]
+    records_fingerprint: str
+
+
+def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) -> tuple[TaskBuilder, Scan]:
+    """Pass 1 over the questions: the attribute map (all splits present, so it never depends on
+    --splits), the unique ECGs and their record paths, duplicate and empty-split checks.
+    Only ids and paths stay in memory."""
+    attributes: set[str] = set()
+    paths: dict[int, str] = {}
+    seen: dict[int, Path] = {}
+    samples = dict.fromkeys(opts.splits, 0)
+    selected: list[tuple[str, Path, dict[str, Any]]] = []
+    for split, shard in _progress(inputs.shard_list, progress, "scan questions"):
+        for sample in load_shard(shard):
+            attributes.update(sample.get("attribute") or [])
+            sid = sample["sample_id"]
+            if sid in seen:
+                raise PrepareError(f"{shard}: sample_id {sid} appears twice (also in {seen[sid]}); "
+                                   "sample ids must be unique within a release variant")
+            seen[sid] = shard
+            if split not in samples:
+                continue
+            samples[split] += 1
+            ecg_paths = sample.get("ecg_path")
+            if not isinstance(ecg_paths, list) or len(ecg_paths) != len(sample["ecg_id"]):
+                raise PrepareError(
+                    f"{shard}: sample {sid} has no ecg_path for each ecg_id; "
+                    "prepare reads the output of `ecgqa map`, not the raw release"
+                )
+            for i, p in zip(sample["ecg_id"], ecg_paths):
+                paths.setdefault(i, p)
+            selected.append((split, shard, sample))
+    empty = [s for s, n in samples.items() if n == 0]
+    if empty:
+        raise PrepareError(f"{inputs.mapped / opts.variant}: split(s) {empty} hold no samples; "
+                           "leave them out of --splits or re-run `ecgqa map`")
+    task = task_of(inputs, opts, sorted(attributes))
+    for split, shard, sample in selected:
+        task.add(split, shard, sample)
+    fingerprint = records_fingerprint(paths.values())
+    wanted = task.wanted_ecgs(set(paths))
+    return task, Scan({i: p for i, p in paths.items() if i in wanted}, sorted(attributes), samples, fingerprint)
 
 
 def _read_one(item: tuple[int, str, int, int]) -> tuple[int, Any, str | None, int]:
     """Worker: one record → float16 (12, T), or the error text. Never raises, so one bad record
     does not stop the scan: every bad record is listed at the end."""
-    import numpy as np
-
-    from ecgqa.records import RecordError, read_record
+    from ecgqa.records import RecordError, fit_length, read_record
 
     ecg_id, path, rate, length = item
     try:
@@ -234,191 +434,119 @@ def _read_one(item: tuple[int, str, int, int]) -> tuple[int, Any, str | None, in
     return ecg_id, sig, None, int(t != length)
 
 
-def _iter_shards(mapped: Path, variant: str, splits: Iterable[str]) -> Iterator[tuple[str, Path]]:
-    from ecgqa.release import shards
+def _store_row(store: prepared.SignalStoreWriter, ecg_id: int, sig: Any, err: str | None, bad: dict[int, str]) -> bool:
+    """Append one row; a bad record gets a zero placeholder (compacted away later) and is listed."""
+    if err is not None:
+        bad[ecg_id] = err
+        store.skip()
+        return False
+    store.append(sig)
+    return True
 
-    for split in splits:
-        for path in shards(mapped, (variant,), (split,)):
-            yield split, path
 
+def _write_signals(
+    build: Path, paths: dict[int, str], rate: int, length: int, num_proc: int, progress: bool
+) -> tuple[np.ndarray, dict[int, str], int]:
+    """Stream every unique record into the signal store (rows in ascending ecg id order).
 
-# -------------------------------------------------------------------------------------------- build
-
-
-def prepare(
-    mapped_dir: str | Path,
-    out: str | Path,
-    *,
-    variant: str = "template",
-    splits: Iterable[str] | None = None,
-    rate: int = 500,
-    seconds: float = DEFAULT_SECONDS,
-    task: str = "qa",
-    num_proc: int = 1,
-    drop_bad: bool = False,
-    grounding_classes: str | Path | None = None,
-    version: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Build the prepared directory ``out`` from the mapped release ``mapped_dir`` and return its meta.
-
-    Raises PrepareError after the full record scan when records are bad and ``drop_bad`` is false.
+    Rows arrive in order (``imap`` keeps it) and at most one window of records is in flight.
+    Returns (ecg_ids of the stored rows, {bad id: reason}, number of records cropped/padded).
+    Bad rows are compacted away afterwards, so the store only ever holds readable ECGs.
     """
-    from ecgqa.release import SPLITS, AnswerSpace, load_shard
-    from ecgqa.upperbound_labels import UpperboundError, bundled_grounding_classes, read_grounding_classes
+    import multiprocessing
 
-    start = time.perf_counter()
-    mapped, out = Path(mapped_dir), Path(out)
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {TASKS}, not {task!r}")
-    if task == "upperbound" and variant != "template":
-        raise ValueError("--task upperbound converts template questions only; use --variant template")
-    if not (mapped / variant).is_dir():
-        raise PrepareError(f"{mapped}: no {variant}/ folder; expected the output of `ecgqa map` (holding {variant}/<split>/*.json)")
-    version = version or detect_version(mapped)
-    present = [s for s in SPLITS if (mapped / variant / s).is_dir()]
-    splits = list(splits) if splits else present
-    missing = [s for s in splits if s not in present]
-    if missing:
-        raise PrepareError(f"{mapped / variant}: no split folder for {missing}; present: {present}")
-    length = round(rate * seconds)
-    space = AnswerSpace.from_release(mapped)
+    from tqdm.auto import tqdm
 
-    # Sources and options decide the content hash: same hash → nothing to do.
-    shard_list = list(_iter_shards(mapped, variant, present))
-    if not any(s in splits for s, _ in shard_list):
-        raise PrepareError(f"{mapped / variant}: no question shards for splits {splits}")
-    sources = [_source(mapped / name, mapped) for name in ("answers.csv", "answers_for_each_template.csv")]
-    sources += [_source(p, mapped) for _, p in shard_list]
-    gpath = None
-    gclasses: list[str] = []
-    if task == "upperbound":
-        gpath = Path(grounding_classes) if grounding_classes else bundled_grounding_classes(version)
-        gclasses = read_grounding_classes(gpath)
-        sources.append(_source(gpath, None))
-    options = {
-        "format": FORMAT_VERSION,
-        "version": version,
-        "variant": variant,
-        "task": task,
-        "splits": splits,
-        "rate": rate,
-        "signal_length": length,
-        "drop_bad": drop_bad,
-    }
-    content_hash = hashlib.sha256(json.dumps([options, sources], sort_keys=True).encode()).hexdigest()
-    if (out / META).is_file() and not force:
+    ids = np.array(sorted(paths), dtype=np.int64)
+    items = [(int(i), paths[int(i)], rate, length) for i in ids]
+    bad: dict[int, str] = {}
+    adjusted = 0
+    bar = tqdm(total=len(items), desc="read records", unit="ecg", disable=not progress, leave=False)
+    with prepared.SignalStoreWriter(build, len(ids), length) as store:
         try:
-            old = json.loads((out / META).read_text())
-        except json.JSONDecodeError:
-            old = {}
-        # Record files are inputs too: a repaired or replaced record (size / mtime) means a rebuild.
-        if old.get("content_hash") == content_hash and old.get("records_fingerprint") == _records_fingerprint(
-            _record_paths(shard_list, splits)
-        ):
-            return {**old, "_noop": True}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_builds(out)
-    build = out.parent / f".{out.name}.build-{os.getpid()}"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir()
-    try:
-        # Pass 1 over the questions: the global attribute map (all splits present, so it never depends
-        # on --splits), the unique ECGs and their record paths. Only ids and paths stay in memory.
-        attributes: set[str] = set()
-        paths: dict[int, str] = {}
-        builders = {}
-        if task == "upperbound":
-            from ecgqa.upperbound_labels import UpperboundBuilder
-
-            builders = {s: UpperboundBuilder(gclasses, s) for s in splits}
-        for split, shard in _progress(shard_list, progress, "scan questions"):
-            for sample in load_shard(shard):
-                attributes.update(sample.get("attribute") or [])
-                if split not in splits:
-                    continue
-                if task == "upperbound":
-                    try:
-                        builders[split].add(sample)
-                    except UpperboundError as e:
-                        raise PrepareError(f"{shard}: {e}") from e
-                ecg_paths = sample.get("ecg_path")
-                if not ecg_paths or len(ecg_paths) != len(sample["ecg_id"]):
-                    raise PrepareError(
-                        f"{shard}: sample {sample['sample_id']} has no ecg_path for each ecg_id; "
-                        "prepare reads the output of `ecgqa map`, not the raw release"
-                    )
-                for i, p in zip(sample["ecg_id"], ecg_paths):
-                    paths.setdefault(int(i), p)
-        records_fingerprint = _records_fingerprint(paths.values())
-        if task == "upperbound":
-            wanted = set().union(*(b.ecg_ids() for b in builders.values())) if builders else set()
-            paths = {i: p for i, p in paths.items() if i in wanted}
-        attribute_list = sorted(attributes)
-
-        ecg_ids, bad, adjusted = _write_signals(build, paths, rate, length, num_proc, progress)
-        dropped: dict[str, Any] = {}
-        if bad:
-            listed = "\n  ".join(f"{i}: {bad[i]}" for i in sorted(bad)[:MAX_LISTED])
-            more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-            if not drop_bad:
-                report = out.parent / f"{out.name}.bad_records.json"
-                atomic_write(report, json.dumps({str(i): bad[i] for i in sorted(bad)}, indent=1))
-                raise PrepareError(
-                    f"{len(bad)} bad records (unreadable, truncated or NaN):\n  {listed}{more}\n"
-                    f"Full list: {report}. Re-run with --drop-bad to drop the samples that use them."
-                )
-            dropped["bad_records"] = {str(i): bad[i] for i in sorted(bad)}
-        row_of = {int(e): r for r, e in enumerate(ecg_ids)}
-
-        # Pass 2: the questions tables, streamed shard by shard into Arrow.
-        counts: dict[str, int] = {}
-        dropped_samples: dict[str, list[int]] = {}
-        for split in splits:
-            if task == "qa":
-                rows = _qa_rows(shard_list, split, space, attribute_list, row_of, dropped_samples)
+            if num_proc > 1 and len(items) > 1:
+                ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
+                with ctx.Pool(num_proc) as pool:
+                    chunk = max(1, min(16, len(items) // (num_proc * 8)))
+                    for ecg_id, sig, err, adj in _bounded_imap(pool, _read_one, items, chunk, window=num_proc * chunk * 8):
+                        adjusted += _store_row(store, ecg_id, sig, err, bad) and adj
+                        bar.update()
             else:
-                rows = _upperbound_rows(builders[split], row_of, dropped_samples, split)
-            counts[split] = _save_split(build, split, rows, task, content_hash)
-        if any(dropped_samples.values()):
-            dropped["samples"] = {s: ids for s, ids in dropped_samples.items() if ids}
-        if task == "upperbound":
-            up = {s: {**b.stats, "unknown_attributes": dict(b.unknown_attributes)} for s, b in builders.items()}
-        else:
-            up = None
-        if task == "qa":
-            _train_tokenizer(build, progress)
+                for item in items:
+                    ecg_id, sig, err, adj = _read_one(item)
+                    adjusted += _store_row(store, ecg_id, sig, err, bad) and adj
+                    bar.update()
+        finally:
+            bar.close()
+    if bad:
+        keep = np.array([int(i) not in bad for i in ids], dtype=bool)
+        store.compact(keep)
+        ids = ids[keep]
+    prepared.write_ecg_ids(build, ids)
+    return ids, bad, int(adjusted)
 
-        meta = {
-            "version": version,
-            "variant": variant,
-            "task": task,
-            "classes": gclasses if task == "upperbound" else list(space.classes),
-            "answer_classes": list(space.classes),
-            **({"grounding_classes": gclasses} if task == "upperbound" else {}),
-            "attributes": attribute_list,
-            "rate": rate,
-            "signal_length": length,
-            "n_ecgs": len(ecg_ids),
-            "splits": counts,
-            "sources": sources,
-            "content_hash": content_hash,
-            "records_fingerprint": records_fingerprint,
-            "format": FORMAT_VERSION,
-            "dropped": _dropped_summary(dropped),
-            "length_adjusted": adjusted,
-            **({"upperbound": up} if up is not None else {}),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        if dropped:
-            atomic_write(build / DROPPED, json.dumps(dropped, indent=1))
-        atomic_write(build / META, json.dumps(meta, indent=1))  # last: marks the build complete
-        _swap_into_place(build, out)
-        return meta
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+
+def _bounded_imap(pool: Any, fn: Any, items: list, chunksize: int, window: int) -> Iterator[Any]:
+    """``pool.imap`` in order, but with at most ``window`` items submitted and not yet consumed.
+
+    A bare ``imap`` over every record lets the workers run arbitrarily far ahead of the writer: its
+    results are buffered in RAM (120 kB per 10 s ECG), e.g. behind one slow read at the front of the
+    ordered queue. Submitting window by window bounds that buffer at any dataset size.
+    """
+    for start in range(0, len(items), window):
+        yield from pool.imap(fn, items[start : start + window], chunksize=chunksize)
+
+
+def handle_bad_records(bad: dict[int, str], n_records: int, out: Path, drop_bad: bool) -> dict[str, Any]:
+    """Stop with the full list of bad records (written beside ``out``), or note them as dropped."""
+    if not bad:
+        return {}
+    listed = "\n  ".join(f"{i}: {bad[i]}" for i in sorted(bad)[:MAX_LISTED])
+    more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    if not drop_bad or len(bad) == n_records:
+        report = prepared.bad_records_path(out)
+        atomic_write_json(report, {str(i): bad[i] for i in sorted(bad)})
+        if drop_bad:
+            raise PrepareError(f"every one of the {n_records} records is bad, so nothing is left to prepare:\n  "
+                               f"{listed}{more}\nFull list: {report}. Check --records given to `ecgqa map`.")
+        raise PrepareError(
+            f"{len(bad)} bad records (unreadable, truncated or NaN):\n  {listed}{more}\n"
+            f"Full list: {report}. Re-run with --drop-bad to drop the samples that use them."
+        )
+    return {"bad_records": {str(i): bad[i] for i in sorted(bad)}}
+
+
+def write_question_tables(
+    build: Path, task: TaskBuilder, splits: list[str], ecg_ids: np.ndarray, digest: str, scanned: dict[str, int]
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Pass 2: each split's table, streamed shard by shard into Arrow. Returns counts and lost sample ids."""
+    row_of = {int(e): r for r, e in enumerate(ecg_ids)}
+    counts: dict[str, int] = {}
+    lost: dict[str, list[int]] = {}
+    features = task.features()
+    for split in splits:
+        lost[split] = []
+        fingerprint = hashlib.sha256(f"{digest}-{split}".encode()).hexdigest()[:16]
+        counts[split] = prepared.write_questions(build, split, task.rows(split, row_of, lost[split]), features, fingerprint)
+        if counts[split] == 0 and lost[split]:
+            raise PrepareError(f"--drop-bad dropped every sample of split {split!r} ({len(lost[split])} of "
+                               f"{scanned[split]}): their records are all bad; see the records listed above")
+    return counts, {s: ids for s, ids in lost.items() if ids}
+
+
+def build_tokenizer(build: Path, kind: str) -> TokenizerInfo:
+    """Store the question tokenizer: BERT's uncased vocabulary, or one built from the train questions only."""
+    from ecgqa.vocab import bert_tokenizer, tokenizer_info, train_wordpiece
+
+    if kind == "bert":
+        tok = bert_tokenizer()
+    else:
+        if not (build / prepared.QUESTIONS / "train").is_dir():
+            raise PrepareError("--tokenizer trained learns its vocabulary from the train split, which is not "
+                               "among --splits; add train or use --tokenizer bert")
+        tok = train_wordpiece(q for batch in prepared.question_texts(build, "train") for q in batch)
+    prepared.write_tokenizer(build, tok)
+    return tokenizer_info(tok, "bert-base-uncased" if kind == "bert" else "trained")
 
 
 def _progress(items: list, progress: bool, desc: str) -> Iterable:
@@ -436,256 +564,99 @@ def _dropped_summary(dropped: dict[str, Any]) -> dict[str, Any]:
     for split, ids in dropped.get("samples", {}).items():
         out[f"samples_{split}"] = len(ids)
     if out:
-        out["report"] = DROPPED
+        out["report"] = prepared.DROPPED
     return out
 
 
-def _swap_into_place(build: Path, out: Path) -> None:
-    """Rename the finished build to ``out``; an older ``out`` is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(build, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# -------------------------------------------------------------------------------------------- stage
 
 
-def _write_signals(
-    build: Path, paths: dict[int, str], rate: int, length: int, num_proc: int, progress: bool
-) -> tuple[Any, dict[int, str], int]:
-    """Stream every unique record into ``signals.npy`` (rows in ascending ecg id order).
+def prepare(
+    mapped_dir: str | Path,
+    out: str | Path,
+    *,
+    variant: str = "template",
+    splits: Iterable[str] | None = None,
+    rate: int = DEFAULT_RATE,
+    seconds: float = DEFAULT_SECONDS,
+    task: str = "qa",
+    num_proc: int = 1,
+    drop_bad: bool = False,
+    grounding_classes: str | Path | None = None,
+    version: str | None = None,
+    tokenizer: str = "bert",
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the prepared directory ``out`` from the mapped release ``mapped_dir`` and return its meta
+    (plus ``seconds``, and ``_noop`` when ``out`` was already up to date).
 
-    Rows arrive in order (``imap`` keeps it), so the file is written front to back after its
-    ``.npy`` header: no memmap pages pile up in RAM, and at most one window of records is in flight.
-    Returns (ecg_ids of the stored rows, {bad id: reason}, number of records cropped/padded).
-    Bad rows are compacted away afterwards, so the store only ever holds readable ECGs.
+    Raises PrepareError for bad options, inputs or records (after the full record scan), and
+    ``files.OutputDirError`` when ``out`` holds something that is not a prepared directory.
     """
-    import multiprocessing
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    ids = np.array(sorted(paths), dtype=np.int64)
-    target = build / "signals.npy"
-    items = [(int(i), paths[int(i)], rate, length) for i in ids]
-    bad: dict[int, str] = {}
-    adjusted = 0
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-              "shape": (len(ids), 12, length)}
-    bar = tqdm(total=len(items), desc="read records", unit="ecg", disable=not progress, leave=False)
-    with target.open("wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        try:
-            if num_proc > 1 and len(items) > 1:
-                ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
-                with ctx.Pool(num_proc) as pool:
-                    chunk = max(1, min(16, len(items) // (num_proc * 8)))
-                    results = _bounded_imap(pool, _read_one, items, chunk, window=num_proc * chunk * 8)
-                    for ecg_id, sig, err, adj in results:
-                        adjusted += _store_row(f, ecg_id, sig, err, bad, length) and adj
-                        bar.update()
-            else:
-                for item in items:
-                    ecg_id, sig, err, adj = _read_one(item)
-                    adjusted += _store_row(f, ecg_id, sig, err, bad, length) and adj
-                    bar.update()
-        finally:
-            bar.close()
-    if bad:
-        keep = np.array([int(i) not in bad for i in ids], dtype=bool)
-        _compact(target, keep)
-        ids = ids[keep]
-    np.save(build / "ecg_ids.npy", ids)
-    return ids, bad, int(adjusted)
-
-
-def _bounded_imap(pool: Any, fn: Any, items: list, chunksize: int, window: int) -> Iterator[Any]:
-    """``pool.imap`` in order, but with at most ``window`` items submitted and not yet consumed.
-
-    A bare ``imap`` over every record lets the workers run arbitrarily far ahead of the writer: its
-    results are buffered in RAM (120 kB per 10 s ECG), e.g. behind one slow read at the front of the
-    ordered queue. Submitting window by window bounds that buffer at any dataset size.
-    """
-    for start in range(0, len(items), window):
-        yield from pool.imap(fn, items[start : start + window], chunksize=chunksize)
-
-
-def _store_row(f: Any, ecg_id: int, sig: Any, err: str | None, bad: dict[int, str], length: int) -> bool:
-    """Append one row; a bad record gets a zero placeholder (compacted away later) and is listed."""
-    if err is not None:
-        bad[ecg_id] = err
-        f.write(bytes(12 * length * 2))
-        return False
-    f.write(sig.tobytes())
-    return True
-
-
-def _compact(path: Path, keep: Any, chunk: int = 256) -> None:
-    """Rewrite the store without the rows of bad records, a chunk at a time (bounded memory)."""
-    import numpy as np
-
-    src = np.load(path, mmap_mode="r")
-    tmp = path.with_name(".compact.npy")
-    header = {"descr": np.lib.format.dtype_to_descr(src.dtype), "fortran_order": False,
-              "shape": (int(keep.sum()),) + src.shape[1:]}
-    rows = np.flatnonzero(keep)
-    with tmp.open("wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        for start in range(0, len(rows), chunk):
-            f.write(np.ascontiguousarray(src[rows[start : start + chunk]]).tobytes())
-    del src
-    os.replace(tmp, path)
-
-
-def _qa_rows(
-    shard_list: list[tuple[str, Path]],
-    split: str,
-    space: Any,
-    attributes: list[str],
-    row_of: dict[int, int],
-    dropped: dict[str, list[int]],
-) -> Iterator[dict[str, Any]]:
-    from ecgqa.release import encode_sample, load_shard
-
-    attr_id = {a: i for i, a in enumerate(attributes)}
-    lost = dropped.setdefault(split, [])
-    for s, shard in shard_list:
-        if s != split:
-            continue
-        for sample in load_shard(shard):
-            ids = [int(i) for i in sample["ecg_id"]]
-            if any(i not in row_of for i in ids):
-                lost.append(int(sample["sample_id"]))
-                continue
-            where = f"{shard}: sample {sample['sample_id']}: "
-            enc = encode_sample(space, sample, where=where)
-            attrs = list(sample.get("attribute") or [])
-            yield {
-                "sample_id": int(sample["sample_id"]),
-                "template_id": int(sample["template_id"]),
-                "question_id": int(sample["question_id"]),
-                "question": sample["question"],
-                "question_type": sample["question_type"],
-                "attribute_type": sample["attribute_type"],
-                **enc,
-                "ecg_id": ids,
-                "ecg_rows": [row_of[i] for i in ids],
-                "attribute": attrs,
-                "attribute_ids": [attr_id[a] for a in attrs],
-            }
-
-
-def _upperbound_rows(builder: Any, row_of: dict[int, int], dropped: dict[str, list[int]], split: str) -> Iterator[dict]:
-    lost = dropped.setdefault(split, [])
-    for row in builder.rows():
-        if row["ecg_id"][0] not in row_of:
-            lost.append(row["sample_id"])
-            continue
-        yield {**row, "ecg_rows": [row_of[row["ecg_id"][0]]]}
-
-
-def features(task: str) -> Any:
-    """The Arrow schema of a questions table (the contract's columns)."""
-    from datasets import Features, List, Value
-
-    ints = List(Value("int64"))
-    if task == "qa":
-        return Features(
-            {
-                "sample_id": Value("int64"),
-                "template_id": Value("int64"),
-                "question_id": Value("int64"),
-                "question": Value("string"),
-                "question_type": Value("string"),
-                "attribute_type": Value("string"),
-                "answer": ints,
-                "valid_classes": ints,
-                "qt1": Value("int64"),
-                "qt2": Value("int64"),
-                "qt3": Value("int64"),
-                "ecg_id": ints,
-                "ecg_rows": ints,
-                "attribute": List(Value("string")),
-                "attribute_ids": ints,
-            }
-        )
-    return Features(
-        {
-            "sample_id": Value("int64"),
-            "ecg_id": ints,
-            "lead_group": Value("string"),
-            "label_classes": ints,
-            "label_values": ints,
-            "question_type": Value("string"),
-            "attribute_type": Value("string"),
-            "ecg_rows": ints,
-        }
-    )
-
-
-def _save_split(build: Path, split: str, rows: Iterator[dict], task: str, content_hash: str) -> int:
-    """Stream rows into an Arrow dataset under ``build/questions/<split>`` (bounded memory).
-
-    Rows go through ``datasets``' ArrowWriter in batches into one staging file, which
-    ``save_to_disk`` then lays out (and shards, for very large splits) in the standard format.
-    """
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
-    feats = features(task)
-    staging = build / f".{split}.arrow"
-    with ArrowWriter(features=feats, path=str(staging), writer_batch_size=10_000) as writer:
-        for row in rows:
-            writer.write(row)
-        writer.finalize()
-    ds = datasets.Dataset.from_file(str(staging))
-    ds._fingerprint = hashlib.sha256(f"{content_hash}-{split}".encode()).hexdigest()[:16]
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+    start = time.perf_counter()
+    mapped, out = Path(mapped_dir), Path(out)
+    check_options(rate=rate, seconds=seconds, num_proc=num_proc, task=task, variant=variant, tokenizer=tokenizer)
+    version = version or detect_version(mapped)
+    present = [s for s in SPLITS if (mapped / variant / s).is_dir()]
+    opts = Options(variant, list(splits) if splits else present, rate, float(seconds), task, drop_bad, version, tokenizer)
     try:
-        ds.save_to_disk(str(build / "questions" / split))
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-    n = len(ds)
-    del ds
-    staging.unlink()
-    return n
+        inputs = read_inputs(mapped, opts, grounding_classes)
+        digest = content_hash(opts, inputs)
+        if not force and (old := up_to_date(out, digest, inputs, opts)) is not None:
+            return {**old, "_noop": True}
+        prepared.claim(out)
+        clean_stale(out.parent, f".{out.name}.build-")
+        clean_stale(out.parent, f".{out.name}.old-")
+        build = staging_dir(out)
+        try:
+            meta = _build(build, out, inputs, opts, digest, num_proc, progress)
+            prepared.write_meta(build, meta)  # last: marks the build complete
+            swap_dir(build, out)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    except ReleaseError as e:
+        raise PrepareError(str(e)) from e
+    return {**meta.model_dump(), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _train_tokenizer(build: Path, progress: bool, vocab_size: int = 8000) -> None:
-    """A BERT-style uncased WordPiece tokenizer trained on the prepared questions (offline default)."""
-    import datasets
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-
-    def texts() -> Iterator[list[str]]:
-        for split_dir in sorted((build / "questions").iterdir()):
-            ds = datasets.load_from_disk(str(split_dir))
-            for start in range(0, len(ds), 10_000):
-                yield ds[start : start + 10_000]["question"]
-
-    tok.train_from_iterator(texts(), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+def _build(build: Path, out: Path, inputs: Inputs, opts: Options, digest: str, num_proc: int, progress: bool) -> PreparedMeta:
+    """The steps between a claimed ``out`` and a complete build folder; returns the meta to write."""
+    task, scan = scan_questions(inputs, opts, TASKS[opts.task], progress)
+    ecg_ids, bad, adjusted = _write_signals(build, scan.paths, opts.rate, opts.length, num_proc, progress)
+    dropped = handle_bad_records(bad, len(scan.paths), out, opts.drop_bad)
+    counts, lost = write_question_tables(build, task, opts.splits, ecg_ids, digest, scan.samples)
+    if lost:
+        dropped["samples"] = lost
+    tok = build_tokenizer(build, opts.tokenizer) if task.uses_tokenizer else None
+    if dropped:
+        prepared.write_dropped(build, dropped)
+    classes = task.classes()
+    return PreparedMeta(
+        version=opts.version,
+        variant=opts.variant,
+        task=opts.task,
+        classes=classes,
+        answer_classes=list(inputs.space.classes),
+        grounding_classes=list(inputs.grounding_classes) or None,
+        attributes=scan.attributes,
+        rate=opts.rate,
+        signal_length=opts.length,
+        n_ecgs=len(ecg_ids),
+        splits=counts,
+        sources=inputs.sources,
+        content_hash=digest,
+        records_fingerprint=scan.records_fingerprint,
+        dropped=_dropped_summary(dropped),
+        length_adjusted=adjusted,
+        tokenizer=tok,
+        upperbound=task.stats(),
     )
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=512,
-    )
-    fast.save_pretrained(str(build / "tokenizer"))
+
+
+def default_out(version: str, variant: str, task: str) -> Path:
+    """Where ``ecgqa prepare`` writes without ``--out``."""
+    return Path("prepared") / f"{version}-{variant}-{task}"
+
+
+__all__ = ["TASKS", "TOKENIZERS", "PrepareError", "TaskBuilder", "detect_version", "prepare"]

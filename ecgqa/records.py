@@ -79,6 +79,31 @@ def _lead_order(sig_name: list[str] | None, path: Path) -> list[int]:
     return [position[_canonical(lead)] for lead in LEADS]
 
 
+def record_files(record: str | Path) -> tuple[Path, Path]:
+    """The files a WFDB record (given without extension) needs: its header and its signal file."""
+    record = Path(record)
+    return record.with_name(record.name + ".hea"), record.with_name(record.name + ".dat")
+
+
+def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
+    """Crop or zero-pad a (..., T) signal at its end to exactly ``length`` samples (the one crop/pad).
+
+    Prepared data stores one fixed T (``--seconds``): longer records keep their first ``length``
+    samples, shorter ones are padded with zeros (0 mV) after their last sample. Uploaded signals
+    (serve) go through the same function, so a model always sees what training saw.
+    """
+    if length < 1:
+        raise ValueError(f"length must be a positive number of samples, not {length}")
+    t = signal.shape[-1]
+    if t == length:
+        return signal
+    if t > length:
+        return signal[..., :length]
+    out = np.zeros(signal.shape[:-1] + (length,), dtype=signal.dtype)
+    out[..., :t] = signal
+    return out
+
+
 def resample(signal: np.ndarray, fs: int, target_fs: int) -> np.ndarray:
     """Polyphase resampling along the last axis (anti-aliased), e.g. 500 → 100 Hz."""
     if fs == target_fs:

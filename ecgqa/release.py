@@ -143,19 +143,54 @@ def shards(version_dir: Path, variants: tuple[str, ...] = VARIANTS, splits: tupl
     return out
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(a, str) for a in x)
+
+
+#: key → (check, what it must be): the value types of a release sample, checked at load time, so a
+#: float id (127.9 → record 127), a string id ("127") or a null never travels further silently.
+SAMPLE_TYPES: dict[str, tuple[Any, str]] = {
+    "sample_id": (_is_int, "an integer"),
+    "template_id": (_is_int, "an integer"),
+    "question_id": (_is_int, "an integer"),
+    "question_type": (lambda x: isinstance(x, str), "a string"),
+    "attribute_type": (lambda x: isinstance(x, str), "a string"),
+    "question": (lambda x: isinstance(x, str) and x.strip() != "", "a non-empty string"),
+    "answer": (lambda x: _is_str_list(x) and len(x) > 0, 'a non-empty list of class names (e.g. ["yes"])'),
+    "ecg_id": (lambda x: isinstance(x, list) and len(x) > 0 and all(_is_int(i) and i >= 0 for i in x),
+               "a non-empty list of integer ids"),
+    "attribute": (lambda x: x is None or _is_str_list(x), "null or a list of strings"),
+}
+
+
 def load_shard(path: Path) -> list[dict[str, Any]]:
-    """Read one shard, checking it is a list of samples that each carry the release's keys."""
+    """Read one shard, checking it is a list of samples that each carry the release's keys with
+    values of the release's types, and that no sample_id appears twice in it."""
     try:
         samples = json.loads(path.read_bytes())
     except json.JSONDecodeError as e:
         raise ReleaseError(f"{path}: malformed JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ReleaseError(f"{path}: not UTF-8 JSON ({e})") from e
     if not isinstance(samples, list):
         raise ReleaseError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
+    seen: set[Any] = set()
     for i, sample in enumerate(samples):
         missing = [k for k in REQUIRED_KEYS if not isinstance(sample, dict) or k not in sample]
         if missing:
             sid = sample.get("sample_id", "?") if isinstance(sample, dict) else "?"
             raise ReleaseError(f"{path}: sample #{i} (sample_id {sid}) lacks {missing}")
-        if not isinstance(sample["ecg_id"], list) or not sample["ecg_id"]:
-            raise ReleaseError(f"{path}: sample #{i} (sample_id {sample['sample_id']}) has no ecg_id list")
+        for key, (ok, what) in SAMPLE_TYPES.items():
+            if key in sample and not ok(sample[key]):
+                raise ReleaseError(
+                    f"{path}: sample #{i} (sample_id {sample['sample_id']!r}): {key} must be {what}, "
+                    f"not {json.dumps(sample[key])[:80]}"
+                )
+        if sample["sample_id"] in seen:
+            raise ReleaseError(f"{path}: sample_id {sample['sample_id']} appears twice in this shard")
+        seen.add(sample["sample_id"])
     return samples

@@ -223,10 +223,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.ecg_id is None:
             raise ValueError("--data needs --ecg-id (the ECG to draw)")
-        try:
-            from ecgqa.prepared import PreparedData
-        except ImportError:  # until ecgqa/prepared.py lands
-            from ecgqa.data import PreparedData
+        from ecgqa.prepared import PreparedData
 
         data = PreparedData(args.data)
         try:

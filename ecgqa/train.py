@@ -238,7 +238,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
 def dry_run(config: TrainConfig) -> str:
     """What ``--recipe NAME`` amounts to on this data: effective batch, updates, epochs, schedule."""
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     config = check_config(config)
     recipe = recipe_for(config.recipe, config.model)
@@ -344,7 +344,8 @@ def _load_text_encoder_tokenizer(name: str) -> Any:
 def load_datasets(config: TrainConfig, tokenizer: Any = None) -> Datasets:
     """The prepared splits as torch datasets; QA questions are tokenized with ``tokenizer`` (default:
     the text encoder's, else the prepared data's)."""
-    from ecgqa.data import ECGQADataset, PreparedData, UpperboundDataset, collate_qa, collate_upperbound
+    from ecgqa.data import ECGQADataset, UpperboundDataset, collate_qa, collate_upperbound
+    from ecgqa.prepared import PreparedData
     from ecgqa.models import task_of
 
     data = PreparedData(config.data)

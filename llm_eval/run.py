@@ -315,7 +315,7 @@ def run_llm_eval(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``)."""
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     out = Path(out)

@@ -1,16 +1,15 @@
 """Join ECG-QA questions to local records: each sample gains ``ecg_path`` (one per ``ecg_id``).
 
 One pass over the release, one shard in memory at a time. Every record is checked once (its
-header and signal file) and the outcome cached. Outputs go to a staging folder inside OUT and are
-moved into place only when the whole run succeeds, so a failed run never leaves a half-mapped
-release behind; ``mapping_report.json`` is written either way.
+header and signal file) and the outcome cached. The whole output is built in a staging folder beside
+OUT and swapped in with one rename when the run succeeds, so OUT holds exactly one release: a failed
+or killed run leaves the previous output as it was (a failed run's report goes beside OUT).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ecgqa.files import atomic_write_json
+from ecgqa.files import atomic_write_json, claim_output_dir, clean_stale, staging_dir, swap_dir
+from ecgqa.records import record_files
 from ecgqa.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
-from mapping.sources import mimic_record_paths, ptbxl_record_path, record_files
+from mapping.sources import mimic_record_paths, ptbxl_record_path
 
 REPORT = "mapping_report.json"
 MAX_LISTED = 20
@@ -62,6 +62,20 @@ def _resolver(version: str, root: Path, rate: int) -> _Resolver:
     return _Resolver(table.get, root)
 
 
+def _report_is_ours(path: Path) -> bool:
+    """A mapping_report.json written by ``map_release``: a JSON object naming its version and files."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "version" in report and "files" in report
+
+
+def failed_report_path(out: Path) -> Path:
+    """Where a failed run's report goes: beside ``out``, which a failed run never touches."""
+    return out.parent / f"{out.name}.{REPORT}"
+
+
 def map_release(
     version: str,
     release_dir: str | Path,
@@ -74,8 +88,12 @@ def map_release(
 ) -> dict:
     """Map every shard of ``release_dir`` (template/ and paraphrased/, all splits) into ``out``.
 
-    Returns the report also written to ``out/mapping_report.json``. Raises MissingRecordsError
-    after the full scan when records are missing and ``skip_missing`` is false.
+    The whole output is built in a sibling staging folder and swapped in with one rename, so ``out``
+    holds exactly this run's release (never shards of an earlier one) or, after a failure or a
+    crash, the previous output untouched. ``out`` must be absent, empty or an earlier mapping
+    (``files.claim_output_dir``). Returns the report written to ``out/mapping_report.json`` (plus
+    ``seconds``). Raises MissingRecordsError after the full scan when records are missing and
+    ``skip_missing`` is false; that report goes to ``failed_report_path(out)``.
     """
     start = time.perf_counter()
     version_dir = find_version_dir(release_dir, version)
@@ -84,8 +102,10 @@ def map_release(
     files = shards(version_dir)
     if not files:
         raise ReleaseError(f"{version_dir}: no question shards under template/ or paraphrased/")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".mapping-staging-"))
+    claim_output_dir(out, marker=REPORT, what="mapped release", is_ours=_report_is_ours)
+    clean_stale(out.parent, f".{out.name}.build-")
+    clean_stale(out.parent, f".{out.name}.old-")
+    staging = staging_dir(out)
     report: dict = {
         "version": version,
         "release_dir": str(version_dir.resolve()),
@@ -101,14 +121,16 @@ def map_release(
             samples = load_shard(shard)
             kept, missing_ids, skipped = [], set(), 0
             for sample in tqdm(samples, desc=f"map {rel}", unit="sample", disable=not progress, leave=False):
-                paths = [resolve(int(i)) for i in sample["ecg_id"]]
+                paths = [resolve(i) for i in sample["ecg_id"]]
                 if None in paths:
-                    missing_ids.update(int(i) for i, p in zip(sample["ecg_id"], paths) if p is None)
+                    missing_ids.update(i for i, p in zip(sample["ecg_id"], paths) if p is None)
                     skipped += 1
                     continue
                 kept.append({**sample, "ecg_path": paths})
             if not (missing_ids and not skip_missing):
-                atomic_write_json(staging / rel, kept, indent=None)
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(json.dumps(kept))  # C encoder; the staging folder is swapped in whole
             all_missing |= missing_ids
             report["files"][rel] = {
                 "samples": len(samples),
@@ -120,21 +142,19 @@ def map_release(
         totals = {k: sum(f[k] for f in report["files"].values()) for k in ("samples", "mapped", "skipped")}
         report["totals"] = {**totals, "n_missing_ids": len(all_missing), "missing_ids": sorted(all_missing)[:MAX_LISTED]}
         report["records_checked"] = len(resolve._seen)
-        report["seconds"] = round(time.perf_counter() - start, 3)
         if all_missing and not skip_missing:
             report["status"] = "failed: missing records"
-            atomic_write_json(out / REPORT, report, indent=None)
-            raise MissingRecordsError(_missing_message(version, records, rate, all_missing, out / REPORT))
+            failed = failed_report_path(out)
+            atomic_write_json(failed, report, indent=None)
+            raise MissingRecordsError(_missing_message(version, records, rate, all_missing, failed))
         for f in RELEASE_FILES:
             if (version_dir / f).is_file():
                 shutil.copy2(version_dir / f, staging / f)
         report["status"] = "ok"
-        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-            target = out / path.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-        atomic_write_json(out / REPORT, report, indent=None)
-        return report
+        atomic_write_json(staging / REPORT, report, indent=None)  # last: marks the output ours and complete
+        swap_dir(staging, out)
+        failed_report_path(out).unlink(missing_ok=True)
+        return {**report, "seconds": round(time.perf_counter() - start, 3)}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -153,3 +173,13 @@ def _missing_message(version: str, records: Path, rate: int, missing: set[int], 
         f"{len(missing)} records referenced by the release were not found under {records}: {listed}{more}. "
         f"{hint}. Use --skip-missing to map only the samples whose records exist. Details: {report}"
     )
+
+
+def map_bundled_sample(dest: str | Path, progress: bool = False) -> Path:
+    """Map the bundled PTB-XL sample into ``dest/ptbxl`` (what `ecgqa prepare` uses without input)."""
+    from ecgqa import sample
+
+    paths = sample.paths()
+    out = Path(dest) / "ptbxl"
+    map_release("ptbxl", paths.ptbxl_release, paths.ptbxl_records, out, progress=progress)
+    return out

@@ -29,8 +29,3 @@ def mimic_record_paths(root: Path) -> dict[int, str]:
         )
     frame = pd.read_csv(table, usecols=["study_id", "path"], dtype={"study_id": "int64", "path": "string"})
     return dict(zip(frame["study_id"].tolist(), frame["path"].tolist()))
-
-
-def record_files(record: Path) -> tuple[Path, ...]:
-    """The files a WFDB record (given without extension) needs: its header and signal file."""
-    return record.with_name(record.name + ".hea"), record.with_name(record.name + ".dat")

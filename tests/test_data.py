@@ -13,7 +13,6 @@ import torch
 from ecgqa.constants import LEAD_GROUPS
 from ecgqa.data import (
     ECGQADataset,
-    PreparedData,
     UpperboundDataset,
     collate_qa,
     collate_upperbound,
@@ -21,6 +20,7 @@ from ecgqa.data import (
 )
 from ecgqa.leads import lead_mask
 from ecgqa.losses import labelled_bce
+from ecgqa.prepared import PreparedData
 
 
 def test_prepared_data_api(prepared_qa):

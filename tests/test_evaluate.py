@@ -284,7 +284,7 @@ def test_check_compatible_names_both_rates_and_the_fix(qa_checkpoint, prepared_q
     from types import SimpleNamespace
 
     from ecgqa.checkpoint import CheckpointError, check_compatible, load_checkpoint
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     ckpt = load_checkpoint(qa_checkpoint, device="cpu")
     data = PreparedData(prepared_qa)

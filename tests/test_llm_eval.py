@@ -167,7 +167,7 @@ def _manifest(release, variant: str, split: str) -> list[dict]:
 
 @pytest.mark.slow  # builds the prepared sample (shared with the end-to-end tests)
 def test_default_sample_is_the_papers_draw(sample_paths, prepared_qa, tmp_path):
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     data = PreparedData(prepared_qa)
     for split in ("train", "valid"):

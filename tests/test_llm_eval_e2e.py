@@ -20,6 +20,7 @@ import pytest
 
 from ecgqa.constants import LEADS
 from ecgqa.leads import lead_mask
+from ecgqa.prepared import SIGNALS
 from tests.fake_llm_server import FakeLLM, FakeServer
 
 KEY = "sk-e2e-NEVER-PRINT-ME-9876543210"
@@ -70,7 +71,7 @@ def _cli(args: list[str]) -> int:
 def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbound_checkpoint, release_answers,
                                          monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    signals_sha = _sha(prepared_qa / "signals.npy")
+    signals_sha = _sha(prepared_qa / SIGNALS)
     reports = {}
     for split in ("train", "valid"):
         out = tmp_path / split
@@ -105,7 +106,7 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
 
     # the real checkpoint, read per lead through the grounder, sees twelve different ECGs, none blank
     from ecgqa import load
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
     from llm_eval.grounding import Grounder, Reading, prepared_signal_of
 
     data = PreparedData(prepared_qa)
@@ -122,7 +123,7 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
             assert np.abs(per_lead[i] - per_lead[j]).max() > 1e-6, (LEADS[i], LEADS[j])
     x = np.array(data.signals[data.row_of(ecg_id)], dtype=np.float32)
     np.testing.assert_allclose(per_lead[3], predictor.classify(x, np.array(lead_mask(("aVR",))))[0], rtol=1e-4, atol=1e-6)
-    assert _sha(prepared_qa / "signals.npy") == signals_sha
+    assert _sha(prepared_qa / SIGNALS) == signals_sha
 
     # dry run: every prompt written, nothing asked; the same prompts the real run sent
     before = server.state.stats()["received"]

@@ -81,9 +81,10 @@ def test_strict_mode_lists_missing_records_after_full_scan(sample_paths, tmp_pat
     for ecg_id in ("9001", "9002", "12345"):
         assert ecg_id in msg
     assert "records500/09000/09001_hr.hea" in msg and "--skip-missing" in msg
-    # nothing half-written: only the report, which names the missing ids per file
-    assert sorted(p.name for p in out.iterdir()) == ["mapping_report.json"]
-    report = _json(out / "mapping_report.json")
+    # nothing half-written: --out is untouched, the report (beside it) names the missing ids per file
+    assert not out.exists() and "out.mapping_report.json" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mapping_report.json", "release"]
+    report = _json(tmp_path / "out.mapping_report.json")
     assert report["status"].startswith("failed")
     assert report["files"]["template/train/120000.json"]["missing_ids"] == [9001, 9002]
     assert report["files"]["paraphrased/valid/60000.json"]["missing_ids"] == [12345]

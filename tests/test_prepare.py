@@ -15,7 +15,7 @@ import pytest
 import wfdb
 
 from ecgqa.constants import LEADS
-from ecgqa.data import PreparedData
+from ecgqa.prepared import PreparedData
 from ecgqa.prepare import PrepareError, prepare
 from mapping.mapper import map_release
 

@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +48,7 @@ def direct(qa_checkpoint):
 
 @pytest.fixture(scope="module")
 def data(prepared_qa):
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     return PreparedData(prepared_qa)
 
@@ -111,7 +110,7 @@ def test_healthz_info_and_page(client, predictor, data):
     assert info["model_name"] == predictor.model_name
     assert info["n_classes"] == len(predictor.classes) == 103
     assert info["rate"] == predictor.rate == 500
-    assert info["n_ecgs"] == len(np.load(Path(data.path) / "ecg_ids.npy"))
+    assert info["n_ecgs"] == len(data.ecg_ids)
     assert info["data_version"] == "ptbxl"
     page = client.get("/")
     assert page.status_code == 200 and "<title>ECG-QA demo</title>" in page.text
@@ -123,7 +122,7 @@ def test_healthz_info_and_page(client, predictor, data):
 
 
 def test_ecg_list_paging_and_counts(client, data, release):
-    ids = sorted(int(i) for i in np.load(Path(data.path) / "ecg_ids.npy"))
+    ids = sorted(int(i) for i in data.ecg_ids)
     first = client.get("/api/ecgs", params={"limit": 150}).json()
     rest = client.get("/api/ecgs", params={"offset": 150, "limit": 150}).json()
     assert first["total"] == rest["total"] == len(ids)

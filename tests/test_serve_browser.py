@@ -92,7 +92,7 @@ def artefacts(tmp_path_factory) -> Path:
 
 def test_pick_ecg_ask_and_read_the_answer(page, qa_checkpoint, prepared_qa, artefacts):
     import ecgqa
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
 
     data = PreparedData(prepared_qa)
     ecg_id = 127

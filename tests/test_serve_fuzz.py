@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 @pytest.fixture(scope="module")
 def fuzz_schema(qa_checkpoint, prepared_qa):
     import ecgqa
-    from ecgqa.data import PreparedData
+    from ecgqa.prepared import PreparedData
     from ecgqa.serve.app import create_app
 
     app = create_app(ecgqa.load(qa_checkpoint, device="cpu"), PreparedData(prepared_qa))

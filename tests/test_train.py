@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import ecgqa
 from ecgqa.cli import main
-from ecgqa.data import PreparedData
+from ecgqa.prepared import PreparedData
 from ecgqa.train import TrainConfig, train
 
 
@@ -35,7 +35,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow  # trains a checkpoint fixture
 def test_qa_checkpoint_holds_everything_to_answer(qa_checkpoint, prepared_qa):
     config = json.loads((qa_checkpoint / "config.json").read_text())
-    meta = json.loads((prepared_qa / "meta.json").read_text())
+    meta = PreparedData(prepared_qa).meta
     assert config["task"] == "qa" and config["model_name"] == "fusion-test"
     assert config["classes"] == meta["classes"] and len(config["classes"]) == 103
     assert (config["rate"], config["signal_length"]) == (meta["rate"], meta["signal_length"]) == (500, 5000)

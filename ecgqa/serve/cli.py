@@ -51,7 +51,9 @@ def _legacy_quickstart(out: Path, quiet: bool) -> tuple[Path, Path]:
     from ecgqa import quickstart
 
     ckpt, data = out / "checkpoints" / "fusion-small", out / "prepared" / "ptbxl-template-qa"
-    if (ckpt / "config.json").is_file() and (data / "meta.json").is_file():
+    from ecgqa.prepared import is_prepared
+
+    if (ckpt / "config.json").is_file() and is_prepared(data):
         return ckpt, data
     print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
     parser = argparse.ArgumentParser(prog="ecgqa quickstart")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ecgqa.prepared import PreparedData
     except ImportError:  # until ecgqa/prepared.py lands
-        from ecgqa.data import PreparedData
+        from ecgqa.prepared import PreparedData
 
     server.limit_malloc_arenas()
     if (args.checkpoint is None) != (args.data is None):
