@@ -54,7 +54,7 @@ class Sources:
     image_detail: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)  # recorded in the report
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for name, have in (("classifier", self.grounder), ("image", self.images), ("features", self.features)):
             if name in self.inputs and have is None:
                 raise ValueError(f"--input {name} needs its source (for classifier: --grounding CKPT)")
@@ -161,6 +161,17 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
     return out
 
 
+def paper_columns(report: dict[str, Any]) -> str:
+    """One line of EM in the paper's columns (``ecgqa.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
+    from ecgqa.metrics import paper_row
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    names = {"em_macro_single": "macro single-ECG (paper headline)", "em_macro_all": "macro all types"}
+    return "EM % " + " | ".join(f"{names.get(k, k)} {pct(v)}" for k, v in paper_row(report).items())
+
+
 def render_report_md(report: dict[str, Any]) -> str:
     from ecgqa.report import render_markdown
 
@@ -213,6 +224,7 @@ def evaluate(
 
     if isinstance(sources, Grounder):
         sources = Sources(("classifier",), grounder=sources)
+    sources.check()
     out = Path(out)
     claim_out(out)
     t0 = time.time()
@@ -288,9 +300,9 @@ def evaluate(
     atomic_write_json(out / "run_log.json", run_log, indent=2)
     if stopped is not None:
         raise stopped
-    log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions "
-        f"(macro over single-ECG types {100 * (report.get('em_macro_single') or 0):.1f} %), "
+    log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions, "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}")
+    log(paper_columns(report))
     return report
 
 
