@@ -346,7 +346,7 @@ def run_llm_eval(
                   "the paper's sample ids", file=sys.stderr)
     data_hash = str(prepared.meta.get("content_hash", ""))
     cache_root = Path(grounding_cache).parent if grounding_cache else out / "grounding_cache"
-    rate = float(prepared.meta.get("rate") or 0)
+    rate = float(prepared.rate)
 
     def signal_by_id(ecg_id: int) -> Any:
         return prepared.signals[prepared.row_of(ecg_id)]

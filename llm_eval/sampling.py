@@ -86,7 +86,7 @@ def questions_from_rows(rows: Iterable[dict[str, Any]], classes: list[str]) -> l
 
 
 def questions_from_prepared(data: Any, split: str) -> list[Question]:
-    """Questions of one split of a prepared QA directory (an ``ecgqa.data.PreparedData``)."""
+    """Questions of one split of a prepared QA directory (an ``ecgqa.prepared.PreparedData``)."""
     if data.meta.get("task") != "qa":
         raise ValueError(
             f"{data.path}: llm-eval needs a prepared QA directory (meta.json task 'qa'), not task "
