@@ -376,15 +376,15 @@ def _grounder(grounding: str | Path, prepared: Any, data_hash: str, grounding_ca
               device: str | None, batch_size: int, progress: bool) -> tuple[Grounder, str]:
     """The classifier input: an upperbound checkpoint checked against the prepared data, with its score cache."""
     import ecgqa
+    from ecgqa.checkpoint import check_compatible
 
     predictor = ecgqa.load(grounding, device=device)
     if predictor.task != "upperbound":
         raise ValueError(f"--grounding {grounding} is a {predictor.task!r} checkpoint; it must be an upperbound one "
                          "(trained on a prepared upperbound directory)")
-    rate = prepared.meta.get("rate")
-    if rate is not None and predictor.rate != rate:
-        raise ValueError(f"--grounding {grounding} expects {predictor.rate} Hz signals but {prepared.path} holds "
-                         f"{rate} Hz; re-prepare with --rate {predictor.rate}")
+    # The one rate/length policy (ecgqa/checkpoint.py): the QA data's signals must be what the classifier was
+    # trained on; the task and classes differ by design (a grounding classifier read on QA questions).
+    check_compatible(predictor, prepared, signal_only=True)
     fp = fingerprint(grounding, data_hash)
     cache = Path(grounding_cache) if grounding_cache else out / "grounding_cache" / f"{fp}.jsonl"
     return Grounder(predictor, prepared_signal_of(prepared), cache, fingerprint=fp, batch_size=batch_size,

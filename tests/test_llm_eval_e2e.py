@@ -239,3 +239,18 @@ def test_inputs_side_by_side_through_the_cli(tmp_path, server, prepared_qa, uppe
     assert _cli([*base, *runs["image"], "--out", str(tmp_path / "image")]) == 0
     log = json.loads((tmp_path / "image" / "run_log.json").read_text())
     assert log["images_rendered"] == 0 and log["requests_sent"] == 0 and server.state.stats()["received"] == before
+
+
+@pytest.mark.slow
+def test_grounding_checkpoint_at_another_rate_is_refused(tmp_path, server, mapped_sample, upperbound_checkpoint,
+                                                         capsys):
+    """One rate policy (ecgqa.checkpoint.check_compatible): never resampled on the fly, the fix is named."""
+    from ecgqa.prepare import prepare
+
+    data = tmp_path / "qa-250"
+    prepare(mapped_sample, data, variant="template", task="qa", rate=250, progress=False)
+    rc = _cli(["--data", str(data), "--grounding", str(upperbound_checkpoint), "--model", "m", "--base-url", server.url,
+               "--split", "valid", "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "250 Hz" in err and "500 Hz" in err and "--rate 500" in err
+    assert server.state.stats()["received"] == 0
