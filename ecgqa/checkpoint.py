@@ -37,6 +37,15 @@ TRAIN_OPTIONS = "train_options.json"
 REQUIRED = (CONFIG, WEIGHTS, PREPARED_META)
 
 
+#: prepared tasks and the model task that trains on them ("attributes": dense labels in the upperbound schema)
+MODEL_TASK_OF_DATA = {"qa": "qa", "upperbound": "upperbound", "attributes": "upperbound"}
+
+
+def data_task(prepared_task: str | None) -> str | None:
+    """The model task (``qa`` / ``upperbound``) that reads data prepared with ``prepared_task``."""
+    return MODEL_TASK_OF_DATA.get(prepared_task or "", prepared_task)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (missing, incomplete, or incompatible with the data)."""
 
@@ -155,20 +164,24 @@ def _describe(ckpt: Any) -> str:
     return f"checkpoint {path}" if path else "the checkpoint"
 
 
-def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False) -> None:
+def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False, signal_only: bool = False) -> None:
     """Raise :class:`CheckpointError` unless prepared ``data`` can be fed to ``ckpt`` as it is.
 
     ``ckpt`` is a :class:`Checkpoint` or anything with ``task``, ``classes``, ``rate``,
     ``signal_length`` (a ``Predictor``); ``data`` a prepared directory reader (``.meta``, ``.path``).
     Checked: task, answer space / grounding classes (same names, same order), sampling rate and signal
     length (the rate policy in the module docstring), and with ``tokenizer=True`` (continuing training
-    on new data) that the data's tokenizer has the checkpoint's vocabulary.
+    on new data) that the data's tokenizer has the checkpoint's vocabulary. ``signal_only=True`` checks
+    only rate and signal length: an upperbound classifier reading the ECGs of QA data (LLM grounding).
     """
     meta = data.meta
     where = getattr(data, "path", "the prepared data")
     who = _describe(ckpt)
+    if signal_only:
+        _check_signal(ckpt, meta, where, who)
+        return
     task = meta.get("task")
-    if ckpt.task != task:
+    if ckpt.task != data_task(task):
         raise CheckpointError(
             f"{who} is a {ckpt.task!r} model but {where} was prepared for task {task!r}; "
             f"use data prepared with `ecgqa prepare --task {ckpt.task}`"
@@ -182,6 +195,17 @@ def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False) -> None:
             f"{who} predicts {len(ckpt.classes)} {what} that differ from the {len(classes)} of {where} "
             f"(first difference at index {first}; another release version?); use data of the version it was trained on"
         )
+    _check_signal(ckpt, meta, where, who)
+    ours = getattr(ckpt, "tokenizer", None) if tokenizer and task == "qa" else None
+    if ours is not None and ours.get_vocab() != data.tokenizer.get_vocab():
+        raise CheckpointError(
+            f"the question tokenizer of {where} differs from the one {who} was trained with "
+            f"(token ids would change); reuse the checkpoint's tokenizer/"
+        )
+
+
+def _check_signal(ckpt: Any, meta: dict[str, Any], where: Any, who: str) -> None:
+    """The rate policy: prepared data must have the checkpoint's rate and signal length."""
     rate, length = int(meta.get("rate", -1)), int(meta.get("signal_length", -1))
     if (rate, length) != (int(ckpt.rate), int(ckpt.signal_length)):
         seconds = ckpt.signal_length / ckpt.rate
@@ -189,10 +213,4 @@ def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False) -> None:
             f"{where} holds {rate} Hz x {length} samples but {who} was trained on {ckpt.rate} Hz x "
             f"{ckpt.signal_length} samples; prepared data is never resampled on the fly: re-prepare with "
             f"`ecgqa prepare ... --rate {ckpt.rate} --seconds {seconds:g}`"
-        )
-    ours = getattr(ckpt, "tokenizer", None) if tokenizer and task == "qa" else None
-    if ours is not None and ours.get_vocab() != data.tokenizer.get_vocab():
-        raise CheckpointError(
-            f"the question tokenizer of {where} differs from the one {who} was trained with "
-            f"(token ids would change); reuse the checkpoint's tokenizer/"
         )

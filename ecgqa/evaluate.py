@@ -140,7 +140,9 @@ def evaluate(
 
 def _trained_on(checkpoint: Path, predictor: Any, prepared: Any, split: str) -> str | None:
     """A warning when ``split`` is the very data the checkpoint was trained on (its EM is not a test score)."""
-    options = checkpoint / "train_options.json"
+    from ecgqa.checkpoint import TRAIN_OPTIONS
+
+    options = checkpoint / TRAIN_OPTIONS
     meta = getattr(predictor, "meta", None) or {}
     if not options.is_file() or meta.get("content_hash") != prepared.meta.get("content_hash"):
         return None

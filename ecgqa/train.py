@@ -12,8 +12,8 @@ checkpoint rotation, best-model selection and resuming, and runs unchanged under
 6. :func:`find_resume_checkpoint` — the newest *complete* ``checkpoint-N`` (torn ones skipped, said so);
 7. ``trainer.train`` and ``ecgqa.checkpoint.save_checkpoint`` of the best-EM model.
 
-The loss is the model's (``model(**batch, labels=...)`` returns ``.loss``, the reference baselines'
-BCE); the trainer only falls back to computing it for a model that returns none.
+The loss is the model's (``model(**batch, labels=..., label_mask=...)`` returns ``.loss``: the reference
+baselines' BCE, ``ecgqa/losses.py``); the trainer never computes a second one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecgqa.checkpoint import PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, save_checkpoint
+from ecgqa.checkpoint import PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, data_task, save_checkpoint
 from ecgqa.recipes import DEFAULT_RECIPE, RECIPES, describe_schedule, grad_accum_for, recipe_for, tri_stage_factor
 
 TRAINER_DIR = "checkpoints"
@@ -38,6 +38,9 @@ RUN_MARKER = "train_run.json"
 #: what a run writes into --out (a fresh run replaces exactly these)
 RUN_OUTPUTS = (TRAINER_DIR, METRICS_LOG, RUN_MARKER, TRAIN_OPTIONS, PREPARED_META, TOKENIZER_DIR,
                "config.json", "model.safetensors", "generation_config.json")
+#: config fields the run sets itself (from the data, the tokenizer, the registry): not --set-able
+RESERVED_FIELDS = frozenset({"model_type", "model_name", "task", "classes", "num_classes", "rate", "signal_length",
+                             "vocab_size", "pad_token_id", "sep_token_id", "max_question_len", "transformers_version"})
 #: a Trainer checkpoint-N is complete once these exist (trainer_state.json is written last)
 COMPLETE_FILES = ("trainer_state.json",)
 
@@ -121,7 +124,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model config field, e.g. --set hidden_size=256 --set num_layers=4")
     parser.add_argument("--tiny", action="store_true",
-                        help="train the -test size of the model's family (ecgqa.models.test_variant, e.g. "
+                        help="train the -test size of the model's family (ecgqa.models.variant_for_tests, e.g. "
                         "fusion-small -> fusion-test) for smoke runs and CI; --set fields still apply")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -145,9 +148,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = _parse_overrides(args.set)
     model = args.model
     if args.tiny:
-        from ecgqa.models import test_variant
+        from ecgqa.models import variant_for_tests
 
-        model = test_variant(args.model)
+        model = variant_for_tests(args.model)
     return TrainConfig(
         data=args.data, model=model, out=args.out, recipe=args.recipe, max_steps=args.max_steps,
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -345,12 +348,12 @@ def load_datasets(config: TrainConfig, tokenizer: Any = None) -> Datasets:
     """The prepared splits as torch datasets; QA questions are tokenized with ``tokenizer`` (default:
     the text encoder's, else the prepared data's)."""
     from ecgqa.data import ECGQADataset, UpperboundDataset, collate_qa, collate_upperbound
-    from ecgqa.prepared import PreparedData
     from ecgqa.models import task_of
+    from ecgqa.prepared import PreparedData
 
     data = PreparedData(config.data)
     task = task_of(config.model)
-    if data.meta.get("task") != task:
+    if data_task(data.meta.get("task")) != task:
         raise ValueError(
             f"{config.data} was prepared for task {data.meta.get('task')!r} but {config.model!r} trains on {task!r} "
             f"data; run `ecgqa prepare --task {task}` (QA models need qa data, se-wrn/resnet-attn need upperbound data)"
@@ -386,13 +389,18 @@ def load_datasets(config: TrainConfig, tokenizer: Any = None) -> Datasets:
 
 def check_overrides(model: str, overrides: dict[str, Any]) -> None:
     """``--set FIELD=VALUE``: the field must exist in the model's config and the value fit its type."""
+    from transformers import PretrainedConfig
+
     from ecgqa.models import create_config
 
-    defaults = create_config(model).to_dict()
+    generic = set(PretrainedConfig().to_dict())
+    defaults = {k: v for k, v in create_config(model).to_dict().items() if k not in generic}
     for key, value in overrides.items():
+        if key in RESERVED_FIELDS:
+            raise ValueError(f"--set {key}={value!r}: {key} comes from the prepared data or the tokenizer, not --set "
+                             f"(max question length: --max-question-len)")
         if key not in defaults:
-            known = ", ".join(sorted(k for k, v in defaults.items() if isinstance(v, (int, float, str, bool))
-                                     and not k.startswith("_")))
+            known = ", ".join(sorted(k for k in defaults if k not in RESERVED_FIELDS))
             raise ValueError(f"--set {key}={value!r}: {model} has no config field {key!r}; its fields: {known}")
         default = defaults[key]
         if isinstance(default, bool):
@@ -459,10 +467,7 @@ def _em_metrics(task: str):
 def _trainer_classes():
     """Our Trainer subclass and callbacks (defined lazily: transformers is a heavy import)."""
     import torch
-    import torch.nn.functional as F
     from transformers import Trainer, TrainerCallback
-
-    from ecgqa.losses import labelled_bce
 
     class ECGQATrainer(Trainer):
         loss_is_scaled_for_ga = False  # our losses are per-batch means; let the Trainer divide for accumulation
@@ -480,12 +485,9 @@ def _trainer_classes():
             if "label_mask" in inputs:
                 batch["label_mask"] = inputs["label_mask"]
             outputs = model(**batch)
-            loss = getattr(outputs, "loss", None)
-            if loss is None:  # a model that does not own its loss yet (contract: models return .loss)
-                labels = inputs["labels"].to(outputs.logits.dtype)
-                loss = (F.binary_cross_entropy_with_logits(outputs.logits, labels) if self.task == "qa"
-                        else labelled_bce(outputs.logits, labels, inputs["label_mask"]))
-            return (loss, outputs) if return_outputs else loss
+            if outputs.loss is None:
+                raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with labels")
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
 
         def create_optimizer(self, model=None):
             if self.recipe.optimizer != "adam":

@@ -298,3 +298,20 @@ def test_check_compatible_names_both_rates_and_the_fix(qa_checkpoint, prepared_q
         check_compatible(ckpt, swapped)
     with pytest.raises(CheckpointError, match="prepared for task 'upperbound'"):
         check_compatible(ckpt, SimpleNamespace(meta={**data.meta, "task": "upperbound"}, path="p"))
+    # an upperbound classifier reading the ECGs of QA data (LLM grounding): rate and length only
+    qa_meta = SimpleNamespace(meta={**data.meta, "task": "upperbound", "classes": ["x"]}, path="p")
+    check_compatible(ckpt, qa_meta, signal_only=True)
+    with pytest.raises(CheckpointError, match="250 Hz"):
+        check_compatible(ckpt, SimpleNamespace(meta={**qa_meta.meta, "rate": 250}, path="p"), signal_only=True)
+
+
+@pytest.mark.slow  # trains a checkpoint fixture
+def test_upperbound_checkpoint_reads_attributes_data(upperbound_checkpoint, prepared_upperbound):
+    from types import SimpleNamespace
+
+    from ecgqa.checkpoint import check_compatible, load_checkpoint
+    from ecgqa.data import PreparedData
+
+    ckpt = load_checkpoint(upperbound_checkpoint, device="cpu")
+    meta = PreparedData(prepared_upperbound).meta
+    check_compatible(ckpt, SimpleNamespace(meta={**meta, "task": "attributes"}, path="p"))  # same classes, dense labels

@@ -234,7 +234,8 @@ def test_set_overrides_parse_json_values():
     (["--set", "hidden_size=abc"], "--set hidden_size='abc': expected a int >= 1"),
     (["--set", "hidden_size=0"], "--set hidden_size=0: expected a int >= 1"),
     (["--set", "num_layers=-1"], "--set num_layers=-1: expected a int >= 1"),
-    (["--set", "bogus_field=1"], "fusion-small has no config field 'bogus_field'"),
+    (["--set", "bogus_field=1"], "has no config field 'bogus_field'; its fields: "),
+    (["--set", "rate=250"], "--set rate=250: rate comes from the prepared data"),
     (["--text-encoder", "/nonexistent/encoder"], "--text-encoder /nonexistent/encoder: cannot load it"),
 ])
 def test_bad_options_are_one_line_errors(prepared_qa, tmp_path, capsys, flags, message):
@@ -338,3 +339,33 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
     lines = capsys.readouterr().out.splitlines()
     assert "effective batch: 128 = batch 32 x grad-accum 4 x 1 device(s)" in lines and "updates: 100000" in lines
     assert any("weight decay 0.0005" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_qa_resume_reuses_the_runs_tokenizer(prepared_qa, tmp_path):
+    """A rebuild of the prepared data between kill and resume must not change token ids under the run (P14)."""
+    import shutil
+
+    from ecgqa.models import variant_for_tests
+
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared_qa, data)
+    original = PreparedData(data).tokenizer.get_vocab()
+
+    def config(**kw):
+        return TrainConfig(data=data, model=variant_for_tests("fusion-small"), out=tmp_path / "run", max_steps=4,
+                           batch_size=8, save_steps=2, eval_split=None, lr=1e-3, warmup=0, quiet=True, **kw)
+
+    train(config(), stop_after=2)
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "tokenizer.json").is_file()
+    (tok_file,) = [p for p in data.rglob("tokenizer.json")]
+    tok = json.loads(tok_file.read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = [w for w in vocab if w.isalpha()][:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # the rebuilt vocabulary gives two words each other's ids
+    tok_file.write_text(json.dumps(tok))
+    assert PreparedData(data).tokenizer.get_vocab() != original
+    train(config(resume=True))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer")).get_vocab() == original
