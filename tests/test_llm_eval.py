@@ -695,7 +695,7 @@ def _sources(inputs, tmp_path, signals, grounding_classes, *, dpi=30, layout="3x
     )
 
 
-@pytest.mark.parametrize("inputs", [("image",), ("features",), ("none",),
+@pytest.mark.parametrize("inputs", [("image",), pytest.param(("features",), marks=pytest.mark.slow), ("none",),
                                     pytest.param(("classifier",), marks=pytest.mark.slow),
                                     pytest.param(("image", "classifier"), marks=pytest.mark.slow),
                                     pytest.param(("image", "features", "classifier"), marks=pytest.mark.slow)])
@@ -750,7 +750,7 @@ def test_each_ecg_rendered_once_and_cached_beside_the_grounding_cache(tmp_path, 
                                                                       train_questions):
     from llm_eval.run import build_prompts
 
-    qs = train_questions[:40]
+    qs = train_questions[:12]
     sources = _sources(("image",), tmp_path, signals, grounding_classes)
     build_prompts(qs, sources)
     distinct = {e for q in qs for e in q.ecg_ids}
@@ -848,3 +848,23 @@ def test_parse_inputs():
     for bad in ("", "image,none", "pictures"):
         with pytest.raises(ValueError, match="--input"):
             parse_inputs(bad)
+
+
+@pytest.mark.slow
+def test_resume_with_images_resends_only_the_failed_and_matches_an_uninterrupted_run(tmp_path, server, signals,
+                                                                                      grounding_classes, every_type):
+    qs = list(every_type.values())
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 2, "max_retries": 0, "progress": False}
+    server.state.fail_substring = f"Question: {qs[1].question}\n"
+    first = evaluate(qs, _sources(("image", "features"), tmp_path, signals, grounding_classes), "vl",
+                     tmp_path / "out", **kwargs)
+    assert first["n_failed"] == 1 and first["failed_sample_ids"] == [qs[1].sample_id]
+    server.state.fail_substring = None
+    before = server.state.stats()["received"]
+    resumed = evaluate(qs, _sources(("image", "features"), tmp_path, signals, grounding_classes), "vl",
+                       tmp_path / "out", **kwargs)
+    assert server.state.stats()["received"] - before == 1 and resumed["n_failed"] == 0
+    fresh = evaluate(qs, _sources(("image", "features"), tmp_path / "other", signals, grounding_classes), "vl",
+                     tmp_path / "fresh", **kwargs)
+    assert (tmp_path / "fresh" / "report.json").read_text() == (tmp_path / "out" / "report.json").read_text()
+    assert fresh == resumed
