@@ -650,7 +650,7 @@ def _build(build: Path, out: Path, inputs: Inputs, opts: Options, digest: str, n
         dropped=_dropped_summary(dropped),
         length_adjusted=adjusted,
         tokenizer=tok,
-        upperbound=task.stats(),
+        task_stats=task.stats(),
     )
 
 

@@ -79,8 +79,8 @@ class PreparedMeta(BaseModel):
     dropped: dict[str, Any]
     length_adjusted: int
     tokenizer: TokenizerInfo | None = None
-    #: Task-specific statistics (e.g. the upperbound conversion counts).
-    upperbound: dict[str, Any] | None = None
+    #: Task-specific statistics (``TaskBuilder.stats()``, e.g. the upperbound conversion counts per split).
+    task_stats: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Stable bytes: same meta → same file (no timings, no absolute temp paths)."""

@@ -149,7 +149,7 @@ def map_release(
             raise MissingRecordsError(_missing_message(version, records, rate, all_missing, failed))
         for f in RELEASE_FILES:
             if (version_dir / f).is_file():
-                shutil.copy2(version_dir / f, staging / f)
+                shutil.copyfile(version_dir / f, staging / f)  # a new file: mode from the umask
         report["status"] = "ok"
         atomic_write_json(staging / REPORT, report, indent=None)  # last: marks the output ours and complete
         swap_dir(staging, out)

@@ -154,3 +154,97 @@ def test_cli_entry_points(tmp_path):
         text=True,
     )
     assert run.returncode == 1 and "198 records referenced by the release were not found" in run.stderr
+
+
+# ------------------------------------------------------------------ outputs we may replace (issue 13)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_remap_leaves_no_stale_shards(sample_paths, tmp_path):
+    """P12: an earlier release's shards (other names) must not survive next to the new ones."""
+    out = tmp_path / "out"
+    map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, out, progress=False)
+    release = _copy_release(sample_paths, tmp_path)
+    (release / "template/train/120000.json").rename(release / "template/train/7.json")
+    shutil.rmtree(release / "paraphrased")
+    report = map_release("ptbxl", release, sample_paths.ptbxl_records, out, progress=False)
+    shards = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/*.json"))
+    assert shards == ["template/train/7.json", "template/valid/60000.json"] == sorted(report["files"])
+    assert report["totals"]["mapped"] == 451
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "release"]  # no staging left beside it
+
+
+def test_crash_while_swapping_keeps_the_old_output_whole(sample_paths, tmp_path, monkeypatch):
+    """P13: a crash at the final step leaves the previous mapping complete, and the next run cleans up."""
+    from mapping import mapper
+
+    out = tmp_path / "out"
+    map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, out, progress=False)
+    before = _tree(out)
+    release = _copy_release(sample_paths, tmp_path)
+    (release / "template/train/120000.json").rename(release / "template/train/7.json")
+
+    def killed(build, target):
+        raise KeyboardInterrupt("simulated kill at the swap")
+
+    monkeypatch.setattr(mapper, "swap_dir", killed)
+    with pytest.raises(KeyboardInterrupt):
+        map_release("ptbxl", release, sample_paths.ptbxl_records, out, progress=False)
+    assert _tree(out) == before
+    monkeypatch.undo()
+    # a leftover of a killed run (its pid is gone) is removed by the next run
+    leftover = tmp_path / ".out.build-999999999"
+    (leftover / "template").mkdir(parents=True)
+    map_release("ptbxl", release, sample_paths.ptbxl_records, out, progress=False)
+    assert (out / "template/train/7.json").is_file() and not (out / "template/train/120000.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "release"]
+
+
+def test_map_refuses_an_out_it_did_not_write(sample_paths, tmp_path, capsys):
+    from ecgqa.cli import main
+    from ecgqa.files import OutputDirError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(OutputDirError, match=r"mine already holds 1 entries \(notes.txt\) but no mapping_report.json"):
+        map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, mine, progress=False)
+    assert _tree(mine) == {"notes.txt": b"keep"}
+    target = tmp_path / "file.json"
+    target.write_text("{}")
+    src = [str(sample_paths.ptbxl_release), "--records", str(sample_paths.ptbxl_records)]
+    assert main(["map", "ptbxl", *src, "--out", str(target), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and err.count("\n") == 1 and target.read_text() == "{}"
+
+
+def test_map_is_byte_identical_across_runs(sample_paths, tmp_path, mapped_sample):
+    again = tmp_path / "again"
+    report = map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, again, progress=False)
+    assert "seconds" in report and "seconds" not in _json(again / "mapping_report.json")
+    assert _tree(again) == _tree(mapped_sample)
+
+
+def test_map_disk_full_is_one_line_and_keeps_the_old_output(sample_paths, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from ecgqa.cli import main
+    from mapping import mapper
+
+    out = tmp_path / "out"
+    map_release("ptbxl", sample_paths.ptbxl_release, sample_paths.ptbxl_records, out, progress=False)
+    before = _tree(out)
+
+    def full(path, obj, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(mapper, "atomic_write_json", full)
+    src = [str(sample_paths.ptbxl_release), "--records", str(sample_paths.ptbxl_records)]
+    assert main(["map", "ptbxl", *src, "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device while writing ") and "mapping_report.json" in err
+    assert err.count("\n") == 1 and _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

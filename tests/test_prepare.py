@@ -15,8 +15,8 @@ import pytest
 import wfdb
 
 from ecgqa.constants import LEADS
-from ecgqa.prepared import PreparedData
 from ecgqa.prepare import PrepareError, prepare
+from ecgqa.prepared import PreparedData
 from mapping.mapper import map_release
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -450,3 +450,282 @@ def test_cli_prepare_defaults_to_the_bundled_sample(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert main(["prepare", str(tmp_path / "missing"), "--version", "ptbxl", "--out", str(out), "-q"]) == 2
     assert os.path.isdir(out)
+
+
+# ------------------------------------------------------------------ outputs we may replace (issue 13)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path → its bytes (folders implied)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tiny_mapped(tmp_path: Path, sample_paths, samples_by_split: dict[str, list[dict]], ids=(2, 5)) -> Path:
+    release = make_release(tmp_path / "release", sample_paths.ptbxl_release, samples_by_split)
+    records = copy_ptbxl_records(tmp_path / "ptbxl", sample_paths.ptbxl_records, list(ids))
+    mapped = tmp_path / "mapped"
+    map_release("ptbxl", release, records, mapped, progress=False)
+    return mapped
+
+
+def _noise(sid, ecg, lead="I", answer="no"):
+    return qa(sid, 26, "single-verify", "noise", f"Does this ECG show static noise in lead {lead}?", [answer], [ecg],
+              ["static noise"])
+
+
+def test_out_holding_user_files_is_refused_and_kept(handmade, tmp_path, capsys):
+    from ecgqa.cli import main
+    from ecgqa.files import OutputDirError
+
+    _, _, mapped, _, _ = handmade
+    mine = tmp_path / "important"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("my thesis")
+    (mine / "sub" / "data.csv").write_text("precious")
+    before = _tree(mine)
+    with pytest.raises(OutputDirError, match=r"important already holds 2 entries \(sub/, thesis.txt\) but no meta.json"):
+        prepare(mapped, mine, progress=False)
+    assert _tree(mine) == before and not list(tmp_path.glob(".important.*"))
+    # a user's meta.json that is not ours does not count as our marker
+    (mine / "meta.json").write_text('{"title": "my notes"}')
+    with pytest.raises(OutputDirError, match="its meta.json was not written by this tool"):
+        prepare(mapped, mine, progress=False)
+    # a file at --out, through the CLI: one line, rc 2, the file intact
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["prepare", str(mapped), "--out", str(target), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "is a file" in err and err.count("\n") == 1
+    assert target.read_text() == "keep me" and not list(tmp_path.glob(".notes.txt.*"))
+
+
+def test_out_dot_is_a_clear_error(handmade, tmp_path, monkeypatch, capsys):
+    from ecgqa.cli import main
+
+    _, _, mapped, _, _ = handmade
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "script.py").write_text("print(1)")
+    monkeypatch.chdir(work)
+    assert main(["prepare", str(mapped), "--out", ".", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "current folder" in err
+    assert (work / "script.py").read_text() == "print(1)"
+
+
+def test_prepare_replaces_its_own_output_and_an_empty_folder(handmade, tmp_path):
+    _, _, mapped, _, _ = handmade
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare(mapped, empty, progress=False)
+    assert PreparedData(empty).meta["n_ecgs"] == 2
+    prepare(mapped, empty, progress=False, rate=100)  # ours: rebuilt in place
+    assert PreparedData(empty).rate == 100 and PreparedData(empty).signal_length == 1000
+
+
+def test_stale_build_folders_are_cleaned(handmade, tmp_path):
+    import subprocess
+    import sys
+
+    _, _, mapped, _, _ = handmade
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    for name in (f".prep.build-{dead}", f".prep.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "signals.npy").write_bytes(b"x")
+    prepare(mapped, tmp_path / "prep", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"]
+
+
+# ------------------------------------------------------------------------- same inputs, same bytes
+
+
+def test_prepare_is_byte_identical_across_runs(prepared_qa, mapped_sample, tmp_path):
+    """A second build of the bundled sample equals the session fixture's, file by file (tokenizer included)."""
+    again = tmp_path / "again"
+    prepare(mapped_sample, again, variant="template", task="qa", rate=500, progress=False)
+    first, second = _tree(prepared_qa), _tree(again)
+    assert sorted(first) == sorted(second)
+    assert "tokenizer/tokenizer.json" in first and "questions/train/state.json" in first
+    for name in first:
+        assert first[name] == second[name], name
+
+
+@pytest.mark.parametrize("task, tokenizer", [("qa", "trained"), ("upperbound", "bert")])
+def test_other_builds_are_byte_identical_too(handmade, tmp_path, task, tokenizer):
+    _, _, mapped, _, _ = handmade
+    a, b = tmp_path / "a", tmp_path / "b"
+    prepare(mapped, a, task=task, tokenizer=tokenizer, progress=False)
+    prepare(mapped, b, task=task, tokenizer=tokenizer, progress=False, num_proc=2)
+    assert _tree(a) == _tree(b)
+
+
+def test_trained_tokenizer_is_deterministic_across_processes(tmp_path):
+    """Python's string hashing differs per process (PYTHONHASHSEED); the vocabulary must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from ecgqa.vocab import train_wordpiece; "
+            "from ecgqa import sample; import glob\n"
+            "qs = [s['question'] for f in sorted(glob.glob(str(sample.paths().ptbxl_release / 'template/train/*.json'))) "
+            "for s in json.load(open(f))]\n"
+            "tok = train_wordpiece(qs); tok.save_pretrained(sys.argv[1])")
+    outs = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, capture_output=True)
+        outs.append(_tree(out))
+    assert outs[0] == outs[1] == outs[2] and "tokenizer.json" in outs[0]
+
+
+# -------------------------------------------------------------------------------- question tokenizer
+
+
+def test_default_tokenizer_is_bert_base_uncased(prepared_qa):
+    from ecgqa.vocab import BERT_VOCAB
+
+    lines = BERT_VOCAB.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 30522 and BERT_VOCAB.stat().st_size == 231508
+    assert hashlib.sha256(BERT_VOCAB.read_bytes()).hexdigest() == (
+        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3")
+    assert [lines[i] for i in (0, 100, 101, 102, 103)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert (lines[1996], lines[7592], lines[2088], lines[1037]) == ("the", "hello", "world", "a")
+    data = PreparedData(prepared_qa)
+    tok = data.tokenizer
+    assert len(tok) == 30522 and tok.pad_token_id == 0 and tok.unk_token_id == 100
+    assert tok.tokenize("ECG") == ["ec", "##g"]
+    assert tok("Does this ECG show sinus rhythm?")["input_ids"] == [101, 2515, 2023, 14925, 2290, 2265, 8254, 2271, 6348,
+                                                                     1029, 102]
+    info = data.info.tokenizer
+    assert (info.kind, info.vocab_size) == ("bert-base-uncased", 30522)
+    assert info.vocab_sha256 == hashlib.sha256(BERT_VOCAB.read_bytes()).hexdigest()
+
+
+def test_trained_tokenizer_sees_the_train_split_only(tmp_path, sample_paths):
+    train = [_noise(1, 2), _noise(2, 5, lead="II")]
+    valid = [qa(3, 26, "single-verify", "noise", "Does this electrocardiogram show baseline drift?", ["no"], [5],
+                ["baseline drift"])]
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": train, "valid": valid})
+    out = tmp_path / "prep"
+    prepare(mapped, out, tokenizer="trained", progress=False)
+    data = PreparedData(out)
+    vocab = data.tokenizer.get_vocab()
+    assert data.info.tokenizer.kind == "trained" and data.meta["splits"] == {"train": 2, "valid": 1}
+    for word in ("does", "static", "noise", "lead"):
+        assert word in vocab  # whole words of the train questions
+    for word in ("electrocardiogram", "baseline", "drift"):
+        assert word not in vocab  # only in valid: spelled from characters, never a whole token
+    assert data.tokenizer.tokenize("dish") == ["d", "##i", "##s", "##h"]  # unseen word, seen characters
+    assert data.tokenizer.tokenize("drift") == ["[UNK]"]  # "r" and "f" occur in no train question
+
+
+# -------------------------------------------------------------------- clear errors (issue 13, P5-P7, P16)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seconds", "0", "--seconds 0.0: give a signal length between 1 and 120 seconds"),
+        ("--seconds", "-1", "--seconds -1.0: give a signal length"),
+        ("--seconds", "nan", "--seconds nan: give a signal length"),
+        ("--rate", "7", "--rate 7: give a sample rate in Hz between 50 and 10000"),
+        ("--rate", "0", "--rate 0: give a sample rate"),
+        ("--rate", "-500", "--rate -500: give a sample rate"),
+        ("--num-proc", "0", "--num-proc 0: give a number of record readers between 1 and 256"),
+        ("--num-proc", "-3", "--num-proc -3: give a number of record readers"),
+    ],
+)
+def test_bad_options_are_one_line_errors(handmade, tmp_path, capsys, option, value, message):
+    from ecgqa.cli import main
+
+    _, _, mapped, _, _ = handmade
+    out = tmp_path / "prep"
+    assert main(["prepare", str(mapped), "--out", str(out), option, value, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_sample_values_fail_in_map_naming_file_and_sample(tmp_path, sample_paths):
+    from ecgqa.release import ReleaseError
+
+    for i, (change, message) in enumerate([
+        ({"ecg_id": None}, "ecg_id must be a non-empty list of integer ids, not null"),
+        ({"ecg_id": [2.9]}, r"ecg_id must be .*not \[2\.9\]"),
+        ({"ecg_id": ["2"]}, r'ecg_id must be .*not \["2"\]'),
+        ({"question": None}, "question must be a non-empty string, not null"),
+        ({"sample_id": "x"}, r'sample_id must be an integer, not "x"'),
+        ({"answer": "yes"}, r'answer must be a non-empty list of class names .*not "yes"'),
+    ]):
+        samples = [_noise(1, 2), {**_noise(2, 2), **change}]
+        release = make_release(tmp_path / f"r{i}", sample_paths.ptbxl_release, {"train": samples})
+        with pytest.raises(ReleaseError, match=r"0\.json: sample #1 \(sample_id .*\): " + message):
+            map_release("ptbxl", release, sample_paths.ptbxl_records, tmp_path / f"m{i}", progress=False)
+        assert not (tmp_path / f"m{i}").exists()
+
+
+def test_duplicate_sample_ids_across_shards_are_refused(tmp_path, sample_paths):
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2)], "valid": [_noise(1, 5)]})
+    with pytest.raises(PrepareError, match=r"valid/0\.json: sample_id 1 appears twice \(also in .*train/0\.json\)"):
+        prepare(mapped, tmp_path / "prep", progress=False)
+
+
+def test_empty_split_and_all_records_bad_are_clear_errors(tmp_path, sample_paths):
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2)], "valid": []})
+    with pytest.raises(PrepareError, match=r"split\(s\) \['valid'\] hold no samples; leave them out of --splits"):
+        prepare(mapped, tmp_path / "prep", progress=False)
+    meta = prepare(mapped, tmp_path / "prep", splits=["train"], progress=False)
+    assert meta["splits"] == {"train": 1}
+    # every record truncated: --drop-bad has nothing left
+    for dat in (tmp_path / "ptbxl").rglob("*.dat"):
+        dat.write_bytes(dat.read_bytes()[:100])
+    with pytest.raises(PrepareError, match=r"every one of the 1 records is bad, so nothing is left to prepare"):
+        prepare(mapped, tmp_path / "prep2", splits=["train"], drop_bad=True, progress=False)
+    assert not (tmp_path / "prep2").exists()
+
+
+def test_trained_tokenizer_needs_the_train_split(tmp_path, sample_paths):
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2)], "valid": [_noise(2, 5)]})
+    with pytest.raises(PrepareError, match="--tokenizer trained learns its vocabulary from the train split"):
+        prepare(mapped, tmp_path / "prep", splits=["valid"], tokenizer="trained", progress=False)
+    assert prepare(mapped, tmp_path / "prep", splits=["valid"], progress=False)["splits"] == {"valid": 1}
+
+
+def test_disk_full_is_one_line_and_keeps_the_old_output(handmade, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from ecgqa import prepared
+    from ecgqa.cli import main
+
+    _, _, mapped, out, _ = handmade
+    before = _tree(out)
+
+    def full(self, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(prepared.SignalStoreWriter, "append", full)
+    assert main(["prepare", str(mapped), "--out", str(out), "--force", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device while writing ") and "signals.npy" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert _tree(out) == before and not list(out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_honour_the_umask(handmade, tmp_path, mask, file_mode, dir_mode):
+    import stat
+
+    release, records, mapped, _, _ = handmade
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "prep"
+        prepare(mapped, out, progress=False)
+        remapped = tmp_path / "mapped"
+        map_release("ptbxl", release, records, remapped, progress=False)
+    finally:
+        os.umask(old)
+    for root in (out, remapped):
+        for p in [root, *root.rglob("*")]:
+            want = dir_mode if p.is_dir() else file_mode
+            assert stat.S_IMODE(p.stat().st_mode) == want, (p, oct(p.stat().st_mode))

@@ -83,3 +83,21 @@ def test_eleven_leads_is_wrong_lead_set(tmp_path):
     path = _write(tmp_path, "lead11", data, [lead for lead in LEADS if lead != "V3"])
     with pytest.raises(RecordError, match=r"lead11: wrong lead set .*missing \['V3'\]"):
         read_record(path)
+
+
+def test_fit_length_is_the_one_crop_pad(sample_paths):
+    from ecgqa.records import fit_length
+
+    path = _sample_records(sample_paths)[0]
+    expected = wfdb.rdsamp(str(path))[0].T.astype(np.float32)  # (12, 5000), independent of our reader
+    cropped = fit_length(expected, 3000)
+    np.testing.assert_array_equal(cropped, expected[:, :3000])
+    padded = fit_length(expected, 6000)
+    assert padded.shape == (12, 6000) and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[:, :5000], expected)
+    assert not padded[:, 5000:].any()
+    assert fit_length(expected, 5000) is expected
+    batch = np.stack([expected, expected])  # (2, 12, T): any leading axes
+    assert fit_length(batch, 100).shape == (2, 12, 100)
+    with pytest.raises(ValueError, match="positive"):
+        fit_length(expected, 0)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ecgqa.constants import LEAD_GROUPS, LEADS, question_codes
-from ecgqa.release import AnswerSpace, ReleaseError, encode_sample
+from ecgqa.release import AnswerSpace, ReleaseError, encode_sample, load_shard
 
 
 def _csv_classes(path):
@@ -70,3 +70,45 @@ def test_lead_groups_are_standard_leads():
     assert set(LEAD_GROUPS["inferoposterolateral"]) == set(LEADS) - {"aVR", "V4"}
     for leads in LEAD_GROUPS.values():
         assert set(leads) <= set(LEADS)
+
+
+_GOOD = {"template_id": 26, "question_id": 1, "sample_id": 7, "question_type": "single-verify",
+         "attribute_type": "noise", "question": "Does this ECG show static noise?", "answer": ["no"],
+         "ecg_id": [127], "attribute": ["static noise"]}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ecg_id": None}, r"ecg_id must be a non-empty list of integer ids, not null"),
+        ({"ecg_id": [127.9]}, r"ecg_id must be a non-empty list of integer ids, not \[127\.9\]"),
+        ({"ecg_id": ["127"]}, r'ecg_id must be .*not \["127"\]'),
+        ({"ecg_id": "../../etc/passwd"}, r'ecg_id must be .*"../../etc/passwd"'),
+        ({"ecg_id": [True]}, r"ecg_id must be"),
+        ({"question": None}, r"question must be a non-empty string, not null"),
+        ({"sample_id": "x"}, r"sample_id must be an integer, not \"x\""),
+        ({"answer": "yes"}, r'answer must be a non-empty list of class names .*not "yes"'),
+        ({"template_id": 26.0}, r"template_id must be an integer, not 26.0"),
+        ({"attribute": "static noise"}, r"attribute must be null or a list of strings"),
+    ],
+)
+def test_bad_sample_values_name_file_and_sample(tmp_path, change, message):
+
+
+    shard = tmp_path / "template" / "train" / "0.json"
+    shard.parent.mkdir(parents=True)
+    shard.write_text(json.dumps([_GOOD, {**_GOOD, "sample_id": 8, **change}]))
+    with pytest.raises(ReleaseError, match=message) as err:
+        load_shard(shard)
+    assert str(err.value).startswith(f"{shard}: sample #1 (sample_id ")
+
+
+def test_duplicate_sample_id_in_a_shard(tmp_path):
+
+
+    shard = tmp_path / "0.json"
+    shard.write_text(json.dumps([_GOOD, dict(_GOOD)]))
+    with pytest.raises(ReleaseError, match=r"0\.json: sample_id 7 appears twice"):
+        load_shard(shard)
+    shard.write_text(json.dumps([_GOOD, {**_GOOD, "sample_id": 9, "attribute": None}]))
+    assert [s["sample_id"] for s in load_shard(shard)] == [7, 9]
