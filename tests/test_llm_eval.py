@@ -750,7 +750,8 @@ def test_each_ecg_rendered_once_and_cached_beside_the_grounding_cache(tmp_path, 
                                                                       train_questions):
     from llm_eval.run import build_prompts
 
-    qs = train_questions[:12]
+    few = sorted({q.ecg_ids[0] for q in train_questions})[:4]
+    qs = [q for q in train_questions if set(q.ecg_ids) <= set(few)][:12]  # questions sharing four ECGs
     sources = _sources(("image",), tmp_path, signals, grounding_classes)
     build_prompts(qs, sources)
     distinct = {e for q in qs for e in q.ecg_ids}
