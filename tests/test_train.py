@@ -369,3 +369,22 @@ def test_qa_resume_reuses_the_runs_tokenizer(prepared_qa, tmp_path):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer")).get_vocab() == original
+
+
+@pytest.mark.slow
+def test_paper_recipe_trains_on_the_tri_stage_curve(prepared_qa, tmp_path):
+    """The Trainer really follows the recipe: update k (1-based, as logged) ran at lr · tri_stage_factor(k - 1, total),
+    so the first update uses 0.01 · lr, as fairseq's tri_stage does."""
+    from ecgqa.models import variant_for_tests
+    from ecgqa.recipes import tri_stage_factor
+
+    out = tmp_path / "paper"
+    train(TrainConfig(data=prepared_qa, model=variant_for_tests("fusion-small"), out=out, recipe="paper",
+                      max_steps=20, batch_size=4, grad_accum=1, eval_split=None, logging_steps=1, quiet=True))
+    lrs = {r["step"]: r["learning_rate"] for r in _log(out) if "learning_rate" in r}
+    assert sorted(lrs) == list(range(1, 21))
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(1e-4 * tri_stage_factor(step - 1, 20), rel=1e-6), step
+    assert lrs[1] == pytest.approx(1e-6) and lrs[3] == pytest.approx(1e-4) and lrs[20] < 1e-4
+    options = json.loads((out / "train_options.json").read_text())
+    assert options["args"]["weight_decay"] == 0.0 and options["recipe"] == "paper"
