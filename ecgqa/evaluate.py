@@ -55,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} {value}: must be a positive integer")
     report = evaluate(
         args.checkpoint,
         args.data,

@@ -257,6 +257,15 @@ def test_evaluate_refuses_mismatched_data(upperbound_checkpoint, prepared_qa, tm
     assert not (tmp_path / "x" / "report.json").exists()
 
 
+def test_evaluate_bad_counts_are_one_line_errors(tmp_path, capsys):
+    for flag in ("--batch-size", "--limit"):
+        rc = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                   flag, "0"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"error: {flag} 0: must be a positive integer"), err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow  # trains a checkpoint fixture
 def test_evaluate_out_must_be_ours(qa_checkpoint, prepared_test, tmp_path, capsys):
     """--out an existing file or a folder of someone else's: refused, nothing deleted; our own report: replaced."""

@@ -237,6 +237,7 @@ def test_set_overrides_parse_json_values():
     (["--set", "bogus_field=1"], "has no config field 'bogus_field'; its fields: "),
     (["--set", "rate=250"], "--set rate=250: rate comes from the prepared data"),
     (["--text-encoder", "/nonexistent/encoder"], "--text-encoder /nonexistent/encoder: cannot load it"),
+    (["--text-encoder", "no-such-org/no-such-encoder"], "--text-encoder no-such-org/no-such-encoder: cannot load it"),
 ])
 def test_bad_options_are_one_line_errors(prepared_qa, tmp_path, capsys, flags, message):
     out = tmp_path / "run"
