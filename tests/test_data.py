@@ -38,7 +38,30 @@ def test_prepared_data_api(prepared_qa):
     assert len(pickle.dumps(data)) < 100_000  # workers re-open the memmap instead of receiving its data
 
 
-def test_tokenizer_is_a_wordpiece_trained_on_the_questions(prepared_qa):
+def test_prepared_meta_is_typed_and_versioned(prepared_qa, tmp_path):
+    import json
+    import shutil
+
+    from ecgqa import prepared
+
+    data = PreparedData(prepared_qa)
+    raw = json.loads((prepared_qa / prepared.META).read_text())
+    assert data.meta == raw and raw["format"] == prepared.FORMAT_VERSION == 2
+    assert (data.rate, data.signal_length) == (raw["rate"], raw["signal_length"]) == (500, 5000)
+    assert data.signals.shape[-1] == data.signal_length and data.info.task == "qa"
+    assert prepared.is_prepared(prepared_qa) and not prepared.is_prepared(tmp_path)
+    old = tmp_path / "old"
+    shutil.copytree(prepared_qa, old)
+    (old / prepared.META).write_text(json.dumps({**raw, "format": 1}))
+    with pytest.raises(prepared.PreparedDataError, match=r"prepared in format 1, this version reads format 2; "
+                       r"re-run `ecgqa prepare --force"):
+        PreparedData(old)
+    (old / prepared.META).write_text(json.dumps({**raw, "rate": "fast"}))
+    with pytest.raises(prepared.PreparedDataError, match="not a valid prepared meta"):
+        PreparedData(old)
+
+
+def test_tokenizer_is_bert_wordpiece(prepared_qa):
     tok = PreparedData(prepared_qa).tokenizer
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
         assert special in tok.get_vocab()
