@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
             row = data.row_of(args.ecg_id)
         except KeyError as e:
             raise ValueError(str(e).strip("'\"")) from None
-        signal, fs, name = data.signals[row], int(data.meta["rate"]), f"ECG {args.ecg_id}"
+        signal, fs, name = data.signals[row], data.rate, f"ECG {args.ecg_id}"
     out = args.out or Path(f"{name.replace(' ', '-')}.png")
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:

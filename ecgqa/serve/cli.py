@@ -38,31 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def demo_paths(out: Path, quiet: bool = False) -> tuple[Path, Path, Path | None]:
     """The quickstart's QA checkpoint, prepared data and attribute classifier (None when it has none),
-    built by ``ecgqa quickstart`` first when missing (``ecgqa.quickstart.ensure_demo``)."""
-    from ecgqa import quickstart
+    built by ``ecgqa quickstart`` first when missing."""
+    from ecgqa.quickstart import ensure_demo
 
-    if not hasattr(quickstart, "ensure_demo"):  # until ecgqa.quickstart.ensure_demo lands (contract 9)
-        return (*_legacy_quickstart(out, quiet), None)
-    demo = quickstart.ensure_demo(out, quiet=quiet)
-    return Path(demo.checkpoint), Path(demo.data), getattr(demo, "attributes_checkpoint", None)
-
-
-def _legacy_quickstart(out: Path, quiet: bool) -> tuple[Path, Path]:
-    from ecgqa import quickstart
-
-    ckpt, data = out / "checkpoints" / "fusion-small", out / "prepared" / "ptbxl-template-qa"
-    from ecgqa.prepared import is_prepared
-
-    if (ckpt / "config.json").is_file() and is_prepared(data):
-        return ckpt, data
-    print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
-    parser = argparse.ArgumentParser(prog="ecgqa quickstart")
-    quickstart.configure(parser)
-    args = parser.parse_args(["--out", str(out)] + (["--quiet"] if quiet else []))
-    code = args.func(args)
-    if code or not (ckpt / "config.json").is_file():
-        raise RuntimeError(f"`ecgqa quickstart --out {out}` did not produce {ckpt} (exit {code})")
-    return ckpt, data
+    demo = ensure_demo(out, quiet=quiet)
+    return Path(demo.checkpoint), Path(demo.data), demo.attributes_checkpoint
 
 
 def is_loopback(host: str) -> bool:

@@ -23,7 +23,7 @@ from fastapi import HTTPException
 
 from ecgqa.constants import QUESTION_TYPES
 from ecgqa.metrics import THRESHOLD, decide
-from ecgqa.records import resample
+from ecgqa.records import fit_length, resample
 from ecgqa.render import render_ecg
 from ecgqa.serve.questions import QuestionIndex
 from ecgqa.serve.schemas import Example, Finding, Findings
@@ -49,13 +49,6 @@ class Predictor(Protocol):
 
 class ModelError(Exception):
     """The predictor failed on input we had validated: a server fault, reported as 500 with an id."""
-
-
-def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
-    """Cut to or zero-pad to ``length`` samples (until ecgqa.records.fit_length lands)."""
-    if signal.shape[-1] >= length:
-        return signal[..., :length]
-    return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, length - signal.shape[-1])])
 
 
 class Batcher:
@@ -175,10 +168,12 @@ class Service:
         return np.asarray(self.data.signals[self.row(ecg_id)], dtype=np.float32)
 
     @staticmethod
-    def model_input(predictor: Predictor, signal: np.ndarray, fs: int, name: str) -> tuple[np.ndarray, list[str]]:
-        """An uploaded ECG resampled to the model's rate and cut/padded to its length, saying what changed.
+    def model_input(predictor: Any, signal: np.ndarray, fs: int, name: str) -> tuple[np.ndarray, list[str]]:
+        """An input ECG resampled to a model's rate and cut/padded to its length, saying what changed.
 
-        (Prepared ECGs already match: ``build_service`` checked them with ``check_compatible``.)
+        Inputs are uploads, and the prepared ECGs shown to the attribute classifier (which may run at
+        another rate than the QA model, e.g. the quickstart's 100 Hz se-wrn). The prepared data itself
+        matches the QA model: ``build_service`` checks that with ``check_compatible``.
         """
         notes = []
         rate, length = int(predictor.rate), int(predictor.signal_length)
@@ -203,9 +198,9 @@ class Service:
         if self.attributes is None:
             raise HTTPException(404, "no attribute classifier loaded; start the demo with "
                                      "`ecgqa serve --attributes CKPT` (an upperbound/attributes checkpoint)")
-        row = self.row(ecg_id)
+        self.row(ecg_id)
         if ecg_id not in self._findings:
-            signal = np.asarray(self.data.signals[row], dtype=np.float32)
+            signal, _ = self.model_input(self.attributes, self.signal(ecg_id), self.rate, f"ECG {ecg_id}")
             loop = asyncio.get_running_loop()
             scores = (await loop.run_in_executor(self.executor, self.attributes.classify, signal))[0]
             if not np.isfinite(scores).all():
@@ -230,17 +225,9 @@ def build_service(predictor: Predictor, data: Any, attributes: Any = None) -> Se
     if getattr(predictor, "task", "qa") != "qa":
         raise ValueError(f"the checkpoint is a {predictor.task!r} model; `ecgqa serve` needs a QA checkpoint")
     check_compatible(predictor, data)
-    if attributes is not None:
-        rate, length = int(data.meta["rate"]), int(data.meta["signal_length"])
-        if not hasattr(attributes, "classify"):
-            raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
-                                  f"{getattr(attributes, 'task', '?')!r} model, not an attribute classifier")
-        if (int(attributes.rate), int(attributes.signal_length)) != (rate, length):
-            raise CheckpointError(
-                f"{data.path} holds {rate} Hz x {length} samples but the attribute classifier "
-                f"{attributes.path} was trained on {attributes.rate} Hz x {attributes.signal_length} samples; "
-                "prepared data is never resampled on the fly: serve data prepared at its rate and length"
-            )
+    if attributes is not None and getattr(attributes, "task", None) != "upperbound":
+        raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
+                              f"{getattr(attributes, 'task', '?')!r} model, not an attribute (upperbound) classifier")
     cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
     rows_by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
     rows = [dict(zip(cols, v)) for t in rows_by_split.values() for v in zip(*(t[c] for c in cols))]
