@@ -35,7 +35,8 @@ QUESTION_TOKENS = 24
 
 def build_sample(dest: Path) -> Path:
     """Prepare the bundled PTB-XL sample (task qa, template, 500 Hz) into ``dest``."""
-    from ecgqa.prepare import map_bundled_sample, prepare
+    from ecgqa.prepare import prepare
+    from mapping.mapper import map_bundled_sample
 
     mapped = map_bundled_sample(dest / "mapped")
     out = dest / "prepared-qa"
