@@ -10,8 +10,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import wfdb
-from scipy import signal as sps
 
 from ecgqa.constants import LEADS
 
@@ -40,6 +38,8 @@ def read_record(path: str | Path, fs: int | None = None) -> Record:
     header = path.with_name(path.name + ".hea")
     if not header.is_file():
         raise RecordError(f"record {path}: header {header} not found")
+    import wfdb  # here, not at the top: mapping imports this module for record_files only
+
     # One rdrecord call: wfdb's header parsing dominates the cost of reading a record.
     try:
         rec = wfdb.rdrecord(str(path), physical=True)
@@ -109,5 +109,7 @@ def resample(signal: np.ndarray, fs: int, target_fs: int) -> np.ndarray:
     if fs == target_fs:
         return signal
     ratio = Fraction(int(target_fs), int(fs))
+    from scipy import signal as sps
+
     out = sps.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32, copy=False)
