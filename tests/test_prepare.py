@@ -16,7 +16,7 @@ import wfdb
 
 from ecgqa.constants import LEADS
 from ecgqa.prepare import PrepareError, prepare
-from ecgqa.prepared import PreparedData
+from ecgqa.prepared import META, SIGNALS, PreparedData
 from mapping.mapper import map_release
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -217,13 +217,13 @@ def test_handmade_question_types_are_encoded(handmade):
 
 def test_rerun_is_a_noop_and_force_rebuilds(handmade):
     _, _, mapped, out, _ = handmade
-    before = (out / "signals.npy").stat().st_mtime_ns, json.loads((out / "meta.json").read_text())
+    before = (out / SIGNALS).stat().st_mtime_ns, json.loads((out / META).read_text())
     again = prepare(mapped, out, progress=False)
     assert again.get("_noop") is True and again["content_hash"] == before[1]["content_hash"]
-    assert (out / "signals.npy").stat().st_mtime_ns == before[0]
+    assert (out / SIGNALS).stat().st_mtime_ns == before[0]
     rebuilt = prepare(mapped, out, progress=False, force=True)
     assert "_noop" not in rebuilt and rebuilt["content_hash"] == before[1]["content_hash"]
-    assert (out / "signals.npy").stat().st_mtime_ns != before[0]
+    assert (out / SIGNALS).stat().st_mtime_ns != before[0]
     other = prepare(mapped, out, progress=False, rate=100)  # different options → different hash, rebuilt
     assert other["content_hash"] != before[1]["content_hash"] and PreparedData(out).signals.shape[-1] == 1000
     prepare(mapped, out, progress=False)  # back to 500 Hz for the other tests
@@ -253,7 +253,7 @@ def test_interrupted_run_leaves_no_half_written_store(handmade, monkeypatch):
     import ecgqa.prepare as prep
 
     _, _, mapped, out, _ = handmade
-    good = json.loads((out / "meta.json").read_text())
+    good = json.loads((out / META).read_text())
     calls = {"n": 0}
     real = prep._store_row
 
@@ -272,7 +272,7 @@ def test_interrupted_run_leaves_no_half_written_store(handmade, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(mapped, out, progress=False, force=True)
     # the previous complete build is untouched and no build folder is left behind
-    assert json.loads((out / "meta.json").read_text()) == good
+    assert json.loads((out / META).read_text()) == good
     assert PreparedData(out).signals.shape[0] == 2
     assert not list(out.parent.glob(".*build-*"))
 
@@ -282,7 +282,7 @@ def test_killed_run_leftover_is_never_taken_for_a_complete_build(handmade, tmp_p
     out = tmp_path / "prep"
     leftover = tmp_path / ".prep.build-999999999"  # a pid that cannot be alive
     leftover.mkdir()
-    np.save(leftover / "signals.npy", np.zeros((1, 12, 10), dtype=np.float16))
+    np.save(leftover / SIGNALS, np.zeros((1, 12, 10), dtype=np.float16))
     with pytest.raises(ValueError, match="not a complete prepared directory"):
         PreparedData(leftover)
     prepare(mapped, out, progress=False)
