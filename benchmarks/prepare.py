@@ -94,7 +94,7 @@ def part1(tmp: Path, epochs: int) -> float:
 
     prep_bytes, base_bytes = du(tmp / "prepared"), du(tmp / "baseline")
     print(f"bundled sample: {n_samples} QA samples over {meta['n_ecgs']} ECGs")
-    print(f"  write    prepare  {n_samples / t_prep:9.0f} samples/s ({t_prep:.2f} s, incl. tokenizer training)")
+    print(f"  write    prepare  {n_samples / t_prep:9.0f} samples/s ({t_prep:.2f} s, incl. the tokenizer)")
     print(f"           one .mat per sample {n_base / t_base:9.0f} samples/s ({t_base:.2f} s)   "
           f"speed ratio {t_base / t_prep:.2f}x")
     print(f"  on disk  prepared {prep_bytes / 1e6:9.1f} MB   one .mat per sample {base_bytes / 1e6:9.1f} MB   "
