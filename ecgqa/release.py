@@ -167,6 +167,23 @@ SAMPLE_TYPES: dict[str, tuple[Any, str]] = {
 }
 
 
+def _well_typed(s: Any) -> bool:
+    """SAMPLE_TYPES in one expression (``type(x) is int`` excludes bools): ~1 µs a sample, as fast as the
+    JSON parse around it; only a sample that fails it is examined key by key for the message."""
+    try:
+        ids, answer, attribute, question = s["ecg_id"], s["answer"], s.get("attribute"), s["question"]
+        return (
+            type(s["sample_id"]) is int and type(s["template_id"]) is int and type(s["question_id"]) is int
+            and type(s["question_type"]) is str and type(s["attribute_type"]) is str
+            and type(question) is str and question.strip() != ""
+            and type(answer) is list and len(answer) > 0 and all(type(a) is str for a in answer)
+            and type(ids) is list and len(ids) > 0 and all(type(e) is int and e >= 0 for e in ids)
+            and (attribute is None or (type(attribute) is list and all(type(a) is str for a in attribute)))
+        )
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def load_shard(path: Path) -> list[dict[str, Any]]:
     """Read one shard, checking it is a list of samples that each carry the release's keys with
     values of the release's types, and that no sample_id appears twice in it."""
@@ -180,16 +197,17 @@ def load_shard(path: Path) -> list[dict[str, Any]]:
         raise ReleaseError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
     seen: set[Any] = set()
     for i, sample in enumerate(samples):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(sample, dict) or k not in sample]
-        if missing:
-            sid = sample.get("sample_id", "?") if isinstance(sample, dict) else "?"
-            raise ReleaseError(f"{path}: sample #{i} (sample_id {sid}) lacks {missing}")
-        for key, (ok, what) in SAMPLE_TYPES.items():
-            if key in sample and not ok(sample[key]):
-                raise ReleaseError(
-                    f"{path}: sample #{i} (sample_id {sample['sample_id']!r}): {key} must be {what}, "
-                    f"not {json.dumps(sample[key])[:80]}"
-                )
+        if not _well_typed(sample):  # the fast check; the loop below finds what is wrong
+            missing = [k for k in REQUIRED_KEYS if not isinstance(sample, dict) or k not in sample]
+            if missing:
+                sid = sample.get("sample_id", "?") if isinstance(sample, dict) else "?"
+                raise ReleaseError(f"{path}: sample #{i} (sample_id {sid}) lacks {missing}")
+            for key, (ok, what) in SAMPLE_TYPES.items():
+                if key in sample and not ok(sample[key]):
+                    raise ReleaseError(
+                        f"{path}: sample #{i} (sample_id {sample['sample_id']!r}): {key} must be {what}, "
+                        f"not {json.dumps(sample[key])[:80]}"
+                    )
         if sample["sample_id"] in seen:
             raise ReleaseError(f"{path}: sample_id {sample['sample_id']} appears twice in this shard")
         seen.add(sample["sample_id"])
