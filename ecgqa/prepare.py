@@ -140,6 +140,7 @@ class Inputs:
     space: AnswerSpace
     sources: list[dict[str, Any]]
     grounding_classes: list[str] = field(default_factory=list)
+    metadata: Path | None = None  # the source database's metadata table (--task attributes)
 
     def shards_of(self, split: str) -> list[Path]:
         return [p for s, p in self.shard_list if s == split]
@@ -150,7 +151,8 @@ def _source(path: Path, root: Path | None) -> dict[str, Any]:
     return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def read_inputs(mapped: Path, opts: Options, grounding_classes: str | Path | None) -> Inputs:
+def read_inputs(mapped: Path, opts: Options, grounding_classes: str | Path | None,
+                metadata: str | Path | None = None) -> Inputs:
     """Check the mapped folder has what the options ask for, and describe every source file."""
     if not (mapped / opts.variant).is_dir():
         raise PrepareError(
@@ -168,7 +170,7 @@ def read_inputs(mapped: Path, opts: Options, grounding_classes: str | Path | Non
     space = AnswerSpace.from_release(mapped)
     sources = [_source(mapped / name, mapped) for name in ("answers.csv", "answers_for_each_template.csv")]
     sources += [_source(p, mapped) for _, p in shard_list]
-    inputs = Inputs(mapped, shard_list, space, sources)
+    inputs = Inputs(mapped, shard_list, space, sources, metadata=Path(metadata) if metadata else None)
     TASKS[opts.task].add_inputs(inputs, opts, grounding_classes)
     return inputs
 
@@ -231,6 +233,8 @@ class TaskBuilder:
     """
 
     name: ClassVar[str] = ""
+    #: the task readers see in meta.json (None: ``name``); "attributes" writes upperbound-compatible data
+    prepared_task: ClassVar[str | None] = None
     template_only: ClassVar[bool] = False
     uses_tokenizer: ClassVar[bool] = False
 
@@ -357,8 +361,79 @@ class UpperboundTask(TaskBuilder):
         return {s: {**b.stats, "unknown_attributes": dict(b.unknown_attributes)} for s, b in self.builders.items()}
 
 
+class AttributesTask(UpperboundTask):
+    """Dense attribute labels per (ECG, lead subset) from the source database's metadata (``ecgqa/attributes.py``).
+
+    Every ECG of a split's questions that has a metadata row gets every grounding class it can derive
+    (yes/no; unknown left out). The rows, classes and meta task are the upperbound task's, so upperbound
+    models, ``evaluate`` and ``llm-eval --grounding`` take the result unchanged.
+    """
+
+    name = "attributes"
+    prepared_task = "upperbound"
+    template_only = False
+
+    def __init__(self, inputs: Inputs, opts: Options, attributes: list[str]) -> None:
+        from ecgqa.attributes import Statements, read_metadata
+
+        TaskBuilder.__init__(self, inputs, opts, attributes)
+        self.metadata = read_metadata(inputs.metadata)
+        self.statements = Statements.read(inputs.metadata.with_name("scp_statements.csv"))
+        self.ecgs: dict[str, dict[int, str]] = {s: {} for s in opts.splits}  # split → {ecg id: record path}
+        self.counts: dict[str, int] = {"rows": 0, "ecgs": 0, "ecgs_without_metadata": 0, "ecgs_not_measurable": 0}
+
+    @classmethod
+    def add_inputs(cls, inputs: Inputs, opts: Options, extra: str | Path | None) -> None:
+        from ecgqa.attributes import AttributesError, read_metadata
+
+        if opts.version != "ptbxl":
+            raise PrepareError(f"--task attributes supports PTB-XL only, not {opts.version}: ECG-QA does not document "
+                               "how its MIMIC-IV-ECG attributes were derived (docs/attributes.md)")
+        if inputs.metadata is None:
+            raise PrepareError("--task attributes needs --metadata path/to/ptbxl_database.csv "
+                               "(scp_statements.csv is read from the same folder)")
+        try:
+            read_metadata(inputs.metadata, ecg_ids=())
+        except AttributesError as e:
+            raise PrepareError(str(e)) from e
+        statements = inputs.metadata.with_name("scp_statements.csv")
+        if not statements.is_file():
+            raise PrepareError(f"{statements} not found: PTB-XL's scp_statements.csv must sit beside --metadata")
+        UpperboundTask.add_inputs(inputs, opts, extra)
+        inputs.sources += [_source(inputs.metadata, None), _source(statements, None)]
+
+    def add(self, split: str, shard: Path, sample: dict[str, Any]) -> None:
+        for ecg_id, path in zip(sample["ecg_id"], sample["ecg_path"]):
+            self.ecgs[split].setdefault(int(ecg_id), path)
+
+    def wanted_ecgs(self, ecg_ids: set[int]) -> set[int]:
+        return {i for i in ecg_ids if i in self.metadata.index}
+
+    def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
+        from ecgqa.attributes import derive, measure_record, rows
+
+        for ecg_id, path in sorted(self.ecgs[split].items()):
+            if ecg_id not in self.metadata.index:
+                self.counts["ecgs_without_metadata"] += 1
+                continue
+            if ecg_id not in row_of:
+                lost.append(ecg_id)
+                continue
+            measured = measure_record(path)
+            if measured is None or measured.qrs is None:
+                self.counts["ecgs_not_measurable"] += 1
+            labels = derive(self.metadata.loc[ecg_id].to_dict(), self.statements, measured)
+            self.counts["ecgs"] += 1
+            for row in rows(ecg_id, labels, self.inputs.grounding_classes):
+                self.counts["rows"] += 1
+                yield {**row, "ecg_rows": [row_of[ecg_id]]}
+
+    def stats(self) -> dict[str, Any]:
+        return {"label_source": "attributes", "metadata": self.inputs.metadata.name, **self.counts}
+
+
 #: ``--task`` name → its builder. One entry per task.
-TASKS: dict[str, type[TaskBuilder]] = {"qa": QATask, "upperbound": UpperboundTask}
+TASKS: dict[str, type[TaskBuilder]] = {"qa": QATask, "upperbound": UpperboundTask, "attributes": AttributesTask}
 
 
 # -------------------------------------------------------------------------------------------- steps
@@ -583,6 +658,7 @@ def prepare(
     num_proc: int = 1,
     drop_bad: bool = False,
     grounding_classes: str | Path | None = None,
+    metadata: str | Path | None = None,
     version: str | None = None,
     tokenizer: str = "bert",
     force: bool = False,
@@ -601,7 +677,7 @@ def prepare(
     present = [s for s in SPLITS if (mapped / variant / s).is_dir()]
     opts = Options(variant, list(splits) if splits else present, rate, float(seconds), task, drop_bad, version, tokenizer)
     try:
-        inputs = read_inputs(mapped, opts, grounding_classes)
+        inputs = read_inputs(mapped, opts, grounding_classes, metadata)
         digest = content_hash(opts, inputs)
         if not force and (old := up_to_date(out, digest, inputs, opts)) is not None:
             return {**old, "_noop": True}
@@ -635,7 +711,7 @@ def _build(build: Path, out: Path, inputs: Inputs, opts: Options, digest: str, n
     return PreparedMeta(
         version=opts.version,
         variant=opts.variant,
-        task=opts.task,
+        task=task.prepared_task or opts.task,
         classes=classes,
         answer_classes=list(inputs.space.classes),
         grounding_classes=list(inputs.grounding_classes) or None,

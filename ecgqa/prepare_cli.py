@@ -31,7 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"signal rate in Hz (records are resampled; default {DEFAULT_RATE})")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                         help=f"signal length in seconds (default {DEFAULT_SECONDS})")
-    parser.add_argument("--task", choices=list(TASKS), default="qa", help="qa (default) or upperbound attribute classification")
+    parser.add_argument("--task", choices=list(TASKS), default="qa",
+                        help="qa (default), upperbound (attribute labels from the questions) or attributes (every "
+                        "attribute of every ECG from the source metadata, see --metadata; docs/attributes.md)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="bert",
                         help="question tokenizer (task qa): bert = BERT's uncased WordPiece vocabulary, shipped "
                         "with the package, as upstream (default); trained = a WordPiece vocabulary built from "
@@ -41,6 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--grounding-classes", type=Path, help="grounding_class.csv for --task upperbound (default: the bundled list)"
     )
+    parser.add_argument("--metadata", type=Path,
+                        help="--task attributes: PTB-XL's ptbxl_database.csv (scp_statements.csv beside it)")
     parser.add_argument("--version", dest="ecg_version", choices=["ptbxl", "mimic-iv-ecg"], help="default: from the mapping")
     parser.add_argument("--force", action="store_true", help="rebuild even when the content hash matches")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             num_proc=args.num_proc,
             drop_bad=args.drop_bad,
             grounding_classes=args.grounding_classes,
+            metadata=args.metadata,
             version=version,
             tokenizer=args.tokenizer,
             force=args.force,

@@ -350,26 +350,29 @@ def attribute_auc(checkpoint: Path, control: Path | None, data_dir: Path, split:
     n = len(ecgs)
     eligible = [j for j in range(len(classes))
                 if (labels[:, j] == 1).sum() >= min_each and (labels[:, j] == 0).sum() >= min_each]
-    rng = np.random.default_rng(seed)
-    boots = rng.integers(0, n, size=(n_boot, n))
+    # a replicate = how often each held-out ECG is drawn; AUC of a replicate = weighted pair comparisons
+    weights = np.stack([np.bincount(b, minlength=n) for b in np.random.default_rng(seed).integers(0, n, (n_boot, n))])
 
-    def per_class(p: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-        out = np.full(len(eligible), np.nan)
+    def aucs(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point AUC per eligible class, (n_boot, classes) bootstrap AUCs, NaN where a side is empty)."""
+        point, boot = np.full(len(eligible), np.nan), np.full((n_boot, len(eligible)), np.nan)
         for k, j in enumerate(eligible):
-            rows_ = np.arange(n) if idx is None else idx
-            lab = labels[rows_, j]
-            known = ~np.isnan(lab)
-            out[k] = _auc(p[rows_, j][known], lab[known])
-        return out
+            pos, neg = np.flatnonzero(labels[:, j] == 1), np.flatnonzero(labels[:, j] == 0)
+            diff = p[pos, j][:, None] - p[neg, j][None, :]
+            pairs = (diff > 0) + 0.5 * (diff == 0)  # (positives, negatives): 1 / ½ / 0
+            point[k] = pairs.mean()
+            wp, wn = weights[:, pos].astype(float), weights[:, neg].astype(float)
+            denom = wp.sum(1) * wn.sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot[:, k] = np.einsum("bp,pn,bn->b", wp, pairs, wn) / denom
+        return point, boot
 
-    point = per_class(probs)
-    boot = np.stack([per_class(probs, b) for b in boots])
+    point, boot = aucs(probs)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "n_ecgs": n, "n_boot": n_boot,
                               "classes": []}
     cpoint = cboot = None
     if cprobs is not None:
-        cpoint = per_class(cprobs)
-        cboot = np.stack([per_class(cprobs, b) for b in boots])
+        cpoint, cboot = aucs(cprobs)
     for k, j in enumerate(eligible):
         known = ~np.isnan(labels[:, j])
         lo, hi = np.nanpercentile(boot[:, k], [2.5, 97.5])

@@ -150,3 +150,57 @@ def test_mimic_metadata_is_refused_with_the_reason(tmp_path):
         A.read_metadata(path)
     with pytest.raises(A.AttributesError, match="no such file"):
         A.read_metadata(tmp_path / "absent.csv")
+
+
+# ------------------------------------------------------------------------------- prepare --task attributes
+
+
+@pytest.fixture(scope="module")
+def prepared_attributes(tmp_path_factory, mapped_sample, sample_paths) -> Path:
+    from ecgqa.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "attributes"
+    prepare(mapped_sample, out, task="attributes", rate=100, metadata=sample_paths.ptbxl_records / "ptbxl_database.csv",
+            progress=False)
+    return out
+
+
+@pytest.mark.slow  # measures 198 records (~15 s) and trains
+def test_prepare_attributes_is_upperbound_compatible(prepared_attributes, sample_paths, statements, classes):
+    from ecgqa.prepared import PreparedData
+
+    data = PreparedData(prepared_attributes)
+    assert data.task == "upperbound" and data.classes == classes and data.rate == 100
+    assert data.info.task_stats["label_source"] == "attributes" and data.info.task_stats["ecgs"] == 198
+    db = A.read_metadata(sample_paths.ptbxl_records / "ptbxl_database.csv")
+    train = data.split("train")
+    entire = [r for r in train if r["lead_group"] == "entire"]
+    assert len(entire) == len({r["ecg_id"][0] for r in train})  # one entire row per ECG
+    row = entire[0]
+    ecg = row["ecg_id"][0]
+    assert data.ecg_ids[row["ecg_rows"][0]] == ecg
+    # the row holds exactly what derive() gives for that ECG's metadata (plus its measured ranges)
+    derived = A.derive(db.loc[ecg].to_dict(), statements)["entire"]
+    got = dict(zip((classes[i] for i in row["label_classes"]), row["label_values"]))
+    for cls, value in derived.items():
+        if cls in got:
+            assert got[cls] == value, cls
+        else:
+            assert value is None or cls not in classes, cls
+    assert sum(" the normal range of " in c for c in got) >= 6  # measured ranges are there too
+
+
+@pytest.mark.slow  # measures 198 records (~15 s) and trains
+def test_an_upperbound_model_trains_on_attributes_unchanged(prepared_attributes, tmp_path):
+    from ecgqa.train import TrainConfig, train
+
+    ckpt = train(TrainConfig(data=prepared_attributes, model="se-wrn-test", out=tmp_path / "ckpt", max_steps=2,
+                             batch_size=8, eval_split=None, quiet=True))
+    assert (ckpt / "model.safetensors").is_file()
+
+
+def test_prepare_attributes_needs_metadata(mapped_sample, tmp_path):
+    from ecgqa.prepare import PrepareError, prepare
+
+    with pytest.raises(PrepareError, match="--metadata"):
+        prepare(mapped_sample, tmp_path / "x", task="attributes", progress=False)
