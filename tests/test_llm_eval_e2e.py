@@ -214,6 +214,7 @@ def test_inputs_side_by_side_through_the_cli(tmp_path, server, prepared_qa, uppe
     assert _cli([*base, "--input", "classifier", "--out", str(tmp_path / "nogrounding")]) == 2
     assert "--grounding" in capsys.readouterr().err
     runs = {"image": ["--input", "image", "--dpi", "40", "--image-detail", "low"], "none": ["--input", "none"],
+            "features": ["--input", "features"],
             "classifier": ["--grounding", str(upperbound_checkpoint)],
             "image+classifier": ["--input", "classifier,image", "--dpi", "40", "--grounding", str(upperbound_checkpoint)]}
     for name, extra in runs.items():
@@ -230,6 +231,7 @@ def test_inputs_side_by_side_through_the_cli(tmp_path, server, prepared_qa, uppe
         else:
             assert n_images == [0] * len(sent)
         assert all(("Interpretation of the" in r["text"]) == ("classifier" in name) for r in sent)
+        assert all(("Measurements of the first ECG:\nHeart rate:" in r["text"]) == (name == "features") for r in sent)
     assert (tmp_path / "image" / "grounding_cache" / "images").is_dir()
     table = compare_table([load_report(tmp_path / n) for n in runs])
     for name in runs:
