@@ -8,8 +8,9 @@
 
 Inputs combine (``image,classifier``); ``none`` stands alone. Every ECG is rendered and measured once:
 the PNGs and the measurements are cached on disk beside the grounding cache, keyed by the prepared
-data's content hash and the rendering options, so a re-run (or a resumed run) renders and measures
-nothing and sends byte-identical prompts.
+data's content hash, the rendering options and the code that made them (``ecgqa/render.py`` or
+``ecgqa/measure.py`` source, matplotlib's version), so a re-run (or a resumed run) renders and measures
+nothing and sends byte-identical prompts, and a changed renderer never serves old pictures.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def input_name(inputs: tuple[str, ...]) -> str:
     return "+".join(inputs)
 
 
+def code_hash(module_name: str) -> str:
+    """Hash of a module's source: a cache made by other code (a changed renderer or measure) is not reused."""
+    import importlib
+
+    from ecgqa.files import sha256_file
+
+    return sha256_file(importlib.import_module(module_name).__file__)[:16]
+
+
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -67,7 +77,10 @@ class ImageCache:
             raise ValueError(f"--dpi {dpi}: expected 10..600")
         self.layout, self.dpi, self.fs = layout, int(dpi), float(fs)
         self.signal_of = signal_of
-        key = hashlib.sha256(json.dumps([data_hash, layout, dpi, fs]).encode()).hexdigest()[:16]
+        import matplotlib
+
+        made_by = [code_hash("ecgqa.render"), matplotlib.__version__]
+        key = hashlib.sha256(json.dumps([data_hash, layout, dpi, fs, made_by]).encode()).hexdigest()[:16]
         self.dir = Path(root) / "images" / f"{layout}-{dpi}dpi-{key}"
         self.n_rendered = 0
         self.render_s = 0.0
@@ -137,7 +150,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, signal_of: Callable[[int], np.ndarray], fs: float, data_hash: str):
         self.signal_of, self.fs = signal_of, float(fs)
-        key = hashlib.sha256(json.dumps([data_hash, fs]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([data_hash, fs, code_hash("ecgqa.measure")]).encode()).hexdigest()[:16]
         self.path = Path(root) / "features" / f"{key}.jsonl"
         self.values: dict[int, dict[str, Any]] = {}
         self.n_measured = 0
