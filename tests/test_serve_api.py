@@ -654,9 +654,11 @@ def test_unfinished_bodies_share_a_memory_budget_and_a_deadline():
     async def main():
         stall = asyncio.Event()
 
-        async def slow_receive(chunks=[b"x" * 3_000_000]):  # 3 MB, then nothing more for a long time
-            if chunks:
-                return {"type": "http.request", "body": chunks.pop(), "more_body": True}
+        first = [b"x" * 3_000_000]  # 3 MB, then nothing more for a long time
+
+        async def slow_receive():
+            if first:
+                return {"type": "http.request", "body": first.pop(), "more_body": True}
             await stall.wait()
             return {"type": "http.disconnect"}
 
@@ -671,8 +673,8 @@ def test_unfinished_bodies_share_a_memory_budget_and_a_deadline():
         await asyncio.sleep(0.05)
         assert limit.buffered == 3_000_000
 
-        async def second_receive(chunks=[b"y" * 2_500_000]):
-            return {"type": "http.request", "body": chunks.pop(), "more_body": False}
+        async def second_receive():
+            return {"type": "http.request", "body": b"y" * 2_500_000, "more_body": False}
 
         await limit(scope(), second_receive, await send_to("second"))
         await slow  # its deadline (0.5 s) ends it
@@ -698,16 +700,72 @@ def test_threads_stay_bounded_under_concurrent_load(predictor, data):
     proc = psutil.Process()
 
     async def main():
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-                before = proc.num_threads()
-                jobs = [c.get(f"/api/ecgs/{e}/plot.png") for e in ids]
-                jobs += [c.post("/api/answer", json={"ecg_ids": [e], "question": "Any noise?"}) for e in ids]
-                responses = await asyncio.gather(*jobs)
-                return before, proc.num_threads(), responses
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            before = proc.num_threads()
+            jobs = [c.get(f"/api/ecgs/{e}/plot.png") for e in ids]
+            jobs += [c.post("/api/answer", json={"ecg_ids": [e], "question": "Any noise?"}) for e in ids]
+            responses = await asyncio.gather(*jobs)
+            return before, proc.num_threads(), responses
 
     before, after, responses = asyncio.run(main())
     assert all(r.status_code == 200 for r in responses)
     # the model thread with torch's intra-op team, plus the bounded worker pool
     bound = WORKER_THREADS + MODEL_THREADS * (1 + torch.get_num_threads()) + 2
     assert after - before <= bound, (before, after, bound)
+
+
+# --------------------------------------------------------------------------- findings (issue 12)
+
+
+def test_findings_are_the_attribute_classifiers_own_output(predictor, data, upperbound_checkpoint):
+    """GET /api/ecgs/{id}/findings: the classes an upperbound classifier (trained in this session)
+    scores above the threshold for that ECG, with the scores a separate load of it gives."""
+    import ecgqa
+    from ecgqa.records import fit_length, resample
+    from ecgqa.serve.app import create_app
+
+    served = ecgqa.load(upperbound_checkpoint, device="cpu")
+    separate = ecgqa.load(upperbound_checkpoint, device="cpu")
+    ids = [int(e) for e in np.asarray(data.ecg_ids)[:3]]
+    with TestClient(create_app(predictor, data, attributes=served)) as c:
+        assert c.get("/api/info").json()["attributes_model"] == served.model_name
+        for ecg_id in ids:
+            r = c.get(f"/api/ecgs/{ecg_id}/findings")
+            assert r.status_code == 200, r.text
+            body = r.json()
+            signal = fit_length(resample(store_signal(data, ecg_id), data.rate, separate.rate), separate.signal_length)
+            scores = separate.classify(signal)[0]
+            expected = sorted(((separate.classes[i], float(s)) for i, s in enumerate(scores) if s > 0.5),
+                              key=lambda kv: -kv[1])
+            assert [f["name"] for f in body["findings"]] == [n for n, _ in expected]
+            for f, (_, score) in zip(body["findings"], expected):
+                assert f["score"] == pytest.approx(score, abs=1e-5)
+            assert body["threshold"] == 0.5 and body["n_classes"] == len(separate.classes)
+        assert c.get("/api/ecgs/424242/findings").status_code == 404
+    # a demo without an attribute classifier says how to get one
+    with TestClient(create_app(predictor, data)) as c:
+        r = c.get(f"/api/ecgs/{ids[0]}/findings")
+        assert r.status_code == 404 and "--attributes" in r.json()["detail"]
+        assert c.get("/api/info").json()["attributes_model"] is None
+
+
+def test_findings_of_a_model_at_another_rate_resample_the_ecg(predictor, data, upperbound_checkpoint):
+    """The quickstart's classifier runs at 100 Hz on 500 Hz data: the ECG is resampled as an input."""
+    import ecgqa
+    from ecgqa.records import fit_length, resample
+    from ecgqa.serve.app import create_app
+
+    inner = ecgqa.load(upperbound_checkpoint, device="cpu")
+    seen = []
+
+    class At100Hz:
+        task, classes, model_name, rate, signal_length = "upperbound", inner.classes, "x", 100, 1000
+
+        def classify(self, ecgs):
+            seen.append(np.asarray(ecgs).shape)
+            return inner.classify(fit_length(resample(np.asarray(ecgs), 100, inner.rate), inner.signal_length))
+
+    with TestClient(create_app(predictor, data, attributes=At100Hz())) as c:
+        assert c.get(f"/api/ecgs/{RECORD}/findings").status_code == 200
+    assert seen == [(12, 1000)]

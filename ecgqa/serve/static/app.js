@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const PAGE = 100;
 const SHOW_BARS = 12;
-const state = { offset: 0, total: 0, upload: null, example: null, maxChars: 500 };
+const state = { offset: 0, total: 0, upload: null, example: null, maxChars: 500, attributes: null };
 
 function showError(message) {
   $("error-text").textContent = message;
@@ -49,6 +49,7 @@ function ensureOption(select, id) {
 async function loadInfo() {
   const info = await api("/api/info");
   state.maxChars = info.max_question_chars;
+  state.attributes = info.attributes_model;
   $("question").maxLength = info.max_question_chars;
   const data = info.data_version ? ` · data: ${info.data_version} (${info.data_variant}), ${info.n_ecgs} ECGs` : "";
   $("info").textContent =
@@ -77,9 +78,36 @@ async function loadPage(offset) {
   showPlots();
 }
 
+// The attribute classifier's findings for the picked ECG: classes above the threshold, with scores.
+async function showFindings(id) {
+  const box = $("findings-box"), list = $("findings");
+  box.hidden = !state.attributes || !id || !!state.upload;
+  if (box.hidden) return;
+  list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: "scoring…" }));
+  try {
+    const f = await api(`/api/ecgs/${id}/findings`);
+    if ($("ecg1").value !== String(id)) return;  // another ECG was picked meanwhile
+    $("findings-model").textContent =
+      `(${f.model_name}: ${f.findings.length} of ${f.n_classes} classes above ${f.threshold}) · ECG ${id}`;
+    list.replaceChildren(...f.findings.map((x) => {
+      const li = document.createElement("li");
+      const name = Object.assign(document.createElement("span"), { className: "name", textContent: x.name });
+      const value = Object.assign(document.createElement("span"), { className: "value", textContent: x.score.toFixed(3) });
+      li.append(name, value);
+      return li;
+    }));
+    if (!f.findings.length) {
+      list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: "no class above the threshold" }));
+    }
+  } catch (e) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: `no findings: ${e.message}` }));
+  }
+}
+
 function showPlots() {
-  if (state.upload) return;
+  if (state.upload) { showFindings(null); return; }
   const id1 = $("ecg1").value, id2 = $("ecg2").value;
+  showFindings(id1);
   $("ecg-meta").textContent = "";
   if (id1) {
     $("plot1").src = `/api/ecgs/${id1}/plot.png`;
@@ -239,6 +267,7 @@ async function onUpload() {
     $("cap1").textContent = `uploaded: ${files.map((f) => f.name).join(", ")}`;
     $("fig2").hidden = true;
     $("ecg-meta").textContent = "questions now go to the uploaded ECG";
+    $("findings-box").hidden = true;
     $("clear-upload").hidden = false;
     $("ecg1").disabled = $("ecg2").disabled = true;
   } catch (e) {
