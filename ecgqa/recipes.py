@@ -160,5 +160,5 @@ def describe_schedule(recipe_or_config: Recipe, total: int) -> str:
         return (f"tri-stage: warmup {w} updates {r.init_lr_scale * lr:.3g} -> {lr:.3g}, hold {h}, "
                 f"exponential decay {d} to {r.final_lr_scale * lr:.3g}")
     warmup = r.warmup
-    steps = int(warmup * total) if warmup < 1 else int(warmup)
+    steps = math.ceil(warmup * total) if warmup < 1 else int(warmup)  # as transformers rounds a ratio
     return f"{r.schedule}: warmup {steps} updates to {lr:.3g}, then {r.schedule} decay"

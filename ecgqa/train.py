@@ -294,10 +294,12 @@ def claim_run_dir(config: TrainConfig) -> None:
     """
     from ecgqa.files import claim_output_dir
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 decides (and clears); the others would race with its clean-up
     out = config.out
     if not (out.is_dir() and _is_run_dir(out)):
         claim_output_dir(out, marker=RUN_MARKER, what="training run")
-    if config.resume or int(os.environ.get("RANK", "0")) != 0:
+    if config.resume:
         return
     for name in RUN_OUTPUTS:  # a fresh run into our own folder: nothing of the old run may mix in
         target = out / name
