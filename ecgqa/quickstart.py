@@ -56,8 +56,9 @@ class DemoPaths:
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="working folder")
-    parser.add_argument("--minutes", type=float, default=3.0,
-                        help="training time cap per model in minutes (default 3; training also stops at --max-steps)")
+    parser.add_argument("--minutes", type=float, default=0.8,
+                        help="training time cap per trained model in minutes (default 0.8: four models, so the whole run "
+                        "stays under 5 minutes on a busy 2-core machine; on an idle one --max-steps ends training first)")
     parser.add_argument("--max-steps", type=int, default=400, help="optimizer updates per model (default 400)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
