@@ -331,7 +331,7 @@ def run_llm_eval(
 
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     out = Path(out)
-    claim_out(out)
+    claim_output_dir(out, marker=MARKER, what="llm-eval output")  # refuse early; nothing is written before evaluate
     prepared = PreparedData(data)
     questions = questions_from_prepared(prepared, split)
     ids = read_ids_file(ids_file) if ids_file else None
