@@ -437,7 +437,13 @@ def test_save_pretrained_round_trip(name, qa_batch, ub_batch, qa_data, tmp_path)
                                    rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["fusion-test", "blind-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"])
+def _fast_first(names: list[str]) -> list:
+    """The first model in the fast tier, the others marked slow (each runs several forward passes)."""
+    return [names[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in names[1:]]
+
+
+@pytest.mark.parametrize("name", _fast_first(["fusion-test", "blind-test", "m3ae-test", "resnet-lstm-test",
+                                              "fusion-prenorm-test"]))
 def test_text_padding_is_masked(name, qa_batch, qa_data):
     torch.manual_seed(2)
     model = _make(name, qa_data).eval()
@@ -458,7 +464,8 @@ def test_text_padding_is_masked(name, qa_batch, qa_data):
         assert not torch.allclose(model(**real).logits, ref)
 
 
-@pytest.mark.parametrize("name", ["fusion-test", "deaf-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"])
+@pytest.mark.parametrize("name", _fast_first(["fusion-test", "deaf-test", "m3ae-test", "resnet-lstm-test",
+                                              "fusion-prenorm-test"]))
 def test_missing_second_ecg_is_masked(name, qa_batch, qa_data):
     torch.manual_seed(3)
     model = _make(name, qa_data).eval()
