@@ -418,9 +418,10 @@ def check_overrides(model: str, overrides: dict[str, Any]) -> None:
         else:
             ok = default is None or isinstance(value, type(default))
         if not ok:
-            kind = type(default).__name__ if default is not None else "value"
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number >= 0", "str": "a string"}.get(
+                type(default).__name__, f"a {type(default).__name__}")
             extra = " >= 1" if isinstance(default, int) and not isinstance(default, bool) and default >= 1 else ""
-            raise ValueError(f"--set {key}={value!r}: expected a {kind}{extra} (the default is {default!r})")
+            raise ValueError(f"--set {key}={value!r}: expected {kind}{extra} (the default is {default!r})")
 
 
 def build_model(config: TrainConfig, sets: Datasets) -> Any:
