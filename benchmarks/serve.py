@@ -155,14 +155,19 @@ def _slow_clients(port: int, n: int, seconds: float, proc) -> None:
             except OSError:
                 break
 
+    answers: dict[str, int] = {}
+
     def is_open(s: socket.socket) -> bool:
+        """Still waiting on the client: no response and not closed (a 408/503 answer counts as ended)."""
         try:
             data = s.recv(4096)
-            return bool(data) and not data.startswith(b"HTTP/1.1 408")
         except TimeoutError:
             return True
         except OSError:
             return False
+        status = data[9:12].decode("latin-1") if data.startswith(b"HTTP/1.1 ") else "closed"
+        answers[status] = answers.get(status, 0) + 1
+        return False
 
     peak, health = 0.0, []
     t0 = time.monotonic()
@@ -187,6 +192,7 @@ def _slow_clients(port: int, n: int, seconds: float, proc) -> None:
     print(f"  slow clients     {n} idle, {n} trickling headers, {n} slow bodies (4.5 of 5 MB), held {seconds:g} s")
     for name, count in still.items():
         print(f"    still open after {seconds:g} s: {name:18s} {count}/{n}")
+    print(f"    how they ended: {dict(sorted(answers.items()))} (status of the server's reply, or closed)")
     print(f"    server RSS peak {peak:.0f} MB; /healthz p50 {_pct(health, 50):.0f} ms, max {max(health):.0f} ms")
     time.sleep(1.0)
     print(f"    after closing:  {_usage(proc)}")

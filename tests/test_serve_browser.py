@@ -27,6 +27,8 @@ if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
 httpx = pytest.importorskip("httpx")
 
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -35,18 +37,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(qa_checkpoint, prepared_qa, tmp_path_factory):
+def server(qa_checkpoint, prepared_qa, upperbound_checkpoint, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ecgqa", "serve", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_qa),
-             "--port", str(port), "--device", "cpu", "-q"],
+             "--port", str(port), "--device", "cpu", "-q", "--attributes", str(upperbound_checkpoint)],
             stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # imports take over a minute on a loaded 2-core machine
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"`ecgqa serve` exited with {proc.returncode}:\n{log.read_text()}")
@@ -56,7 +58,7 @@ def server(qa_checkpoint, prepared_qa, tmp_path_factory):
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"`ecgqa serve` did not answer /healthz within 90 s:\n{log.read_text()}")
+                pytest.fail(f"`ecgqa serve` did not answer /healthz within 300 s:\n{log.read_text()}")
             time.sleep(0.3)
         yield url
     finally:
@@ -116,6 +118,17 @@ def test_pick_ecg_ask_and_read_the_answer(page, qa_checkpoint, prepared_qa, arte
     for name, value in zip(names, values):
         assert value == pytest.approx(expected.scores[name], abs=1e-3)
     assert "single-verify" in page.inner_text("#answer-meta")
+    # the attribute classifier's findings for this ECG, as the API gives them (issue 12)
+    api = httpx.get(f"{page.url.rstrip('/')}/api/ecgs/{ecg_id}/findings").json()
+    page.wait_for_function("document.getElementById('findings-model').textContent.includes('ECG 127')", timeout=30_000)
+    assert page.locator("#findings-box").is_visible()
+    if api["findings"]:
+        shown_findings = [t.strip() for t in page.locator("#findings li .name").all_inner_texts()]
+        assert shown_findings == [f["name"] for f in api["findings"]]
+        assert [float(t) for t in page.locator("#findings li .value").all_inner_texts()] == pytest.approx(
+            [f["score"] for f in api["findings"]], abs=1e-3)
+    else:
+        assert "no class above" in page.inner_text("#findings")
     assert page.locator("#error").is_hidden()
     page.screenshot(path=str(artefacts / "serve_answer.png"), full_page=True)
     assert not page.js_errors
