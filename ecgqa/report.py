@@ -127,7 +127,8 @@ def paper_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None =
         values = ref.get("em", {})
         cells = [_num(values.get(c)) for c in columns]
         label = f"{ref['model']} ({ref.get('dataset', '?')}, published)"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | – | {ref['source']} |")
+        unverified = " [not re-read from the source]" if ref.get("checked") is False else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | – | {ref['source']}{unverified} |")
     return "\n".join(lines) + "\n"
 
 
