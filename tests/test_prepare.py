@@ -560,6 +560,7 @@ def test_other_builds_are_byte_identical_too(handmade, tmp_path, task, tokenizer
     assert _tree(a) == _tree(b)
 
 
+@pytest.mark.slow  # three interpreters importing transformers (~20 s)
 def test_trained_tokenizer_is_deterministic_across_processes(tmp_path):
     """Python's string hashing differs per process (PYTHONHASHSEED); the vocabulary must not."""
     import subprocess
