@@ -8,10 +8,10 @@
 Models mode: each model does optimizer steps (forward with labels → the model's own loss, backward, Adam)
 on one in-memory batch of the published input shapes (two 12-lead ECGs of 5000 samples and a 24-token
 question for QA; one ECG for the upperbound classifiers). The first model (``fusion-small`` by default) is
-the baseline measured in the same run, so ``× baseline`` compares models on this machine whatever its
-load. Model FLOPs per step are counted once with ``torch.utils.flop_counter`` (the warm-up step); on CUDA
-the model FLOP utilisation is printed against the device's dense bf16/fp32 peak (``--peak-tflops`` or a
-table of known GPUs).
+the baseline, timed first and again last in the same run (the ratio uses the mean of both), so
+``× baseline`` compares models on this machine even when its load drifts. Model FLOPs per step are
+counted once with ``torch.utils.flop_counter`` (the warm-up step); on CUDA the model FLOP utilisation
+is printed against the device's dense bf16/fp32 peak (``--peak-tflops`` or a table of known GPUs).
 
 Loader mode (``--loader``): the same model fed by the real data loader vs one in-memory batch, on a
 prepared directory (default: the bundled sample, prepared now). ``loader / in-memory`` close to 1.0
@@ -113,11 +113,27 @@ def timed(step: Callable[[dict[str, Any]], None], batch: dict[str, Any], steps: 
     return (time.perf_counter() - t0) / steps
 
 
-def run_models(args: argparse.Namespace) -> None:
+def measure(name: str, args: argparse.Namespace, device: Any, sync: Callable[[], None]) -> tuple[int, float, float]:
+    """(parameters, model FLOPs per step, seconds per step) of ``name`` at its published width."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from ecgqa.models import create_model
+
+    torch.manual_seed(0)
+    batch, n_classes = synthetic_batch(name, args.batch_size, torch.Generator().manual_seed(0))
+    model = create_model(name, classes=[f"c{i}" for i in range(n_classes)]).to(device).train()
+    step = make_step(model, device, args.precision)
+    with FlopCounterMode(display=False) as counter:
+        step(batch)  # warm-up, counted
+    seconds = timed(step, batch, args.steps, sync)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops(), seconds
+
+
+def run_models(args: argparse.Namespace) -> None:
+    import sys
+
+    import torch
 
     device = torch.device(args.device)
 
@@ -126,30 +142,27 @@ def run_models(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(device)
 
     peak = peak_tflops(device, args.precision, args.peak_tflops)
+    results = {}
+    for name in args.models:
+        results[name] = measure(name, args, device, sync)
+        print(f"  {name}: {args.batch_size / results[name][2]:.3f} samples/s", file=sys.stderr, flush=True)
+    # the baseline is timed first and again last: on a shared machine the load drifts, and the ratios
+    # use the mean of both baseline timings (both are printed, so the drift is visible)
+    base = args.models[0]
+    base_again = measure(base, args, device, sync)[2] if len(args.models) > 1 else results[base][2]
+    base_sps = args.batch_size / ((results[base][2] + base_again) / 2)
     print(f"device {device} ({torch.get_num_threads()} threads), {args.precision}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after 1 warm-up; baseline {args.models[0]}")
+          f"{args.steps} timed steps after 1 warm-up; baseline {base}: {args.batch_size / results[base][2]:.4f} "
+          f"samples/s first, {args.batch_size / base_again:.4f} last")
     header = f"{'model':<22}{'params (M)':>11}{'GFLOP/sample':>14}{'samples/s':>11}{'× baseline':>11}"
     print(header + (f"{'MFU %':>8}" if peak else ""))
-    baseline = None
-    for name in args.models:
-        torch.manual_seed(0)
-        gen = torch.Generator().manual_seed(0)
-        batch, n_classes = synthetic_batch(name, args.batch_size, gen)
-        model = create_model(name, classes=[f"c{i}" for i in range(n_classes)]).to(device).train()
-        step = make_step(model, device, args.precision)
-        with FlopCounterMode(display=False) as counter:
-            step(batch)  # warm-up, counted
-        flops = counter.get_total_flops()
-        seconds = timed(step, batch, args.steps, sync)
+    for name, (n_params, flops, seconds) in results.items():
         sps = args.batch_size / seconds
-        baseline = baseline or sps
-        n_params = sum(p.numel() for p in model.parameters())
-        line = (f"{name:<22}{n_params / 1e6:>11.1f}{flops / args.batch_size / 1e9:>14.2f}{sps:>11.2f}"
-                f"{sps / baseline:>11.3f}")
+        line = (f"{name:<22}{n_params / 1e6:>11.1f}{flops / args.batch_size / 1e9:>14.2f}{sps:>11.4f}"
+                f"{sps / base_sps:>11.3f}")
         if peak:
             line += f"{100 * flops / seconds / 1e12 / peak:>8.1f}"
-        print(line, flush=True)
-        del model, step
+        print(line)
     if peak:
         print(f"MFU = counted model FLOPs per second / {peak:g} TFLOP/s (dense {args.precision} peak)")
 

@@ -23,6 +23,7 @@ def labelled_bce(logits: torch.Tensor, labels: torch.Tensor, label_mask: torch.T
     not drown a rare one; the result is the mean of those per-class terms over the classes the batch
     labels (zero, still differentiable, when it labels none).
     """
+    logits = logits.float()  # float32 whatever the autocast dtype, as qa_bce
     mask = label_mask.to(logits.dtype)
     cell = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none") * mask
     count = mask.sum(dim=0)  # (C,) samples labelling each class
