@@ -16,7 +16,7 @@ def qa_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def labelled_bce(logits: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits on the labelled (sample, class) cells only (docs/benchmark.md, "Attribute (\"upperbound\") classifiers").
+    """BCE-with-logits on the labelled (sample, class) cells only (docs/benchmark.md, attribute classifiers).
 
     An upperbound sample labels a few of the grounding classes; the others are unknown, not negative.
     Each class term is averaged over the samples of the batch that label it, so a frequent class does
