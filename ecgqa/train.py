@@ -233,9 +233,6 @@ def check_config(config: TrainConfig) -> TrainConfig:
     config.weight_decay = config.weight_decay if config.weight_decay is not None else recipe.weight_decay
     config.schedule = config.schedule or recipe.schedule
     config.warmup = config.warmup if config.warmup is not None else recipe.warmup
-    if config.schedule == "tri_stage" and not config.max_steps:
-        raise ValueError("--schedule tri_stage needs a length in updates: give --max-steps (its phases are "
-                         "fractions of the updates)")
     return config
 
 
@@ -247,7 +244,9 @@ def dry_run(config: TrainConfig) -> str:
     recipe = recipe_for(config.recipe, config.model)
     data = PreparedData(config.data)
     n_train = len(data.split(config.train_split))
-    per_epoch = math.ceil(n_train / config.effective_batch) if n_train else 0
+    # as the Trainer counts: each device's loader has ceil(n / devices / batch) batches; an update takes grad_accum
+    batches = math.ceil(math.ceil(n_train / _world_size()) / config.batch_size)
+    per_epoch = max(math.ceil(batches / config.grad_accum), 1)
     steps = config.max_steps or math.ceil((config.epochs or 0) * per_epoch)
     epochs = steps * config.effective_batch / n_train if n_train else float("nan")
     optimizer = ("AdamW over all parameters (upstream Adam, decoupled decay)" if recipe.optimizer == "adam"

@@ -340,6 +340,11 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
     lines = capsys.readouterr().out.splitlines()
     assert "effective batch: 128 = batch 32 x grad-accum 4 x 1 device(s)" in lines and "updates: 100000" in lines
     assert any("weight decay 0.0005" in line for line in lines)
+    # epochs instead of updates: counted as the Trainer counts (ceil(ceil(413 / 16) / 4) = 7 updates per epoch)
+    assert main(["train", "--data", str(prepared_qa), "--model", "fusion-small", "--out", "unused",
+                 "--recipe", "paper", "--epochs", "2", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "updates: 14 (2 epochs)" in lines and f"samples seen: {14 * 64} = {14 * 64 / 413:.2f} epochs of 413 train samples" in lines
 
 
 @pytest.mark.slow
@@ -389,3 +394,17 @@ def test_paper_recipe_trains_on_the_tri_stage_curve(prepared_qa, tmp_path):
     assert lrs[1] == pytest.approx(1e-6) and lrs[3] == pytest.approx(1e-4) and lrs[20] < 1e-4
     options = json.loads((out / "train_options.json").read_text())
     assert options["args"]["weight_decay"] == 0.0 and options["recipe"] == "paper"
+
+
+@pytest.mark.slow
+def test_dry_run_updates_equal_the_trainers(prepared_qa, tmp_path, capsys):
+    from ecgqa.models import variant_for_tests
+
+    model = variant_for_tests("fusion-small")
+    common = ["train", "--data", str(prepared_qa), "--model", model, "--out", str(tmp_path / "run"), "--epochs", "1",
+              "--batch-size", "32", "--grad-accum", "3", "--eval-split", "none", "--workers", "0", "-q"]
+    assert main([*common, "--dry-run"]) == 0
+    (updates,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("updates: ")]
+    assert updates == "updates: 5 (1 epochs)"  # ceil(ceil(413 / 32) / 3)
+    assert main(common) == 0
+    assert json.loads((tmp_path / "run" / "train_options.json").read_text())["global_step"] == 5
