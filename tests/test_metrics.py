@@ -31,7 +31,7 @@ def test_exact_match_hand_cases():
     # 0.5 itself is "no" (the reference code's `probs > 0.5`): a true class scored exactly 0.5 is missed
     at_threshold = probs.copy()
     at_threshold[2, 2] = 0.5
-    assert metrics.exact_match(at_threshold, labels, valid)[2] == False  # noqa: E712
+    assert not metrics.exact_match(at_threshold, labels, valid)[2]
     pred = metrics.predict(probs, valid)
     assert pred[0].tolist() == [False, True, False, False]
     assert pred[2].tolist() == [False, False, True, True]
