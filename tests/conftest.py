@@ -54,20 +54,18 @@ def prepared_upperbound(tmp_path_factory, mapped_sample) -> Path:
 @pytest.fixture(scope="session")
 def qa_checkpoint(tmp_path_factory, prepared_qa) -> Path:
     """A tiny fusion model trained briefly on ``prepared_qa`` (evaluated on valid, best-EM kept): a CKPT dir."""
-    from ecgqa.models import tiny
-    from ecgqa.train import train
+    from ecgqa.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("checkpoints") / "fusion-tiny"
-    return train(prepared_qa, "fusion-small", out, max_steps=8, batch_size=16, eval_steps=4, lr=3e-3, warmup=0,
-                 logging_steps=2, overrides=tiny("fusion-small"), quiet=True)
+    return train(TrainConfig(data=prepared_qa, model="fusion-test", out=out, max_steps=8, batch_size=16, eval_steps=4,
+                             lr=3e-3, warmup=0, logging_steps=2, quiet=True))
 
 
 @pytest.fixture(scope="session")
 def upperbound_checkpoint(tmp_path_factory, prepared_upperbound) -> Path:
     """A tiny se-wrn trained briefly on ``prepared_upperbound``: a CKPT dir."""
-    from ecgqa.models import tiny
-    from ecgqa.train import train
+    from ecgqa.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("checkpoints") / "se-wrn-tiny"
-    return train(prepared_upperbound, "se-wrn", out, max_steps=8, batch_size=16, lr=3e-3, warmup=0,
-                 overrides=tiny("se-wrn"), quiet=True)
+    return train(TrainConfig(data=prepared_upperbound, model="se-wrn-test", out=out, max_steps=8, batch_size=16, lr=3e-3,
+                             warmup=0, quiet=True))
