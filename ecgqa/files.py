@@ -7,7 +7,8 @@
   command's marker file) or an empty one; anything else is refused with a message saying what is there.
 - ``staging_dir`` + ``swap_dir``: build a whole output folder beside its final place and swap it in
   with one rename, so readers see the old folder or the new one, never a mix.
-- ``clean_stale``: remove staging folders of runs that died.
+- ``clean_stale`` / ``recover_output``: remove staging folders of runs that died (and put back an output
+  a killed fallback swap had moved aside).
 - ``sha256_file``: the one file hash.
 """
 
@@ -267,6 +268,26 @@ def clean_stale(parent: str | Path, prefix: str) -> list[Path]:
     return removed
 
 
+def recover_output(out: str | Path) -> list[Path]:
+    """Before building ``out``: undo a swap cut short, then remove leftovers of dead runs.
+
+    If a run died between the two renames of ``swap_dir``'s fallback, ``out`` is absent and the
+    previous output waits at ``.NAME.old-PID``: it is renamed back. Then the dead runs'
+    ``.NAME.build-PID`` / ``.NAME.old-PID`` folders are removed (``clean_stale``); returns those.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+            try:
+                pid = int(old.name.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and not _pid_alive(pid) and old.is_dir():
+                os.replace(old, out)
+                break
+    return clean_stale(out.parent, f".{out.name}.build-") + clean_stale(out.parent, f".{out.name}.old-")
+
+
 def disk_full(error: BaseException) -> bool:
     """Whether an exception is "no space left" (ENOSPC) or "quota exceeded" (EDQUOT)."""
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -282,6 +303,7 @@ __all__ = [
     "current_umask",
     "default_file_mode",
     "disk_full",
+    "recover_output",
     "sha256_file",
     "staging_dir",
     "swap_dir",

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecgqa import prepared
-from ecgqa.files import atomic_write_json, clean_stale, sha256_file, staging_dir, swap_dir
+from ecgqa.files import atomic_write_json, recover_output, sha256_file, staging_dir, swap_dir
 from ecgqa.prepared import PreparedMeta, TokenizerInfo
 from ecgqa.release import SPLITS, AnswerSpace, ReleaseError, encode_sample, load_shard, shards
 
@@ -679,11 +679,10 @@ def prepare(
     try:
         inputs = read_inputs(mapped, opts, grounding_classes, metadata)
         digest = content_hash(opts, inputs)
+        recover_output(out)
         if not force and (old := up_to_date(out, digest, inputs, opts)) is not None:
             return {**old, "_noop": True}
         prepared.claim(out)
-        clean_stale(out.parent, f".{out.name}.build-")
-        clean_stale(out.parent, f".{out.name}.old-")
         build = staging_dir(out)
         try:
             meta = _build(build, out, inputs, opts, digest, num_proc, progress)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ecgqa.files import atomic_write_json, claim_output_dir, clean_stale, staging_dir, swap_dir
+from ecgqa.files import atomic_write_json, claim_output_dir, recover_output, staging_dir, swap_dir
 from ecgqa.records import record_files
 from ecgqa.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
 from mapping.sources import mimic_record_paths, ptbxl_record_path
@@ -102,9 +102,8 @@ def map_release(
     files = shards(version_dir)
     if not files:
         raise ReleaseError(f"{version_dir}: no question shards under template/ or paraphrased/")
+    recover_output(out)
     claim_output_dir(out, marker=REPORT, what="mapped release", is_ours=_report_is_ours)
-    clean_stale(out.parent, f".{out.name}.build-")
-    clean_stale(out.parent, f".{out.name}.old-")
     staging = staging_dir(out)
     report: dict = {
         "version": version,

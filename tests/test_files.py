@@ -145,3 +145,25 @@ def test_clean_stale_removes_only_dead_runs(tmp_path):
     removed = clean_stale(tmp_path, ".out.build-")
     assert [p.name for p in removed] == [f".out.build-{dead_pid}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".out.build-{os.getppid()}", ".out.build-notapid"])
+
+
+def test_recover_output_puts_back_an_output_a_killed_swap_moved_aside(tmp_path):
+    import subprocess
+    import sys
+
+    from ecgqa.files import recover_output
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    aside = tmp_path / f".out.old-{dead}"
+    aside.mkdir()
+    (aside / "meta.json").write_text("previous")
+    (tmp_path / f".out.build-{dead}").mkdir()
+    removed = recover_output(tmp_path / "out")
+    assert (tmp_path / "out" / "meta.json").read_text() == "previous"
+    assert [p.name for p in removed] == [f".out.build-{dead}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # with the output in place, a dead run's aside copy is just a leftover
+    aside.mkdir()
+    recover_output(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

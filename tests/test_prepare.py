@@ -530,10 +530,15 @@ def test_stale_build_folders_are_cleaned(handmade, tmp_path):
     _, _, mapped, _, _ = handmade
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
+    prepare(mapped, tmp_path / "prep", progress=False)
     for name in (f".prep.build-{dead}", f".prep.old-{dead}"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "signals.npy").write_bytes(b"x")
-    prepare(mapped, tmp_path / "prep", progress=False)
+        (tmp_path / name / SIGNALS).write_bytes(b"x")
+    prepare(mapped, tmp_path / "prep", progress=False, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"]
+    # a run killed between the two renames of a fallback swap: the output waits aside and is put back
+    (tmp_path / "prep").rename(tmp_path / f".prep.old-{dead}")
+    assert prepare(mapped, tmp_path / "prep", progress=False).get("_noop") is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"]
 
 
