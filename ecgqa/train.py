@@ -649,7 +649,14 @@ def _trim_log(path: Path, step: int) -> None:
 
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     atomic_write(path, "".join(line + "\n" for line in kept))
 
 

@@ -408,3 +408,14 @@ def test_dry_run_updates_equal_the_trainers(prepared_qa, tmp_path, capsys):
     assert updates == "updates: 5 (1 epochs)"  # ceil(ceil(413 / 32) / 3)
     assert main(common) == 0
     assert json.loads((tmp_path / "run" / "train_options.json").read_text())["global_step"] == 5
+
+
+def test_metrics_log_trimmed_to_the_resumed_step(tmp_path):
+    """T3: lines of steps after the resumed checkpoint (and a line torn by the kill) are dropped."""
+    from ecgqa.train import _trim_log
+
+    log = tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "loss": 1.0 / s} for s in (2, 4, 6, 8)] + [{"step": 6, "eval_em": 0.5}]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 9, "lo')
+    _trim_log(log, 6)
+    assert [json.loads(x) for x in log.read_text().splitlines()] == [x for x in lines if x["step"] <= 6]
