@@ -165,7 +165,7 @@ def claim_output_dir(
     if resolved == cwd or resolved in cwd.parents:
         raise OutputDirError(
             f"--out {out} is the current folder (or one of its parents), which cannot be replaced; "
-            f"give a folder name such as {what.replace(' ', '-')}/<name>"
+            f"give the name of a new folder for the {what} instead"
         )
     if not any(out.iterdir()):
         return out
