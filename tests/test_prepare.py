@@ -16,7 +16,7 @@ import wfdb
 
 from ecgqa.constants import LEADS
 from ecgqa.prepare import PrepareError, prepare
-from ecgqa.prepared import META, SIGNALS, PreparedData
+from ecgqa.prepared import DROPPED, META, SIGNALS, PreparedData
 from mapping.mapper import map_release
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -326,7 +326,7 @@ def test_bad_records_fail_after_full_scan_or_are_dropped(tmp_path, sample_paths)
     assert data.ecg_ids.tolist() == [2] and data.signals.shape[0] == 1
     assert sorted(data.split("train")["sample_id"]) == [10, 13]
     assert meta["dropped"]["bad_records"] == 2 and meta["dropped"]["samples_train"] == 2
-    report = json.loads((out / "dropped.json").read_text())
+    report = json.loads((out / DROPPED).read_text())
     assert sorted(report["samples"]["train"]) == [11, 12] and sorted(report["bad_records"]) == ["6", "7"]
     np.testing.assert_allclose(data.signals[0].astype(np.float32), read_rdsamp(folder / "00002_hr"),
                                rtol=1e-3, atol=2e-3)
