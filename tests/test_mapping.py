@@ -248,3 +248,15 @@ def test_map_disk_full_is_one_line_and_keeps_the_old_output(sample_paths, tmp_pa
     assert err.startswith("error: no space left on the device while writing ") and "mapping_report.json" in err
     assert err.count("\n") == 1 and _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_map_out_dot_is_a_clear_error(sample_paths, tmp_path, monkeypatch, capsys):
+    from ecgqa.cli import main
+
+    (tmp_path / "notes.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path)
+    src = [str(sample_paths.ptbxl_release), "--records", str(sample_paths.ptbxl_records)]
+    assert main(["map", "ptbxl", *src, "--out", ".", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "current folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
