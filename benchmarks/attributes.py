@@ -6,7 +6,7 @@ On the bundled sample (198 PTB-XL ECGs), split by ECG exactly as ``ecgqa quickst
    (the single questions' attributes), counted over the training ECGs (known labels, all lead subsets);
 2. attribute-classifier macro AUC on the held-out ECGs for both label sources at the same training budget
    (``se-wrn-quick``, 100 Hz, same steps/batch/lr/seed), both scored against the held-out ECGs' dense labels
-   (entire ECG), plus the label-shuffled control;
+   (entire ECG), plus the label-shuffled control, and the quickstart's setting (entire-ECG rows only);
 3. measurement throughput of ``ecgqa.measure.measure_ecg`` (ECGs/s, one process) on the sample's records,
    with the share of values it could measure;
 4. agreement of the measured normal ranges with the release's numeric-feature comparison answers
@@ -110,7 +110,7 @@ def main() -> None:
 
     from ecgqa import sample
     from ecgqa.prepare import prepare
-    from ecgqa.quickstart import ATTRIBUTE_MODEL, ATTRIBUTE_RATE, attribute_auc, holdout_by_ecg, shuffled_copy
+    from ecgqa.quickstart import ATTRIBUTE_MODEL, ATTRIBUTE_RATE, attribute_auc, holdout_by_ecg, rows_copy
     from ecgqa.train import TrainConfig, train
     from mapping.mapper import map_release
 
@@ -135,10 +135,15 @@ def main() -> None:
                                  "question-derived (upperbound)": labels_per_ecg(sparse)}
     print(json.dumps(results["labels_per_ecg"], indent=1), flush=True)
 
-    control = shuffled_copy(dense, out / "prepared" / "attributes-shuffled", seed=args.seed)
+    control = rows_copy(dense, out / "prepared" / "attributes-shuffled", shuffle_seed=args.seed)
+    entire = rows_copy(dense, out / "prepared" / "attributes-entire", groups=("entire",))
+    entire_control = rows_copy(dense, out / "prepared" / "attributes-entire-shuffled", groups=("entire",),
+                               shuffle_seed=args.seed)
     aucs = {}
-    for name, data in (("dense", dense), ("question-derived", sparse), ("shuffled control", control)):
-        ckpt = out / "checkpoints" / name.replace(" ", "-")
+    for name, data in (("dense", dense), ("question-derived", sparse), ("shuffled control", control),
+                       ("dense, entire rows only (quickstart)", entire),
+                       ("entire rows shuffled (quickstart control)", entire_control)):
+        ckpt = out / "checkpoints" / "".join(c if c.isalnum() else "-" for c in name)
         t = time.perf_counter()
         train(TrainConfig(data=data, model=ATTRIBUTE_MODEL, out=ckpt, max_steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, warmup=0.05, seed=args.seed, eval_split=None, logging_steps=50, quiet=True))

@@ -3,7 +3,8 @@
 Steps: map → hold out a test split BY ECG → prepare (qa) → train a small fusion model and a blind
 (question-only) baseline → evaluate both on the held-out split → **attribute classifier**: prepare
 dense attribute labels from PTB-XL's metadata (``--task attributes``, ``ecgqa/attributes.py``), train
-``se-wrn-quick`` on the training ECGs and the same model on label-shuffled data (the control), score
+``se-wrn-quick`` on the training ECGs' entire-ECG rows and the same model on those rows with the labels
+shuffled across ECGs (the control), score
 both on the held-out ECGs (per-class AUC with a 95 % bootstrap interval, macro AUC) → print both tables.
 
 Why the attribute classifier: on the sample's few hundred questions the QA models learn the majority
@@ -24,6 +25,7 @@ when they are missing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
@@ -226,11 +228,12 @@ def _run(args: argparse.Namespace) -> int:
         say(f"preparing dense attribute labels from PTB-XL metadata into {attrs} ({ATTRIBUTE_RATE} Hz)")
         prepare(release, attrs, variant="template", task="attributes", rate=ATTRIBUTE_RATE,
                 metadata=paths.ptbxl_records / "ptbxl_database.csv", progress=progress)
-        control = out / "prepared" / "ptbxl-attributes-shuffled"
-        shuffled_copy(attrs, control, seed=args.seed)
+        entire = rows_copy(attrs, out / "prepared" / "ptbxl-attributes-entire", groups=("entire",))
+        control = rows_copy(attrs, out / "prepared" / "ptbxl-attributes-shuffled", groups=("entire",),
+                            shuffle_seed=args.seed)
         ckpt = out / "checkpoints" / ATTRIBUTE_MODEL
         say(f"training {ATTRIBUTE_MODEL} on the dense labels of the training ECGs into {ckpt}")
-        _train(attrs, ATTRIBUTE_MODEL, ckpt, max_steps=args.attribute_steps, args=args)
+        _train(entire, ATTRIBUTE_MODEL, ckpt, max_steps=args.attribute_steps, args=args)
         control_ckpt = out / "checkpoints" / f"{ATTRIBUTE_MODEL}-shuffled"
         say(f"training the control: {ATTRIBUTE_MODEL} on label-shuffled training ECGs into {control_ckpt}")
         _train(control, ATTRIBUTE_MODEL, control_ckpt, max_steps=args.attribute_steps, args=args)
@@ -259,34 +262,42 @@ def _run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ the attribute classifier
 
 
-def shuffled_copy(prepared: Path, out: Path, *, seed: int = 0, split: str = "train") -> Path:
-    """A copy of a prepared (attributes/upperbound) directory whose ``split`` rows point at shuffled ECGs.
+def rows_copy(prepared: Path, out: Path, *, split: str = "train", groups: tuple[str, ...] | None = None,
+              shuffle_seed: int | None = None) -> Path:
+    """A copy of a prepared (attributes/upperbound) directory with ``split``'s rows changed.
 
-    Within each lead subset the rows' ``ecg_rows`` are permuted, so every label vector stays (same label
-    frequencies, same lead subsets) but belongs to another ECG: a model trained on it can only learn the
-    label base rates. Its AUC on held-out ECGs is the chance level to beat.
+    ``groups``: keep only the rows of these lead subsets (the quickstart trains on ``("entire",)``: the
+    entire-ECG row carries ~78 of an ECG's ~165 labels, so every step sees the dense labels).
+    ``shuffle_seed``: the **control** — within each lead subset the rows' ``ecg_rows`` are permuted, so every
+    label vector stays (same label frequencies) but belongs to another ECG; a model trained on it can only
+    learn the base rates, and its AUC on held-out ECGs is the level to beat.
     """
     from ecgqa import prepared as prep
 
     data = prep.PreparedData(prepared)
     table = data.split(split)
-    rows = table.to_list() if hasattr(table, "to_list") else [dict(r) for r in table]
-    rng = random.Random(seed)
-    by_group: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_group.setdefault(r["lead_group"], []).append(i)
-    for idx in by_group.values():
-        targets = [rows[i]["ecg_rows"] for i in idx]
-        rng.shuffle(targets)
-        for i, t in zip(idx, targets):
-            rows[i] = {**rows[i], "ecg_rows": t, "ecg_id": [int(data.ecg_ids[t[0]])]}
+    rows = [r for r in table.to_list() if groups is None or r["lead_group"] in groups]
+    if shuffle_seed is not None:
+        rng = random.Random(shuffle_seed)
+        by_group: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_group.setdefault(r["lead_group"], []).append(i)
+        for idx in by_group.values():
+            targets = [rows[i]["ecg_rows"] for i in idx]
+            rng.shuffle(targets)
+            for i, t in zip(idx, targets):
+                rows[i] = {**rows[i], "ecg_rows": t, "ecg_id": [int(data.ecg_ids[t[0]])]}
     if out.exists():
         shutil.rmtree(out)
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(prepared, staging)
     shutil.rmtree(staging / prep.QUESTIONS / split)
-    prep.write_questions(staging, split, iter(rows), table.features, f"shuffled-{seed}-{data.info.content_hash[:8]}")
+    tag = f"{split}-{'+'.join(groups or ('all',))}-{shuffle_seed}-{data.info.content_hash[:8]}"
+    n = prep.write_questions(staging, split, iter(rows), table.features, hashlib.sha256(tag.encode()).hexdigest()[:16])
+    meta = data.info.model_copy(update={"splits": {**data.info.splits, split: n}})
+    (staging / prep.META).unlink()
+    prep.write_meta(staging, meta)
     staging.rename(out)
     return out
 
