@@ -452,12 +452,12 @@ class Scan:
 def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) -> tuple[TaskBuilder, Scan]:
     """Pass 1 over the questions: the attribute map (all splits present, so it never depends on
     --splits), the unique ECGs and their record paths, duplicate and empty-split checks.
-    Only ids and paths stay in memory."""
+    Only ids and paths stay in memory (the task sees each selected sample as it streams by)."""
     attributes: set[str] = set()
     paths: dict[int, str] = {}
     seen: dict[int, Path] = {}
     samples = dict.fromkeys(opts.splits, 0)
-    selected: list[tuple[str, Path, dict[str, Any]]] = []
+    task = task_of(inputs, opts, [])  # its attribute map is set once the scan has seen every split
     for split, shard in _progress(inputs.shard_list, progress, "scan questions"):
         for sample in load_shard(shard):
             attributes.update(sample.get("attribute") or [])
@@ -477,14 +477,12 @@ def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) 
                 )
             for i, p in zip(sample["ecg_id"], ecg_paths):
                 paths.setdefault(i, p)
-            selected.append((split, shard, sample))
+            task.add(split, shard, sample)
     empty = [s for s, n in samples.items() if n == 0]
     if empty:
         raise PrepareError(f"{inputs.mapped / opts.variant}: split(s) {empty} hold no samples; "
                            "leave them out of --splits or re-run `ecgqa map`")
-    task = task_of(inputs, opts, sorted(attributes))
-    for split, shard, sample in selected:
-        task.add(split, shard, sample)
+    task.attributes = sorted(attributes)
     fingerprint = records_fingerprint(paths.values())
     wanted = task.wanted_ecgs(set(paths))
     return task, Scan({i: p for i, p in paths.items() if i in wanted}, sorted(attributes), samples, fingerprint)
