@@ -124,9 +124,12 @@ def grad_accum_for(effective_batch: int, batch_size: int, world_size: int) -> in
     per_step = batch_size * world_size
     if per_step <= 0 or effective_batch % per_step:
         divisors = [d for d in range(1, effective_batch + 1) if effective_batch % (d * world_size) == 0]
+        hint = (f"choose a --batch-size dividing it, e.g. {', '.join(map(str, divisors[-4:]))}" if divisors else
+                "run on a device count dividing it, or set --batch-size and --grad-accum yourself "
+                "(the effective batch is then batch x accumulation x devices)")
         raise ValueError(
             f"an effective batch of {effective_batch} cannot be made of --batch-size {batch_size} on {world_size} "
-            f"device(s); choose a --batch-size dividing it, e.g. {', '.join(map(str, divisors[-4:]))}"
+            f"device(s); {hint}"
         )
     return effective_batch // per_step
 

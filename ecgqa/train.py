@@ -223,7 +223,13 @@ def check_config(config: TrainConfig) -> TrainConfig:
     # the recipe fills what the user did not set
     if config.max_steps is None and config.epochs is None:
         config.max_steps, config.epochs = recipe.max_steps, recipe.epochs
-    config.batch_size = config.batch_size or recipe.batch_size
+    if config.batch_size is None:
+        config.batch_size = recipe.batch_size
+        if recipe.effective_batch and config.grad_accum is None:
+            # the reference per-device batch, made smaller where more devices share the effective batch
+            fits = [b for b in range(min(recipe.batch_size, recipe.effective_batch // _world_size()), 0, -1)
+                    if recipe.effective_batch % (b * _world_size()) == 0]
+            config.batch_size = fits[0] if fits else recipe.batch_size  # none fits: grad_accum_for says so
     if config.grad_accum is None:
         config.effective_batch = config.effective_batch or recipe.effective_batch
         config.grad_accum = (grad_accum_for(config.effective_batch, config.batch_size, _world_size())

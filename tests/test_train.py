@@ -344,6 +344,11 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
     assert main(["train", "--data", str(prepared_qa), "--model", "fusion-small", "--out", "unused",
                  "--recipe", "paper", "--epochs", "2", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    monkeypatch.setenv("WORLD_SIZE", "4")  # the reference batch of 128 per device is shared by four devices
+    assert main(["train", "--data", str(prepared_upperbound), "--model", "se-wrn", "--out", "unused",
+                 "--recipe", "paper", "--dry-run"]) == 0
+    assert "effective batch: 128 = batch 32 x grad-accum 1 x 4 device(s)" in capsys.readouterr().out.splitlines()
+    monkeypatch.delenv("WORLD_SIZE")
     assert "updates: 14 (2 epochs)" in lines and f"samples seen: {14 * 64} = {14 * 64 / 413:.2f} epochs of 413 train samples" in lines
 
 
