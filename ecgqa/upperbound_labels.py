@@ -1,4 +1,4 @@
-"""Single template questions → upperbound attribute-classification labels (ECGQA.md, "Upperbound classifiers").
+"""Single template questions → upperbound attribute-classification labels (docs/benchmark.md, the attribute-classifier section).
 
 A question such as "Does this ECG show static noise in lead aVL?" answered "no" becomes the label
 (lead subset ``aVL``, attribute ``static noise``, 0). Attributes that carry a location

@@ -1,7 +1,7 @@
 """Ground each question in an upperbound classifier's reading of its ECG(s).
 
 The LLM never sees a signal: it sees, per ECG and lead subset, the grounding classes the classifier
-scores above 0.5 (ECGQA.md, "The LLM evaluation protocol", step 2). Which (ECG, lead subset) pairs
+scores above 0.5 (docs/benchmark.md, "The LLM evaluation protocol", step 2). Which (ECG, lead subset) pairs
 a question needs is decided by :func:`plan_readings`:
 
 - a question naming a lead or a lead group ("… in lead V2", "… in inferior leads") gets the classifier

@@ -1,4 +1,4 @@
-"""The one place a prompt is built (ECGQA.md, "The LLM evaluation protocol", step 3).
+"""The one place a prompt is built (docs/benchmark.md, "The LLM evaluation protocol", step 3).
 
 A ``classifier`` prompt (the paper's protocol) is: a short preface (these are a classifier's
 interpretations with scores; a higher score means more certainty), one block per (ECG, lead subset)

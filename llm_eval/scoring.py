@@ -1,4 +1,4 @@
-"""Reply parsing, exact match, usage and cost (ECGQA.md, "The LLM evaluation protocol", steps 4–5).
+"""Reply parsing, exact match, usage and cost (docs/benchmark.md, "The LLM evaluation protocol", steps 4–5).
 
 A reply is matched against the option strings case-insensitively, longest option first, each match
 consuming its span (so "lead III" never also counts as "lead II" or "lead I", and "none of myocardial

@@ -203,7 +203,7 @@ def test_handmade_question_types_are_encoded(handmade):
         answer, valid, codes = encode(s)
         r = rows[s["sample_id"]]
         assert (r["answer"], r["valid_classes"], (r["qt1"], r["qt2"], r["qt3"])) == (answer, valid, codes)
-    # spelled out from ECGQA.md for the cases the issue names
+    # spelled out from docs/benchmark.md for the cases the issue names
     assert [classes[i] for i in rows[1]["valid_classes"]] == ["above the normal range", "within the normal range"]
     assert [classes[i] for i in rows[1]["answer"]] == ["within the normal range"]
     assert [classes[i] for i in rows[2]["valid_classes"]] == ["left axis deviation", "normal heart axis"]

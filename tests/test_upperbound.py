@@ -1,4 +1,4 @@
-"""Upperbound conversion: hand-made template samples (from ECGQA.md) → (lead subset, attribute, yes/no) labels."""
+"""Upperbound conversion: hand-made template samples (from docs/benchmark.md) → (lead subset, attribute, yes/no) labels."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_builder_skips_attributes_outside_the_grounding_classes(cls):
 
 
 def test_query_labels_answered_attributes_it_does_not_mention():
-    # ECGQA.md: "one label per attribute they mention or answer"
+    # docs/benchmark.md: one label per attribute they mention or answer
     q = qa("What kind of noises does this ECG show?", "single-query", ["static noise"], ["burst noise"], atype="noise")
     assert convert(q, "train", PTBXL) == [Label("entire", "static noise", 0), Label("entire", "burst noise", 1)]
     in_lead = {**q, "question": "What kind of noises does this ECG show in lead V2?"}
