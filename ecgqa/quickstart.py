@@ -174,6 +174,31 @@ def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse
         print(f"  time cap reached after {limit.stopped_at} steps", file=sys.stderr)
 
 
+MARKER = "quickstart.json"
+
+
+def claim_quickstart_out(out: Path) -> None:
+    """Refuse an ``--out`` this command did not make (a user's folder, a file), else mark it as ours.
+
+    The marker is written before anything else, so a re-run (or an interrupted run) may reuse the
+    folder, and the sub-folders the quickstart replaces inside it are always its own.
+    """
+    import json
+
+    from ecgqa import __version__
+    from ecgqa.files import atomic_write_json, claim_output_dir
+
+    def ours(marker: Path) -> bool:
+        try:
+            return json.loads(marker.read_text()).get("written_by") == "ecgqa quickstart"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    claim_output_dir(out, marker=MARKER, what="quickstart output", is_ours=ours)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MARKER, {"written_by": "ecgqa quickstart", "ecgqa_version": __version__})
+
+
 def _run(args: argparse.Namespace) -> int:
     from ecgqa import sample
     from ecgqa.evaluate import evaluate
@@ -184,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out: Path = args.out
+    claim_quickstart_out(out)
     progress = not args.quiet
     with_attributes = args.attribute_steps > 0
     steps = 4 + len(args.models) * 2 + (4 if with_attributes else 0)

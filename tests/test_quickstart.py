@@ -83,6 +83,25 @@ def test_ensure_demo_returns_existing_paths_without_training(tmp_path, prepared_
     assert got.attributes_checkpoint is None  # no attribute classifier trained in this folder
 
 
+def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    thesis = tmp_path / "thesis"
+    (thesis / "sub").mkdir(parents=True)
+    (thesis / "a.txt").write_text("my thesis")
+    (thesis / "sub" / "data.csv").write_text("precious")
+    (tmp_path / "notes.txt").write_text("a file")
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "quickstart.json").write_text('{"written_by": "someone else"}')
+    (forged / "keep.txt").write_text("x")
+    for out in (thesis, tmp_path / "notes.txt", forged):
+        assert main(["quickstart", "--out", str(out), "-q"]) == 2
+        assert "quickstart output" in capsys.readouterr().err
+    assert (thesis / "a.txt").read_text() == "my thesis" and (thesis / "sub" / "data.csv").read_text() == "precious"
+    assert sorted(p.name for p in thesis.iterdir()) == ["a.txt", "sub"]
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+    assert sorted(p.name for p in forged.iterdir()) == ["keep.txt", "quickstart.json"]
+
+
 @pytest.mark.slow
 def test_quickstart_fast_run(tmp_path, capsys):
     from ecgqa.prepared import PreparedData
@@ -126,6 +145,7 @@ def test_quickstart_fast_run(tmp_path, capsys):
     assert "control_macro_auc" in result and isinstance(result["learned"], bool)
     md = (out / "attributes.md").read_text()
     assert md in printed and ("learned something" in md or "No evidence" in md)
+    assert json.loads((out / "quickstart.json").read_text())["written_by"] == "ecgqa quickstart"
     demo = ensure_demo(out)
     assert demo.attributes_checkpoint == out / "checkpoints" / "se-wrn-quick"
     assert demo.checkpoint == out / "checkpoints" / "fusion-quick"
