@@ -686,6 +686,7 @@ def test_unfinished_bodies_share_a_memory_budget_and_a_deadline():
     assert limit.buffered == 0 and seen == []
 
 
+@pytest.mark.slow  # renders 24 plots: seconds on a loaded machine
 def test_threads_stay_bounded_under_concurrent_load(predictor, data):
     """S17: threads rose 6 -> 78 under load (a pool thread per request, each with its own torch and
     matplotlib state). Models run on one thread, plots on a bounded pool."""
