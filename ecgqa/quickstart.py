@@ -168,7 +168,8 @@ def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse
     if ckpt.exists():
         shutil.rmtree(ckpt)  # a fresh run each time: an old Trainer state would be resumed otherwise
     train(TrainConfig(data=data, model=model, out=ckpt, max_steps=max_steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup=0.05, seed=args.seed, eval_split=None, logging_steps=50, quiet=args.quiet),
+                      warmup=0.05, seed=args.seed, eval_split=None, logging_steps=50, quiet=args.quiet,
+                      save_steps=max_steps),  # no resumable Trainer state mid-run: each run starts fresh
           callbacks=[limit])
     if getattr(limit, "stopped_at", None):
         print(f"  time cap reached after {limit.stopped_at} steps", file=sys.stderr)
