@@ -20,13 +20,19 @@ schedule with phase ratios 10/40/50 % of the updates: linear warmup from ``init_
 (fairseq's default; no config overrides it) to lr, hold, then exponential decay to
 ``final_lr_scale`` = 0.05 × lr. Upstream's Adam applies weight decay decoupled (``p -= wd·lr·p``) to
 every parameter, which is ``torch.optim.AdamW`` over all parameters; that is what the paper recipe uses.
+No gradient clipping: fairseq's ``clip_norm`` defaults to 0.0 (``fairseq_signals/dataclass/configs.py``)
+and no config sets it, so the paper recipe passes ``max_grad_norm=0`` to ``TrainingArguments`` (0 turns
+the Trainer's clipping off). The text embeddings upstream start from ``bert-base-uncased``'s tables
+(``load_bert_embedding: True``): ``ecgqa train --bert-embeddings DIR`` does the same; without it they
+start from a random init (the dry run says so).
 
 The effective batch is reached on any number of devices: gradient accumulation =
 effective / (per-device batch × devices), see :func:`grad_accum_for`.
 
 ``quick`` (the default) is for the bundled sample and CPUs: AdamW (weight decay 0.01 except biases
 and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper recipe's 50k updates of 256
-samples are 12.8 M samples, days on a CPU; choose it explicitly on the full release.
+samples are 12.8 M samples, days on a CPU; choose it explicitly on the full release. ``quick`` clips
+gradients at norm 1.0 (the transformers default it always used).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class Recipe:
     phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)
     init_lr_scale: float = 0.01
     final_lr_scale: float = 0.05
+    max_grad_norm: float = 0.0  # gradient clipping norm; 0 = none (upstream clip_norm 0.0)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -90,7 +97,7 @@ PAPER["m3ae-small"] = PAPER["m3ae-base"]  # the same fine-tuning config; only th
 
 QUICK = Recipe(name="quick", source="this project's default for the bundled sample and CPUs", lr=1e-4,
                effective_batch=None, batch_size=32, epochs=3.0, optimizer="adamw", weight_decay=0.01,
-               schedule="cosine", warmup=0.05)
+               schedule="cosine", warmup=0.05, max_grad_norm=1.0)
 
 RECIPES = ("quick", "paper")
 DEFAULT_RECIPE = "quick"

@@ -133,13 +133,16 @@ def find_version_dir(release_dir: str | Path, version: str) -> Path:
 
 
 def shards(version_dir: Path, variants: tuple[str, ...] = VARIANTS, splits: tuple[str, ...] = SPLITS) -> list[Path]:
-    """Every question shard present, as ``variant/split/NNNNN.json`` paths, in a stable order."""
+    """Every question shard present, as ``variant/split/NNNNN.json`` paths: variants and splits in the
+    given order, each folder's shards sorted by plain file name (string order, as upstream's
+    ``sorted(glob(...))`` in fairseq-signals ``preprocess_ecgqa.py``; every split of both releases
+    numbers its shards with names of one length, so this is also numeric order there)."""
     out = []
     for variant in variants:
         for split in splits:
             folder = version_dir / variant / split
             if folder.is_dir():
-                out.extend(sorted(folder.glob("*.json"), key=lambda p: (len(p.stem), p.stem)))
+                out.extend(sorted(folder.glob("*.json"), key=lambda p: p.name))
     return out
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float | None = None
     schedule: str | None = None
     warmup: float | None = None
+    max_grad_norm: float | None = None  # gradient clipping; 0 = none (the paper recipe's, upstream clip_norm 0.0)
     precision: str = "fp32"
     seed: int = 0
     # data and evaluation
@@ -75,6 +76,7 @@ class TrainConfig:
     save_total_limit: int | None = 2
     resume: bool | str | Path = False
     text_encoder: str | None = None
+    bert_embeddings: str | None = None  # local bert-base-uncased folder: initial word/position/type tables
     max_question_len: int = 64
     num_workers: int = 0
     logging_steps: int = 10
@@ -107,6 +109,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=None, help="warmup: a ratio of all steps (<1) or a count")
     parser.add_argument("--schedule", default=None,
                         help="tri_stage, or a transformers schedule (cosine, linear, constant, ...)")
+    parser.add_argument("--max-grad-norm", type=float, default=None,
+                        help="clip gradients to this norm; 0 = no clipping (default: the recipe's: paper 0, "
+                        "as upstream; quick 1.0)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="mixed precision")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-split", default="train")
@@ -118,6 +123,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="resume from OUT's newest complete checkpoint, or from the given checkpoint folder")
     parser.add_argument("--text-encoder", default=None, metavar="PATH_OR_ID",
                         help="initialise the text side from a pretrained transformers encoder (and use its tokenizer)")
+    parser.add_argument("--bert-embeddings", default=None, metavar="DIR",
+                        help="initialise the text side's word, position and token-type embedding tables from a "
+                        "local bert-base-uncased folder (transformers format), as upstream's load_bert_embedding; "
+                        "no BERT encoder is attached (fusion, blind, medvill; resnet-lstm: word embedding)")
     parser.add_argument("--max-question-len", type=int, default=64, help="question tokens kept")
     parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     parser.add_argument("--logging-steps", type=int, default=10)
@@ -154,10 +163,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=args.data, model=model, out=args.out, recipe=args.recipe, max_steps=args.max_steps,
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup, precision=args.precision,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup, max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
         seed=args.seed, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, eval_steps=args.eval_steps,
         save_total_limit=args.save_total_limit, resume=args.resume, text_encoder=args.text_encoder,
+        bert_embeddings=args.bert_embeddings,
         max_question_len=args.max_question_len, num_workers=args.workers, logging_steps=args.logging_steps,
         overrides=overrides, quiet=args.quiet,
     )
@@ -217,6 +228,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"--weight-decay {config.weight_decay!r}: must be a number >= 0")
     if config.warmup is not None and not (math.isfinite(config.warmup) and config.warmup >= 0):
         raise ValueError(f"--warmup {config.warmup!r}: must be a ratio in [0, 1) or a step count >= 1")
+    if config.max_grad_norm is not None and not (math.isfinite(config.max_grad_norm) and config.max_grad_norm >= 0):
+        raise ValueError(f"--max-grad-norm {config.max_grad_norm!r}: must be a number >= 0 (0 = no clipping)")
+    if config.bert_embeddings is not None:
+        if config.text_encoder:
+            raise ValueError("--bert-embeddings and --text-encoder exclude each other: the first initialises the "
+                             "reference embedding tables, the second replaces the text side by a whole encoder")
+        if not Path(config.bert_embeddings).is_dir():
+            raise ValueError(f"--bert-embeddings {config.bert_embeddings}: not a folder; give a local "
+                             "bert-base-uncased folder in transformers format (config.json + weights)")
     if config.num_workers < 0:
         raise ValueError(f"--workers {config.num_workers}: must be 0 (load in the main process) or more")
 
@@ -239,6 +259,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     config.weight_decay = config.weight_decay if config.weight_decay is not None else recipe.weight_decay
     config.schedule = config.schedule or recipe.schedule
     config.warmup = config.warmup if config.warmup is not None else recipe.warmup
+    config.max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else recipe.max_grad_norm
     return config
 
 
@@ -265,7 +286,17 @@ def dry_run(config: TrainConfig) -> str:
         f"samples seen: {steps * config.effective_batch} = {epochs:.2f} epochs of {n_train} {config.train_split} samples",
         f"optimizer: {optimizer}, betas {recipe.betas}, eps {recipe.eps:g}, weight decay {config.weight_decay:g}",
         f"lr schedule: {describe_schedule(_schedule_view(config, recipe), steps)}",
+        "gradient clipping: " + (f"max norm {config.max_grad_norm:g}" if config.max_grad_norm > 0 else
+                                 "none (max_grad_norm 0" + (", as upstream's clip_norm 0.0)" if config.recipe == "paper"
+                                                            else ")")),
     ]
+    from ecgqa.models import BERT_EMBEDDING_FAMILIES, family_of
+
+    if config.recipe == "paper" and family_of(config.model) in BERT_EMBEDDING_FAMILIES and not config.text_encoder:
+        lines.append("text embeddings: " + (
+            f"word/position/type tables from {config.bert_embeddings} (as upstream's bert-base-uncased tables)"
+            if config.bert_embeddings else "random init; upstream started from bert-base-uncased's word, position "
+            "and token-type tables (load_bert_embedding: True): pass --bert-embeddings DIR to do the same"))
     return "\n".join(lines)
 
 
@@ -440,13 +471,18 @@ def build_model(config: TrainConfig, sets: Datasets) -> Any:
                   "max_question_len": config.max_question_len}
     meta = sets.data.meta
     try:
-        return create_model(config.model, text_encoder=config.text_encoder, classes=list(sets.data.classes),
+        model = create_model(config.model, text_encoder=config.text_encoder, classes=list(sets.data.classes),
                             rate=int(meta["rate"]), signal_length=int(meta["signal_length"]), **kwargs,
                             **config.overrides)
     except OSError as e:
         raise ValueError(f"--text-encoder {config.text_encoder}: cannot load its weights ({e.__class__.__name__})") from e
     except (ZeroDivisionError, TypeError, AssertionError) as e:
         raise ValueError(f"--set {config.overrides}: the model cannot be built with these values ({e})") from e
+    if config.bert_embeddings:
+        from ecgqa.models import load_bert_embeddings
+
+        load_bert_embeddings(model, config.bert_embeddings)
+    return model
 
 
 # ------------------------------------------------------------------------------------- 5. trainer
@@ -573,6 +609,7 @@ def _training_arguments(config: TrainConfig, has_eval: bool, label_names: list[s
         optim="adamw_torch",
         lr_scheduler_type=config.schedule if config.schedule != "tri_stage" else "constant",
         warmup_steps=warmup if warmup < 1 else int(warmup),
+        max_grad_norm=config.max_grad_norm,  # 0: no clipping (the Trainer clips only when > 0)
         bf16=config.precision == "bf16",
         use_cpu=config.precision != "fp32" and not torch.cuda.is_available(),  # CPU autocast; the Trainer wants it said
         fp16=config.precision == "fp16",

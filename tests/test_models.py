@@ -319,9 +319,9 @@ def test_resnet_attn_structure():
 
 
 def test_resnet_attn_reads_the_lead_indicator():
-    """Same (zeroed) signal, different lead subset: only the 12-d indicator differs, and the scores move."""
+    """lead_indicator=mask: same (zeroed) signal, different lead subset: only the indicator differs, the scores move."""
     torch.manual_seed(9)
-    model = create_model("resnet-attn-test", classes=["a", "b", "c"]).eval()
+    model = create_model("resnet-attn-test", classes=["a", "b", "c"], lead_indicator="mask").eval()
     ecg = torch.randn(1, 12, 2000)
     ecg[:, 6:] = 0
     limb = torch.zeros(1, 12, dtype=torch.bool)
@@ -331,6 +331,51 @@ def test_resnet_attn_reads_the_lead_indicator():
         b = model(ecg, lead_mask=torch.ones(1, 12, dtype=torch.bool)).logits
     # the difference is exactly the head's weights on the six indicator entries that changed
     torch.testing.assert_close(b - a, model.head.weight[:, -6:].sum(1)[None], rtol=1e-5, atol=1e-5)
+
+
+def _head_input(model, ecg, lead_mask) -> torch.Tensor:
+    seen = {}
+    handle = model.head.register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
+    with torch.no_grad():
+        model(ecg, lead_mask=lead_mask)
+    handle.remove()
+    return seen["x"][:, -12:]
+
+
+def test_resnet_attn_lead_indicator_is_upstreams_nonzero_rule_by_default():
+    """Default: upstream's (signal != 0).all(-1) on the masked input; "mask": the question's lead subset."""
+    torch.manual_seed(9)
+    assert create_config("resnet-attn").lead_indicator == "nonzero"
+    model = create_model("resnet-attn-test", classes=["a", "b", "c"]).eval()
+    ecg = torch.randn(2, 12, 2000)
+    ecg[0, 3, 100] = 0.0  # one exact-zero sample: upstream counts the lead as absent
+    subset = torch.ones(2, 12, dtype=torch.bool)
+    subset[:, 6:] = False  # zeroed by the mask: absent under both rules
+    expected = subset.clone()
+    expected[0, 3] = False
+    torch.testing.assert_close(_head_input(model, ecg, subset), expected.float())
+    with torch.no_grad():
+        model.config.lead_indicator = "mask"
+        torch.testing.assert_close(_head_input(model, ecg, subset), subset.float())
+    # a checkpoint saved before the field existed (no lead_indicator in config.json) keeps the mask it was trained with
+    from ecgqa.models import ResNetAttnConfig
+
+    old = {k: v for k, v in create_config("resnet-attn-test").to_dict().items() if k != "lead_indicator"}
+    assert ResNetAttnConfig.from_dict(old).lead_indicator == "mask"
+    with pytest.raises(ValueError, match="lead_indicator 'other'"):
+        create_config("resnet-attn", lead_indicator="other")
+
+
+def test_m3ae_head_is_bert_normal_initialised():
+    """Upstream m3ae_qa: head.apply(init_weights): every Linear N(0, 0.02), zero bias."""
+    torch.manual_seed(4)
+    model = create_model("m3ae-test", classes=[f"c{i}" for i in range(400)])
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2
+    for linear in linears:
+        assert abs(linear.weight.std().item() - 0.02) < 0.002, linear
+        assert abs(linear.weight.mean().item()) < 0.002
+        assert torch.count_nonzero(linear.bias) == 0
 
 
 # ------------------------------------------------------------------------------------ the fusion inputs

@@ -112,3 +112,14 @@ def test_duplicate_sample_id_in_a_shard(tmp_path):
         load_shard(shard)
     shard.write_text(json.dumps([_GOOD, {**_GOOD, "sample_id": 9, "attribute": None}]))
     assert [s["sample_id"] for s in load_shard(shard)] == [7, 9]
+
+
+def test_shards_sort_by_plain_file_name(tmp_path):
+    """As upstream's sorted(glob(...)) (fairseq-signals preprocess_ecgqa.py): string order, not numeric."""
+    from ecgqa.release import shards
+
+    folder = tmp_path / "template" / "train"
+    folder.mkdir(parents=True)
+    for name in ("9", "10", "200", "011"):
+        (folder / f"{name}.json").write_text("[]")
+    assert [p.name for p in shards(tmp_path)] == ["011.json", "10.json", "200.json", "9.json"]

@@ -334,6 +334,9 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
     assert ("lr schedule: tri-stage: warmup 5000 updates 1e-06 -> 0.0001, hold 20000, exponential decay 25000 "
             "to 5e-06") in lines
     assert any(line.startswith("optimizer: AdamW over all parameters") and "weight decay 0" in line for line in lines)
+    assert "gradient clipping: none (max_grad_norm 0, as upstream's clip_norm 0.0)" in lines
+    assert any(line.startswith("text embeddings: random init; upstream started from bert-base-uncased's") and
+               "--bert-embeddings DIR" in line for line in lines)
     assert not Path("unused").exists()
     assert main(["train", "--data", str(prepared_upperbound), "--model", "se-wrn", "--out", "unused",
                  "--recipe", "paper", "--dry-run", "--batch-size", "32"]) == 0
@@ -350,6 +353,70 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
     assert "effective batch: 128 = batch 32 x grad-accum 1 x 4 device(s)" in capsys.readouterr().out.splitlines()
     monkeypatch.delenv("WORLD_SIZE")
     assert "updates: 14 (2 epochs)" in lines and f"samples seen: {14 * 64} = {14 * 64 / 413:.2f} epochs of 413 train samples" in lines
+
+
+def test_paper_recipe_does_not_clip_gradients(tmp_path):
+    """Upstream clip_norm 0.0: the paper recipe's TrainingArguments have max_grad_norm 0 (no clipping);
+    quick keeps the transformers default 1.0; --max-grad-norm overrides either."""
+    from ecgqa.recipes import PAPER, QUICK
+    from ecgqa.train import _training_arguments, check_config
+
+    assert all(r.max_grad_norm == 0 for r in PAPER.values()) and QUICK.max_grad_norm == 1.0
+    for recipe, extra, want in (("paper", {}, 0.0), ("quick", {}, 1.0), ("paper", {"max_grad_norm": 2.5}, 2.5)):
+        config = check_config(TrainConfig(data=tmp_path, model="fusion-test", out=tmp_path / "o", recipe=recipe,
+                                          **extra))
+        assert config.max_grad_norm == want
+        assert _training_arguments(config, False, ["labels"]).max_grad_norm == want
+    with pytest.raises(ValueError, match="--max-grad-norm -1"):
+        check_config(TrainConfig(data=tmp_path, model="fusion-test", out=tmp_path / "o", max_grad_norm=-1))
+
+
+def _tiny_bert(path: Path, hidden: int = 32) -> torch.nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(3)
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=2 * hidden, max_position_embeddings=512))
+    bert.save_pretrained(path)
+    return bert
+
+
+def test_bert_embeddings_initialise_the_reference_tables(prepared_qa, tmp_path, capsys):
+    """--bert-embeddings DIR copies BERT's word/position/type tables (upstream load_bert_embedding) into the
+    reference model through train's own build_model; no BERT encoder is attached."""
+    from ecgqa.train import build_model, check_config, load_datasets
+
+    bert = _tiny_bert(tmp_path / "bert")
+    emb = bert.embeddings
+
+    def build(model: str, **extra):
+        config = check_config(TrainConfig(data=prepared_qa, model=model, out=tmp_path / "o",
+                                          bert_embeddings=str(tmp_path / "bert"), **extra))
+        return build_model(config, load_datasets(config))
+
+    for name in ("fusion-test", "blind-test", "medvill-test"):
+        model = build(name)
+        assert torch.equal(model.word_emb.weight, emb.word_embeddings.weight), name
+        assert torch.equal(model.pos_emb.weight, emb.position_embeddings.weight), name
+        assert torch.equal(model.type_emb.weight, emb.token_type_embeddings.weight), name
+        assert model.text_encoder is None and not any("bert" in n for n, _ in model.named_parameters())
+    lstm = build("resnet-lstm-test", overrides={"lstm_input_dim": 32})
+    assert torch.equal(lstm.word_emb.weight, emb.word_embeddings.weight)
+    # wrong shapes, no tables, no folder: one clear error each
+    with pytest.raises(ValueError, match=r"embeddings.word_embeddings is \(30522, 32\) but resnet-lstm-test's "
+                       r"table is \(30522, 16\)"):
+        build("resnet-lstm-test")
+    _tiny_bert(tmp_path / "bert", hidden=24)
+    with pytest.raises(ValueError, match=r"is \(30522, 24\) but fusion-test's table is \(30522, 32\)"):
+        build("fusion-test")
+    with pytest.raises(ValueError, match="deaf-test has no text embedding tables"):
+        build("deaf-test")
+    with pytest.raises(ValueError, match="--bert-embeddings .*missing: not a folder"):
+        check_config(TrainConfig(data=prepared_qa, model="fusion-test", out=tmp_path / "o",
+                                 bert_embeddings=str(tmp_path / "missing")))
+    assert main(["train", "--data", str(prepared_qa), "--model", "fusion-base", "--out", "unused", "--recipe",
+                 "paper", "--dry-run", "--bert-embeddings", str(tmp_path / "bert")]) == 0
+    assert f"text embeddings: word/position/type tables from {tmp_path / 'bert'}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

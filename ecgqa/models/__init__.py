@@ -82,9 +82,11 @@ MODELS: dict[str, Variant] = {
                                          "se_ratio": 4, "block_dropout": 0.0, "final_dropout": 0.0},
                            "se-wrn", "test"),
     "se-wrn-quick": Variant(SEWRNConfig, {"widths": [8, 8, 16, 32, 64], "blocks_per_stage": 1}, "se-wrn", "quick"),
-    "resnet-attn": Variant(ResNetAttnConfig, {}, "resnet-attn"),
+    # lead_indicator "nonzero": upstream's (signal != 0).all(-1); the class default "mask" is for old checkpoints
+    "resnet-attn": Variant(ResNetAttnConfig, {"lead_indicator": "nonzero"}, "resnet-attn"),
     "resnet-attn-test": Variant(ResNetAttnConfig, {"channels": 8, "num_blocks": 2, "stride": 4, "attention_heads": 2,
-                                                   "final_dropout": 0.0}, "resnet-attn", "test"),
+                                                   "final_dropout": 0.0, "lead_indicator": "nonzero"},
+                                "resnet-attn", "test"),
 }
 
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {}
@@ -167,6 +169,55 @@ def create_model(name: str, *, text_encoder: str | None = None, **overrides: Any
     return MODEL_CLASSES[config.model_type](config)
 
 
+#: families whose upstream text embeddings start from bert-base-uncased's tables (``load_bert_embedding``)
+BERT_EMBEDDING_FAMILIES = ("fusion", "medvill", "blind", "resnet-lstm")
+
+
+def load_bert_embeddings(model: PreTrainedModel, path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Copy a local BERT's ``embeddings.{word,position,token_type}_embeddings`` into the model's own tables
+    (``model.bert_embedding_tables()``), as upstream's ``load_bert_embedding: True``; no BERT encoder is
+    attached. Returns {BERT table name: shape} of what was copied.
+
+    ValueError when ``path`` is not a local transformers BERT folder, when a table's shape differs (hidden
+    size, vocabulary, positions), or when the model has no such tables.
+    """
+    import torch
+    from transformers import AutoModel
+
+    path = Path(path)
+    tables = model.bert_embedding_tables() if hasattr(model, "bert_embedding_tables") else {}
+    name = getattr(model.config, "model_name", type(model).__name__)
+    if not tables:
+        raise ValueError(f"--bert-embeddings: {name} has no text embedding tables to initialise (it applies to "
+                         f"{', '.join(BERT_EMBEDDING_FAMILIES)} without --text-encoder)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--bert-embeddings {path}: no config.json there; give a local bert-base-uncased folder "
+                         "in transformers format (config.json + model.safetensors or pytorch_model.bin)")
+    try:
+        bert = AutoModel.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--bert-embeddings {path}: cannot load a transformers model from it ({e})") from e
+    source = getattr(bert, "embeddings", None)
+    if source is None:
+        raise ValueError(f"--bert-embeddings {path}: {type(bert).__name__} has no BERT embeddings module")
+    copied = {}
+    for table, target in tables.items():
+        weight = getattr(getattr(source, table, None), "weight", None)
+        if weight is None:
+            raise ValueError(f"--bert-embeddings {path}: the model there has no embeddings.{table}")
+        if tuple(weight.shape) != tuple(target.weight.shape):
+            raise ValueError(
+                f"--bert-embeddings {path}: embeddings.{table} is {tuple(weight.shape)} but {name}'s table is "
+                f"{tuple(target.weight.shape)} (rows: vocabulary / positions / types, columns: hidden size); "
+                "use the BERT matching the model width and the prepared data's tokenizer (bert-base-uncased: 768 "
+                "wide, 30522 words, 512 positions)")
+        copied[table] = tuple(weight.shape)
+    with torch.no_grad():  # all shapes checked first: a mismatch leaves the model untouched
+        for table, target in tables.items():
+            target.weight.copy_(getattr(source, table).weight)
+    return copied
+
+
 def load_model(path: str | Path) -> PreTrainedModel:
     """A trained model from a checkpoint folder (``save_pretrained`` output), whatever its variant."""
     path = Path(path)
@@ -180,6 +231,7 @@ def load_model(path: str | Path) -> PreTrainedModel:
 
 
 __all__ = [
+    "BERT_EMBEDDING_FAMILIES",
     "MODELS",
     "MODEL_CLASSES",
     "FusionConfig",
@@ -198,6 +250,7 @@ __all__ = [
     "create_config",
     "create_model",
     "family_of",
+    "load_bert_embeddings",
     "load_model",
     "quick_variant",
     "reference_models",

@@ -135,6 +135,14 @@ class FusionModel(QAPreTrainedModel):
         xavier_head_(self.head)
         self.post_init()
 
+    def bert_embedding_tables(self) -> dict[str, nn.Embedding]:
+        """The tables upstream takes from ``bert-base-uncased`` (``load_bert_embedding``), by BERT's names;
+        empty when the model has none (deaf, or a whole pretrained ``text_encoder``)."""
+        if not self.config.use_text or self.text_encoder is not None:
+            return {}
+        return {"word_embeddings": self.word_emb, "position_embeddings": self.pos_emb,
+                "token_type_embeddings": self.type_emb}
+
     # -- inputs -------------------------------------------------------------------------------------
 
     def ecg_tokens(self, ecg: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecgqa.models.fusion_prenorm import lecun_head_
 from ecgqa.models.layers import (
     ECGPairEmbedding,
     PreNormBlock,
@@ -112,10 +111,9 @@ class M3AEModel(QAPreTrainedModel):
         self.text_pooler, self.ecg_pooler = FirstTokenPooler(D), FirstTokenPooler(D)
         self.head = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes))
         self.drop = nn.Dropout(c.dropout)
-        for name, module in self.named_children():
+        for name, module in self.named_children():  # the head too: upstream head.apply(init_weights), N(0, 0.02)
             if name != "question" or not self.question.pretrained:
                 module.apply(bert_init_)
-        lecun_head_(self.head[-1])
         self.post_init()
 
     def encode_ecg(self, ecg: torch.Tensor, ecg_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,11 +8,17 @@ classifier (upstream ``Nejedly2021ResnetModel`` in ``fairseq_signals/models/resn
 - 5 residual blocks of 256 channels: conv k9 stride 2 → BN → leaky ReLU → conv k9 → BN → leaky ReLU,
   shortcut AvgPool(2, ceil) + 1×1 conv; 5000 samples → 79 time steps;
 - head: Dropout(0.5) → ``nn.MultiheadAttention(256, 8)`` self-attention over time → mean over time →
-  concatenated with the 12-d lead indicator (1 = the lead is part of the question's lead subset) → one
-  xavier-initialised linear layer.
+  concatenated with a 12-d lead indicator → one xavier-initialised linear layer.
 
-Upstream derives the indicator from the signal (a lead is present when none of its samples is 0); here
-it is the batch's ``lead_mask`` (``ecgqa/data.py``), which says the same without depending on exact zeros.
+The lead indicator (config ``lead_indicator``):
+
+- ``"nonzero"`` (default, upstream's rule, ``fairseq_signals/models/resnet.py`` ``(source != 0).all(-1)``):
+  1 for a lead of the (masked) input signal none of whose samples is exactly 0. A lead outside the
+  question's subset (zeroed) gives 0, but so does any lead with a single sample at exactly 0, which on
+  real 16-bit recordings is nearly every lead: on the bundled PTB-XL sample 99.8 % of leads hold an
+  exact zero, so the indicator is almost always all zeros (uninformative), as it was upstream.
+- ``"mask"`` (this project's alternative, ``--set lead_indicator=mask``): the batch's ``lead_mask``
+  (``ecgqa/data.py``), 1 exactly for the leads of the question's subset. Not the same subset as upstream's.
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ from torch import nn
 
 from ecgqa.models.layers import UpperboundConfig, UpperboundOutput, UpperboundPreTrainedModel, xavier_head_
 
+#: "nonzero": upstream's (signal != 0).all(-1) per lead; "mask": the question's lead subset (lead_mask)
+LEAD_INDICATORS = ("nonzero", "mask")
+
 
 class ResNetAttnConfig(UpperboundConfig):
     """Defaults = upstream ``Nejedly2021ResnetConfig`` (num_blocks 5, num_filters 256, kernel_size [15, 9],
-    stride 2, no conv bias) and ``nejedly2021_total.yaml``."""
+    stride 2, no conv bias) and ``nejedly2021_total.yaml``.
+
+    ``lead_indicator``: every registry entry (``resnet-attn``, ``resnet-attn-test``) sets upstream's
+    ``"nonzero"``; the class default ``"mask"`` only keeps checkpoints saved before the field existed
+    (their config.json lacks it) on the rule they were trained with."""
 
     model_type = "ecgqa-resnet-attn"
 
@@ -42,6 +55,7 @@ class ResNetAttnConfig(UpperboundConfig):
         attention_heads: int = 8,
         final_dropout: float = 0.5,
         indicate_leads: bool = True,
+        lead_indicator: str = "mask",
         model_name: str = "resnet-attn",
         **kwargs: Any,
     ) -> None:
@@ -52,7 +66,10 @@ class ResNetAttnConfig(UpperboundConfig):
         self.stride = stride
         self.attention_heads = attention_heads
         self.final_dropout = final_dropout
+        if lead_indicator not in LEAD_INDICATORS:
+            raise ValueError(f"lead_indicator {lead_indicator!r}: choose one of {', '.join(LEAD_INDICATORS)}")
         self.indicate_leads = indicate_leads
+        self.lead_indicator = lead_indicator
         super().__init__(model_name=model_name, **kwargs)
 
 
@@ -107,6 +124,7 @@ class ResNetAttnModel(UpperboundPreTrainedModel):
         x, _ = self.attention(x, x, x, need_weights=False)
         x = x.mean(1)
         if self.config.indicate_leads:
-            x = torch.cat([x, lead_mask.to(x.dtype)], 1)
+            indicator = lead_mask if self.config.lead_indicator == "mask" else (ecg != 0).all(-1)
+            x = torch.cat([x, indicator.to(x.dtype)], 1)
         logits = self.head(x)
         return UpperboundOutput(loss=self.upperbound_loss(logits, labels, label_mask), logits=logits)

@@ -111,6 +111,10 @@ class ResNetLSTMModel(QAPreTrainedModel):
         self.head = xavier_head_(nn.Linear(c.final_dim, c.num_classes))
         self.post_init()
 
+    def bert_embedding_tables(self) -> dict[str, nn.Embedding]:
+        """Upstream ``LanguageLSTMModel`` takes only its word table from ``bert-base-uncased``."""
+        return {"word_embeddings": self.word_emb}
+
     def forward(
         self,
         ecg: torch.Tensor,
