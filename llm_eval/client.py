@@ -5,12 +5,16 @@ The official ``openai`` (>= 1.0) ``AsyncOpenAI`` client talks to OpenAI or any c
 variable (``OPENAI_API_KEY`` or the one ``--api-key-env`` names), never from the command line, and is
 never printed. Requests run with temperature 0 (unless omitted) under a semaphore (``--concurrency``); 429s, 5xx,
 timeouts, dropped connections and 2xx replies that are no usable chat completion (an HTML error
-page, broken JSON, ``{}``, no choices, ``content: null``) are retried with exponential backoff and
-full jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
+page, broken JSON, ``{}``, no choices, ``content: null`` or not text, an empty or whitespace-only
+reply, e.g. one cut at max tokens before any text) are retried with exponential backoff and full jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
 failed (with the endpoint, the status and a short excerpt of the body), so the scorer leaves it out
 instead of counting it wrong and the next run asks again. Every success is committed to the store
 before returning. A 401/403/404 or a 400 (the model refuses this kind of input, e.g. an image sent
 to a text-only model) stops the run: every other request would fail the same way.
+Content sent as a list of parts (``[{"type": "text", "text": ...}]``, as some compatible servers do) is
+read as its text parts joined; a list with no text part is a failed attempt. A malformed ``usage`` (a
+count that is missing, null, negative or not a number) never stops the run: the tokens are unknown,
+counted as 0, and the run log notes how many replies had no usable usage.
 Reasoning models: ``max_completion_tokens`` replaces ``max_tokens``, and ``omit_temperature`` leaves
 ``temperature`` out of the request for models that refuse it.
 """
@@ -94,16 +98,46 @@ def read_completion(raw: Any, endpoint: str) -> Response:
     if not completion.choices:
         raise BadResponse(endpoint, status, "no choices", raw.text)
     choice = completion.choices[0]
-    if choice.message is None or choice.message.content is None:
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if content is None:
         raise BadResponse(endpoint, status, "a choice without message content", raw.text)
+    if isinstance(content, list):
+        # Some OpenAI-compatible servers send content as a list of parts: the text parts, joined, are the reply.
+        texts = [p.get("text") if isinstance(p, dict) else getattr(p, "text", None)
+                 for p in content if (p.get("type") if isinstance(p, dict) else getattr(p, "type", None)) == "text"]
+        texts = [t for t in texts if isinstance(t, str)]
+        if not texts:
+            raise BadResponse(endpoint, status, "message content parts with no text part", raw.text)
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise BadResponse(endpoint, status, f"message content that is not text ({type(content).__name__})", raw.text)
+    finish_reason = choice.finish_reason if isinstance(choice.finish_reason, str) else None
+    if not content.strip():
+        if finish_reason == "length":
+            raise BadResponse(endpoint, status, "a reply cut at max tokens before any text (finish_reason "
+                              "'length'): raise --max-tokens / --max-completion-tokens", raw.text)
+        raise BadResponse(endpoint, status, "an empty (whitespace-only) reply", raw.text)
     usage = completion.usage
+    prompt_tokens = _token_count(getattr(usage, "prompt_tokens", None))
+    completion_tokens = _token_count(getattr(usage, "completion_tokens", None))
     return Response(
-        reply=choice.message.content,
-        prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-        completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-        response_model=completion.model,
-        finish_reason=choice.finish_reason,
+        reply=content,
+        prompt_tokens=prompt_tokens or 0,
+        completion_tokens=completion_tokens or 0,
+        response_model=completion.model if isinstance(completion.model, str) else None,
+        finish_reason=finish_reason,
+        usage_known=prompt_tokens is not None and completion_tokens is not None,
     )
+
+
+def _token_count(value: Any) -> int | None:
+    """A usage count as the endpoint reported it, or None when missing or unusable (not a whole number >= 0)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}")
@@ -208,6 +242,7 @@ class ChatClient:
         # The client's own retries are off: ours honour Retry-After and record every attempt.
         self._client = AsyncOpenAI(base_url=base_url, api_key=self._key, timeout=timeout, max_retries=0)
         self.requests_sent = 0
+        self.usage_unknown = 0  # replies whose usage was missing or malformed (tokens unknown, counted as 0)
 
     def _delay(self, attempt: int, exc: Exception) -> float:
         backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * self._rng.random()  # full jitter
@@ -236,6 +271,8 @@ class ChatClient:
                     **self._request_args()
                 )
                 response = read_completion(raw, self.endpoint)
+                if not response.usage_known:
+                    self.usage_unknown += 1  # noted in the run log; the tokens count as 0
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every other request would fail the same way: stop now instead of recording thousands of failures.
                 raise FatalEndpointError(

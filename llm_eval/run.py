@@ -296,7 +296,10 @@ def evaluate(
     atomic_write_json(out / "report.json", report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
     run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached, **work,
-               "wall_s": round(time.time() - t0, 3)}
+               "replies_without_usable_usage": client.usage_unknown, "wall_s": round(time.time() - t0, 3)}
+    if client.usage_unknown:
+        print(f"note: {client.usage_unknown} replies from {client.endpoint} had a missing or malformed usage "
+              "field; their tokens are unknown and counted as 0", file=sys.stderr)
     atomic_write_json(out / "run_log.json", run_log, indent=2)
     if stopped is not None:
         raise stopped

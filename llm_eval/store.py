@@ -8,11 +8,12 @@ no request at all; only failed or missing ones are sent again.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,21 @@ def _is_full(e: sqlite3.Error) -> bool:
     return isinstance(e, sqlite3.OperationalError) and ("full" in str(e) or "disk I/O" in str(e))
 
 
+def _is_disk_full(e: BaseException) -> bool:
+    """SQLITE_FULL, "database or disk is full" or ENOSPC: the disk is full, not the store broken."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None))
+    return (getattr(e, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13)
+            or "database or disk is full" in str(e))
+
+
+def _full_disk_error(path: Path, e: BaseException) -> StoreFullError:
+    return StoreFullError(
+        f"{path}: the disk is full ({e}); every reply committed so far is kept. Free some "
+        "space (or point --store at another disk) and re-run the same command to continue"
+    )
+
+
 @dataclass(frozen=True)
 class Response:
     reply: str
@@ -47,6 +63,8 @@ class Response:
     completion_tokens: int = 0
     response_model: str | None = None
     finish_reason: str | None = None
+    # False when the endpoint's usage was missing or malformed (the counts above are then 0); not stored.
+    usage_known: bool = field(default=True, compare=False)
 
 
 class ResponseStore:
@@ -54,7 +72,12 @@ class ResponseStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if _is_disk_full(e):
+                raise _full_disk_error(self.path, e) from None
+            raise
         try:
             # One connection, shared with the client's writer thread under a lock (puts run off the event loop).
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -62,6 +85,8 @@ class ResponseStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
         except sqlite3.DatabaseError as e:
+            if _is_disk_full(e):  # a nearly full disk, not a broken file: say so (as put() does)
+                raise _full_disk_error(self.path, e) from None
             raise RuntimeError(f"{self.path}: not a usable response store ({e}); move it aside or pick --store") from e
         self._lock = threading.Lock()
 
@@ -92,10 +117,7 @@ class ResponseStore:
                 cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             except sqlite3.OperationalError as e:
                 if _is_full(e):
-                    raise StoreFullError(
-                        f"{self.path}: the disk is full ({e}); every reply committed so far is kept. Free some "
-                        "space (or point --store at another disk) and re-run the same command to continue"
-                    ) from None
+                    raise _full_disk_error(self.path, e) from None
                 raise
             return cur.rowcount == 1
 

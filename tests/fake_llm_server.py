@@ -9,7 +9,12 @@ be told, through ``/control`` or attributes of :class:`FakeLLM`, to
   ``"hang"`` (never answer; the handler ends when the client gives up and disconnects),
   ``"nomatch"`` (a reply matching no option),
   broken 200s: ``"html"`` (a proxy's error page), ``"badjson"``, ``"empty"`` (``{}``), ``"nochoices"``
-  (``choices: []``), ``"nullcontent"`` (``content: null``), and ``"400"`` (an input the model refuses);
+  (``choices: []``), ``"nullcontent"`` (``content: null``), ``"intcontent"`` (``content: 42``),
+  ``"notext"`` (content parts with no text part), ``"blank"`` (a whitespace-only reply), ``"cutoff"``
+  (``content: ""`` with ``finish_reason: "length"``), and ``"400"`` (an input the model refuses);
+- answer well but oddly: ``"listcontent"`` (content as a list of text parts) and ``"badusage"``
+  (``usage`` with a negative and a non-numeric count), also for every request (``list_content``,
+  ``bad_usage``);
 - refuse (400) every request carrying an image (``reject_images``: a text-only model);
 - always fail (500) or always reply off-option for prompts containing a substring;
 - answer only the first ``answer_limit`` requests and hang all later ones (to kill a client mid-run
@@ -102,6 +107,8 @@ class FakeLLM:
     nomatch_substring: str | None = None
     answer_limit: int | None = None
     reject_images: bool = False
+    list_content: bool = False
+    bad_usage: bool = False
     seen: list = field(default_factory=list)
     received: int = 0
     answered: int = 0
@@ -166,6 +173,13 @@ def create_app(state: FakeLLM) -> FastAPI:
                   "nullcontent": (json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                                               "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
                                                            "finish_reason": "stop"}]}), "application/json")}
+        odd_content = {"intcontent": (42, "stop"), "notext": ([{"type": "image_url", "image_url": {"url": "x"}}], "stop"),
+                       "blank": ("   \n ", "stop"), "cutoff": ("", "length")}
+        if fault in odd_content:
+            content, finish = odd_content[fault]
+            broken[fault] = (json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                                      "finish_reason": finish}]}), "application/json")
         if fault in broken:
             body_text, media_type = broken[fault]
             return Response(body_text, status_code=200, media_type=media_type)
@@ -177,11 +191,17 @@ def create_app(state: FakeLLM) -> FastAPI:
             state.answered += 1
             state.answered_prompts[hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()] += 1
         p_tok, c_tok = len(prompt.split()), len(reply.split())
+        usage: Any = {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok}
+        if fault == "badusage" or state.bad_usage:  # a good reply with usage no count can be read from
+            usage = {"prompt_tokens": -5, "completion_tokens": "x", "total_tokens": None}
+        content: Any = reply
+        if fault == "listcontent" or state.list_content:  # content as a list of parts (text split in two)
+            content = [{"type": "text", "text": reply[:1]}, {"type": "text", "text": reply[1:]}]
         return JSONResponse({
             "id": f"chatcmpl-{state.answered}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage,
         })
 
     @app.post("/control")
@@ -190,7 +210,7 @@ def create_app(state: FakeLLM) -> FastAPI:
         with state.lock:
             for k, v in body.items():
                 if k in ("latency", "retry_after", "faults", "fail_substring", "nomatch_substring", "answer_limit",
-                         "reject_images"):
+                         "reject_images", "list_content", "bad_usage"):
                     setattr(state, k, v)
         return state.stats()
 

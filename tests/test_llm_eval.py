@@ -588,7 +588,8 @@ def test_report_url_drops_credentials_and_query_keeps_ipv6():
 # ----------------------------------------------------------------------------- broken endpoints, full disks, user files
 
 
-@pytest.mark.parametrize("fault", ["html", "badjson", "empty", "nochoices", "nullcontent"])
+@pytest.mark.parametrize("fault", ["html", "badjson", "empty", "nochoices", "nullcontent", "intcontent", "notext",
+                                   "blank", "cutoff"])
 def test_a_broken_200_is_a_failed_attempt_retried_then_recorded_as_failed(tmp_path, server, fault):
     """L6-L8: a 200 that is no chat completion is never stored as a reply; it is retried, then failed."""
     messages = [{"role": "user", "content": "Question: ?\n\nOptions: no; yes"}]
@@ -599,8 +600,12 @@ def test_a_broken_200_is_a_failed_attempt_retried_then_recorded_as_failed(tmp_pa
         assert not out.ok and out.attempts == 3 and store.count() == 0
         assert server.url in out.error and "HTTP 200" in out.error
         excerpt = {"html": "502 Bad Gateway", "badjson": '"choices": [', "empty": "{}", "nochoices": '"choices": []',
-                   "nullcontent": '"content": null'}[fault]
+                   "nullcontent": '"content": null', "intcontent": '"content": 42', "notext": '"image_url"',
+                   "blank": '"content": " \\\\n "', "cutoff": '"finish_reason": "length"'}[fault]
         assert excerpt in out.error
+        why = {"intcontent": "not text (int)", "notext": "no text part", "blank": "whitespace-only",
+               "cutoff": "cut at max tokens before any text"}.get(fault, "")
+        assert why in out.error and (fault != "cutoff" or "--max-completion-tokens" in out.error)
     assert server.state.stats()["received"] == 3
     # the next run asks again (nothing bad was stored) and gets the answer
     server.state.faults = [fault]
@@ -622,6 +627,63 @@ def test_broken_200s_in_a_run_are_failed_not_scored_and_resent(tmp_path, server,
     server.state.faults = []
     report = evaluate(qs, g, "fake", tmp_path / "out", **kwargs)
     assert report["n_failed"] == 0 and report["n"] == len(qs)
+
+
+def test_content_as_a_list_of_text_parts_is_parsed_and_scored(tmp_path, server, signals, grounding_classes,
+                                                              train_questions):
+    """N1: ``content: [{"type": "text", "text": ...}, ...]`` is read as its text parts joined, scored as usual."""
+    qs = train_questions[:6]
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 1, "max_retries": 0, "progress": False}
+    clean = evaluate(qs, g, "fake", tmp_path / "clean", **kwargs)
+    server.state.list_content = True
+    parts = evaluate(qs, g, "fake", tmp_path / "parts", **kwargs)
+    assert parts["n_failed"] == 0 and parts["n"] == len(qs)
+    for key in ("em", "n_no_match", "per_question_type", "usage"):
+        assert parts[key] == clean[key]
+    for p in sorted((tmp_path / "parts" / "transcripts").glob("*.json")):
+        t, c = json.loads(p.read_text()), json.loads((tmp_path / "clean" / "transcripts" / p.name).read_text())
+        assert isinstance(t["reply"], str) and t["reply"] == c["reply"] and t["parsed"] == c["parsed"]
+
+
+def test_malformed_usage_counts_as_unknown_and_never_stops_the_run(tmp_path, server, signals, grounding_classes,
+                                                                  train_questions, capsys):
+    """N4: usage with a negative or non-numeric count: tokens unknown (0), noted, every reply kept and scored."""
+    qs = train_questions[:6]
+    server.state.bad_usage = True
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    report = evaluate(qs, g, "fake", tmp_path / "out", base_url=server.url, api_key=KEY, concurrency=1,
+                      max_retries=0, progress=False)
+    assert report["n_failed"] == 0 and report["n"] == len(qs)
+    assert report["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    run_log = json.loads((tmp_path / "out" / "run_log.json").read_text())
+    assert run_log["replies_without_usable_usage"] == run_log["requests_sent"] > 0
+    assert "malformed usage" in capsys.readouterr().err
+
+
+def test_a_full_disk_when_opening_the_store_says_so(tmp_path, monkeypatch):
+    """L11: SQLITE_FULL while opening the store is a full disk, not a broken store to move aside."""
+    import sqlite3
+
+    from llm_eval.store import StoreFullError
+
+    real_connect = sqlite3.connect
+
+    def full(*args, **kwargs):
+        db = real_connect(*args, **kwargs)
+        db.execute("PRAGMA max_page_count = 1")  # creating the table now fails with a real SQLITE_FULL
+        return db
+
+    class Full:
+        connect = staticmethod(full)
+
+        def __getattr__(self, name):
+            return getattr(sqlite3, name)
+
+    monkeypatch.setattr("llm_eval.store.sqlite3", Full())
+    with pytest.raises(StoreFullError, match="disk is full") as err:
+        ResponseStore(tmp_path / "s.sqlite")
+    assert "move it aside" not in str(err.value)
 
 
 def test_a_full_disk_ends_with_one_clear_message(tmp_path, server):
