@@ -98,7 +98,7 @@ def save_checkpoint(out: str | Path, model: Any, tokenizer: Any, meta: dict[str,
     Only the names this module writes are replaced; anything else in ``out`` (the Trainer's
     ``checkpoints/``, ``metrics.jsonl``) is left alone.
     """
-    from ecgqa.files import atomic_write_json
+    from ecgqa.files import apply_umask, atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,7 @@ def save_checkpoint(out: str | Path, model: Any, tokenizer: Any, meta: dict[str,
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         atomic_write_json(tmp / PREPARED_META, meta, indent=2)
+        apply_umask(tmp)  # safetensors writes its weights 0600
         (out / TRAIN_OPTIONS).unlink(missing_ok=True)  # incomplete until the new one lands
         for item in sorted(tmp.iterdir()):
             target = out / item.name

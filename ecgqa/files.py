@@ -53,6 +53,20 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def apply_umask(folder: str | Path) -> None:
+    """Give every file and folder under ``folder`` the mode ``open``/``mkdir`` would (umask honoured).
+
+    For outputs written by libraries that pick their own mode (safetensors writes 0600): without this a
+    second user of a shared run folder could not read its checkpoints.
+    """
+    mask = current_umask()
+    root = Path(folder)
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 # ------------------------------------------------------------------------------------ atomic writes
 
 
@@ -296,6 +310,7 @@ def disk_full(error: BaseException) -> bool:
 __all__ = [
     "AtomicLines",
     "OutputDirError",
+    "apply_umask",
     "atomic_write",
     "atomic_write_json",
     "claim_output_dir",

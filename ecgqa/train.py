@@ -565,6 +565,16 @@ def _trainer_classes():
                 with self.path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
 
+    class UmaskModes(TrainerCallback):
+        """Every ``checkpoint-N`` follows the umask like our own files (safetensors writes 0600)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            from ecgqa.files import apply_umask
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                apply_umask(folder)
+
     class StopAfter(TrainerCallback):
         """Stops (after saving) once ``step`` updates are done: an interrupted run, for resume tests."""
 
@@ -577,7 +587,7 @@ def _trainer_classes():
                 control.should_training_stop = True
             return control
 
-    return ECGQATrainer, JsonlLog, StopAfter
+    return ECGQATrainer, JsonlLog, StopAfter, UmaskModes
 
 
 def _training_arguments(config: TrainConfig, has_eval: bool, label_names: list[str]) -> Any:
@@ -638,8 +648,8 @@ def build_trainer(config: TrainConfig, sets: Datasets, model: Any, *, stop_after
     from transformers import PrinterCallback
 
     args = _training_arguments(config, sets.eval is not None, sets.label_names)
-    ECGQATrainer, JsonlLog, StopAfter = _trainer_classes()
-    extra = [JsonlLog(config.out / METRICS_LOG)] + ([StopAfter(stop_after)] if stop_after else []) + list(callbacks or [])
+    ECGQATrainer, JsonlLog, StopAfter, UmaskModes = _trainer_classes()
+    extra = [JsonlLog(config.out / METRICS_LOG), UmaskModes()] + ([StopAfter(stop_after)] if stop_after else []) + list(callbacks or [])
     trainer = ECGQATrainer(
         model=model, args=args, data_collator=sets.collate, train_dataset=sets.train, eval_dataset=sets.eval,
         processing_class=sets.tokenizer,  # saved in every checkpoint-N: --resume reuses the run's tokenizer

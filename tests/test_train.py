@@ -491,3 +491,22 @@ def test_metrics_log_trimmed_to_the_resumed_step(tmp_path):
     log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 9, "lo')
     _trim_log(log, 6)
     assert [json.loads(x) for x in log.read_text().splitlines()] == [x for x in lines if x["step"] <= 6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask", [0o002, 0o022])
+def test_checkpoint_files_follow_the_umask(prepared_upperbound, tmp_path, mask):
+    """safetensors writes its weights 0600; every checkpoint file must read like the rest of our outputs."""
+    old = os.umask(mask)
+    try:
+        out = train(TrainConfig(data=prepared_upperbound, model="se-wrn-test", out=tmp_path / "run", max_steps=2,
+                                batch_size=32, save_steps=1, warmup=0, quiet=True))
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert out / "model.safetensors" in files and out / "checkpoints" / "checkpoint-2" / "model.safetensors" in files
+    wrong = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in files
+             if p.stat().st_mode & 0o777 != 0o666 & ~mask}
+    assert not wrong, f"files not {oct(0o666 & ~mask)}: {wrong}"
+    dirs = [p for p in out.rglob("*") if p.is_dir()]
+    assert all(p.stat().st_mode & 0o777 == 0o777 & ~mask for p in dirs)
