@@ -402,24 +402,56 @@ def rows(ecg_id: int, labels: Mapping[str, Labels], classes: list[str]) -> Itera
 
 
 def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
-    """``ptbxl_database.csv`` (indexed by ecg_id), optionally only ``ecg_ids``; refuses other tables."""
+    """``ptbxl_database.csv`` (indexed by ecg_id), optionally only ``ecg_ids``; refuses other tables.
+
+    Every problem is one ``AttributesError`` naming the file (and the line where there is one): a bad id
+    or ``scp_codes`` cell must never turn into an empty or silently smaller dataset.
+    """
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AttributesError(f"--metadata {path}: no such file; pass PTB-XL's ptbxl_database.csv")
-    head = pd.read_csv(path, nrows=0).columns
+    if not path.is_file():
+        raise AttributesError(f"--metadata {path}: not a regular file; pass PTB-XL's ptbxl_database.csv")
     needed = {"ecg_id", "scp_codes", *NOISE_COLUMNS, "heart_axis", "extra_beats"}
+    expected = f"expected PTB-XL's ptbxl_database.csv (columns {', '.join(sorted(needed))}, ...)"
+    try:
+        head = pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise AttributesError(f"{path} is empty: {expected}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise AttributesError(f"{path}: cannot be read as a CSV ({e}); {expected}") from None
     if not needed <= set(head):
         if "study_id" in head or path.name == "machine_measurements.csv":
             raise AttributesError(
                 f"{path}: MIMIC-IV-ECG metadata. ECG-QA does not document how its MIMIC attributes were "
                 "derived from machine_measurements.csv, so --task attributes supports PTB-XL only"
             )
-        raise AttributesError(f"{path}: not PTB-XL's ptbxl_database.csv (missing {sorted(needed - set(head))})")
-    db = pd.read_csv(path, index_col="ecg_id")
+        raise AttributesError(f"{path}: not PTB-XL's ptbxl_database.csv (missing columns {sorted(needed - set(head))})")
+    try:
+        db = pd.read_csv(path, dtype={"ecg_id": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise AttributesError(f"{path}: cannot be read as a CSV ({e}); {expected}") from None
+    ids = pd.to_numeric(db["ecg_id"], errors="coerce")
+    bad = ids.isna() | (ids != ids.round()) | (ids < 1)
+    if bad.any():
+        first = int(bad.to_numpy().nonzero()[0][0])
+        raise AttributesError(f"{path}, line {first + 2}: ecg_id {db['ecg_id'].iloc[first]!r} is not a positive "
+                              f"integer id ({int(bad.sum())} such rows)")
+    db.index = pd.Index(ids.astype("int64"), name="ecg_id")
+    db = db.drop(columns="ecg_id")
+    if db.index.has_duplicates:
+        dup = int(db.index[db.index.duplicated()][0])
+        raise AttributesError(f"{path}: ecg_id {dup} appears more than once")
     if ecg_ids is not None:
         db = db.loc[db.index.intersection(sorted({int(i) for i in ecg_ids}))]
+    for line, (ecg_id, text) in enumerate(db["scp_codes"].items()):
+        try:
+            parse_scp_codes(text)
+        except (ValueError, SyntaxError, TypeError, AttributesError) as e:
+            raise AttributesError(f"{path}: ecg_id {ecg_id}: scp_codes {str(text)[:80]!r} is not a "
+                                  f"{{code: likelihood}} dict literal ({type(e).__name__})") from None
     return db
 
 

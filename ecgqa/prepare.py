@@ -407,7 +407,12 @@ class AttributesTask(UpperboundTask):
             self.ecgs[split].setdefault(int(ecg_id), path)
 
     def wanted_ecgs(self, ecg_ids: set[int]) -> set[int]:
-        return {i for i in ecg_ids if i in self.metadata.index}
+        found = {i for i in ecg_ids if i in self.metadata.index}
+        if ecg_ids and not found:
+            raise PrepareError(f"none of the {len(ecg_ids)} ECGs the questions use has a row in "
+                               f"{self.inputs.metadata} ({len(self.metadata)} rows): is it the metadata of "
+                               "the same database?")
+        return found
 
     def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
         from ecgqa.attributes import derive, measure_record, rows

@@ -204,3 +204,62 @@ def test_prepare_attributes_needs_metadata(mapped_sample, tmp_path):
 
     with pytest.raises(PrepareError, match="--metadata"):
         prepare(mapped_sample, tmp_path / "x", task="attributes", progress=False)
+
+
+def _metadata_copy(sample_paths, tmp_path, edit) -> Path:
+    """The bundled ptbxl_database.csv with one change, beside a copy of scp_statements.csv."""
+    lines = (sample_paths.ptbxl_records / "ptbxl_database.csv").read_text().splitlines(keepends=True)
+    path = tmp_path / "ptbxl_database.csv"
+    path.write_text("".join(edit(lines)))
+    (tmp_path / "scp_statements.csv").write_text((sample_paths.ptbxl_records / "scp_statements.csv").read_text())
+    return path
+
+
+def test_a_bad_ecg_id_cell_is_an_error_naming_file_and_line(sample_paths, mapped_sample, tmp_path):
+    """One non-integer id used to turn the id column into strings and silently empty the dataset."""
+    from ecgqa.prepare import PrepareError, prepare
+
+    def bad_id(lines):
+        return [lines[0], lines[1], "abc" + lines[2][lines[2].index(","):], *lines[3:]]
+
+    path = _metadata_copy(sample_paths, tmp_path, bad_id)
+    with pytest.raises(A.AttributesError, match=r"line 3: ecg_id 'abc' is not a positive integer id"):
+        A.read_metadata(path)
+    with pytest.raises(PrepareError, match="ptbxl_database.csv, line 3"):
+        prepare(mapped_sample, tmp_path / "out", task="attributes", metadata=path, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_of_other_ecgs_is_refused(sample_paths, mapped_sample, tmp_path):
+    from ecgqa.prepare import PrepareError, prepare
+
+    def shift_ids(lines):
+        return [lines[0], *(str(100000 + i) + line[line.index(","):] for i, line in enumerate(lines[1:]))]
+
+    path = _metadata_copy(sample_paths, tmp_path, shift_ids)
+    with pytest.raises(PrepareError, match=r"none of the \d+ ECGs the questions use has a row"):
+        prepare(mapped_sample, tmp_path / "out", task="attributes", metadata=path, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["call", "quote", "empty", "devnull", "columns"])
+def test_unreadable_metadata_is_one_clear_error(sample_paths, tmp_path, kind):
+    if kind == "devnull":
+        path, match = Path("/dev/null"), "not a regular file"
+    elif kind == "empty":
+        path, match = tmp_path / "ptbxl_database.csv", "is empty: expected PTB-XL's ptbxl_database.csv"
+        path.write_text("")
+    elif kind == "columns":
+        path, match = tmp_path / "ptbxl_database.csv", r"missing columns \['baseline_drift'"
+        path.write_text("ecg_id,scp_codes\n1,\"{'NORM': 100.0}\"\n")
+    elif kind == "call":
+        def evil(lines):
+            return [lines[0], lines[1].replace(lines[1][lines[1].index('"{'):lines[1].index('}"') + 2],
+                                               "\"__import__('os').getcwd()\""), *lines[2:]]
+        path, match = _metadata_copy(sample_paths, tmp_path, evil), r"ecg_id \d+: scp_codes .*__import__.* is not a \{code: likelihood\} dict literal"
+    else:
+        def quote(lines):
+            return [*lines[:5], lines[5].rstrip("\n") + ',"unterminated\n', *lines[6:]]
+        path, match = _metadata_copy(sample_paths, tmp_path, quote), "cannot be read as a CSV"
+    with pytest.raises(A.AttributesError, match=match) as e:
+        A.read_metadata(path)
+    assert str(path) in str(e.value)
