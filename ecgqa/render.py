@@ -93,14 +93,21 @@ class Geometry:
         return next(p for p in self.panels if p.lead == lead and p.rhythm == rhythm)
 
 
+#: Accepted ranges: seconds, paper speed (mm/s), gain (mm/mV); and the largest picture drawn (pixels).
+LIMITS = {"seconds": (0.1, 120.0), "speed": (1.0, 200.0), "gain": (0.5, 100.0)}
+MAX_PIXELS = 60_000_000
+MAX_TITLE = 200
+
+
 def layout_geometry(layout: str = "3x4", *, seconds: float = 10.0, speed: float = 25.0,
                     gain: float = 10.0) -> Geometry:
     """The page for ``layout`` showing ``seconds`` of signal at ``speed`` mm/s and ``gain`` mm/mV."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    for name, value in (("seconds", seconds), ("speed", speed), ("gain", gain)):
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    for name, value, (low, high) in (("seconds", seconds, LIMITS["seconds"]), ("speed", speed, LIMITS["speed"]),
+                                     ("gain", gain, LIMITS["gain"])):
+        if not (np.isfinite(value) and low <= value <= high):
+            raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
     rows = LAYOUTS[layout]
     n_cols = len(rows[0])
     rhythm = layout == "3x4"
@@ -147,6 +154,12 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
     if not (isinstance(dpi, (int, float)) and 10 <= dpi <= 1200):
         raise ValueError(f"dpi must be between 10 and 1200, got {dpi!r}")
     geo = layout_geometry(layout, seconds=seconds, speed=speed, gain=gain)
+    w_px, h_px = (round(mm / MM_PER_INCH * dpi) for mm in (geo.width, geo.height))
+    if w_px * h_px > MAX_PIXELS:
+        raise ValueError(f"a {w_px}x{h_px}-pixel picture is too large (at most {MAX_PIXELS:,} pixels): "
+                         "lower --dpi, --seconds, --speed or --gain")
+    if title is not None and len(title) > MAX_TITLE:
+        raise ValueError(f"title is {len(title)} characters long; at most {MAX_TITLE}")
     minor, major, ink = _COLORS[bool(color)]
     pt_per_mm = 72 / MM_PER_INCH
 
@@ -185,7 +198,8 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
     small = {"fontsize": 8, "color": ink, "zorder": 4}
     ax.text(gx1, geo.height - 2.0, f"{speed:g} mm/s   {gain:g} mm/mV   {fs:g} Hz", ha="right", va="bottom", **small)
     if title:
-        ax.text(gx0, 2.0, title, ha="left", va="top", fontsize=11, color=ink, zorder=4)
+        ax.text(gx0, 2.0, title, ha="left", va="top", fontsize=11, color=ink, zorder=4,
+                parse_math=False)  # a title is plain text: "$...$" must not run matplotlib's math parser
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi, facecolor="white")
     return buf.getvalue()

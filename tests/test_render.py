@@ -234,3 +234,18 @@ def test_cli_renders_a_record_and_prepared_data(sample_paths, prepared_qa, tmp_p
     bad = subprocess.run([sys.executable, "-m", "ecgqa", "render", "--data", str(prepared_qa), "--ecg-id", "999999999",
                           "--out", str(tmp_path / "x.png")], check=False, capture_output=True, text=True)
     assert bad.returncode == 2 and "999999999" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_titles_are_plain_text_and_sizes_are_bounded():
+    """Probe N8/N9: "$...$" in a title ran matplotlib's math parser; huge gain/seconds leaked its errors."""
+    signal = np.zeros((12, 1000))
+    for title in ("x$" + "{" * 150 + "$", "$\\frac{a}{" * 15, "cost: $5 and $6"):
+        png = render_ecg(signal, 100, dpi=20, title=title)
+        assert png.startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="at most 200"):
+        render_ecg(signal, 100, title="t" * 201)
+    for kw, match in (({"gain": 1e308}, "gain must be between"), ({"seconds": 1e5}, "seconds must be between"),
+                      ({"speed": 0.0}, "speed must be between"),
+                      ({"seconds": 120, "speed": 200, "dpi": 1200}, "too large")):
+        with pytest.raises(ValueError, match=match):
+            render_ecg(signal, 100, **kw)
