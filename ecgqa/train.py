@@ -270,6 +270,7 @@ def dry_run(config: TrainConfig) -> str:
     config = check_config(config)
     recipe = recipe_for(config.recipe, config.model)
     data = PreparedData(config.data)
+    check_task(config, data)  # the same refusal a real run gives
     n_train = len(data.split(config.train_split))
     # as the Trainer counts: each device's loader has ceil(n / devices / batch) batches; an update takes grad_accum
     batches = math.ceil(math.ceil(n_train / _world_size()) / config.batch_size)
@@ -382,20 +383,27 @@ def _load_text_encoder_tokenizer(name: str) -> Any:
         ) from e
 
 
-def load_datasets(config: TrainConfig, tokenizer: Any = None) -> Datasets:
-    """The prepared splits as torch datasets; QA questions are tokenized with ``tokenizer`` (default:
-    the text encoder's, else the prepared data's)."""
-    from ecgqa.data import ECGQADataset, UpperboundDataset, collate_qa, collate_upperbound
+def check_task(config: TrainConfig, data: Any) -> str:
+    """The model's task ("qa" / "upperbound"), after checking the prepared data is for it."""
     from ecgqa.models import task_of
-    from ecgqa.prepared import PreparedData
 
-    data = PreparedData(config.data)
     task = task_of(config.model)
     if data_task(data.meta.get("task")) != task:
         raise ValueError(
             f"{config.data} was prepared for task {data.meta.get('task')!r} but {config.model!r} trains on {task!r} "
             f"data; run `ecgqa prepare --task {task}` (QA models need qa data, se-wrn/resnet-attn need upperbound data)"
         )
+    return task
+
+
+def load_datasets(config: TrainConfig, tokenizer: Any = None) -> Datasets:
+    """The prepared splits as torch datasets; QA questions are tokenized with ``tokenizer`` (default:
+    the text encoder's, else the prepared data's)."""
+    from ecgqa.data import ECGQADataset, UpperboundDataset, collate_qa, collate_upperbound
+    from ecgqa.prepared import PreparedData
+
+    data = PreparedData(config.data)
+    task = check_task(config, data)
     eval_split = config.eval_split
     for split in [config.train_split] + ([eval_split] if eval_split else []):
         if split not in data.splits:

@@ -66,6 +66,10 @@ def test_best_checkpoint_by_em_is_the_one_saved(qa_checkpoint):
 def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
     with pytest.raises(ValueError, match="prepared for task 'upperbound'.*'fusion-small' trains on 'qa'"):
         train(TrainConfig(data=prepared_upperbound, model="fusion-small", out=tmp_path / "x", max_steps=1, quiet=True))
+    # a dry run refuses it too, instead of printing a plan for data the model cannot read (probe N12)
+    assert main(["train", "--data", str(prepared_upperbound), "--model", "fusion-small", "--out", str(tmp_path / "y"),
+                 "--recipe", "paper", "--dry-run"]) == 2
+    assert not (tmp_path / "y").exists()
 
 
 # ------------------------------------------------------------------------------------------ predictor
