@@ -44,8 +44,26 @@ def load_report(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if not isinstance(report, dict) or k not in report]
     if missing:
         raise ValueError(f"{file}: not an ECG-QA report (lacks {missing}); expected the output of `ecgqa evaluate`")
+    _check_shape(report, file)
     report.setdefault("_path", str(file))
     return report
+
+
+def _check_shape(report: dict[str, Any], file: Path) -> None:
+    """EM values are numbers in [0, 1] (or null), groups map names to {"em", "n"}: else one error naming the field."""
+    def em_ok(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1)
+
+    if not em_ok(report["em"]):
+        raise ValueError(f"{file}: em must be a number between 0 and 1, not {report['em']!r}")
+    for key in ("per_question_type", "per_attribute_type"):
+        groups = report.get(key, {})
+        if not isinstance(groups, dict):  # a data error: the CLI shows ValueErrors as one line
+            shape = f"{key} must map names to {{\"em\": ..., \"n\": ...}}, not {type(groups).__name__}"
+            raise ValueError(f"{file}: {shape}")  # noqa: TRY004
+        for name, block in groups.items():
+            if not (isinstance(block, dict) and em_ok(block.get("em"))):
+                raise ValueError(f"{file}: {key}[{name!r}] must be {{\"em\": number 0-1, \"n\": count}}, not {block!r}")
 
 
 def report_name(report: dict[str, Any]) -> str:

@@ -152,6 +152,15 @@ def test_report_rejects_what_is_not_a_report(tmp_path):
     with pytest.raises(FileNotFoundError, match="report.json"):
         load_report(tmp_path)
     assert main(["report", str(bad)]) == 2
+    # probe N15: a report.json of the wrong shape is one error naming the file and the field, never a traceback
+    for fields, field in (({"per_question_type": [1, 2]}, "per_question_type"),
+                          ({"per_question_type": {"single-verify": "x"}}, "per_question_type"),
+                          ({"em": "abc"}, "em must be a number"), ({"em": float("nan")}, "em must be a number")):
+        odd = tmp_path / "odd.json"
+        odd.write_text(json.dumps({"em": 0.5, "per_question_type": {}, **fields}))
+        with pytest.raises(ValueError, match=f"odd.json: {field}"):
+            load_report(odd)
+        assert main(["report", str(odd), "--paper"]) == 2
 
 
 def test_render_markdown_lists_extra_blocks():
