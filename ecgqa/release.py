@@ -110,7 +110,10 @@ class AnswerSpace:
 
 def encode_sample(space: AnswerSpace, sample: dict[str, Any], *, where: str = "") -> dict[str, Any]:
     """Answer indices, valid-class indices and (qt1, qt2, qt3) codes of one release sample."""
-    qt1, qt2, qt3 = question_codes(sample["question_type"], sample["attribute_type"])
+    try:
+        qt1, qt2, qt3 = question_codes(sample["question_type"], sample["attribute_type"])
+    except ValueError as e:
+        raise ReleaseError(f"{where}{e}") from None
     return {
         "answer": space.encode(sample["answer"], where=where),
         "valid_classes": space.valid_classes(sample, where=where),

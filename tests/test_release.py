@@ -123,3 +123,12 @@ def test_shards_sort_by_plain_file_name(tmp_path):
     for name in ("9", "10", "200", "011"):
         (folder / f"{name}.json").write_text("[]")
     assert [p.name for p in shards(tmp_path)] == ["011.json", "10.json", "200.json", "9.json"]
+
+
+def test_unknown_question_type_names_the_file_and_sample(sample_paths):
+    """Probe P5: the error for an unknown question_type named neither the shard nor the sample."""
+    space = AnswerSpace.from_release(sample_paths.ptbxl_release)
+    sample = {"template_id": 26, "question_id": 1, "sample_id": 7, "question_type": "bogus",
+              "attribute_type": "noise", "question": "q?", "answer": ["no"], "ecg_id": [1], "attribute": ["static noise"]}
+    with pytest.raises(ReleaseError, match=r"^train/1\.json: sample 7: unknown question_type/attribute_type 'bogus'"):
+        encode_sample(space, sample, where="train/1.json: sample 7: ")
