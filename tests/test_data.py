@@ -23,6 +23,7 @@ from ecgqa.losses import labelled_bce
 from ecgqa.prepared import PreparedData
 
 
+@pytest.mark.slow
 def test_prepared_data_api(prepared_qa):
     data = PreparedData(prepared_qa)
     assert data.path == prepared_qa and data.splits == ["train", "valid"] and len(data.classes) == 103
@@ -127,6 +128,7 @@ def test_any_transformers_tokenizer_works(prepared_qa, tmp_path):
     assert first == tok(ds.table[0]["question"])["input_ids"]
 
 
+@pytest.mark.slow
 def test_upperbound_masking_zeroes_a_copy_never_the_store(prepared_upperbound):
     data = PreparedData(prepared_upperbound)
     before = hashlib.sha256(np.asarray(data.signals).tobytes()).hexdigest()

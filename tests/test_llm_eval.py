@@ -377,6 +377,7 @@ def test_parse_reply_longest_first_case_insensitive():
 # ----------------------------------------------------------------------------- client, store, resume
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured_and_backoff_grows(tmp_path):
     class Resp:
         def __init__(self, headers):
@@ -422,6 +423,7 @@ def test_api_key_only_from_the_environment(monkeypatch):
     assert api_key_from_env("OPENAI_API_KEY", base_url="http://localhost:8000/v1") == "not-needed"
 
 
+@pytest.mark.slow
 def test_retries_on_429_500_and_timeouts_then_succeeds(tmp_path, server):
     server.state.faults = ["429", "500", "hang"]
     server.state.retry_after = 0.05
@@ -493,6 +495,7 @@ def _recompute(transcripts: list[dict], truth: dict[int, tuple[list[str], list[s
             "per_qt": {k: (len(v), sum(v) / len(v)) for k, v in per.items()}}
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_resume_and_failures(tmp_path, server, signals, grounding_classes, sample_paths,
                                                  train_questions, valid_questions, capsys):
     raw = {}
@@ -590,6 +593,7 @@ def test_report_url_drops_credentials_and_query_keeps_ipv6():
 
 @pytest.mark.parametrize("fault", ["html", "badjson", "empty", "nochoices", "nullcontent", "intcontent", "notext",
                                    "blank", "cutoff"])
+@pytest.mark.slow
 def test_a_broken_200_is_a_failed_attempt_retried_then_recorded_as_failed(tmp_path, server, fault):
     """L6-L8: a 200 that is no chat completion is never stored as a reply; it is retried, then failed."""
     messages = [{"role": "user", "content": "Question: ?\n\nOptions: no; yes"}]
@@ -761,6 +765,7 @@ def _sources(inputs, tmp_path, signals, grounding_classes, *, dpi=30, layout="3x
                                     pytest.param(("classifier",), marks=pytest.mark.slow),
                                     pytest.param(("image", "classifier"), marks=pytest.mark.slow),
                                     pytest.param(("image", "features", "classifier"), marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_what_arrives_at_the_server_for_each_input(tmp_path, server, signals, grounding_classes, every_type, inputs):
     from ecgqa.render import layout_geometry
     from llm_eval.inputs import input_name

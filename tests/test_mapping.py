@@ -141,6 +141,7 @@ def test_release_parent_folder_is_accepted(sample_paths, tmp_path):
     assert report["totals"]["mapped"] == 902
 
 
+@pytest.mark.slow
 def test_cli_entry_points(tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run(["ecgqa", "map", "ptbxl", "--out", str(out), "-q"], capture_output=True, text=True, check=False)

@@ -108,6 +108,7 @@ def _hand_heart_rate(lead: np.ndarray) -> float:
     return 60.0 * FS / float(np.mean(np.diff(peaks)))
 
 
+@pytest.mark.slow
 def test_real_records_heart_rate_by_hand(sample_paths):
     db = pd.read_csv(sample_paths.ptbxl_records / "ptbxl_database.csv", index_col="ecg_id")
     ids = [i for i in db.index[:60]]

@@ -183,6 +183,7 @@ def _nejedly_params(C: int = 83, ch: int = 256) -> int:
     return stem + 5 * block + mha + (ch + 12) * C + C
 
 
+@pytest.mark.slow
 def test_parameter_counts_at_the_published_width():
     counts = {name: sum(p.numel() for p in _meta_model(name).parameters()) for name in PARAMS}
     assert counts == PARAMS
@@ -464,6 +465,7 @@ def test_forward_backward_and_loss(name, qa_batch, ub_batch, qa_data):
         assert _word_embedding(model).grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
 def test_save_pretrained_round_trip(name, qa_batch, ub_batch, qa_data, tmp_path):
     torch.manual_seed(1)

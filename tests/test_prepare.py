@@ -92,6 +92,7 @@ def qa(sid, tid, qtype, atype, question, answer, ecg_id, attribute):
 # ------------------------------------------------------------------------------------ bundled sample
 
 
+@pytest.mark.slow
 def test_every_stored_signal_equals_wfdb_rdsamp(prepared_qa, sample_paths):
     data = PreparedData(prepared_qa)
     assert data.signals.dtype == np.float16 and data.signals.shape == (len(data.ecg_ids), 12, 5000)
@@ -439,6 +440,7 @@ def test_mimic_layout_lead_order_and_upperbound(tmp_path, sample_paths):
 # --------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_prepare_defaults_to_the_bundled_sample(tmp_path, capsys):
     from ecgqa.cli import main
 
@@ -545,6 +547,7 @@ def test_stale_build_folders_are_cleaned(handmade, tmp_path):
 # ------------------------------------------------------------------------- same inputs, same bytes
 
 
+@pytest.mark.slow
 def test_prepare_is_byte_identical_across_runs(prepared_qa, mapped_sample, tmp_path):
     """A second build of the bundled sample equals the session fixture's, file by file (tokenizer included)."""
     again = tmp_path / "again"

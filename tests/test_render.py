@@ -55,6 +55,7 @@ def _spikes(seconds: float, every: float, width: float, amp: float, start: float
     return np.where(((t - start) % every < width) & (t >= start), amp, 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dpi", [72, 150])
 def test_page_is_physically_sized(layout, dpi):
@@ -69,6 +70,7 @@ def test_page_is_physically_sized(layout, dpi):
     assert width_pt == pytest.approx(geo.width / 25.4 * 72, abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("speed,gain,dpi", [(25.0, 10.0, 300), (50.0, 20.0, 200), (25.0, 5.0, 254)])
 def test_calibration_pulse_is_one_millivolt(speed, gain, dpi, artifacts):
     png = render_ecg(np.zeros((12, 10 * FS)), FS, speed=speed, gain=gain, dpi=dpi)
@@ -113,6 +115,7 @@ def test_one_second_is_speed_millimetres(speed, dpi, artifacts):
     assert (centres[0] / px_mm - strip.x0) == pytest.approx(0.505 * speed, abs=0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_each_lead_in_its_own_panel(layout, artifacts):
     """Lead k carries spikes of (0.2 + 0.08 k) mV: every panel's tallest excursion names its lead."""
@@ -153,6 +156,7 @@ def _trace_mv(ink: np.ndarray, dpi: float, panel, gain: float, skip_mm: float = 
     return (panel.baseline - rows[keep] / px_mm) / gain, x_mm[keep]
 
 
+@pytest.mark.slow
 def test_rhythm_strip_is_lead_two_of_a_real_record(sample_paths, artifacts):
     """A real bundled record: the strip's pixels follow lead II's samples (read with wfdb here)."""
     hea = min(Path(sample_paths.ptbxl_records).rglob("*.hea"))

@@ -104,6 +104,7 @@ def assert_same_answer(body: dict, expected) -> None:
 # --------------------------------------------------------------------------- meta endpoints
 
 
+@pytest.mark.slow
 def test_healthz_info_and_page(client, predictor, data):
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/api/info").json()
@@ -602,6 +603,7 @@ def test_non_finite_model_output_is_422(predictor, data):
     assert r.status_code == 422 and "no finite score" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_npz_with_many_members_is_a_short_422(client):
     """S23: 40,000 members used to be listed in the reply (~300 kB)."""
     import zipfile
@@ -719,6 +721,7 @@ def test_threads_stay_bounded_under_concurrent_load(predictor, data):
 # --------------------------------------------------------------------------- findings (issue 12)
 
 
+@pytest.mark.slow
 def test_findings_are_the_attribute_classifiers_own_output(predictor, data, upperbound_checkpoint):
     """GET /api/ecgs/{id}/findings: the classes an upperbound classifier (trained in this session)
     scores above the threshold for that ECG, with the scores a separate load of it gives."""

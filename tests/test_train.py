@@ -385,6 +385,7 @@ def _tiny_bert(path: Path, hidden: int = 32) -> torch.nn.Module:
     return bert
 
 
+@pytest.mark.slow
 def test_bert_embeddings_initialise_the_reference_tables(prepared_qa, tmp_path, capsys):
     """--bert-embeddings DIR copies BERT's word/position/type tables (upstream load_bert_embedding) into the
     reference model through train's own build_model; no BERT encoder is attached."""
