@@ -24,11 +24,11 @@ from typing import Any
 
 from ecgqa.constants import LEADS
 from ecgqa.metrics import THRESHOLD
+from ecgqa.replies import NONE_OPTION
 from llm_eval.grounding import Interpretation
 from llm_eval.sampling import Question
 
 PROMPT_VERSION = "ecgqa-llm-v2"  # v2 added the image / features / none inputs; classifier text as in v1
-NONE_OPTION = "None"
 OPTION_SEPARATOR = "; "
 
 PREFACE = (

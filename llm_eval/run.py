@@ -143,7 +143,7 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
                          None, "failed")
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
-            predicted, matched = parse_reply(resp.reply, it.options)
+            predicted, matched = parse_reply(resp.reply, it.options, "ecgqa-v2")
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
             row = Scored(q.sample_id, q.question_type, q.attribute_type, predicted, list(q.answer), list(q.options),
                          matched and exact_match(predicted, q.answer, q.options), "ok" if matched else "no-match",

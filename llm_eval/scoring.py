@@ -1,36 +1,22 @@
-"""Reply parsing, exact match, usage and cost (docs/benchmark.md, "The LLM evaluation protocol", steps 4–5).
+"""Exact match, usage and cost of an LLM run (docs/benchmark.md, "The LLM evaluation protocol", steps 4–5).
 
-A reply is matched against the option strings case-insensitively, longest option first, each match
-consuming its span (so "lead III" never also counts as "lead II" or "lead I", and "none of myocardial
-infarction" never also counts as "None"). An option only matches as a whole phrase. ``None`` means the
-empty set. A reply that matches no option is scored wrong, also when the true answer is ``none``
-(the paper's harness compared it with ``{"none"}``), and is counted in ``n_no_match``. Exact match
-compares the parsed set with the true set over the question's options, as for the trained models.
+Reply parsing lives in :mod:`ecgqa.replies` (shared with ``ecgqa score``) and is re-exported here: one
+rule per prompt style. A reply that matches no option is scored wrong, also when the true answer is
+``none`` (the paper's harness compared it with ``{"none"}``), and is counted in ``n_no_match``. Exact
+match compares the parsed set with the true set over the question's options, as for the trained models.
 Failed requests are not scored: they are counted and listed separately.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from llm_eval.prompts import NONE_OPTION
+from ecgqa.replies import PROMPT_STYLES, ParsedReply, parse_reply, parse_reply_detail, reply_correct
 
-
-def parse_reply(reply: str, options: Iterable[str]) -> tuple[list[str], bool]:
-    """(matched options in option order, without ``None``; whether anything matched at all)."""
-    options = list(options)
-    text = reply.lower()
-    found: set[str] = set()
-    for opt in sorted(options, key=lambda o: (-len(o), o)):
-        pattern = re.compile(r"(?<![a-z0-9])" + re.escape(opt.lower()) + r"(?![a-z0-9])")
-        text, n = pattern.subn(lambda m: "\x00" * len(m.group(0)), text)
-        if n:
-            found.add(opt)
-    matched = bool(found)
-    return [o for o in options if o in found and o != NONE_OPTION], matched
+__all__ = ["PROMPT_STYLES", "ParsedReply", "Scored", "cost", "exact_match", "parse_reply", "parse_reply_detail",
+           "reply_correct", "summarize"]
 
 
 @dataclass
