@@ -13,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from ecgqa.predictor import load
 
         return load
+    if name == "score":  # the function (ecgqa.scorer.score); the module is not named `score` so it cannot shadow it
+        from ecgqa.scorer import score
+
+        return score
     raise AttributeError(f"module 'ecgqa' has no attribute {name!r}")

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ecgqa.train", "train a QA model or an upperbound classifier on a prepared directory"),
     "evaluate": ("ecgqa.evaluate", "exact-match report of a checkpoint on a prepared split"),
     "report": ("ecgqa.report", "tabulate evaluation reports side by side (Markdown)"),
+    "score": ("ecgqa.scorer", "score any model's answers (JSONL: free-text replies or class names) on a prepared split"),
     "llm-eval": ("llm_eval.cli", "evaluate an OpenAI-compatible (vision) model: classifier findings, images, features"),
     "render": ("ecgqa.render", "draw a 12-lead ECG as a clinical printout (PNG/SVG) from a record or prepared data"),
     "serve": ("ecgqa.serve.cli", "HTTP demo: a web page and API to ask questions about ECGs with a trained model"),

@@ -156,12 +156,13 @@ def _num(value: Any) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md of one report: where it came from, the EM table, and whatever extra blocks it has."""
-    source = report.get("checkpoint") or report.get("llm") or "?"
+    what = next((k for k in ("checkpoint", "llm", "answers") if report.get(k)), "llm")
+    source = report.get(what) or "?"
     lines = [
         f"# ECG-QA evaluation: {report.get('model', '?')} on {report.get('split', '?')}",
         "",
         f"- kind: {report.get('kind', '?')}",
-        f"- {'checkpoint' if 'checkpoint' in report else 'llm'}: `{source}`",
+        f"- {what}: `{source}`",
         f"- data: `{report.get('data', '?')}`",
         f"- samples: {report.get('n', '?')}",
         "",
