@@ -27,6 +27,7 @@ from ecgqa.models.m3ae import M3AEConfig, M3AEModel
 from ecgqa.models.resnet_attn import ResNetAttnConfig, ResNetAttnModel
 from ecgqa.models.resnet_lstm import ResNetLSTMConfig, ResNetLSTMModel
 from ecgqa.models.se_wrn import SEWRNConfig, SEWRNModel
+from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VCMSCRLMModel
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ _TEST_PRENORM = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_l
 _TEST_M3AE = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, ecg_layers=1, text_layers=1, fusion_layers=1,
                   dropout=0.0, pos_conv_kernel=5, pos_conv_groups=4)
 # Quickstart widths: 3 strided convs of kernel/stride 4 (78 tokens per ECG), width 64, 2 layers.
+# w2v-cmsc-rlm: test = 4 convs of (16, k4, s4) (19 tokens), width 32, 1 layer; quick = 3 convs of (64, k4, s4)
+# (78 tokens), width 64, 2 layers, as the quick fusion models.
+_TEST_W2V = {"conv_feature_layers": [(16, 4, 4)] * 4, "encoder_layers": 1, "encoder_embed_dim": 32,
+             "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "conv_pos": 4, "conv_pos_groups": 4,
+             "activation_dropout": 0.0}
+_QUICK_W2V = {"conv_feature_layers": [(64, 4, 4)] * 3, "encoder_layers": 2, "encoder_embed_dim": 64,
+              "encoder_ffn_embed_dim": 128, "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4}
 _QUICK_FUSION = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 128, "conv_channels": 32,
                  "conv_layers": 3, "conv_kernel": 4, "conv_stride": 4, "pos_conv_kernel": 8, "pos_conv_groups": 4}
 
@@ -87,12 +95,17 @@ MODELS: dict[str, Variant] = {
     "resnet-attn-test": Variant(ResNetAttnConfig, {"channels": 8, "num_blocks": 2, "stride": 4, "attention_heads": 2,
                                                    "final_dropout": 0.0, "lead_indicator": "nonzero"},
                                 "resnet-attn", "test"),
+    # W2V+CMSC+RLM (fairseq-signals examples/w2v_cmsc): published = the base_total.yaml fine-tuning config
+    "w2v-cmsc-rlm": Variant(W2VCMSCConfig, {}, "w2v-cmsc-rlm"),
+    "w2v-cmsc-rlm-quick": Variant(W2VCMSCConfig, _QUICK_W2V, "w2v-cmsc-rlm", "quick"),
+    "w2v-cmsc-rlm-test": Variant(W2VCMSCConfig, _TEST_W2V, "w2v-cmsc-rlm", "test"),
 }
 
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {}
 for _config, _model in ((FusionConfig, FusionModel), (PreNormFusionConfig, PreNormFusionModel),
                         (M3AEConfig, M3AEModel), (ResNetLSTMConfig, ResNetLSTMModel),
-                        (SEWRNConfig, SEWRNModel), (ResNetAttnConfig, ResNetAttnModel)):
+                        (SEWRNConfig, SEWRNModel), (ResNetAttnConfig, ResNetAttnModel),
+                        (W2VCMSCConfig, W2VCMSCRLMModel)):
     MODEL_CLASSES[_config.model_type] = _model
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
@@ -247,6 +260,8 @@ __all__ = [
     "SEWRNConfig",
     "SEWRNModel",
     "Variant",
+    "W2VCMSCConfig",
+    "W2VCMSCRLMModel",
     "create_config",
     "create_model",
     "family_of",
