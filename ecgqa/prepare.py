@@ -460,17 +460,15 @@ def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) 
     Only ids and paths stay in memory (the task sees each selected sample as it streams by)."""
     attributes: set[str] = set()
     paths: dict[int, str] = {}
-    seen: dict[int, Path] = {}
+    ids_of: dict[str, list[tuple[Path, np.ndarray]]] = {}  # split → (shard, its sample ids): 8 bytes a sample
     samples = dict.fromkeys(opts.splits, 0)
     task = task_of(inputs, opts, [])  # its attribute map is set once the scan has seen every split
     for split, shard in _progress(inputs.shard_list, progress, "scan questions"):
-        for sample in load_shard(shard):
+        loaded = load_shard(shard)
+        ids_of.setdefault(split, []).append((shard, np.fromiter((s["sample_id"] for s in loaded), np.int64, len(loaded))))
+        for sample in loaded:
             attributes.update(sample.get("attribute") or [])
             sid = sample["sample_id"]
-            if sid in seen:
-                raise PrepareError(f"{shard}: sample_id {sid} appears twice (also in {seen[sid]}); "
-                                   "sample ids must be unique within a release variant")
-            seen[sid] = shard
             if split not in samples:
                 continue
             samples[split] += 1
@@ -483,6 +481,8 @@ def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) 
             for i, p in zip(sample["ecg_id"], ecg_paths):
                 paths.setdefault(i, p)
             task.add(split, shard, sample)
+    for shard_ids in ids_of.values():
+        _check_unique_ids(shard_ids)
     empty = [s for s, n in samples.items() if n == 0]
     if empty:
         raise PrepareError(f"{inputs.mapped / opts.variant}: split(s) {empty} hold no samples; "
@@ -491,6 +491,21 @@ def scan_questions(inputs: Inputs, opts: Options, task_of: Any, progress: bool) 
     fingerprint = records_fingerprint(paths.values())
     wanted = task.wanted_ecgs(set(paths))
     return task, Scan({i: p for i, p in paths.items() if i in wanted}, sorted(attributes), samples, fingerprint)
+
+
+def _check_unique_ids(shard_ids: list[tuple[Path, np.ndarray]]) -> None:
+    """Refuse a sample_id that two shards of one split share. The real releases number samples per
+    split (PTB-XL train 0-267,538 and valid 0-64,662 overlap), so ids repeat across splits by design."""
+    if len(shard_ids) < 2:
+        return  # load_shard already refused duplicates inside one shard
+    ids = np.concatenate([a for _, a in shard_ids])
+    owner = np.repeat(np.arange(len(shard_ids)), [len(a) for _, a in shard_ids])
+    order = np.argsort(ids, kind="stable")
+    dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(dup):
+        first, second = order[dup[0]], order[dup[0] + 1]
+        raise PrepareError(f"{shard_ids[owner[second]][0]}: sample_id {ids[second]} appears twice (also in "
+                           f"{shard_ids[owner[first]][0]}); sample ids must be unique within a split")
 
 
 def _read_one(item: tuple[int, str, int, int]) -> tuple[int, Any, str | None, int]:

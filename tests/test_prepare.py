@@ -674,10 +674,24 @@ def test_bad_sample_values_fail_in_map_naming_file_and_sample(tmp_path, sample_p
         assert not (tmp_path / f"m{i}").exists()
 
 
-def test_duplicate_sample_ids_across_shards_are_refused(tmp_path, sample_paths):
-    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2)], "valid": [_noise(1, 5)]})
-    with pytest.raises(PrepareError, match=r"valid/0\.json: sample_id 1 appears twice \(also in .*train/0\.json\)"):
+def test_duplicate_sample_ids_across_shards_of_a_split_are_refused(tmp_path, sample_paths):
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2), _noise(3, 2)], "valid": [_noise(1, 5)]})
+    # a second train shard repeating sample 3 of the first: refused, naming both shards
+    shard = json.loads((mapped / "template" / "train" / "0.json").read_text())
+    (mapped / "template" / "train" / "1.json").write_text(json.dumps([{**shard[0], "sample_id": 7}, shard[1]]))
+    with pytest.raises(PrepareError, match=r"train/1\.json: sample_id 3 appears twice \(also in .*train/0\.json\)"):
         prepare(mapped, tmp_path / "prep", progress=False)
+
+
+def test_sample_ids_repeat_across_splits_as_in_the_real_release(tmp_path, sample_paths):
+    # The real releases number samples per split (PTB-XL train 0-267,538, valid 0-64,662): the same id in
+    # train and valid is two different samples, and both are kept.
+    mapped = _tiny_mapped(tmp_path, sample_paths, {"train": [_noise(1, 2)], "valid": [_noise(1, 5, answer="yes")]})
+    meta = prepare(mapped, tmp_path / "prep", progress=False)
+    assert meta["splits"] == {"train": 1, "valid": 1}
+    data = PreparedData(tmp_path / "prep")
+    assert data.split("train")["ecg_id"] == [[2]] and data.split("valid")["ecg_id"] == [[5]]
+    assert data.split("train")["sample_id"] == data.split("valid")["sample_id"] == [1]
 
 
 def test_empty_split_and_all_records_bad_are_clear_errors(tmp_path, sample_paths):
