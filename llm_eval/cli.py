@@ -30,9 +30,16 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
     p.add_argument("--split", default="test", help="split to sample from (default: test)")
     p.add_argument("--out", type=Path, required=True, help="output folder (re-use it to resume)")
+    p.add_argument("--sample", choices=("paper", "draw"),
+                   help="which questions: paper = the ids the ECG-QA paper's LLM runs used (shipped, PTB-XL test only; "
+                        "the default there), draw = the seed-42 stratified 10%% draw (the default elsewhere)")
+    p.add_argument("--prompt", choices=("paper", "paper-as-published", "ecgqa-v2"),
+                   help="prompt wording and reply rule: paper = the paper's prompt with its harness's defects fixed "
+                        "(default for --input classifier), paper-as-published = the harness byte for byte, defects "
+                        "included, ecgqa-v2 = this toolkit's wording (default and only choice for other inputs)")
     p.add_argument("--fraction", type=float, default=0.1,
-                   help="fraction of each qt3 key (default 0.1: with seed 42, the paper's sample)")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42, the paper's)")
+                   help="--sample draw: fraction of each qt3 key (default 0.1: with seed 42, the paper's draw)")
+    p.add_argument("--seed", type=int, default=42, help="--sample draw: sampling seed (default 42, the paper's)")
     p.add_argument("--ids-file", type=Path,
                    help="evaluate exactly these: sample ids (one per line, comma-separated or a JSON list), or the "
                         "original harness's <split>_sampled.tsv")
@@ -41,7 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
     p.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts before giving up")
-    p.add_argument("--max-tokens", type=int, default=256, help="reply length cap (0 = no cap)")
+    p.add_argument("--max-tokens", type=int,
+                   help="reply length cap (0 = no cap; default 256, none with --prompt paper-as-published as the paper)")
     p.add_argument("--max-completion-tokens", type=int,
                    help="send max_completion_tokens instead of max_tokens (reasoning models: o-series, gpt-5)")
     p.add_argument("--no-temperature", action="store_true",
@@ -73,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.grounding, args.model, args.out, inputs=args.input, split=args.split, fraction=args.fraction,
         seed=args.seed, image_detail=args.image_detail, layout=args.layout, dpi=args.dpi,
         max_completion_tokens=args.max_completion_tokens, omit_temperature=args.no_temperature,
-        ids_file=args.ids_file, device=args.device, batch_size=args.batch_size, grounding_cache=args.grounding_cache,
+        ids_file=args.ids_file, sample=args.sample, prompt=args.prompt, device=args.device, batch_size=args.batch_size, grounding_cache=args.grounding_cache,
         progress=not args.quiet, base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
-        timeout=args.timeout, max_retries=args.max_retries, max_tokens=args.max_tokens or None,
-        price_in=args.price_in, price_out=args.price_out, store_path=args.store, dry_run=args.dry_run,
+        timeout=args.timeout, max_retries=args.max_retries, price_in=args.price_in, price_out=args.price_out,
+        store_path=args.store, dry_run=args.dry_run,
+        **({} if args.max_tokens is None else {"max_tokens": args.max_tokens or None}),
     )
     if args.dry_run:
         return 0

@@ -35,6 +35,8 @@ from ecgqa.metrics import decide
 from llm_eval.sampling import Question
 
 LEAD_CLASSES = tuple(f"lead {lead}" for lead in LEADS)
+#: The subset of no lead: an all-zero ECG (only ``--prompt paper-as-published`` reads one, as the paper's harness did).
+BLANK = "blank"
 
 
 class Classifier(Protocol):
@@ -67,7 +69,7 @@ class Reading:
 
     @property
     def leads(self) -> tuple[str, ...]:
-        return group_leads(self.subset)
+        return () if self.subset == BLANK else group_leads(self.subset)
 
 
 _PREVIOUS_RECENT = re.compile(r"\b(previous|recent)\b")
@@ -270,6 +272,11 @@ class Grounder:
         found = [(c, round(float(x), 3)) for c, x, keep in zip(self.cache.classes, s, decide(s)) if keep]
         found.sort(key=lambda cx: (-cx[1], cx[0]))
         return Interpretation(reading, tuple(found))
+
+    def findings_in_class_order(self, reading: Reading) -> list[tuple[str, float]]:
+        """(class, score) above the threshold in class-index order, as the paper's prompt lists them."""
+        s = self.scores(reading)
+        return [(c, float(x)) for c, x, keep in zip(self.cache.classes, s, decide(s)) if keep]
 
     def ground(self, questions: list[Question]) -> dict[int, list[Interpretation]]:
         """sample id → its interpretation readings, in prompt order."""

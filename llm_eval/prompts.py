@@ -24,7 +24,7 @@ from typing import Any
 
 from ecgqa.constants import LEADS
 from ecgqa.metrics import THRESHOLD
-from ecgqa.replies import NONE_OPTION
+from ecgqa.replies import NONE_OPTION, PROMPT_STYLES
 from llm_eval.grounding import Interpretation
 from llm_eval.sampling import Question
 
@@ -49,6 +49,34 @@ INSTRUCTION = (
     "Answer the question using only the options above. Reply with the matching option(s) exactly as written, "
     "separated by '; ' if more than one applies, and nothing else: no explanation."
 )
+
+
+#: The reply rule and wording of each ``--prompt`` style (:mod:`llm_eval.paper` for the paper's two).
+DEFAULT_STYLE_CLASSIFIER = "paper"
+DEFAULT_STYLE_OTHER = "ecgqa-v2"
+
+
+def default_prompt_style(inputs: tuple[str, ...]) -> str:
+    """``paper`` for the classifier input alone (the paper's protocol), ``ecgqa-v2`` for every other input."""
+    return DEFAULT_STYLE_CLASSIFIER if tuple(inputs) == ("classifier",) else DEFAULT_STYLE_OTHER
+
+
+def check_prompt_style(style: str, inputs: tuple[str, ...]) -> None:
+    """The paper's wording is defined for classifier findings alone; other inputs use ``ecgqa-v2``."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"--prompt {style!r}: expected one of {', '.join(PROMPT_STYLES)}")
+    if style != "ecgqa-v2" and tuple(inputs) != ("classifier",):
+        raise ValueError(
+            f"--prompt {style}: the paper's prompt shows classifier findings only, so it needs --input classifier "
+            f"alone (this run: --input {','.join(inputs)}); use --prompt ecgqa-v2 for other inputs"
+        )
+
+
+def prompt_version(style: str) -> str:
+    """What a report names the wording by (``PROMPT_VERSION`` for ``ecgqa-v2``)."""
+    from llm_eval.paper import PROMPT_VERSIONS
+
+    return PROMPT_VERSION if style == "ecgqa-v2" else PROMPT_VERSIONS[style]
 
 
 def options_for(q: Question) -> list[str]:

@@ -27,9 +27,25 @@ from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_outp
 from llm_eval.client import FatalEndpointError
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
 from llm_eval.inputs import FeatureCache, ImageCache, image_tokens, input_name, parse_inputs
-from llm_eval.prompts import PROMPT_VERSION, build_prompt, message_text, options_for, prompt_hash
-from llm_eval.sampling import DEFAULT_FRACTION, DEFAULT_SEED, Question, questions_from_prepared, read_ids_file, select
-from llm_eval.scoring import Scored, exact_match, parse_reply, summarize
+from llm_eval.prompts import (
+    build_prompt,
+    check_prompt_style,
+    default_prompt_style,
+    message_text,
+    options_for,
+    prompt_hash,
+    prompt_version,
+)
+from llm_eval.sampling import (
+    DEFAULT_FRACTION,
+    DEFAULT_SEED,
+    Question,
+    questions_from_prepared,
+    read_ids_file,
+    resolve_sample,
+    select_sample,
+)
+from llm_eval.scoring import Scored, parse_reply_detail, reply_correct, summarize
 
 #: Written first into every llm-eval output folder: proof that the folder is ours to resume and rewrite.
 MARKER = "llm_eval_run.json"
@@ -53,11 +69,26 @@ class Sources:
     features: FeatureCache | None = None
     image_detail: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)  # recorded in the report
+    prompt_style: str | None = None  # None: the input's default (llm_eval.prompts.default_prompt_style)
 
     def check(self) -> None:
         for name, have in (("classifier", self.grounder), ("image", self.images), ("features", self.features)):
             if name in self.inputs and have is None:
                 raise ValueError(f"--input {name} needs its source (for classifier: --grounding CKPT)")
+        if self.prompt_style is None:
+            self.prompt_style = default_prompt_style(self.inputs)
+        check_prompt_style(self.prompt_style, self.inputs)
+
+    @property
+    def style(self) -> str:
+        return self.prompt_style or default_prompt_style(self.inputs)
+
+    @property
+    def label(self) -> str:
+        """The model column's suffix: the input, plus the prompt style where it is not the input's default."""
+        if self.style == default_prompt_style(self.inputs):
+            return self.name
+        return f"{self.name}, {self.style}"
 
     @property
     def name(self) -> str:
@@ -80,6 +111,8 @@ class PromptItem:
 
 def build_prompts(questions: list[Question], sources: Sources) -> list[PromptItem]:
     """Gather each question's evidence (each ECG rendered / measured / classified once) and build its prompt."""
+    if sources.style != "ecgqa-v2":
+        return _build_paper_prompts(questions, sources)
     interpretations = sources.grounder.ground(questions) if sources.grounder and "classifier" in sources.inputs else None
     if "features" in sources.inputs:
         sources.features.measure([e for q in questions for e in q.ecg_ids])
@@ -93,6 +126,21 @@ def build_prompts(questions: list[Question], sources: Sources) -> list[PromptIte
             features = [(label, sources.features.text(e)) for label, e in zip(labels, q.ecg_ids)]
         messages = build_prompt(q, interpretations[q.sample_id] if interpretations is not None else None,
                                 images=images, features=features, image_detail=sources.image_detail)
+        items.append(PromptItem(q, messages, prompt_hash(messages)))
+    return items
+
+
+def _build_paper_prompts(questions: list[Question], sources: Sources) -> list[PromptItem]:
+    """``--prompt paper`` / ``paper-as-published``: the paper's blocks, planned in question order."""
+    from llm_eval.paper import build_paper_prompt, plan_all
+
+    assert sources.grounder is not None
+    plans = plan_all(questions, sources.style)
+    sources.grounder.compute(b.reading for blocks in plans.values() for b in blocks)
+    items = []
+    for q in questions:
+        blocks = [(b.heading, sources.grounder.findings_in_class_order(b.reading)) for b in plans[q.sample_id]]
+        messages = build_paper_prompt(q, blocks)
         items.append(PromptItem(q, messages, prompt_hash(messages)))
     return items
 
@@ -132,8 +180,11 @@ def write_prompts(items: list[PromptItem], out: Path, sources: Sources, *, exact
 
 
 def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[str, str],
-                input_label: str = "classifier") -> list[tuple[Scored, dict]]:
-    """Score every item from the store (never from memory: what is scored is what was persisted)."""
+                input_label: str = "classifier", rule: str = "ecgqa-v2") -> list[tuple[Scored, dict]]:
+    """Score every item from the store (never from memory: what is scored is what was persisted).
+
+    ``rule``: the reply rule of the prompt style (``ecgqa.replies``).
+    """
     out = []
     for it in items:
         q = it.question
@@ -143,11 +194,11 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
                          None, "failed")
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
-            predicted, matched = parse_reply(resp.reply, it.options, "ecgqa-v2")
+            parsed = parse_reply_detail(resp.reply, it.options, rule)
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
-            row = Scored(q.sample_id, q.question_type, q.attribute_type, predicted, list(q.answer), list(q.options),
-                         matched and exact_match(predicted, q.answer, q.options), "ok" if matched else "no-match",
-                         resp.prompt_tokens, resp.completion_tokens)
+            row = Scored(q.sample_id, q.question_type, q.attribute_type, list(parsed.options), list(q.answer),
+                         list(q.options), reply_correct(resp.reply, it.options, q.answer, rule),
+                         "ok" if parsed.matched else "no-match", resp.prompt_tokens, resp.completion_tokens)
             reply, error = resp.reply, None
         transcript = {
             "sample_id": q.sample_id, "question": q.question, "question_type": q.question_type,
@@ -176,8 +227,17 @@ def render_report_md(report: dict[str, Any]) -> str:
     from ecgqa.report import render_markdown
 
     lines = [render_markdown(report), "## LLM run", ""]
-    lines.append(f"- input: {report['input']}; prompt version: {report['prompt_version']}; "
-                 f"grounding: `{report['grounding']}`")
+    lines.append(f"- input: {report['input']}; prompt: {report.get('prompt_style', 'ecgqa-v2')} "
+                 f"(version {report['prompt_version']}); grounding: `{report['grounding']}`")
+    s = report.get("sampling") or {}
+    if s.get("sample"):
+        what = {"paper": "the published LLM sample of the ECG-QA paper", "draw": "the seeded stratified draw",
+                "ids-file": "--ids-file"}.get(s["sample"], s["sample"])
+        line = f"- sample: {what}, sha256 `{s.get('sha256')}`"
+        if s["sample"] == "paper":
+            line += (f"; {s.get('n_listed')} ids listed, {s.get('n_missing')} of them not in the prepared data "
+                     "(not evaluated)")
+        lines.append(line)
     lines.append(f"- request: {json.dumps(report['request'])}")
     lines.append(f"- questions: {report['n_questions']} sampled, {report['n']} scored, {report['n_failed']} failed "
                  f"(not scored), {report['n_no_match']} replies matched no option (scored wrong)")
@@ -270,7 +330,7 @@ def evaluate(
         errors = {h: o.error for h, o in outcomes.items() if not o.ok and o.error}
         if stopped is not None:
             errors = {h: str(stopped) for h in distinct}
-        scored = score_items(items, store, model, errors, sources.name)
+        scored = score_items(items, store, model, errors, sources.name, sources.style)
     finally:
         store.close()
 
@@ -286,11 +346,12 @@ def evaluate(
 
     request = {"temperature": None if omit_temperature else 0,
                "max_completion_tokens" if max_completion_tokens else "max_tokens": max_completion_tokens or max_tokens}
-    report: dict[str, Any] = {"kind": "llm", "model": f"{model} ({sources.name})", "llm": model,
+    report: dict[str, Any] = {"kind": "llm", "model": f"{model} ({sources.label})", "llm": model,
                               "input": sources.name, "base_url": safe_url(base_url)}
     report.update(report_meta or {})
     report.update(summarize([r for r, _ in scored], price_in, price_out))
-    report.update({"prompt_version": PROMPT_VERSION, "n_distinct_prompts": len(distinct), "request": request,
+    report.update({"prompt_style": sources.style, "prompt_version": prompt_version(sources.style),
+                   "n_distinct_prompts": len(distinct), "request": request,
                    "input_options": sources.options})
     report.setdefault("grounding", None)
     atomic_write_json(out / "report.json", report, indent=2)
@@ -320,6 +381,8 @@ def run_llm_eval(
     fraction: float = DEFAULT_FRACTION,
     seed: int = DEFAULT_SEED,
     ids_file: str | Path | None = None,
+    sample: str | None = None,
+    prompt: str | None = None,
     device: str | None = None,
     batch_size: int = 64,
     grounding_cache: str | Path | None = None,
@@ -329,22 +392,37 @@ def run_llm_eval(
     progress: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``)."""
+    """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``).
+
+    ``sample``: ``paper`` (the published list; the default on PTB-XL test) or ``draw`` (the seeded
+    stratified draw; the default elsewhere). ``prompt``: a style of ``ecgqa.replies.PROMPT_STYLES``
+    (default: ``paper`` for ``--input classifier``, ``ecgqa-v2`` for other inputs). Without
+    ``max_tokens``, ``paper-as-published`` sends no cap (as the paper's harness) and the others 256.
+    """
     from ecgqa.prepared import PreparedData
 
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
+    style = prompt or default_prompt_style(inputs)
+    check_prompt_style(style, inputs)  # before anything is read or written
+    kwargs.setdefault("max_tokens", None if style == "paper-as-published" else 256)
     out = Path(out)
     claim_output_dir(out, marker=MARKER, what="llm-eval output")  # refuse early; nothing is written before evaluate
     prepared = PreparedData(data)
+    version = str(prepared.meta.get("version", ""))
+    which = resolve_sample(sample, version, split, ids_file=ids_file is not None)
     questions = questions_from_prepared(prepared, split)
     ids = read_ids_file(ids_file) if ids_file else None
-    chosen = select(questions, fraction, seed, ids, where=f"{data} ({split}): ")
+    selection = select_sample(questions, which, fraction, seed, ids, where=f"{data} ({split}): ")
+    chosen = selection.questions
     dropped = (prepared.meta.get("dropped") or {}).get(split) or []
+    if selection.missing:
+        # Never silently: the run evaluates the listed questions present, and says how many are not.
+        print(f"note: {len(selection.missing)} of the {selection.n_listed} ids of the published LLM sample are not "
+              f"in {data} ({split}) and are not evaluated (e.g. {list(selection.missing[:5])}); "
+              "the report records them", file=sys.stderr)
     if progress:
-        print(f"{len(chosen)} of {len(questions)} {split} questions selected "
-              f"({'--ids-file' if ids else f'the paper draw: qt3 keys, fraction {fraction}, seed {seed}'})",
-              file=sys.stderr)
-        if dropped and not ids:
+        print(f"{len(chosen)} of {len(questions)} {split} questions selected: {selection.describe()}", file=sys.stderr)
+        if dropped and which == "draw":
             print(f"note: prepare dropped {len(dropped)} {split} samples (missing records), so this draw differs from "
                   "the paper's sample ids", file=sys.stderr)
     data_hash = str(prepared.meta.get("content_hash", ""))
@@ -354,11 +432,15 @@ def run_llm_eval(
     def signal_by_id(ecg_id: int) -> Any:
         return prepared.signals[prepared.row_of(ecg_id)]
 
-    sources = Sources(inputs, image_detail=image_detail)
-    meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split,
-                            "sampling": {"fraction": fraction, "seed": seed,
-                                         "ids_file": str(ids_file) if ids_file else None,
-                                         "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)}}
+    sources = Sources(inputs, image_detail=image_detail, prompt_style=style)
+    sampling: dict[str, Any] = {"sample": which, "sha256": selection.sha256}
+    if which == "paper":
+        sampling.update({"n_listed": selection.n_listed, "n_missing": len(selection.missing),
+                         "missing_sample_ids": list(selection.missing)})
+    else:
+        sampling.update({"fraction": fraction, "seed": seed} if which == "draw" else {"ids_file": str(ids_file)})
+    sampling.update({"n_selected": len(chosen), "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)})
+    meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")

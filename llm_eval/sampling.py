@@ -206,3 +206,79 @@ def select(
     if missing:
         raise ValueError(f"{where}--ids-file names {len(missing)} sample ids not in this split, e.g. {missing[:10]}")
     return [by_id[i] for i in sorted(set(ids.values))]
+
+
+SAMPLES = ("paper", "draw")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The questions a run evaluates and where they came from (the report's ``sampling`` block).
+
+    ``sample``: ``paper`` (the published list, ``ecgqa.paper_sample``), ``draw`` (the seeded stratified
+    draw) or ``ids-file``. ``sha256``: of the published file for ``paper``; of the selected ids written
+    one per line (``ecgqa.paper_sample.ids_sha256``) otherwise. ``missing``: ids of the published
+    list not in the prepared split (evaluated questions are the rest; the count is reported, never hidden).
+    """
+
+    questions: list[Question]
+    sample: str
+    sha256: str
+    missing: tuple[int, ...] = ()
+    n_listed: int | None = None
+
+    def describe(self) -> str:
+        if self.sample == "paper":
+            return (f"the published LLM sample ({self.n_listed} ids, sha256 {self.sha256[:12]}…), "
+                    f"{len(self.missing)} of its ids not in the prepared data")
+        if self.sample == "ids-file":
+            return f"--ids-file (sha256 {self.sha256[:12]}… of the ids)"
+        return f"the seeded stratified draw (sha256 {self.sha256[:12]}… of the ids)"
+
+
+def resolve_sample(sample: str | None, version: str, split: str, *, ids_file: bool = False) -> str:
+    """Which sample a run uses: the published list by default wherever it applies (PTB-XL test)."""
+    from ecgqa.paper_sample import applies
+
+    if sample is not None and sample not in SAMPLES:
+        raise ValueError(f"--sample {sample!r}: expected one of {', '.join(SAMPLES)}")
+    if ids_file:
+        if sample is not None:
+            raise ValueError("--ids-file names the questions itself; leave out --sample")
+        return "ids-file"
+    if sample == "paper" and not applies(version, split):
+        raise ValueError(
+            f"--sample paper: the published LLM sample lists PTB-XL test questions only, and this data is "
+            f"{version} {split}; use --sample draw (the seed-42 stratified draw) or --ids-file"
+        )
+    if sample is None:
+        return "paper" if applies(version, split) else "draw"
+    return sample
+
+
+def select_sample(
+    questions: list[Question],
+    sample: str,
+    fraction: float = DEFAULT_FRACTION,
+    seed: int = DEFAULT_SEED,
+    ids: IdList | list[int] | None = None,
+    where: str = "",
+) -> Selection:
+    """The questions of ``sample`` (:func:`resolve_sample`), sorted by sample id."""
+    from ecgqa.paper_sample import PAPER_SAMPLE_SHA256, ids_sha256, paper_sample_ids
+
+    if sample == "paper":
+        listed = paper_sample_ids()
+        by_id = {q.sample_id: q for q in questions}
+        chosen = [by_id[i] for i in listed if i in by_id]
+        missing = tuple(i for i in listed if i not in by_id)
+        return Selection(chosen, "paper", PAPER_SAMPLE_SHA256, missing, len(listed))
+    if sample == "ids-file":
+        if ids is None:
+            raise ValueError("sample 'ids-file' needs the ids")
+        chosen = select(questions, fraction, seed, ids, where=where)
+    elif sample == "draw":
+        chosen = stratified_sample(questions, fraction, seed)
+    else:
+        raise ValueError(f"unknown sample {sample!r}")
+    return Selection(chosen, sample, ids_sha256([q.sample_id for q in chosen]))

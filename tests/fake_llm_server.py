@@ -51,10 +51,15 @@ OPTIONS_PREFIX = "Options: "
 OPTION_SEPARATOR = "; "
 
 
+PAPER_INSTRUCTION = "Only answer based on the given Options without any explanation."
+PAPER_OPTION_SEPARATOR = ", "  # the ECG-QA paper's prompt (``--prompt paper``): ", "-separated options
+
+
 def options_in(prompt: str) -> list[str]:
+    separator = PAPER_OPTION_SEPARATOR if prompt.rstrip().endswith(PAPER_INSTRUCTION) else OPTION_SEPARATOR
     for line in prompt.splitlines():
         if line.startswith(OPTIONS_PREFIX):
-            return line[len(OPTIONS_PREFIX) :].split(OPTION_SEPARATOR)
+            return line[len(OPTIONS_PREFIX) :].split(separator)
     return []
 
 
