@@ -104,7 +104,8 @@ class _ClassNames:
             return None
         if name.strip().lower() in self.lower:
             return self.lower[name.strip().lower()]
-        close = difflib.get_close_matches(name, self.classes, n=3)
+        by_lower = {c.lower(): c for c in self.classes}
+        close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3)]
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"{where}: unknown class {name!r}: not one of the {len(self.classes)} answer classes of "
                          f"{data}{hint}")
