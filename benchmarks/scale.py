@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +313,357 @@ def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out
                 _link(src.with_name(src.name + ".dat"), rec.with_name(rec.name + ".dat"))
                 n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Run:
+    """One subprocess: wall and CPU seconds, peak RSS of its whole process tree, machine load around it."""
+
+    name: str
+    wall_s: float
+    cpu_s: float
+    peak_tree_mb: float  # sum of PSS over the process and all its descendants, polled every 0.1 s
+    peak_single_mb: float  # largest single process (kernel ru_maxrss of the run and its waited children)
+    load_before: float
+    load_after: float
+    disk_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
+    """Run ``cmd``; poll the memory of its process tree (PSS, so pages forked workers share count once);
+    CPU time and the largest single process's peak RSS (ru_maxrss, exact) from ``wait4``."""
+    import psutil
+
+    load0 = os.getloadavg()[0]
+    start = time.perf_counter()
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    peak = [0.0]
+    done = threading.Event()
+
+    def poll() -> None:
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not done.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:  # PSS: a page shared by forked workers counts once, split between them
+                        total += p.memory_full_info().pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            peak[0] = max(peak[0], total / 2**20)
+            done.wait(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    poller.join()
+    wall = time.perf_counter() - start
+    if log:
+        out.close()
+    if proc.returncode != 0:
+        tail = log.read_text()[-2000:] if log else ""
+        raise SystemExit(f"{name} failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    single = usage.ru_maxrss / 1024
+    return Run(name, round(wall, 2), round(usage.ru_utime + usage.ru_stime, 2), round(peak[0], 1),
+               round(single, 1), round(load0, 2), round(os.getloadavg()[0], 2))
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(allocated bytes, apparent bytes) of every file under ``path``, each inode counted once."""
+    seen: set[tuple[int, int]] = set()
+    alloc = apparent = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(root, f))
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            alloc += st.st_blocks * 512
+            apparent += st.st_size
+    return alloc, apparent
+
+
+# -------------------------------------------------------------------------------------- baseline
+
+
+def upstream_baseline(mapped: Path, dest: Path, share: float, variant: str = "template", *,
+                      signals: bool = False) -> dict[str, Any]:
+    """Upstream's preprocessing of ``share`` of each split's samples (the first ones, in shard order).
+
+    As fairseq-signals ``preprocess_ecgqa.py`` does per QA sample: one ``.mat`` holding the record paths,
+    question, multi-hot answer, valid classes, three question-type codes and an attribute id, every ECG of
+    the sample read with ``wfdb.rdsamp`` (it writes the length into the manifest), the question tokenized
+    (its length too). ``signals=True`` stores the ECGs read in the ``.mat`` as well (float64, as rdsamp
+    returns them): the layout ``benchmarks/prepare.py`` compares against. Returns samples, seconds, bytes.
+    """
+    import scipy.io
+    import wfdb
+
+    from ecgqa.constants import question_codes
+    from ecgqa.release import AnswerSpace, load_shard, shards
+    from ecgqa.vocab import bert_tokenizer
+
+    space = AnswerSpace.from_release(mapped)
+    tok = bert_tokenizer()
+    n = 0
+    start = time.perf_counter()
+    for split in ("train", "valid", "test"):
+        files = shards(mapped, (variant,), (split,))
+        if not files:
+            continue
+        (dest / split).mkdir(parents=True, exist_ok=True)
+        want = None
+        with (dest / f"{split}.tsv").open("w") as manifest:
+            print(dest / split, file=manifest)
+            k = 0
+            for shard in files:
+                batch = load_shard(shard)
+                if want is None:
+                    want = max(1, round(share * _split_size(files, batch)))
+                for s in batch:
+                    if k >= want:
+                        break
+                    answer = np.zeros(len(space), dtype=np.int64)
+                    answer[space.encode(s["answer"])] = 1
+                    qt1, qt2, qt3 = question_codes(s["question_type"], s["attribute_type"])
+                    mat = {"ecg_path": s["ecg_path"], "question": s["question"], "answer": answer,
+                           "valid_classes": space.valid_classes(s), "question_type1": qt1, "question_type2": qt2,
+                           "question_type3": qt3, "attribute_id": -1}
+                    ecgs = [wfdb.rdsamp(p)[0] for p in s["ecg_path"]]
+                    if signals:
+                        mat["ecg"] = np.stack(ecgs)
+                    scipy.io.savemat(dest / split / f"{k}.mat", mat)
+                    lengths = "\t".join(str(len(e)) for e in ecgs)
+                    print(f"{k}.mat\t{lengths}\t{len(tok.encode(s['question']))}", file=manifest)
+                    k += 1
+                if k >= want:
+                    break
+            n += k
+    seconds = time.perf_counter() - start
+    alloc, apparent = disk_usage(dest)
+    return {"samples": n, "seconds": seconds, "alloc": alloc, "apparent": apparent}
+
+
+def _split_size(files: list[Path], first: list) -> int:
+    """Samples in a split without loading every shard: full shards of 10,000, the last one counted."""
+    from ecgqa.release import load_shard
+
+    return SHARD * (len(files) - 1) + len(load_shard(files[-1])) if len(files) > 1 else len(first)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+RUNS = {  # name → extra `ecgqa prepare` arguments
+    "qa-template": ["--variant", "template", "--task", "qa"],
+    "qa-paraphrased": ["--variant", "paraphrased", "--task", "qa"],
+    "upperbound": ["--variant", "template", "--task", "upperbound"],
+}
+
+
+def build(version: str, fraction: float, work: Path, sources: Path | None, extra: list[Path], seed: int = 0) -> dict:
+    """Release and records under ``work`` (reused when a build of the same version/fraction/seed is there)."""
+    marker = work / "built.json"
+    key = {"version": version, "fraction": fraction, "seed": seed, "two_share": TWO_ECG_SHARE}
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        return json.loads(marker.read_text())
+    for sub in ("release", "records", "mapped"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    t = time.perf_counter()
+    made = build_release(version, fraction, work / "release" / version, seed=seed, extra_questions=extra)
+    t_release = time.perf_counter() - t
+    t = time.perf_counter()
+    n_records = build_records(version, made["ecg_ids"], work / "records", sources=sources, seed=seed,
+                              rates=(500, 100) if version == "ptbxl" else (500,))
+    info = {"key": key, "samples": made["samples"], "ecgs": {k: len(v) for k, v in made["ecg_ids"].items()},
+            "records_written": n_records, "build_release_s": round(t_release, 1),
+            "build_records_s": round(time.perf_counter() - t, 1)}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def run_version(version: str, fraction: float, work: Path, *, num_proc: int, runs: list[str], sources: Path | None,
+                extra: list[Path], baseline_share: float, signal_share: float, keep_outputs: bool) -> dict[str, Any]:
+    version = VERSION_ALIASES[version]
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "runs.log"
+    info = build(version, fraction, work, sources, extra)
+    n_variant = sum(info["samples"].values())
+    print(f"\n== {version} at {fraction:g} of full size: {n_variant:,} QA samples per variant over "
+          f"{sum(info['ecgs'].values()):,} ECGs (release {info['build_release_s']} s, "
+          f"{info['records_written']:,} records {info['build_records_s']} s)", flush=True)
+    ecgqa = [sys.executable, "-m", "ecgqa"]
+    results: dict[str, Any] = {"version": version, "fraction": fraction, "num_proc": num_proc, **info,
+                               "cpus": os.cpu_count(), "runs": {}}
+    shutil.rmtree(work / "mapped", ignore_errors=True)
+    r = measure("map", [*ecgqa, "map", "ptbxl" if version == "ptbxl" else "mimic", str(work / "release" / version),
+                        "--records", str(work / "records"), "--out", str(work / "mapped"), "-q"], log)
+    r.disk_bytes = disk_usage(work / "mapped")[0]
+    results["runs"]["map"] = asdict(r)
+    _print_run(r, 2 * n_variant)
+    for name in runs:
+        out = work / f"prepared-{name}"
+        r = measure(name, [*ecgqa, "prepare", str(work / "mapped"), "--out", str(out), "--num-proc", str(num_proc),
+                           "--force", "-q", *RUNS[name]], log)
+        r.disk_bytes = disk_usage(out)[0]
+        meta = json.loads((out / "meta.json").read_text())
+        r.extra = {"n_ecgs": meta["n_ecgs"], "rows": sum(meta["splits"].values())}
+        results["runs"][name] = asdict(r)
+        _print_run(r, r.extra["rows"])
+        if not keep_outputs:
+            shutil.rmtree(out)
+    # the baselines, on a share of the samples, extrapolated to this run's size (both variants)
+    base = work / "baseline"
+    shutil.rmtree(base, ignore_errors=True)
+    up = upstream_baseline(work / "mapped", base / "paths", baseline_share)
+    sig = upstream_baseline(work / "mapped", base / "signals", signal_share, signals=True)
+    shutil.rmtree(base, ignore_errors=True)
+    records_bytes = _records_logical_bytes(work / "records", version)
+    results["baseline"] = {
+        "paths": {**up, "per_sample_s": up["seconds"] / up["samples"], "per_sample_alloc": up["alloc"] / up["samples"]},
+        "signals": {**sig, "per_sample_s": sig["seconds"] / sig["samples"], "per_sample_alloc": sig["alloc"] / sig["samples"]},
+        "records_bytes": records_bytes,
+    }
+    _print_summary(results, n_variant)
+    return results
+
+
+def _records_logical_bytes(records: Path, version: str) -> int:
+    """What the records the release uses take on a real disk (our tree hard-links them: count each file)."""
+    total = 0
+    top = records / ("records500" if version == "ptbxl" else "files")
+    for root, _, files in os.walk(top):
+        for f in files:
+            total += os.stat(os.path.join(root, f)).st_size
+    return total
+
+
+def _print_run(r: Run, n: int) -> None:
+    print(f"  {r.name:15s} {r.wall_s:8.1f} s wall {r.cpu_s:8.1f} s CPU  {n / r.wall_s:9.0f} rows/s  "
+          f"peak memory tree {r.peak_tree_mb:6.0f} MB PSS (largest process {r.peak_single_mb:5.0f} MB RSS)  "
+          f"disk {r.disk_bytes / 1e9:6.2f} GB  load {r.load_before:.1f}->{r.load_after:.1f}", flush=True)
+
+
+def _print_summary(res: dict[str, Any], n_variant: int) -> None:
+    runs, b = res["runs"], res["baseline"]
+    qa = [k for k in ("qa-template", "qa-paraphrased") if k in runs]
+    ours_s = runs["map"]["wall_s"] + sum(runs[k]["wall_s"] for k in qa)
+    all_s = runs["map"]["wall_s"] + sum(v["wall_s"] for k, v in runs.items() if k != "map")
+    peak = max(v["peak_tree_mb"] for v in runs.values())
+    ours_disk = sum(runs[k]["disk_bytes"] for k in qa)
+    n_qa = len(qa) * n_variant
+    up_s = b["paths"]["per_sample_s"] * n_qa
+    up_disk = b["paths"]["per_sample_alloc"] * n_qa
+    sig_disk = b["signals"]["per_sample_alloc"] * n_qa
+    load = os.getloadavg()
+    print(f"  -- map + every prepare: {all_s / 60:.1f} min wall; largest peak memory (process tree, PSS) {peak / 1024:.2f} GB; "
+          f"{res['cpus']} CPUs, load now {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min)")
+    print(f"  baseline, measured on {b['paths']['samples']:,} samples (paths) and {b['signals']['samples']:,} (signals), "
+          f"extrapolated to {n_qa:,} QA samples ({len(qa)} variant(s)):")
+    print(f"    upstream preprocess (one .mat of paths per sample, every ECG read per sample): "
+          f"{b['paths']['per_sample_s'] * 1e3:.2f} ms/sample -> {up_s / 60:.1f} min; ours (map + qa prepare) "
+          f"{ours_s / 60:.1f} min: {up_s / ours_s:.1f}x faster")
+    print(f"    disk: ours {ours_disk / 1e9:.2f} GB (self-contained); upstream .mat files {up_disk / 1e9:.2f} GB + the "
+          f"records its loader reads {b['records_bytes'] / 1e9:.2f} GB = {(up_disk + b['records_bytes']) / 1e9:.2f} GB "
+          f"({(up_disk + b['records_bytes']) / ours_disk:.1f}x ours)")
+    print(f"    disk vs one .mat per sample holding its ECGs: {sig_disk / 1e9:.1f} GB, {sig_disk / ours_disk:.0f}x ours "
+          f"(target >= 20x)")
+    res["summary"] = {"all_wall_s": all_s, "ours_qa_s": ours_s, "peak_tree_mb": peak, "ours_qa_disk": ours_disk,
+                      "n_qa": n_qa, "upstream_s": up_s, "upstream_disk": up_disk, "signals_disk": sig_disk,
+                      "load": load}
+
+
+def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """MIMIC-IV-ECG at each fraction; prints time and peak RSS per sample and a linear fit of time."""
+    points = []
+    for f in fractions:
+        work = args.work / f"mimic-{f:g}"
+        points.append(run_version("mimic", f, work, num_proc=args.num_proc, runs=args.runs, sources=args.sources,
+                                  extra=args.questions, baseline_share=args.baseline_share,
+                                  signal_share=args.signal_share, keep_outputs=False))
+    print("\n== growth (MIMIC-IV-ECG): time and peak RSS per QA sample at each size")
+    names = ["map", *args.runs]
+    for name in names:
+        n = np.array([sum(p["samples"].values()) * (2 if name == "map" else 1) for p in points], float)
+        t = np.array([p["runs"][name]["wall_s"] for p in points])
+        m = np.array([p["runs"][name]["peak_tree_mb"] for p in points])
+        slope, icpt = np.polyfit(n, t, 1)
+        r2 = 1 - ((t - (slope * n + icpt)) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-12)
+        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {c:6.0f} MB" for a, b, c in zip(n, t, m))
+        print(f"  {name:15s} {per}   fit t = {icpt:.1f} s + {slope * 1e6:.1f} us x n (R^2 {r2:.4f}); "
+              f"peak RSS {m.min():.0f}-{m.max():.0f} MB")
+    return points
+
+
+def plot(points: list[dict[str, Any]], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ["map", *names]:
+        n = [sum(p["samples"].values()) * (2 if name == "map" else 1) / 1e3 for p in points]
+        a.plot(n, [p["runs"][name]["wall_s"] for p in points], "o-", label=name)
+        b.plot(n, [p["runs"][name]["peak_tree_mb"] for p in points], "o-", label=name)
+    a.set(xlabel="QA samples read (thousands)", ylabel="wall time (s)", title="time: linear in size")
+    b.set(xlabel="QA samples read (thousands)", ylabel="peak memory of the process tree (MB, PSS)", title="memory: flat",
+          ylim=(0, None))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"ecgqa map / prepare on synthetic MIMIC-IV-ECG releases ({os.cpu_count()} CPUs, shared machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", choices=sorted(VERSION_ALIASES), default="ptbxl")
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of the full release size (default 1)")
+    parser.add_argument("--growth", action="store_true", help="MIMIC-IV-ECG at 1/100, 1/30 and 1/10, with a linear fit")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 1 / 30, 0.1], help="--growth points")
+    parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="prepare's record readers")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--sources", type=Path, help="PTB-XL root whose records500/ (and records100/) records are "
+                        "copied (default: the bundled sample's 198)")
+    parser.add_argument("--questions", type=Path, nargs="*", default=[],
+                        help="more real ECG-QA version folders (template/ + paraphrased/) to draw questions from")
+    parser.add_argument("--baseline-share", type=float, default=0.01, help="share of samples the upstream baseline writes")
+    parser.add_argument("--signal-share", type=float, default=0.001, help="same, for the signals-in-.mat layout")
+    parser.add_argument("--keep", type=Path, help="build here and keep everything (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="--growth: write the curves as a PNG here")
+    args = parser.parse_args()
+    import tempfile
+
+    args.work = args.keep or Path(tempfile.mkdtemp(prefix="ecgqa-scale-", dir=os.environ.get("TMPDIR")))
+    try:
+        if args.growth:
+            res: Any = growth(args.fractions, args)
+            if args.plot:
+                plot(res, args.runs, args.plot)
+        else:
+            res = run_version(args.version, args.fraction, args.work, num_proc=args.num_proc, runs=args.runs,
+                              sources=args.sources, extra=args.questions, baseline_share=args.baseline_share,
+                              signal_share=args.signal_share, keep_outputs=bool(args.keep))
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1, default=str))
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
