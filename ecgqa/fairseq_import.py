@@ -371,6 +371,27 @@ def _read_folder(path: Path) -> Pretrained:
     return Pretrained(path, "ecgqa", fields, keymap)
 
 
+def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) -> dict[str, Any]:
+    """Config fields a ``w2v-cmsc-rlm-*`` model takes from ``pre`` so that its encoder has the checkpoint's
+    shapes (conv layers, width, depth, heads, positional conv): the registry size gives the rest
+    (dropouts, feature_grad_mult: the fine-tuning recipe). A ``--set`` of one of them to another value is
+    an error; other families take nothing (their shapes are checked when loading)."""
+    from ecgqa.models import family_of
+
+    if family_of(model_name) != "w2v-cmsc-rlm":
+        return {}
+    out = {}
+    for name, value in pre.fields.items():
+        if name in user:
+            mine = [list(x) for x in user[name]] if name == "conv_feature_layers" else user[name]
+            if mine != value:
+                raise FairseqCheckpointError(f"--set {name}={user[name]!r} contradicts --init-from {pre.path}, whose "
+                                             f"encoder has {name} {value!r}")
+            continue
+        out[name] = value
+    return out
+
+
 def _classes_of(pre: Pretrained) -> int | None:
     head = pre.keymap.tensors.get("proj.weight")
     return None if head is None else int(head.shape[0])

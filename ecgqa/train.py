@@ -77,6 +77,7 @@ class TrainConfig:
     resume: bool | str | Path = False
     text_encoder: str | None = None
     bert_embeddings: str | None = None  # local bert-base-uncased folder: initial word/position/type tables
+    init_from: str | None = None  # pretrained W2V encoder: fairseq .pt or a folder with w2v.* (ecgqa/fairseq_import.py)
     max_question_len: int = 64
     num_workers: int = 0
     logging_steps: int = 10
@@ -127,6 +128,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="initialise the text side's word, position and token-type embedding tables from a "
                         "local bert-base-uncased folder (transformers format), as upstream's load_bert_embedding; "
                         "no BERT encoder is attached (fusion, blind, medvill; resnet-lstm: word embedding)")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="initialise the W2V encoder (w2v-cmsc-rlm-*) or the ECG side (fusion-*, medvill, deaf) "
+                        "from a fairseq-signals / ECG-FM .pt, a `convert-fairseq` folder or an `ecgqa pretrain` folder")
     parser.add_argument("--max-question-len", type=int, default=64, help="question tokens kept")
     parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     parser.add_argument("--logging-steps", type=int, default=10)
@@ -168,7 +172,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, eval_steps=args.eval_steps,
         save_total_limit=args.save_total_limit, resume=args.resume, text_encoder=args.text_encoder,
-        bert_embeddings=args.bert_embeddings,
+        bert_embeddings=args.bert_embeddings, init_from=getattr(args, "init_from", None),
         max_question_len=args.max_question_len, num_workers=args.workers, logging_steps=args.logging_steps,
         overrides=overrides, quiet=args.quiet,
     )
@@ -237,6 +241,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
         if not Path(config.bert_embeddings).is_dir():
             raise ValueError(f"--bert-embeddings {config.bert_embeddings}: not a folder; give a local "
                              "bert-base-uncased folder in transformers format (config.json + weights)")
+    if config.init_from is not None and not Path(config.init_from).exists():
+        raise ValueError(f"--init-from {config.init_from}: not found; give a fairseq-signals / ECG-FM .pt file or a "
+                         "checkpoint folder holding a w2v.* encoder")
     if config.num_workers < 0:
         raise ValueError(f"--workers {config.num_workers}: must be 0 (load in the main process) or more")
 
@@ -298,6 +305,11 @@ def dry_run(config: TrainConfig) -> str:
             f"word/position/type tables from {config.bert_embeddings} (as upstream's bert-base-uncased tables)"
             if config.bert_embeddings else "random init; upstream started from bert-base-uncased's word, position "
             "and token-type tables (load_bert_embedding: True): pass --bert-embeddings DIR to do the same"))
+    if config.init_from:
+        from ecgqa.fairseq_import import read_pretrained
+
+        pre = read_pretrained(config.init_from)
+        lines.append(f"initialised from: {config.init_from} ({pre.source} checkpoint; {pre.keymap.summary()})")
     return "\n".join(lines)
 
 
@@ -478,6 +490,12 @@ def build_model(config: TrainConfig, sets: Datasets) -> Any:
         kwargs = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id or 0, "sep_token_id": tok.sep_token_id,
                   "max_question_len": config.max_question_len}
     meta = sets.data.meta
+    pretrained = None
+    if config.init_from:
+        from ecgqa.fairseq_import import init_overrides, read_pretrained
+
+        pretrained = read_pretrained(config.init_from)
+        kwargs.update(init_overrides(config.model, pretrained, config.overrides))
     try:
         model = create_model(config.model, text_encoder=config.text_encoder, classes=list(sets.data.classes),
                             rate=int(meta["rate"]), signal_length=int(meta["signal_length"]), **kwargs,
@@ -490,6 +508,12 @@ def build_model(config: TrainConfig, sets: Datasets) -> Any:
         from ecgqa.models import load_bert_embeddings
 
         load_bert_embeddings(model, config.bert_embeddings)
+    if pretrained is not None:
+        from ecgqa.fairseq_import import init_model
+
+        summary = init_model(model, pretrained)
+        if int(os.environ.get("RANK", "0")) == 0 and not config.quiet:
+            print(summary)
     return model
 
 
