@@ -14,6 +14,7 @@ number below is the reference config's, with the config file it comes from (Jwoo
 | resnet-lstm | …/resnet_lstm/deeper.yaml | 64 × 1 × 1 | 64 | 50 epochs | 5e-5 | 1e-4 (fixed lr) |
 | se-wrn | examples/scratch/ecg_classification/resnet/se_wrn_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 5e-4 |
 | resnet-attn | …/ecg_classification/resnet/nejedly2021_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 1e-4 |
+| w2v-cmsc-rlm | examples/w2v_cmsc/config/finetuning/ecg_transformer/grounding_classification/base_total.yaml | 64 × 1 × 1 | 64 | 100k | 5e-5 | 1e-4 |
 
 All use Adam with betas (0.9, 0.98), eps 1e-8, and (except resnet-lstm's fixed rate) the tri-stage
 schedule with phase ratios 10/40/50 % of the updates: linear warmup from ``init_lr_scale`` = 0.01 × lr
@@ -92,6 +93,12 @@ PAPER: dict[str, Recipe] = {
     "resnet-attn": Recipe(
         name="paper", source=f"fairseq-signals {_CLS}/nejedly2021_total.yaml: batch_size 128, max_update 100000",
         lr=1e-4, effective_batch=128, batch_size=128, max_steps=100_000, weight_decay=1e-4),
+    # the fine-tuning of a W2V+CMSC+RLM-pretrained encoder (`--init-from`); its dropouts (0 / 0 / activation
+    # 0.1) and feature_grad_mult 0.1 are the w2v-cmsc-rlm config's defaults
+    "w2v-cmsc-rlm": Recipe(
+        name="paper", source="fairseq-signals examples/w2v_cmsc/config/finetuning/ecg_transformer/"
+        "grounding_classification/base_total.yaml: batch_size 64, distributed_world_size 1, max_update 100000",
+        lr=5e-5, effective_batch=64, batch_size=64, max_steps=100_000, weight_decay=1e-4),
 }
 PAPER["m3ae-small"] = PAPER["m3ae-base"]  # the same fine-tuning config; only the width differs
 
