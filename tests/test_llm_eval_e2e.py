@@ -93,14 +93,18 @@ def test_llm_eval_on_the_prepared_sample(tmp_path, server, prepared_qa, upperbou
         for t in transcripts:
             text = t["messages"][0]["content"]
             q = release_answers[t["sample_id"]]
-            heads = re.findall(r"^Interpretation of the (.+?) \((.+?)\):$", text, re.MULTILINE)
-            opts = re.search(r"^Options: (.*)$", text, re.MULTILINE).group(1).split("; ")
+            # the default for --input classifier: the paper's prompt (tests/test_llm_eval_paper.py pins it)
+            assert report["prompt_style"] == "paper"
+            assert text.startswith("These are the interpretations of each ECG along with their scores. ")
+            assert text.endswith("\n\nOnly answer based on the given Options without any explanation.")
+            heads = re.findall(r"^Interpretation of the (.+?):$", text, re.MULTILINE)
+            opts = re.search(r"^Options: (.*)$", text, re.MULTILINE).group(1).split(", ")
             if q["question_type"] == "single-verify":
                 lead = re.search(r"in lead (\S+)\?$", q["question"])
-                assert heads == [("ECG", f"lead {lead.group(1)} only" if lead else "all 12 leads")]
+                assert heads == [f"ECG in lead {lead.group(1)}" if lead else "ECG"]
                 assert opts == ["no", "yes"]
             else:  # comparison_irrelevant-query: one block per ECG, options + None
-                assert heads == [("first ECG", "all 12 leads"), ("second ECG", "all 12 leads")]
+                assert heads == ["first ECG", "second ECG"]
                 assert opts[-1] == "None" and "qrs duration" in opts and "none" not in opts
             assert f"Question: {q['question']}" in text
 

@@ -419,13 +419,13 @@ def prepared_test_split(tmp_path_factory, mapped_sample):
         (mapped / variant / "test").mkdir(parents=True, exist_ok=True)
         (mapped / variant / "test" / "80000.json").write_text(json.dumps(rows))
     out = root / "prepared"
-    prepare(mapped, out, variant="template", task="qa", rate=100, splits=["test"], progress=False)
+    prepare(mapped, out, variant="template", task="qa", rate=500, splits=["test"], progress=False)
     return out
 
 
-@pytest.mark.slow  # prepares a test split and runs the CLI end to end (about 10 s)
+@pytest.mark.slow  # prepares a test split and runs the CLI end to end (about 20 s)
 def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_prompt(
-        tmp_path, prepared_test_split, monkeypatch, capsys):
+        tmp_path, prepared_test_split, upperbound_checkpoint, monkeypatch, capsys):
     from ecgqa.cli import main
     from ecgqa.prepared import PreparedData
     from tests.fake_llm_server import FakeLLM, FakeServer
@@ -464,6 +464,26 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
         drawn = [json.loads(line)["sample_id"] for line in (out2 / "predictions.jsonl").read_text().splitlines()]
         assert r2["sampling"]["sample"] == "draw" and r2["n_questions"] == round(60 / 10)
         assert r2["sampling"]["sha256"] == hashlib.sha256("".join(f"{i}\n" for i in drawn).encode()).hexdigest()
+
+        # --input classifier: the paper's prompt by default; paper-as-published sends no max_tokens, as the harness
+        for style in ("default", "paper-as-published"):
+            before = len(server.state.seen)
+            out4 = tmp_path / f"classifier-{style}"
+            extra = [] if style == "default" else ["--prompt", style]
+            assert main(["llm-eval", "--data", str(prepared_test_split), "--grounding", str(upperbound_checkpoint),
+                         "--model", "m", "--base-url", server.url, "--out", str(out4), "-q", *extra]) == 0
+            r4 = json.loads((out4 / "report.json").read_text())
+            sent = server.state.seen[before:]
+            assert r4["sampling"]["sample"] == "paper" and r4["n_questions"] == 25 and len(sent) == r4["n_distinct_prompts"]
+            assert all(x["text"].startswith(PREFACE) and x["text"].endswith(END) for x in sent)
+            assert all(x["options"]["temperature"] == 0 for x in sent)
+            if style == "default":
+                assert r4["prompt_style"] == "paper" and r4["model"] == "m (classifier)"
+                assert all(x["options"]["max_tokens"] == 256 for x in sent)
+            else:
+                assert r4["prompt_style"] == style and r4["model"] == f"m (classifier, {style})"
+                assert r4["prompt_version"] == "ecg-qa-llm_modeling@3eabbce" and r4["request"]["max_tokens"] is None
+                assert all("max_tokens" not in x["options"] for x in sent)
 
         # the paper prompt needs the classifier input alone: a clear one-line error, nothing written
         out3 = tmp_path / "bad"
