@@ -2,6 +2,8 @@
 
 ``--input`` picks what the model sees (``llm_eval/inputs.py``): classifier findings (the paper's
 protocol, the default), a rendered ECG image, measured features, nothing (blind), or a combination.
+``--prompt`` picks the wording and reply rule (the paper's, by default for the classifier input) and
+``--sample`` the questions (the paper's published list, by default on PTB-XL test).
 
 The API key is read from ``OPENAI_API_KEY`` or the environment variable ``--api-key-env`` names;
 there is deliberately no option that takes the key itself (it would land in shell history and ps).

@@ -1,6 +1,11 @@
 """The one place a prompt is built (docs/benchmark.md, "The LLM evaluation protocol", step 3).
 
-A ``classifier`` prompt (the paper's protocol) is: a short preface (these are a classifier's
+Three styles (``--prompt``, :data:`ecgqa.replies.PROMPT_STYLES`): ``paper`` and ``paper-as-published``,
+the ECG-QA paper's own wording for the classifier input (built in :mod:`llm_eval.paper`; ``paper`` is
+the default for ``--input classifier``), and ``ecgqa-v2``, this toolkit's wording, built here and the
+default (and only style) for every other input. Each style parses replies by its own rule.
+
+An ``ecgqa-v2`` ``classifier`` prompt is: a short preface (these are a classifier's
 interpretations with scores; a higher score means more certainty), one block per (ECG, lead subset)
 reading, ``Question: …``, ``Options: …`` (the valid classes, plus ``None`` unless the question is a
 verify type), and an instruction to answer only from the options without explanation. Options are

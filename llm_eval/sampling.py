@@ -1,4 +1,9 @@
-"""Which questions an LLM run evaluates: the ECG-QA paper's 10 % draw, or an explicit id list.
+"""Which questions an LLM run evaluates: the paper's published sample, its 10 % draw, or an id list.
+
+On PTB-XL test data the default is the list of ids the ECG-QA paper's LLM runs used, as its authors
+published it (:mod:`ecgqa.paper_sample`; :func:`resolve_sample`, :func:`select_sample`): ids of the
+list that the prepared data lacks are counted and reported, never silently dropped. Elsewhere
+(``--sample draw``) the original draw is repeated:
 
 LLM calls cost money, so the paper evaluated a 10 % sample of the test split stratified by ``qt3``
 (question scope x kind x attribute type, 54 keys). :func:`stratified_sample` repeats the original
@@ -7,7 +12,7 @@ each qt3 key 0..53 in order (``itertools.product`` of scope, kind, attribute typ
 of ``round(n / 10)`` questions from that key's questions *in manifest order*: the order the original
 preprocessing lists them, i.e. every shard of the split sorted by file name as strings (upstream's
 ``sorted(glob)``; ``ecgqa.release.shards`` sorts the same way), samples in file order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
-the same release gives the published sample ids, for the template and the paraphrased questions
+the same release gives the ids the original script draws, for the template and the paraphrased questions
 alike (they share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
 draw; the report records how many were dropped.
 
