@@ -120,34 +120,118 @@ PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 MACRO_COLUMNS = {"em_macro_single": "Macro (single)", "em_macro_all": "Macro (all)"}
 
 
+PUBLISHED_COLUMNS = (*PAPER_COLUMNS, *MACRO_COLUMNS.values())
+
+
+def published(path: str | Path = PAPER_RESULTS) -> dict[str, Any]:
+    """``ecgqa/paper_results.json``, checked: every row has a source and a verbatim excerpt, and every
+    comparable row its test set and EMs (percent, 0-100) under the paper's column names only."""
+    path = Path(path)
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise ValueError(f"{path}: expected {{\"results\": [...], \"not_comparable\": [...]}}")  # noqa: TRY004
+
+    def need(row: Any, keys: tuple[str, ...], where: str) -> None:
+        for key in keys:
+            if not (isinstance(row, dict) and isinstance(row.get(key), str) and row[key].strip()):
+                raise ValueError(f"{path}: {where} has no {key}; every published number needs one")
+
+    for i, r in enumerate(doc["results"]):
+        where = f"results[{i}] ({r.get('model') if isinstance(r, dict) else repr(r)})"
+        need(r, ("model", "dataset", "source", "excerpt", "test_set", "test_set_note"), where)
+        em = r.get("em")
+        if not isinstance(em, dict) or not em:
+            raise ValueError(f"{path}: {where} has no em {{column: percent}}")
+        for col, value in em.items():
+            if col not in PUBLISHED_COLUMNS:
+                raise ValueError(f"{path}: {where}: column {col!r} is not one of {list(PUBLISHED_COLUMNS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise ValueError(f"{path}: {where}: {col} must be a percentage 0-100, not {value!r}")
+    for i, r in enumerate(doc.get("not_comparable", [])):
+        where = f"not_comparable[{i}] ({r.get('system') if isinstance(r, dict) else repr(r)})"
+        need(r, ("system", "dataset", "split", "metric", "why_not_comparable", "source", "excerpt"), where)
+        if not isinstance(r.get("figures"), dict) or not r["figures"]:
+            raise ValueError(f"{path}: {where} has no figures {{name: value}}")
+    return doc
+
+
 def paper_results(path: str | Path = PAPER_RESULTS) -> list[dict[str, Any]]:
-    """The published reference rows (``ecgqa/paper_results.json``): each has ``model``, ``dataset``,
-    ``source`` and EMs in percent under the paper's column names (absent = not published)."""
-    rows = json.loads(Path(path).read_text())["results"]
-    for r in rows:
-        if not r.get("source"):
-            raise ValueError(f"{path}: the row for {r.get('model')!r} has no source; every number needs one")
-    return rows
+    """The published rows on the benchmark's own split and metric (``results`` of ``ecgqa/paper_results.json``):
+    ``model``, ``dataset``, EMs in percent under the paper's column names (absent = not published),
+    ``test_set`` (which test questions), ``source`` and a verbatim ``excerpt``."""
+    return published(path)["results"]
+
+
+def _sample_label(report: dict[str, Any]) -> str:
+    """Which questions a report was measured on, as the published rows name theirs."""
+    sample = (report.get("sampling") or {}).get("sample")
+    if sample is None and isinstance(report.get("sample"), dict):
+        sample = report["sample"].get("name")
+    split = report.get("split", "?")
+    return f"{split}, the paper's 10 % LLM sample" if sample == "paper" else str(split)
 
 
 def paper_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None,
                 references: Sequence[dict[str, Any]] = ()) -> str:
     """Reports (and published reference rows) as the paper's table: EM % per question type column,
-    the single-ECG macro and the all-types macro; "–" = not measured / not published."""
+    the single-ECG macro and the all-types macro; "–" = not measured / not published. A reference row's
+    last cell says which test questions it was measured on (``test_set``) and its source."""
     names = list(names) if names else [report_name(r) for r in reports]
-    columns = list(PAPER_COLUMNS) + list(MACRO_COLUMNS.values())
+    columns = list(PUBLISHED_COLUMNS)
     lines = ["| model | " + " | ".join(columns) + " | n | source |", "|---|" + "---:|" * (len(columns) + 1) + "---|"]
     for name, r in zip(names, reports, strict=True):
         row = paper_row(r)
         cells = [_pct(row[c]) for c in PAPER_COLUMNS] + [_pct(row[k]) for k in MACRO_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('n', '?')} | this run ({r.get('split', '?')}) |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('n', '?')} | this run ({_sample_label(r)}) |")
     for ref in references:
         values = ref.get("em", {})
         cells = [_num(values.get(c)) for c in columns]
         label = f"{ref['model']} ({ref.get('dataset', '?')}, published)"
-        unverified = " [not re-read from the source]" if ref.get("checked") is False else ""
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | – | {ref['source']}{unverified} |")
+        n = f"{ref['n']:,}" if ref.get("n") else "–"
+        test_set = f"test set: {ref['test_set']}; " if ref.get("test_set") else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {n} | {test_set}{ref['source']} |")
     return "\n".join(lines) + "\n"
+
+
+def published_notes(references: Sequence[dict[str, Any]]) -> str:
+    """What each published row was measured on, in words: the rows are not all on the same questions."""
+    lines = ["Published rows, the test questions of each (verbatim excerpts: ecgqa/paper_results.json):", ""]
+    for ref in references:
+        figures = ", ".join(f"{k} {_num(v)}" for k, v in ref.get("em", {}).items())
+        lines.append(f"- {ref['model']} ({figures}): {ref['test_set_note']}.")
+    return "\n".join(lines) + "\n"
+
+
+def not_comparable_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Published figures on ECG-QA data but another split, item set or metric: printed apart, never ranked."""
+    lines = [
+        "## Other splits — not comparable",
+        "",
+        ("Figures on ECG-QA data from other splits, item sets or metrics. They are not exact match on the "
+         "benchmark's test questions: do not rank them against the table above."),
+        "",
+        "| system | data and split | metric | figures | why not comparable | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        figures = "; ".join(f"{k} {v}" for k, v in r["figures"].items())
+        cells = [r["system"], f"{r['dataset']}: {r['split']}", r["metric"], figures, r["why_not_comparable"],
+                 r["source"]]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_section(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None,
+                  path: str | Path = PAPER_RESULTS) -> str:
+    """``ecgqa report --paper``: the paper's table with the comparable published rows and their test sets,
+    then the not-comparable figures apart, then what could not be found."""
+    doc = published(path)
+    parts = [paper_table(reports, names, doc["results"]), published_notes(doc["results"])]
+    if doc.get("not_comparable"):
+        parts.append(not_comparable_table(doc["not_comparable"]))
+    if doc.get("not_found"):
+        parts.append(f"Not found: {doc['not_found']}\n")
+    return "\n".join(parts)
 
 
 def _num(value: Any) -> str:
@@ -211,7 +295,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--paper", action="store_true",
                         help="print the paper's table layout with the published results (ecgqa/paper_results.json) "
-                        "as reference rows, each with its source")
+                        "as reference rows, each with its test set and source; figures on other splits apart")
     parser.set_defaults(func=run)
     return parser
 
@@ -220,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     reports = [load_report(p) for p in args.reports]
     table = compare_table(reports, args.names)
     if args.paper:
-        table += "\n" + paper_table(reports, args.names, paper_results())
+        table += "\n" + paper_section(reports, args.names)
     if args.out:
         atomic_write(args.out, table)
         print(f"written: {args.out}", file=sys.stderr)

@@ -29,7 +29,8 @@ file and line. Questions with no answer line are an error by default, naming how
 
 ``--sample paper`` scores the ECG-QA paper's LLM sample only (``ecgqa.paper_sample``: PTB-XL test); answer
 lines for other questions of the split are then ignored and counted (``n_ignored_outside_sample``), and
-ids of the list that the prepared data lacks are reported by count (``sample.n_ids_not_in_data``).
+ids of the list that the prepared data lacks are reported by count (``sampling.n_missing``). The report's
+``sampling`` block has the same keys as ``ecgqa llm-eval``'s (``sample``, ``sha256``, ``n_listed``, ...).
 """
 
 from __future__ import annotations
@@ -226,16 +227,16 @@ def _select(questions: list[_Question], sample: str, version: str, split: str, d
     if sample not in SAMPLES:
         raise ValueError(f"--sample {sample!r}: expected one of {', '.join(SAMPLES)}")
     if sample == "all":
-        return questions, {"name": "all", "n_ids": len(questions),
-                           "sha256": ids_sha256(sorted(q.sample_id for q in questions))}
+        return questions, {"sample": "all", "sha256": ids_sha256(sorted(q.sample_id for q in questions)),
+                           "n_selected": len(questions), "n_in_split": len(questions)}
     if not applies(version, split):
         raise ValueError(f"--sample paper: the paper's LLM sample covers PTB-XL test questions only; {data} is "
                          f"{version} split {split!r}. Use --sample all")
     ids = set(paper_sample_ids())
     chosen = [q for q in questions if q.sample_id in ids]
     have = {q.sample_id for q in questions}
-    return chosen, {"name": "paper", "n_ids": len(ids), "sha256": PAPER_SAMPLE_SHA256,
-                    "n_ids_not_in_data": len(ids - have),
+    return chosen, {"sample": "paper", "sha256": PAPER_SAMPLE_SHA256, "n_listed": len(ids), "n_missing": len(ids - have),
+                    "n_selected": len(chosen), "n_in_split": len(questions),
                     "source": "ECG-QA authors, llm_modeling/examples/sampled_ecgqa_ids.txt (ecgqa/published/)"}
 
 
@@ -289,7 +290,7 @@ def score(
     questions = _questions(prepared, split)
     classes = list(prepared.meta.get("answer_classes") or prepared.classes)
     given = read_answers(answers, {q.sample_id for q in questions}, classes, data=str(data_path), split=split)
-    chosen, sample_info = _select(questions, sample, prepared.meta["version"], split, str(data_path))
+    chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     label = str(answers) if isinstance(answers, (str, Path)) else "answers"
 
     in_sample = {q.sample_id for q in chosen}
@@ -302,7 +303,7 @@ def score(
             answered = {s for s, a in given.items() if a.status not in UNANSWERED}
             if applies(prepared.meta["version"], split) and answered <= set(paper_sample_ids()):
                 hint = "; every answered id is in the paper's LLM sample: score that sample with --sample paper"
-        raise ValueError(f"{label}: {len(unanswered)} of the {len(chosen)} questions scored ({sample_info['name']} of "
+        raise ValueError(f"{label}: {len(unanswered)} of the {len(chosen)} questions scored ({sampling['sample']} of "
                          f"split {split!r}) have no answer, e.g. sample ids {unanswered[:SHOW_IDS]}; answer them, or "
                          f"pass --missing skip (score the answered ones) or --missing wrong (count them as wrong){hint}")
     lost = set(unanswered)
@@ -334,7 +335,7 @@ def score(
         "data_content_hash": prepared.meta.get("content_hash"),
         "split": split,
         "reply_rule": REPLY_RULE,
-        "sample": sample_info,
+        "sampling": sampling,
         "missing_policy": missing,
         **em_summary(np.asarray(correct, dtype=bool), qtypes, atypes),
         "per_question_attribute_type": _nested_em(np.asarray(correct, dtype=bool), qtypes, atypes),
@@ -383,13 +384,14 @@ def render_report_md(report: dict[str, Any]) -> str:
     """report.md: the shared evaluation page, then what was scored and what was not."""
     from ecgqa.report import render_markdown
 
-    s = report["sample"]
+    s = report["sampling"]
     lines = [render_markdown(report), "## Answers scored", ""]
     lines.append(f"- answers: `{report['answers']}` (sha256 {report['answers_sha256']})")
-    sample = f"- sample: {s['name']} ({s['n_ids']} ids, sha256 {s['sha256']}"
-    if "n_ids_not_in_data" in s:
-        sample += f"; {s['n_ids_not_in_data']} of its ids are not in this data"
-    lines.append(sample + ")")
+    if s["sample"] == "paper":
+        lines.append(f"- sample: the published LLM sample of the ECG-QA paper ({s['n_listed']} ids, sha256 "
+                     f"`{s['sha256']}`; {s['n_missing']} of them are not in this data)")
+    else:
+        lines.append(f"- sample: all {s['n_in_split']} questions of the split (ids sha256 `{s['sha256']}`)")
     lines.append(f"- questions: {report['n_questions']}; answered {report['n_answered']}; missing "
                  f"{report['n_missing']} ({'counted wrong' if report['missing_policy'] == 'wrong' else 'not scored'}"
                  f"); scored {report['n']}")
@@ -429,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = score(args.data, args.split, args.answers, args.out, sample=args.sample, missing=args.missing,
                    name=args.name)
-    print(f"{report['model']} on {report['split']} ({report['sample']['name']}): EM {100 * report['em']:.1f} % over "
+    print(f"{report['model']} on {report['split']} ({report['sampling']['sample']}): EM {100 * report['em']:.1f} % over "
           f"{report['n']} questions; {report['n_missing']} unanswered"
           f"{' (counted wrong)' if report['missing_policy'] == 'wrong' and report['n_missing'] else ''}, "
           f"{report['n_no_match']} replies matched no option")

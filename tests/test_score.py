@@ -311,9 +311,9 @@ def test_sample_paper_scores_the_published_ids_only(prepared_paper_test, tmp_pat
     inside = [s for s in samples if s["sample_id"] in paper]
     assert len(inside) == 30 and report["n"] == 30 and report["n_ignored_outside_sample"] == 30
     assert report["em"] == pytest.approx(np.mean([k % 2 == 1 for k, s in enumerate(samples) if s["sample_id"] in paper]))
-    assert report["sample"] == {"name": "paper", "n_ids": len(paper), "n_ids_not_in_data": len(paper) - 30,
-                                "sha256": "01c805f4cb4cb0aab6da13102710e189d71b1e518bd3db23e1e3b80fc4acb569",
-                                "source": report["sample"]["source"]}
+    assert report["sampling"] == {"sample": "paper", "n_listed": len(paper), "n_missing": len(paper) - 30,
+                                  "sha256": "01c805f4cb4cb0aab6da13102710e189d71b1e518bd3db23e1e3b80fc4acb569",
+                                  "n_selected": 30, "n_in_split": 60, "source": report["sampling"]["source"]}
     # answering only the published ids and forgetting --sample paper: the error says so
     only = _write(tmp_path / "only.jsonl", [{"sample_id": s["sample_id"], "answer": s["answer"]} for s in inside])
     assert main(["score", "--data", str(data), "--answers", str(only), "--out", str(tmp_path / "x")]) == 2
