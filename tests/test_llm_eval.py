@@ -360,18 +360,19 @@ def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
     assert "two ECGs" in build_prompt(every_type["comparison_irrelevant-query"], [])[0]["content"]
 
 
-def test_parse_reply_longest_first_case_insensitive():
-    assert parse_reply("Lead II", LEAD_OPTIONS + ["None"]) == (["lead II"], True)
-    assert parse_reply("lead III; LEAD I.", LEAD_OPTIONS) == (["lead I", "lead III"], True)
-    assert parse_reply("Lead aVF, lead V1", LEAD_OPTIONS)[0] == ["lead V1", "lead aVF"]
+@pytest.mark.parametrize("rule", ["paper", "ecgqa-v2"])  # the rules of --prompt paper and --prompt ecgqa-v2
+def test_parse_reply_longest_first_case_insensitive(rule):
+    assert parse_reply("Lead II", LEAD_OPTIONS + ["None"], rule=rule) == (["lead II"], True)
+    assert parse_reply("lead III; LEAD I.", LEAD_OPTIONS, rule=rule) == (["lead I", "lead III"], True)
+    assert parse_reply("Lead aVF, lead V1", LEAD_OPTIONS, rule=rule)[0] == ["lead V1", "lead aVF"]
     stages = ["early stage of myocardial infarction", "none of myocardial infarction", "None"]
-    assert parse_reply("None of myocardial infarction", stages) == (["none of myocardial infarction"], True)
-    assert parse_reply("None", stages) == ([], True)
+    assert parse_reply("None of myocardial infarction", stages, rule=rule) == (["none of myocardial infarction"], True)
+    assert parse_reply("None", stages, rule=rule) == ([], True)
     big = ["bigeminal pattern (unknown origin, supraventricular, or ventricular)", "sinus rhythm", "None"]
-    assert parse_reply("Bigeminal pattern (unknown origin, supraventricular, or ventricular)", big)[0] == [big[0]]
-    assert parse_reply("I cannot tell from this.", ["no", "yes"]) == ([], False)
-    assert parse_reply("yes", ["no", "yes"]) == (["yes"], True)
-    assert parse_reply("eyes", ["no", "yes"]) == ([], False)  # whole phrases only
+    assert parse_reply("Bigeminal pattern (unknown origin, supraventricular, or ventricular)", big, rule=rule)[0] == [big[0]]
+    assert parse_reply("I cannot tell from this.", ["no", "yes"], rule=rule) == ([], False)
+    assert parse_reply("yes", ["no", "yes"], rule=rule) == (["yes"], True)
+    assert parse_reply("eyes", ["no", "yes"], rule=rule) == ([], False)  # whole phrases only
 
 
 # ----------------------------------------------------------------------------- client, store, resume

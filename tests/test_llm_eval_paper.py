@@ -261,6 +261,15 @@ def test_defect_5_option_prefixes_and_substrings_as_published():
     assert reply_correct("None", ["no", "yes"], ["no"], "paper") is False
     assert reply_correct("Yes, it is abnormal", ["no", "yes"], ["yes"], "paper-as-published") is False  # ab-no-rmal
     assert reply_correct("Yes, it is abnormal", ["no", "yes"], ["yes"], "paper") is True
+    # a class name with parentheses matches literally under every rule (the harness escaped its one "(" and ")")
+    big = ["bigeminal pattern (unknown origin, supraventricular, or ventricular)", "sinus rhythm", "None"]
+    for rule in PROMPT_STYLES:
+        assert parse_reply("Bigeminal pattern (unknown origin, supraventricular, or ventricular).", big, rule) == (
+            [big[0]], True)
+    # a class that begins with "none" is that class, not "None", under every rule
+    stages = ["early stage of myocardial infarction", "none of myocardial infarction", "None"]
+    for rule in PROMPT_STYLES:
+        assert reply_correct("None of myocardial infarction", stages, ["none of myocardial infarction"], rule)
     # both paper rules: "none" next to an option contradicts it (the harness compared the whole set)
     opts = ["baseline drift", "static noise", "None"]
     assert reply_correct("baseline drift, none", opts, ["baseline drift"], "paper") is False
