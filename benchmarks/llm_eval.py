@@ -10,8 +10,16 @@
    sent and estimated prompt tokens per prompt (text / 4 + OpenAI's image tile rule), and a warm
    re-run over the same caches, which must render and measure nothing.
 
+4. ``--real``: ``ecgqa llm-eval`` (the CLI, in a subprocess) against a real llama.cpp ``llama-server`` with
+   SmolLM2-135M-Instruct (install: ``bash scripts/build_llama_server.sh``) on the bundled sample, for
+   ``--input none``, ``classifier`` (the paper's prompt) and ``features``: EM, replies matching no option,
+   questions/s next to the server's own prompt and generation tokens/s (its /metrics), then what
+   ``--concurrency`` 1/4/8 does against a 1-slot server and a 2-slot one. Only this part runs with ``--real``.
+
     python benchmarks/llm_eval.py [-n 200] [--latency 0.05] [--concurrency 1 8 32] [--grounding CKPT]
                                   [--questions 60] [--dpi 100] [--detail auto] [--skip-requests]
+    python benchmarks/llm_eval.py --real [--data PREPARED_QA --grounding CKPT] [--real-concurrency 1 4 8]
+                                  [--slots 1 2] [--max-tokens 48]
 """
 
 from __future__ import annotations
@@ -188,6 +196,101 @@ def bench_inputs(n_questions: int, dpi: int, detail: str) -> None:
                   f"{np.mean(sent):>12.0f} {np.mean(tokens):>14.0f} {warm_s:>7.2f} {warm_work:>22}")
 
 
+def _real_fixtures(data: Path | None, grounding: Path | None, tmp: Path) -> tuple[Path, Path]:
+    """A prepared QA directory and an upperbound checkpoint: the given ones, or built from the bundled sample."""
+    if data is not None and grounding is not None:
+        return data, grounding
+    from ecgqa.prepare import prepare
+    from ecgqa.train import TrainConfig, train
+    from mapping.mapper import map_release
+
+    paths = sample.paths()
+    mapped = tmp / "mapped"
+    map_release("ptbxl", paths.ptbxl_release, paths.ptbxl_records, mapped, progress=False)
+    if data is None:
+        data = tmp / "qa"
+        prepare(mapped, data, variant="template", task="qa", rate=500, progress=False)
+    if grounding is None:  # a tiny se-wrn, briefly trained: real scores, not a good classifier
+        prepare(mapped, tmp / "ub", variant="template", task="upperbound", rate=500, progress=False)
+        grounding = train(TrainConfig(data=tmp / "ub", model="se-wrn-test", out=tmp / "se-wrn", max_steps=8,
+                                      batch_size=16, lr=3e-3, warmup=0, quiet=True))
+    return data, grounding
+
+
+def _real_run(server, data: Path, grounding: Path, inputs: str, split: str, out: Path, concurrency: int,
+              max_tokens: int) -> dict:
+    """One `ecgqa llm-eval` run (subprocess, the real CLI); its report, run log and the server's counters."""
+    import json
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "ecgqa", "llm-eval", "--data", str(data), "--input", inputs, "--model", "smollm2",
+           "--base-url", server.url, "--split", split, "--out", str(out), "--concurrency", str(concurrency),
+           "--max-tokens", str(max_tokens), "--timeout", "600", "-q"]
+    if inputs == "classifier":
+        cmd += ["--grounding", str(grounding)]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    before = server.metrics()
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    after = server.metrics()
+    delta = {k: after[k] - before.get(k, 0.0) for k in after if k.endswith("_total")}
+    report = json.loads((out / "report.json").read_text())
+    run_log = json.loads((out / "run_log.json").read_text())
+    return {"report": report, "log": run_log, "server": delta}
+
+
+def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slot_counts: list[int],
+               max_tokens: int) -> None:
+    import os
+    import platform
+
+    from tests.real_llm_server import LlamaServer, installed
+
+    found = installed()
+    if isinstance(found, str):
+        print(f"## real LLM: skipped: {found}")
+        return
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        data, grounding = _real_fixtures(data, grounding, tmp)
+        print(f"## real LLM: llama-server + SmolLM2-135M-Instruct Q4_1, 2 threads; {os.cpu_count()} cores "
+              f"({cpu}); load average at start {load0[0]:.1f} (a shared, loaded machine)")
+        print(f"data: {data}; grounding: {grounding}; each split's seed-42 10 % draw; replies capped at "
+              f"{max_tokens} tokens; temperature 0")
+        print(f"{'input':>10} {'split':>5} {'prompt':>8} {'n':>3} {'EM %':>6} {'unmatched':>9} {'wall s':>7} "
+              f"{'q/s':>5} {'prompt tok':>10} {'(cached)':>8} {'prompt tok/s':>12} {'gen tok':>7} {'gen tok/s':>9}")
+        with LlamaServer(*found, slots=1) as server:
+            for inputs in ("none", "classifier", "features"):
+                for split in ("train", "valid"):
+                    r = _real_run(server, data, grounding, inputs, split, tmp / f"{inputs}-{split}", 1, max_tokens)
+                    rep, srv, wall = r["report"], r["server"], r["log"]["wall_s"]
+                    print(f"{inputs:>10} {split:>5} {rep['prompt_style']:>8} {rep['n']:>3} {100 * rep['em']:>6.1f} "
+                          f"{rep['n_no_match']:>9} {wall:>7.1f} {rep['n'] / wall:>5.2f} "
+                          f"{srv['prompt_tokens_total']:>10.0f} {srv['prompt_tokens_cached_total']:>8.0f} "
+                          f"{srv['prompt_tokens_total'] / max(srv['prompt_seconds_total'], 1e-9):>12.1f} "
+                          f"{srv['tokens_predicted_total']:>7.0f} "
+                          f"{srv['tokens_predicted_total'] / max(srv['tokens_predicted_seconds_total'], 1e-9):>9.1f}")
+        print(f"\n## --concurrency against a real server (--input none, train draw; {max_tokens}-token cap)")
+        print(f"{'slots':>5} {'concurrency':>11} {'n':>3} {'wall s':>7} {'q/s':>5} {'speed-up vs c=1':>15} "
+              f"{'requests':>8} {'gen tok/s (server)':>18} {'EM %':>6}")
+        for slots in slot_counts:
+            with LlamaServer(*found, slots=slots) as server:
+                base = None
+                for c in levels:
+                    r = _real_run(server, data, grounding, "none", "train", tmp / f"s{slots}-c{c}", c, max_tokens)
+                    rep, srv, wall = r["report"], r["server"], r["log"]["wall_s"]
+                    base = base or wall
+                    gen = srv["tokens_predicted_total"] / max(srv["tokens_predicted_seconds_total"], 1e-9)
+                    print(f"{slots:>5} {c:>11} {rep['n']:>3} {wall:>7.1f} {rep['n'] / wall:>5.2f} {base / wall:>15.2f} "
+                          f"{r['log']['requests_sent']:>8} {gen:>18.1f} {100 * rep['em']:>6.1f}")
+    load1 = os.getloadavg()
+    print(f"load average at end {load1[0]:.1f}. The server's tokens/s are its own busy-time rates (a slot's prompt "
+          "and generation time), so they stay near the CPU's rate while questions/s also pays the client and queueing.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200)
@@ -198,7 +301,16 @@ def main() -> None:
     p.add_argument("--dpi", type=int, default=100)
     p.add_argument("--detail", default="auto", choices=("auto", "low", "high"))
     p.add_argument("--skip-requests", action="store_true", help="only the grounding and input measurements")
+    p.add_argument("--real", action="store_true",
+                   help="only the real-LLM measurements (llama-server; bash scripts/build_llama_server.sh)")
+    p.add_argument("--data", type=Path, help="--real: a prepared QA directory (default: the bundled sample, prepared)")
+    p.add_argument("--real-concurrency", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--slots", type=int, nargs="+", default=[1, 2], help="--real: server slots for the concurrency runs")
+    p.add_argument("--max-tokens", type=int, default=48, help="--real: reply cap sent with each request")
     args = p.parse_args()
+    if args.real:
+        bench_real(args.data, args.grounding, sorted({1, *args.real_concurrency}), args.slots, args.max_tokens)
+        return
     if not args.skip_requests:
         bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))
     bench_grounding(args.grounding)

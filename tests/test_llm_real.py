@@ -156,7 +156,7 @@ def test_llm_eval_against_a_real_llama_server(inputs, split, n, llama, release, 
         assert all(t["messages"][0]["content"].startswith("These are the interpretations of each ECG")
                    for t in transcripts.values())
     if inputs == "features":
-        assert all("QRS" in json.dumps(t["messages"]) for t in transcripts.values())
+        assert all("Measurements of the " in t["messages"][0]["content"] for t in transcripts.values())
 
 
 def test_skip_reason_names_the_install_command(monkeypatch, tmp_path):
