@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map": ("mapping.cli", "join ECG-QA questions to local PTB-XL / MIMIC-IV-ECG records"),
     "prepare": ("ecgqa.prepare_cli", "build a prepared dataset (questions as Arrow + one signal store) for qa or upperbound"),
     "train": ("ecgqa.train", "train a QA model or an upperbound classifier on a prepared directory"),
+    "pretrain": ("ecgqa.pretrain", "W2V+CMSC+RLM self-supervised pretraining of the w2v-cmsc-rlm ECG encoder"),
     "convert-fairseq": ("ecgqa.fairseq_import", "fairseq-signals / ECG-FM checkpoint (.pt) -> w2v-cmsc-rlm folder"),
     "evaluate": ("ecgqa.evaluate", "exact-match report of a checkpoint on a prepared split"),
     "report": ("ecgqa.report", "tabulate evaluation reports side by side (Markdown)"),
