@@ -101,3 +101,33 @@ def test_fit_length_is_the_one_crop_pad(sample_paths):
     assert fit_length(batch, 100).shape == (2, 12, 100)
     with pytest.raises(ValueError, match="positive"):
         fit_length(expected, 0)
+
+
+def test_format16_fast_path_equals_wfdb_rdrecord(sample_paths, tmp_path):
+    # read_record parses format-16 headers itself (wfdb's header parsing took ~0.1 s a record, the cost
+    # of `prepare` at full PTB-XL size); the values must be wfdb's, bit for bit, and anything else falls back.
+    from ecgqa.records import _read_format16
+
+    for path in _sample_records(sample_paths)[::99]:
+        fast = _read_format16(path, path.with_name(path.name + ".hea"))
+        rec = wfdb.rdrecord(str(path), physical=True)
+        assert fast is not None and fast[1] == rec.sig_name and fast[2] == rec.fs
+        assert np.array_equal(fast[0], rec.p_signal)
+    # MIMIC lead order, a baseline in the gain field, and wfdb's invalid value (-32768) as NaN
+    names = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
+    digital = np.random.default_rng(1).integers(-3000, 3000, size=(500, 12)).astype(np.int16)
+    digital[10:20, 5] = -32768
+    wfdb.wrsamp("mimic", fs=500, units=["mV"] * 12, sig_name=names, d_signal=digital, fmt=["16"] * 12,
+                adc_gain=[200.0] * 12, baseline=[7] * 12, write_dir=str(tmp_path))
+    fast = _read_format16(tmp_path / "mimic", tmp_path / "mimic.hea")
+    rec = wfdb.rdrecord(str(tmp_path / "mimic"), physical=True)
+    assert fast is not None and fast[1] == names
+    assert np.array_equal(fast[0], rec.p_signal, equal_nan=True) and np.isnan(fast[0][10:20, 5]).all()
+    with pytest.raises(RecordError, match=r"mimic: NaN values in leads \['aVL'\]"):
+        read_record(tmp_path / "mimic")  # aVL is the 6th channel in MIMIC's order, reordered by name
+    # another format goes through wfdb, with the same result
+    wfdb.wrsamp("f212", fs=500, units=["mV"] * 12, sig_name=list(LEADS), d_signal=digital.clip(-2000, 2000),
+                fmt=["212"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    assert _read_format16(tmp_path / "f212", tmp_path / "f212.hea") is None
+    expected = wfdb.rdrecord(str(tmp_path / "f212"), physical=True).p_signal.T.astype(np.float32)
+    np.testing.assert_array_equal(read_record(tmp_path / "f212").signal, expected)
