@@ -247,12 +247,17 @@ def _encoder_prefix(keys: list[str], path: Any) -> str:
                                  f"in {_ANCHOR!r}; first keys: {', '.join(keys[:5])})")
 
 
+_ENCODER_KEY = re.compile(
+    r"feature_extractor\.conv_layers\.\d+\.(0\.weight|0\.bias|2\.weight|2\.bias|2\.1\.weight|2\.1\.bias)"
+    r"|(layer_norm|post_extract_proj|encoder\.layer_norm)\.(weight|bias)"
+    r"|encoder\.layers\.\d+\.(self_attn\.[qkv]_proj|self_attn\.out_proj|self_attn_layer_norm|fc1|fc2|final_layer_norm)"
+    r"\.(weight|bias)")
+
+
 def _our_name(rest: str) -> str | None:
     """Encoder key (prefix removed) → W2VEncoder name; None when it is not an encoder key."""
-    for head in ("feature_extractor.conv_layers.", "layer_norm.", "post_extract_proj.", "encoder.layers.",
-                 "encoder.layer_norm."):
-        if rest.startswith(head):
-            return rest
+    if _ENCODER_KEY.fullmatch(rest):
+        return rest
     for old in ("conv_pos.pos_conv.0.", "encoder.pos_conv.0."):
         if rest.startswith(old) and rest[len(old):] in _WEIGHT_NORM:
             return "encoder.pos_conv.0." + _WEIGHT_NORM[rest[len(old):]]

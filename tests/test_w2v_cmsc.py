@@ -13,7 +13,6 @@ forward below is written from the same source with plain torch ops, independent 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -169,8 +168,8 @@ def test_pretraining_checkpoint_loads_every_key_and_matches_the_reference(tmp_pa
                                                                         "final_proj.")))
     assert pre.fields["conv_feature_layers"] == [list(c) for c in CONVS] and pre.fields["encoder_layers"] == 2
 
-    from ecgqa.models import create_model
     from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_model
 
     model = create_model("w2v-cmsc-rlm-test", classes=["a", "b"],
                          **init_overrides("w2v-cmsc-rlm-test", pre, {})).eval()
@@ -182,3 +181,167 @@ def test_pretraining_checkpoint_loads_every_key_and_matches_the_reference(tmp_pa
         ref = reference_forward(sd, CFG, x)
     assert ours.shape == ref.shape == (3, 21, 24)  # 700 samples → 175 → 43 → 21 tokens
     assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_classifier(tmp_path, capsys):
+    from ecgqa.cli import main
+    from ecgqa.models import load_model
+
+    cfg = dict(CFG, _name="ecg_transformer_classifier", num_labels=4, final_dropout=0.0, dropout=0.0,
+               attention_dropout=0.0, activation_dropout=0.1, feature_grad_mult=0.1)
+    sd = fairseq_state(cfg, finetuned=4, seed=3, pos_layout="parametrizations")
+    path = save_fairseq(tmp_path / "checkpoint_best.pt", sd, cfg, dictconfig=True)
+    assert main(["convert-fairseq", str(path), "--out", str(tmp_path / "conv")]) == 0
+    assert f"{len(sd)} tensors mapped, 0 dropped (none), 0 unmapped" in capsys.readouterr().out
+    model = load_model(tmp_path / "conv").eval()
+    assert model.config.classes == ["label_0", "label_1", "label_2", "label_3"]
+    assert (model.config.activation_dropout, model.config.feature_grad_mult) == (0.1, 0.1)  # from cfg.model
+    x = torch.randn(2, 12, 640, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        diff = (model(ecg=x).logits - reference_classifier(sd, cfg, x)).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_cfg_objects_become_plain_values(tmp_path):
+    sd = fairseq_state(CFG)
+    state = read_checkpoint(save_fairseq(tmp_path / "a.pt", sd, CFG))
+    assert state["cfg"]["model"]["args"] == {"arch": "legacy", "lr": [5e-5]}  # argparse.Namespace → dict
+    assert state["optimizer_history"][0]["lr_scheduler_state"]["best"] == 1.25  # numpy scalar → float
+    assert state["extra_state"]["train_iterator"]["epoch"] == 3
+    state = read_checkpoint(save_fairseq(tmp_path / "b.pt", sd, CFG, dictconfig=True))
+    assert state["cfg"]["model"]["conv_feature_layers"] == CFG["conv_feature_layers"]
+    assert state["cfg"]["model"]["data"] == "${task.data}" and state["cfg"]["task"]["p"] == [1.0]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop:encoder.layers.1.fc2.bias", "lacks 1 tensor.*w2v.encoder.layers.1.fc2.bias"),
+    ("shape:encoder.layers.0.fc1.weight", r"w2v.encoder.layers.0.fc1.weight is \(40, 23\)"),
+    ("add:encoder.layers.0.extra.weight", "cannot place: encoder.layers.0.extra.weight"),
+])
+def test_missing_misshaped_or_unknown_key_is_an_error_naming_it(tmp_path, damage, message):
+    sd = fairseq_state(CFG)
+    kind, key = damage.split(":")
+    if kind == "drop":
+        del sd[key]
+    elif kind == "shape":
+        sd[key] = sd[key][:, :-1].clone()
+    else:
+        sd[key] = torch.zeros(2)
+    pre_path = save_fairseq(tmp_path / "bad.pt", sd, CFG)
+    with pytest.raises(FairseqCheckpointError, match=message):
+        convert(pre_path, tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_a_malicious_pickle_is_refused(tmp_path):
+    exploit = _Exploit()
+    exploit.target = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "cfg": {"model": {}}, "x": exploit}, path)
+    with pytest.raises(FairseqCheckpointError, match=r"refused to unpickle .*system"):
+        read_checkpoint(path)
+    assert not exploit.target.exists()
+
+
+def test_published_size_parameter_count():
+    from ecgqa.models import create_model
+
+    model = create_model("w2v-cmsc-rlm", classes=[f"c{i}" for i in range(83)])
+    c = model.config
+    D, Fd, L, K, G = (c.encoder_embed_dim, c.encoder_ffn_embed_dim, c.encoder_layers, c.conv_pos,
+                      c.conv_pos_groups)
+    assert (D, Fd, L, c.encoder_attention_heads, K, G) == (768, 3072, 12, 12, 128, 16)
+    assert c.conv_feature_layers == [[256, 2, 2]] * 4 and not c.layer_norm_first and c.feature_grad_mult == 0.1
+    convs = 12 * 256 * 2 + 3 * 256 * 256 * 2 + 2 * 256  # no conv bias; GroupNorm after the first
+    front = 2 * 256 + (256 * D + D)  # feature LayerNorm, post_extract_proj
+    pos = K + D * (D // G) * K + D  # weight-norm g (1, 1, K), v, bias
+    layer = 4 * (D * D + D) + 2 * 2 * D + (D * Fd + Fd) + (Fd * D + D)
+    head = 83 * D + 83
+    closed_form = convs + front + pos + L * layer + 2 * D + head
+    encoder = sum(p.numel() for p in model.w2v.parameters())
+    assert encoder == 90_373_248 == closed_form - head
+    assert sum(p.numel() for p in model.parameters()) == closed_form
+
+
+def test_dry_run_prints_the_paper_recipe(tmp_path, prepared_upperbound, capsys):
+    from ecgqa.cli import main
+
+    sd = fairseq_state(CFG)
+    ckpt = save_fairseq(tmp_path / "fairseq.pt", sd, CFG)
+    rc = main(["train", "--model", "w2v-cmsc-rlm", "--init-from", str(ckpt), "--recipe", "paper", "--dry-run",
+               "--data", str(prepared_upperbound), "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "grounding_classification/base_total.yaml" in out
+    assert "effective batch: 64 = batch 64 x grad-accum 1 x 1 device(s)" in out
+    assert "updates: 100000" in out
+    assert "betas (0.9, 0.98), eps 1e-08, weight decay 0.0001" in out
+    assert "tri-stage: warmup 10000 updates 5e-07 -> 5e-05, hold 40000, exponential decay 50000 to 2.5e-06" in out
+    assert "gradient clipping: none" in out
+    assert f"initialised from: {ckpt} (fairseq checkpoint; {len(sd) - 8} tensors mapped, 8 dropped" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_our_folder_and_the_fusion_ecg_side(tmp_path):
+    from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_model
+
+    # a fairseq encoder with fusion-test's ECG front (4 x (8, k4, s4), width 32, positional conv 4 / 4)
+    cfg = dict(CFG, conv_feature_layers="[(8, 4, 4)] * 4", encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+               encoder_attention_heads=2, conv_pos=4, conv_pos_groups=4, encoder_layers=1)
+    global CONVS
+    saved, CONVS = CONVS, [(8, 4, 4)] * 4
+    try:
+        sd = fairseq_state(cfg, seed=7)
+    finally:
+        CONVS = saved
+    path = save_fairseq(tmp_path / "f.pt", sd, cfg)
+    folder, _ = convert(path, tmp_path / "conv")
+    # our folder → w2v-cmsc-rlm-test: the encoder weights land unchanged
+    pre = read_pretrained(folder)
+    model = create_model("w2v-cmsc-rlm-test", classes=["a"], **init_overrides("w2v-cmsc-rlm-test", pre, {}))
+    init_model(model, pre)
+    assert torch.equal(model.w2v.encoder.layers[0].fc1.weight, sd["encoder.layers.0.fc1.weight"])
+    assert torch.equal(model.w2v.encoder.pos_conv[0].parametrizations.weight.original1,
+                       sd["conv_pos.pos_conv.0.weight_v"])
+    with pytest.raises(FairseqCheckpointError, match="--set encoder_layers=3 contradicts"):
+        init_overrides("w2v-cmsc-rlm-test", pre, {"encoder_layers": 3})
+    # the fusion ECG side: extractor, feature LN, projection, positional conv; not the joint layers
+    fusion = create_model("fusion-test", classes=["yes", "no"])
+    layer_before = fusion.layers[0].fc1.weight.clone()
+    summary = init_model(fusion, read_pretrained(path))
+    assert "13 ECG-side tensors" in summary and "transformer layers" in summary  # 4 convs, GN 2, LN 2, proj 2, pos 3
+    assert torch.equal(fusion.extractor.layers[3][0].weight, sd["feature_extractor.conv_layers.3.0.weight"])
+    assert torch.equal(fusion.feature_proj.bias, sd["post_extract_proj.bias"])
+    assert torch.equal(fusion.pos_conv.conv.parametrizations.weight.original0, sd["conv_pos.pos_conv.0.weight_g"])
+    assert torch.equal(fusion.layers[0].fc1.weight, layer_before)
+    # another width is an error naming the tensor; the model is left as it was
+    wide = create_model("fusion-test", classes=["yes"], hidden_size=48, ffn_size=64, num_heads=2)
+    with pytest.raises(FairseqCheckpointError, match=r"post_extract_proj.weight is \(32, 8\)"):
+        init_model(wide, read_pretrained(path))
+
+
+@pytest.mark.slow  # trains and evaluates (a few seconds)
+def test_train_from_a_fairseq_checkpoint_then_evaluate_and_ground(tmp_path, prepared_upperbound):
+    import ecgqa
+    from ecgqa.evaluate import evaluate
+    from ecgqa.prepared import PreparedData
+    from ecgqa.train import TrainConfig, train
+
+    path = save_fairseq(tmp_path / "fairseq.pt", fairseq_state(CFG), CFG)
+    out = train(TrainConfig(data=prepared_upperbound, model="w2v-cmsc-rlm-test", out=tmp_path / "ckpt", max_steps=4,
+                            batch_size=8, lr=1e-3, warmup=0, init_from=str(path), eval_split=None, quiet=True))
+    predictor = ecgqa.load(out, device="cpu")
+    assert predictor.model.config.encoder_embed_dim == 24 and predictor.model.config.conv_feature_layers[-1] == [16, 3, 2]
+    report = evaluate(out, prepared_upperbound, "train", tmp_path / "report", progress=False)
+    assert report["n"] > 0 and 0.0 <= report["em"] <= 1.0
+    # the grounding classifier of llm-eval: Predictor.classify over the lead subsets
+    data = PreparedData(prepared_upperbound)
+    ecg = np.asarray(data.signals[:2], dtype=np.float32)
+    scores = predictor.classify(ecg, np.array([[True] * 12, [True] + [False] * 11]))
+    assert scores.shape == (2, len(data.classes)) and np.all((scores > 0) & (scores < 1))
