@@ -300,7 +300,13 @@ def test_defect_2_which_leads_readings_of_a_zeroed_ecg_cached_for_later_question
     assert fixed[8] == PREFACE + ("Interpretation of the ECG in lead V2:\nbaseline drift: 0.770\n\n"
                                   "Question: Does this ECG show baseline drift in lead V2?\nOptions: no, yes") + END
     # asked in the other order, the same later question reads its real lead: the harness depends on order
-    assert prompts([later, which], "paper-as-published")[8] == fixed[8]
+    swapped = prompts([later, which], "paper-as-published")
+    assert swapped[8] == fixed[8]
+    # ...and the "which leads" question then shows lead I and the cached lead V2 read, the rest all-zero
+    blocks = swapped[3].split("Question:")[0].split("\n\n")[1:-1]
+    real = {"I": "baseline drift: 0.700", "V2": "baseline drift: 0.770"}
+    assert blocks == [f"Interpretation of the ECG in lead {lead}:\n{real.get(lead, 'normal ecg: 0.733')}"
+                      for lead in LEADS]
 
 
 def test_defect_3_only_the_first_lead_phrase_and_ten_groups():
@@ -486,6 +492,8 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
             assert r4["sampling"]["sample"] == "paper" and r4["n_questions"] == 25 and len(sent) == r4["n_distinct_prompts"]
             assert all(x["text"].startswith(PREFACE) and x["text"].endswith(END) for x in sent)
             assert all(x["options"]["temperature"] == 0 for x in sent)
+            transcripts = [json.loads(t.read_text()) for t in (out4 / "transcripts").glob("*.json")]
+            assert {t["prompt_style"] for t in transcripts} == {r4["prompt_style"]} and len(transcripts) == 25
             if style == "default":
                 assert r4["prompt_style"] == "paper" and r4["model"] == "m (classifier)"
                 assert all(x["options"]["max_tokens"] == 256 for x in sent)
