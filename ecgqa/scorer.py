@@ -19,8 +19,10 @@ An answers file is JSON Lines; blank lines are skipped. Each line is one of
   lines that named one (``n_outside_options``). ``none`` together with a class is an error (it
   contradicts itself);
 - a line of ``predictions.jsonl`` as ``ecgqa evaluate`` / ``ecgqa llm-eval`` / this command write it
-  (``"predicted": [...]``): scored as written (its ``true``, ``scores``, ``correct`` are not read); a
-  ``"status": "no-match"`` line is wrong, as it was there; ``"failed"`` / ``"missing"`` lines are unanswered.
+  (``"predicted": [...]``): scored as written (its ``true`` and ``scores`` are not read). A line its run
+  marked wrong (``"correct": false``) stays wrong whatever its set, because the set alone does not show why
+  (a reply that named no option, or "none" next to an option); ``"correct": true`` is never taken on trust.
+  ``"status": "failed"`` / ``"missing"`` lines are unanswered.
 
 Unknown sample ids, duplicates, malformed JSON and lines of another shape are one-line errors naming the
 file and line. Questions with no answer line are an error by default, naming how many and which;
@@ -65,6 +67,7 @@ class Answer:
     reply: str | None = None
     classes: tuple[str, ...] | None = None
     status: str = "ok"  # "ok", or a predictions.jsonl status: "no-match", "failed", "missing"
+    marked_wrong: bool = False  # a predictions.jsonl line its run scored wrong ("correct": false)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ def _parse_line(obj: Any, line: int, where: str, names: _ClassNames, data: str) 
         chosen = tuple(dict.fromkeys(c for c in resolved if c is not None))
         if chosen and len(chosen) < len(resolved):
             raise ValueError(f"{where}: \"{key}\" names none together with {list(chosen)}; none means no class")
-        return sid, Answer(line, classes=chosen, status="no-match" if status == "no-match" else "ok")
+        return sid, Answer(line, classes=chosen, status="no-match" if status == "no-match" else "ok",
+                           marked_wrong=key == "predicted" and (obj.get("correct") is False or status == "no-match"))
     if "reply" in obj:
         reply = obj["reply"]
         if not isinstance(reply, str):
@@ -253,7 +257,7 @@ def _score_one(q: _Question, a: Answer) -> dict[str, Any]:
     chosen = set(a.classes or ())
     valid = set(q.valid)
     predicted = [c for c in q.valid if c in chosen]
-    correct = a.status != "no-match" and bool(exact_match_sets([predicted], [q.true])[0])
+    correct = not a.marked_wrong and bool(exact_match_sets([predicted], [q.true])[0])
     row.update(predicted=predicted, correct=correct, status=a.status, source="answer",
                outside_options=sorted(chosen - valid))
     return row

@@ -142,14 +142,28 @@ def test_free_text_replies_are_parsed_with_the_paper_rule(prepared_qa, sample_pa
 
 
 def test_rescoring_its_own_predictions_round_trips(prepared_qa, sample_paths, tmp_path):
+    """Also replies whose parsed set is right but which were scored wrong: "None" next to the right options
+    (a contradiction) and replies naming nothing; the rescored line stays wrong."""
     samples = _release(sample_paths, "valid")
-    rows = [{"sample_id": s["sample_id"], "reply": ", ".join(s["answer"][: 1 + k % 4])} for k, s in enumerate(samples)]
+
+    def reply(k: int, answer: list[str]) -> str:
+        return {0: "None, " + ", ".join(answer), 1: "I am not sure."}.get(k % 5, ", ".join(answer[: 1 + k % 4]))
+
+    rows = [{"sample_id": s["sample_id"], "reply": reply(k, s["answer"])} for k, s in enumerate(samples)]
     first = ecgqa.score(prepared_qa, "valid", _write(tmp_path / "a.jsonl", rows), tmp_path / "one")
+    lines = [json.loads(x) for x in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
+    contradictions = [x for x in lines if x["reply"].startswith("None, ") and x["true"]]
+    assert contradictions and all(x["predicted"] == x["true"] and not x["correct"] for x in contradictions)
+    assert first["n_no_match"] == len([k for k in range(len(samples)) if k % 5 == 1])
     again = ecgqa.score(prepared_qa, "valid", tmp_path / "one" / "predictions.jsonl", tmp_path / "two")
     assert again["model"] == "one"  # a predictions.jsonl is named after its folder
-    for key in ("n", "em", "em_macro_all", "per_question_type", "per_attribute_type", "per_question_attribute_type"):
+    for key in ("n", "em", "em_macro_all", "per_question_type", "per_attribute_type", "per_question_attribute_type",
+                "n_no_match"):
         assert again[key] == first[key], key
     assert 0 < first["em"] < 1
+    # a line marked correct is not taken on trust: its set decides
+    forged = [{**x, "predicted": [], "correct": True} for x in lines]
+    assert ecgqa.score(prepared_qa, "valid", forged)["em"] == pytest.approx(np.mean([not x["true"] for x in lines]))
 
 
 @pytest.mark.slow  # trains a checkpoint fixture
