@@ -440,7 +440,7 @@ def prepared_test_split(tmp_path_factory, mapped_sample):
 
 @pytest.mark.slow  # prepares a test split and runs the CLI end to end (about 20 s)
 def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_prompt(
-        tmp_path, prepared_test_split, upperbound_checkpoint, monkeypatch, capsys):
+        tmp_path, prepared_test_split, prepared_qa, upperbound_checkpoint, monkeypatch, capsys):
     from ecgqa.cli import main
     from ecgqa.prepared import PreparedData
     from tests.fake_llm_server import FakeLLM, FakeServer
@@ -508,3 +508,10 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
                      "--model", "m", "--base-url", server.url, "--out", str(out3)]) == 2
         assert "--prompt paper: the paper's prompt shows classifier findings only" in capsys.readouterr().err
         assert not out3.exists()
+        # --sample paper on data the list does not cover (PTB-XL valid): one clear error, nothing asked
+        before = server.state.stats()["received"]
+        assert main(["llm-eval", "--data", str(prepared_qa), "--split", "valid", "--input", "none", "--sample", "paper",
+                     "--model", "m", "--base-url", server.url, "--out", str(tmp_path / "valid")]) == 2
+        assert ("error: --sample paper: the published LLM sample lists PTB-XL test questions only, and this data is "
+                "ptbxl valid; use --sample draw") in capsys.readouterr().err
+        assert server.state.stats()["received"] == before
