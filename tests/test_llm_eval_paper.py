@@ -480,6 +480,16 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
         assert r2["sampling"]["sample"] == "draw" and r2["n_questions"] == round(60 / 10)
         assert r2["sampling"]["sha256"] == hashlib.sha256("".join(f"{i}\n" for i in drawn).encode()).hexdigest()
 
+        # --ids-file keeps working on PTB-XL test (it replaces the default sample)
+        pick = sorted(prepared_ids)[::10]
+        (tmp_path / "ids.txt").write_text("\n".join(map(str, pick)))
+        out5 = tmp_path / "ids"
+        assert main(["llm-eval", "--data", str(prepared_test_split), "--input", "none", "--model", "m",
+                     "--base-url", server.url, "--out", str(out5), "--ids-file", str(tmp_path / "ids.txt"), "-q"]) == 0
+        r5 = json.loads((out5 / "report.json").read_text())
+        assert r5["sampling"]["sample"] == "ids-file" and r5["n_questions"] == len(pick)
+        assert r5["sampling"]["sha256"] == hashlib.sha256("".join(f"{i}\n" for i in pick).encode()).hexdigest()
+
         # --input classifier: the paper's prompt by default; paper-as-published sends no max_tokens, as the harness
         for style in ("default", "paper-as-published"):
             before = len(server.state.seen)
