@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -499,7 +500,9 @@ def convert(path: str | Path, out: str | Path, *, classes: list[str] | None = No
         raise FairseqCheckpointError(f"{path}: its head predicts {n} labels but {len(classes)} class names were given")
     names = classes if classes is not None else [f"label_{i}" for i in range(n or 0)]
     config = W2VCMSCConfig(**encoder_fields(cfg), classes=names, model_name="w2v-cmsc-rlm")
-    model = W2VCMSCRLMModel(config)
+    with warnings.catch_warnings():  # a pretraining checkpoint has no head: proj has 0 classes
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        model = W2VCMSCRLMModel(config)
     check_and_load(model, keymap.tensors, path, prefix="w2v.", what="checkpoint")
     if n is not None:
         check_and_load(model, keymap.tensors, path, prefix="proj.", what="checkpoint")

@@ -106,9 +106,18 @@ def save_fairseq(path: Path, model_state: OrderedDict, cfg_model: dict, *, dictc
 # ------------------------------------------------------------------------------------------ reference
 
 
-def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "") -> torch.Tensor:
-    """fairseq-signals' ECGTransformerModel forward (eval, no padding) from the state dict, plain ops:
-    conv extractor → LN → proj → + conv_pos → LN (post-norm) → layers → (B, T, D)."""
+def reference_token_padding(sample_padding: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Upstream's rule: conv output length of the real samples, floor((L - k) / s + 1) per layer."""
+    lengths = (~sample_padding).sum(-1).double()
+    for _, k, s in CONVS:
+        lengths = torch.floor((lengths - k) / s + 1)
+    return torch.arange(tokens)[None, :] >= lengths.long()[:, None]
+
+
+def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "",
+                      pad: torch.Tensor | None = None) -> torch.Tensor:
+    """fairseq-signals' ECGTransformerModel forward (eval) from the state dict, plain ops: conv extractor
+    → LN → proj → + conv_pos → padded tokens zeroed → LN (post-norm) → layers (padded keys masked)."""
     w = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     h = x
     for i, (dim, _k, s) in enumerate(CONVS):
@@ -128,6 +137,8 @@ def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "") ->
     if K % 2 == 0:
         pos = pos[:, :, :-1]  # SamePad
     h = h + F.gelu(pos).transpose(1, 2)
+    if pad is not None:
+        h = h.masked_fill(pad[..., None], 0.0)
     h = F.layer_norm(h, (D,), w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
     H = cfg["encoder_attention_heads"]
     B, T, _ = h.shape
@@ -139,7 +150,10 @@ def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "") ->
 
         q, k, vv = (lin(h, f"self_attn.{n}").view(B, T, H, D // H).transpose(1, 2) for n in ("q_proj", "k_proj",
                                                                                             "v_proj"))
-        att = torch.softmax((q * (D // H) ** -0.5) @ k.transpose(-1, -2), dim=-1) @ vv
+        scores = (q * (D // H) ** -0.5) @ k.transpose(-1, -2)
+        if pad is not None:
+            scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+        att = torch.softmax(scores, dim=-1) @ vv
         a = lin(att.transpose(1, 2).reshape(B, T, D), "self_attn.out_proj")
         h = F.layer_norm(h + a, (D,), w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
         f = lin(F.gelu(lin(h, "fc1")), "fc2")
@@ -147,9 +161,11 @@ def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "") ->
     return h
 
 
-def reference_classifier(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
-    """ECGTransformerClassificationModel: encoder, then sum / count of non-zero entries, then proj."""
-    h = reference_forward(sd, cfg, x, prefix="encoder.")
+def reference_classifier(sd: dict, cfg: dict, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """ECGTransformerClassificationModel: encoder, padded tokens zeroed, sum / count of non-zero entries, proj."""
+    h = reference_forward(sd, cfg, x, prefix="encoder.", pad=pad)
+    if pad is not None:
+        h = h.masked_fill(pad[..., None], 0.0)
     pooled = h.sum(dim=1) / (h != 0).sum(dim=1)
     return pooled @ sd["proj.weight"].T + sd["proj.bias"]
 
@@ -197,9 +213,15 @@ def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_clas
     assert model.config.classes == ["label_0", "label_1", "label_2", "label_3"]
     assert (model.config.activation_dropout, model.config.feature_grad_mult) == (0.1, 0.1)  # from cfg.model
     x = torch.randn(2, 12, 640, generator=torch.Generator().manual_seed(5))
+    padding = torch.zeros(2, 640, dtype=torch.bool)
+    padding[1, 400:] = True  # the second ECG is 400 samples long, zero-padded to 640
+    x[1, :, 400:] = 0.0
+    pad = reference_token_padding(padding, 19)  # 640 → 160 → 40 → 19 tokens; 400 → 100 → 25 → 12 real
+    assert pad.sum(1).tolist() == [0, 7]
     with torch.no_grad():
         diff = (model(ecg=x).logits - reference_classifier(sd, cfg, x)).abs().max().item()
-    assert diff < 1e-5
+        diff_padded = (model(ecg=x, padding_mask=padding).logits - reference_classifier(sd, cfg, x, pad)).abs().max()
+    assert diff < 1e-5 and diff_padded.item() < 1e-5
 
 
 def test_cfg_objects_become_plain_values(tmp_path):
