@@ -265,8 +265,8 @@ def _score_one(q: _Question, a: Answer) -> dict[str, Any]:
 
 def score(
     data: str | Path,
-    split: str = "test",
-    answers: str | Path | Iterable[Mapping[str, Any]] = "answers.jsonl",
+    split: str,
+    answers: str | Path | Iterable[Mapping[str, Any]],
     out: str | Path | None = None,
     *,
     sample: str = "all",
@@ -292,9 +292,9 @@ def score(
     if split not in prepared.splits:
         raise ValueError(f"{data_path} has no split {split!r}; it holds {prepared.splits}")
     questions = _questions(prepared, split)
+    chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     classes = list(prepared.meta.get("answer_classes") or prepared.classes)
     given = read_answers(answers, {q.sample_id for q in questions}, classes, data=str(data_path), split=split)
-    chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     label = str(answers) if isinstance(answers, (str, Path)) else "answers"
 
     in_sample = {q.sample_id for q in chosen}
