@@ -134,7 +134,8 @@ def _build_paper_prompts(questions: list[Question], sources: Sources) -> list[Pr
     """``--prompt paper`` / ``paper-as-published``: the paper's blocks, planned in question order."""
     from llm_eval.paper import build_paper_prompt, plan_all
 
-    assert sources.grounder is not None
+    if sources.grounder is None:
+        raise ValueError(f"--prompt {sources.style} shows classifier findings: it needs --input classifier and --grounding CKPT")
     plans = plan_all(questions, sources.style)
     sources.grounder.compute(b.reading for blocks in plans.values() for b in blocks)
     items = []
