@@ -326,6 +326,7 @@ class Pretrained:
     fields: dict[str, Any]  # W2VCMSCConfig architecture fields
     keymap: KeyMap
     cfg: dict[str, Any] = field(default_factory=dict)  # fairseq cfg.model (fairseq only)
+    classes: list[str] | None = None  # the head's class names (our folders; a fairseq head has only a count)
 
     def encoder_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.keymap.tensors.items() if k.startswith("w2v.")}
@@ -368,13 +369,15 @@ def _read_folder(path: Path) -> Pretrained:
         raise FairseqCheckpointError(f"{path / 'config.json'}: lacks the encoder fields {', '.join(missing)}")
     keymap = KeyMap(tensors=dict(w2v), mapped={k: k for k in w2v})
     for k, v in tensors.items():
-        if k.startswith("proj."):
+        if k.startswith("proj.") and tensors["proj.weight"].shape[0] == 0:
+            keymap.dropped[k] = "no classifier head (0 classes)"
+        elif k.startswith("proj."):
             keymap.tensors[k], keymap.mapped[k] = v, k
         elif not k.startswith("w2v."):
             keymap.dropped[k] = "not part of the encoder"
             keymap.extras[k] = v
     fields = {n: meta[n] for n in ARCHITECTURE_FIELDS}
-    return Pretrained(path, "ecgqa", fields, keymap)
+    return Pretrained(path, "ecgqa", fields, keymap, classes=list(meta.get("classes") or []))
 
 
 def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) -> dict[str, Any]:
@@ -414,13 +417,19 @@ def init_model(model: torch.nn.Module, pre: Pretrained) -> str:
         check_and_load(model, tensors, pre.path, prefix="w2v.", what="pretrained encoder")
         n_head = _classes_of(pre)
         head = ""
+        ours = list(model.config.classes)
         if n_head is not None:
-            if n_head == model.config.num_classes:
+            if pre.classes is not None and pre.classes != ours:
+                head = (f"; its classifier head ({n_head} classes) is not used: its classes differ from this "
+                        f"model's {len(ours)} (proj starts from its init)")
+            elif n_head == len(ours):
                 check_and_load(model, pre.keymap.tensors, pre.path, prefix="proj.", what="fine-tuned head")
-                head = f"; classifier head proj ({n_head} classes) loaded"
+                head = f"; classifier head proj ({n_head} classes) loaded" + (
+                    "" if pre.classes is not None else ": a fairseq head has no class names, label i is taken "
+                    "as this model's class i")
             else:
                 head = (f"; its classifier head ({n_head} classes) is not used: this model has "
-                        f"{model.config.num_classes} classes (proj starts from its init)")
+                        f"{len(ours)} classes (proj starts from its init)")
         return f"--init-from {pre.path}: {len(tensors)} encoder tensors loaded into w2v{head}"
     if isinstance(model, FusionModel):
         return _init_fusion(model, pre)

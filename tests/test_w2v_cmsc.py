@@ -201,7 +201,7 @@ def test_pretraining_checkpoint_loads_every_key_and_matches_the_reference(tmp_pa
 
 def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_classifier(tmp_path, capsys):
     from ecgqa.cli import main
-    from ecgqa.models import load_model
+    from ecgqa.models import create_model, load_model
 
     cfg = dict(CFG, _name="ecg_transformer_classifier", num_labels=4, final_dropout=0.0, dropout=0.0,
                attention_dropout=0.0, activation_dropout=0.1, feature_grad_mult=0.1)
@@ -222,6 +222,18 @@ def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_clas
         diff = (model(ecg=x).logits - reference_classifier(sd, cfg, x)).abs().max().item()
         diff_padded = (model(ecg=x, padding_mask=padding).logits - reference_classifier(sd, cfg, x, pad)).abs().max()
     assert diff < 1e-5 and diff_padded.item() < 1e-5
+    # --init-from: a fairseq head (4 labels, no names) initialises a 4-class model's proj, not a 3-class one
+    from ecgqa.fairseq_import import init_overrides
+
+    pre = read_pretrained(path)
+    for classes, loaded in ((["w", "x", "y", "z"], True), (["x", "y", "z"], False)):
+        target = create_model("w2v-cmsc-rlm-test", classes=classes, **init_overrides("w2v-cmsc-rlm-test", pre, {}))
+        summary = init_model(target, pre)
+        assert torch.equal(target.proj.weight, sd["proj.weight"]) is loaded
+        assert ("proj (4 classes) loaded" in summary) is loaded
+    # our converted folder names its classes: another class list leaves the head alone
+    summary = init_model(target, read_pretrained(tmp_path / "conv"))
+    assert "classes differ" in summary
 
 
 def test_cfg_objects_become_plain_values(tmp_path):
