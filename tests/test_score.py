@@ -332,3 +332,27 @@ def test_sample_paper_scores_the_published_ids_only(prepared_paper_test, tmp_pat
     only = _write(tmp_path / "only.jsonl", [{"sample_id": s["sample_id"], "answer": s["answer"]} for s in inside])
     assert main(["score", "--data", str(data), "--answers", str(only), "--out", str(tmp_path / "x")]) == 2
     assert "score that sample with --sample paper" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real HTTP server and an llm-eval run
+def test_score_round_trips_llm_eval_predictions_and_replies(prepared_qa, upperbound_checkpoint, tmp_path, monkeypatch):
+    """`ecgqa llm-eval` (the paper prompt, against the fake OpenAI-compatible server, some replies off-option,
+    some requests failing): its predictions.jsonl, and its raw replies as free text, score to its own report."""
+    from tests.fake_llm_server import FakeLLM, FakeServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    run = tmp_path / "llm"
+    with FakeServer(FakeLLM(nomatch_substring="lead V1", fail_substring="lead aVR")) as server:
+        assert main(["llm-eval", "--data", str(prepared_qa), "--split", "train", "--grounding", str(upperbound_checkpoint),
+                     "--model", "fake", "--base-url", server.url, "--max-retries", "0", "--out", str(run), "-q"]) == 3
+    # exit status 3: some requests failed (those of questions naming lead aVR), the rest is scored
+    llm = json.loads((run / "report.json").read_text())
+    assert llm["n_failed"] > 0 and llm["n_no_match"] > 0 and 0 < llm["em"] < 1
+    lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+    replies = _write(tmp_path / "replies.jsonl", [{"sample_id": x["sample_id"], "reply": x["reply"]} for x in lines
+                                                  if x["status"] != "failed"])
+    for answers in (run / "predictions.jsonl", replies):
+        report = ecgqa.score(prepared_qa, "train", answers, missing="skip")
+        for key in ("n", "em", "em_macro_single", "per_question_type", "per_attribute_type", "n_no_match"):
+            assert report[key] == llm[key], (answers.name, key)
+        assert report["n_missing"] == report["n_questions"] - llm["n"]
