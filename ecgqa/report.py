@@ -9,8 +9,10 @@ reports over different splits or subsamples are only comparable when those count
 :func:`paper_table` prints the same reports as the ECG-QA paper lays out its tables: one row per
 model, EM per question type in the paper's columns (S-Verify … CI-Query, ``ecgqa.metrics.PAPER_COLUMNS``),
 then ``em_macro_single`` (the macro over the three single-ECG types: the paper's headline) and
-``em_macro_all`` (over every type present). ``--paper`` adds the published numbers from
-``ecgqa/paper_results.json`` as reference rows, each with its source.
+``em_macro_all`` (over every type present). ``--paper`` adds the published numbers on the benchmark's
+own split and metric from ``ecgqa/paper_results.json`` as reference rows, each with the test questions
+it was measured on (the paper's 10 % LLM sample or the full test) and its source, then, apart, the
+figures measured on other splits or metrics ("Other splits — not comparable").
 """
 
 from __future__ import annotations
