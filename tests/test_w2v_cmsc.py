@@ -373,10 +373,26 @@ def test_train_from_a_fairseq_checkpoint_then_evaluate_and_ground(tmp_path, prep
                             batch_size=8, lr=1e-3, warmup=0, init_from=str(path), eval_split=None, quiet=True))
     predictor = ecgqa.load(out, device="cpu")
     assert predictor.model.config.encoder_embed_dim == 24 and predictor.model.config.conv_feature_layers[-1] == [16, 3, 2]
-    report = evaluate(out, prepared_upperbound, "train", tmp_path / "report", progress=False)
+    report = evaluate(out, prepared_upperbound, "train", tmp_path / "report", limit=24, progress=False)
     assert report["n"] > 0 and 0.0 <= report["em"] <= 1.0
     # the grounding classifier of llm-eval: Predictor.classify over the lead subsets
     data = PreparedData(prepared_upperbound)
     ecg = np.asarray(data.signals[:2], dtype=np.float32)
     scores = predictor.classify(ecg, np.array([[True] * 12, [True] + [False] * 11]))
     assert scores.shape == (2, len(data.classes)) and np.all((scores > 0) & (scores < 1))
+
+
+def test_feature_grad_mult_scales_only_the_extractor_gradient():
+    from ecgqa.models import create_model
+
+    x = torch.randn(2, 12, 400, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for mult in (1.0, 0.1, 0.0):
+        torch.manual_seed(0)
+        model = create_model("w2v-cmsc-rlm-test", classes=["a"], feature_grad_mult=mult)
+        model(ecg=x).logits.sum().backward()
+        conv = model.w2v.feature_extractor.conv_layers[0][0].weight.grad
+        grads[mult] = (None if conv is None else conv.clone(), model.w2v.post_extract_proj.weight.grad.clone())
+    assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], atol=1e-7)
+    assert torch.equal(grads[0.1][1], grads[1.0][1])  # after the extractor: unscaled
+    assert grads[0.0][0] is None  # 0: the extractor is frozen (no_grad), as upstream
