@@ -14,7 +14,8 @@ checkpoint pickles a few more kinds of object, which are allow-listed by name fo
   ``ContainerMetadata`` / ``typing.Any``: a :class:`_Pickled` record that only stores its pickled state,
   turned into plain dicts and lists afterwards (no omegaconf code runs, omegaconf need not be installed);
 - numpy scalars (``numpy[._]core.multiarray.scalar``): rebuilt as Python numbers from their bytes;
-  ``numpy.dtype`` and its per-type classes: numpy's own (data only);
+  numpy arrays (``_reconstruct``, ``ndarray``), ``numpy.dtype`` and its per-type classes: numpy's own
+  (data only; an object array's items come through this same restricted unpickler);
 - ``collections.defaultdict`` (omegaconf's resolver cache).
 
 Anything else — a ``posix.system`` reduce, a fairseq class — is refused with the name of the global.
@@ -95,12 +96,27 @@ def _numpy_scalar_function(full_name: str) -> Any:
     return scalar
 
 
+def _numpy_reconstruct_function(full_name: str) -> Any:
+    """numpy's array pickling entry point under the name the saving numpy wrote (``numpy.core`` before
+    2.0, ``numpy._core`` since); the array's data then arrives through ``ndarray.__setstate__``."""
+    core = getattr(np, "_core", None) or np.core
+
+    def _reconstruct(*args: Any) -> Any:
+        return core.multiarray._reconstruct(*args)
+
+    _reconstruct.__module__, _, _reconstruct.__qualname__ = full_name.rpartition(".")
+    return _reconstruct
+
+
 def _safe_globals() -> list[Any]:
     import collections
 
     allowed: list[Any] = list(_STAND_INS.values())
     allowed += [_numpy_scalar_function("numpy.core.multiarray.scalar"),
-                _numpy_scalar_function("numpy._core.multiarray.scalar"), np.dtype, collections.defaultdict,
+                _numpy_scalar_function("numpy._core.multiarray.scalar"),
+                _numpy_reconstruct_function("numpy.core.multiarray._reconstruct"),
+                _numpy_reconstruct_function("numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                collections.defaultdict,
                 dict, list, int, float, str, bool]  # builtin types: omegaconf metadata (key_type, object_type)
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype (Float64DType ...)
     if dtypes is not None:

@@ -98,7 +98,8 @@ def save_fairseq(path: Path, model_state: OrderedDict, cfg_model: dict, *, dictc
              "optimizer_history": [{"criterion_name": "Wav2Vec2WithCMSCCriterion", "optimizer_name": "Adam",
                                     "lr_scheduler_state": {"best": np.float64(1.25)}, "num_updates": 1200}],
              "task_state": {}, "extra_state": {"metrics": {}, "previous_training_time": np.float64(3.5),
-                                               "train_iterator": {"epoch": np.int64(3)}, "val_loss": None}}
+                                               "train_iterator": {"epoch": np.int64(3)}, "val_loss": None,
+                                               "sizes": np.arange(4, dtype=np.int32)}}
     torch.save(state, path)
     return path
 
@@ -242,6 +243,7 @@ def test_cfg_objects_become_plain_values(tmp_path):
     assert state["cfg"]["model"]["args"] == {"arch": "legacy", "lr": [5e-5]}  # argparse.Namespace → dict
     assert state["optimizer_history"][0]["lr_scheduler_state"]["best"] == 1.25  # numpy scalar → float
     assert state["extra_state"]["train_iterator"]["epoch"] == 3
+    assert state["extra_state"]["sizes"].tolist() == [0, 1, 2, 3]
     state = read_checkpoint(save_fairseq(tmp_path / "b.pt", sd, CFG, dictconfig=True))
     assert state["cfg"]["model"]["conv_feature_layers"] == CFG["conv_feature_layers"]
     assert state["cfg"]["model"]["data"] == "${task.data}" and state["cfg"]["task"]["p"] == [1.0]
