@@ -128,13 +128,11 @@ def test_free_text_replies_are_parsed_with_the_paper_rule(prepared_qa, sample_pa
     for s in train[:4]:
         assert v[s["template_id"]] == {"no", "yes"}
     for split, part in (("train", replies[:4]), ("valid", replies[4:])):
+        for s, reply, correct, status in part:  # each reply alone: its verdict and status
+            one = ecgqa.score(prepared_qa, split, [{"sample_id": s["sample_id"], "reply": reply}], missing="skip")
+            assert (one["em"] == 1, "no-match" if one["n_no_match"] else "ok") == (correct, status), reply
         path = _write(tmp_path / f"{split}.jsonl", [{"sample_id": s["sample_id"], "reply": r} for s, r, *_ in part])
-        report = ecgqa.score(prepared_qa, split, path, tmp_path / f"out-{split}", missing="skip")
-        lines = {x["sample_id"]: x for x in map(json.loads, (tmp_path / f"out-{split}" / "predictions.jsonl")
-                                                 .read_text().splitlines())}
-        for s, reply, correct, status in part:
-            assert (lines[s["sample_id"]]["correct"], lines[s["sample_id"]]["status"]) == (correct, status), reply
-            assert lines[s["sample_id"]]["reply"] == reply
+        report = ecgqa.score(prepared_qa, split, path, missing="skip")
         assert report["n"] == len(part) and report["n_replies"] == len(part)
         assert report["em"] == pytest.approx(np.mean([c for _, _, c, _ in part]))
         assert report["n_no_match"] == sum(st == "no-match" for *_, st in part)
@@ -155,7 +153,7 @@ def test_rescoring_its_own_predictions_round_trips(prepared_qa, sample_paths, tm
     contradictions = [x for x in lines if x["reply"].startswith("None, ") and x["true"]]
     assert contradictions and all(x["predicted"] == x["true"] and not x["correct"] for x in contradictions)
     assert first["n_no_match"] == len([k for k in range(len(samples)) if k % 5 == 1])
-    again = ecgqa.score(prepared_qa, "valid", tmp_path / "one" / "predictions.jsonl", tmp_path / "two")
+    again = ecgqa.score(prepared_qa, "valid", tmp_path / "one" / "predictions.jsonl")
     assert again["model"] == "one"  # a predictions.jsonl is named after its folder
     for key in ("n", "em", "em_macro_all", "per_question_type", "per_attribute_type", "per_question_attribute_type",
                 "n_no_match"):
