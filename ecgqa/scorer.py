@@ -33,6 +33,9 @@ file and line. Questions with no answer line are an error by default, naming how
 lines for other questions of the split are then ignored and counted (``n_ignored_outside_sample``), and
 ids of the list that the prepared data lacks are reported by count (``sampling.n_missing``). The report's
 ``sampling`` block has the same keys as ``ecgqa llm-eval``'s (``sample``, ``sha256``, ``n_listed``, ...).
+Lines for questions that ``ecgqa prepare --drop-bad`` left out (their records were missing) are ignored
+and counted (``n_ignored_dropped_by_prepare``), not refused: answers of a model run on the full release
+score on the questions the prepared data holds.
 """
 
 from __future__ import annotations
@@ -160,11 +163,13 @@ def _parse_line(obj: Any, line: int, where: str, names: _ClassNames, data: str) 
 
 def read_answers(
     answers: str | Path | Iterable[Mapping[str, Any]], known_ids: set[int], classes: list[str], *,
-    data: str = "the prepared data", split: str = "test",
+    data: str = "the prepared data", split: str = "test", dropped: set[int] | frozenset[int] = frozenset(),
 ) -> dict[int, Answer]:
     """sample id → Answer, every line checked (JSON, shape, id in ``known_ids``, no duplicate, class names).
 
-    ``answers`` is a JSONL file, or (Python) an iterable of dicts, numbered from 1 as lines are.
+    ``answers`` is a JSONL file, or (Python) an iterable of dicts, numbered from 1 as lines are. A line for
+    an id in ``dropped`` (a question ``ecgqa prepare`` left out: its records were missing) is kept with
+    status ``"dropped"``, so that it is counted, not refused.
     """
     names = _ClassNames(classes)
     if isinstance(answers, (str, Path)):
@@ -198,11 +203,11 @@ def read_answers(
     for n, obj in objects():
         where = f"{label}:{n}"
         sid, answer = _parse_line(obj, n, where, names, data)
-        if sid not in known_ids:
+        if sid not in known_ids and sid not in dropped:
             raise ValueError(f"{where}: sample_id {sid} is not a question of split {split!r} of {data}")
         if sid in out:
             raise ValueError(f"{where}: sample_id {sid} again (first answered on line {out[sid].line})")
-        out[sid] = answer
+        out[sid] = answer if sid in known_ids else Answer(n, status="dropped")
     return out
 
 
@@ -294,7 +299,11 @@ def score(
     questions = _questions(prepared, split)
     chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     classes = list(prepared.meta.get("answer_classes") or prepared.classes)
-    given = read_answers(answers, {q.sample_id for q in questions}, classes, data=str(data_path), split=split)
+    dropped = _dropped_ids(data_path, split)
+    given = read_answers(answers, {q.sample_id for q in questions}, classes, data=str(data_path), split=split,
+                         dropped=dropped)
+    n_dropped = sum(a.status == "dropped" for a in given.values())
+    given = {s: a for s, a in given.items() if a.status != "dropped"}
     label = str(answers) if isinstance(answers, (str, Path)) else "answers"
 
     in_sample = {q.sample_id for q in chosen}
@@ -352,6 +361,7 @@ def score(
         "n_no_match": sum(r["status"] == "no-match" for _, r in rows),
         "n_outside_options": sum(bool(r["outside_options"]) for _, r in rows),
         "n_ignored_outside_sample": sum(1 for s in given if s not in in_sample),
+        "n_ignored_dropped_by_prepare": n_dropped,
         "scored_ids_sha256": ids_sha256(sorted(q.sample_id for q, _ in rows)),
     }
     if out is None:
@@ -374,6 +384,20 @@ def score(
     atomic_write_json(out / REPORT_JSON, report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
     return report
+
+
+def _dropped_ids(data: Path, split: str) -> set[int]:
+    """Sample ids of ``split`` that ``ecgqa prepare --drop-bad`` left out (their records were missing or bad)."""
+    from ecgqa.prepared import DROPPED
+
+    path = data / DROPPED
+    if not path.is_file():
+        return set()
+    try:
+        ids = (json.loads(path.read_text()).get("samples") or {}).get(split) or []
+        return {int(i) for i in ids}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not the dropped-samples list `ecgqa prepare` writes ({e})") from None
 
 
 def _default_name(answers: Any) -> str:
@@ -404,6 +428,9 @@ def render_report_md(report: dict[str, Any]) -> str:
                  f"{report['n_outside_options']} named classes outside the question's options (ignored)")
     if report["n_ignored_outside_sample"]:
         lines.append(f"- {report['n_ignored_outside_sample']} answer lines are outside the sample (ignored)")
+    if report["n_ignored_dropped_by_prepare"]:
+        lines.append(f"- {report['n_ignored_dropped_by_prepare']} answer lines are for questions `ecgqa prepare` "
+                     "dropped (missing records; ignored)")
     if report["missing_sample_ids"]:
         lines.append(f"- missing sample ids (first 50): {report['missing_sample_ids'][:50]}")
     return "\n".join(lines) + "\n"

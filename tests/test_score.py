@@ -264,6 +264,22 @@ def test_unanswered_questions(prepared_qa, sample_paths, tmp_path, capsys):
     assert wrong["em"] == pytest.approx(len(half) / len(samples))
 
 
+def test_answers_for_questions_prepare_dropped_are_counted_not_refused(prepared_qa, sample_paths, tmp_path):
+    """A model run on the whole release answers questions `prepare --drop-bad` left out (missing records)."""
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared_qa, data)
+    (data / "dropped.json").write_text(json.dumps({"samples": {"valid": [777001, 777002]}}))
+    samples = _release(sample_paths, "valid")
+    rows = [{"sample_id": s["sample_id"], "answer": s["answer"]} for s in samples]
+    rows.append({"sample_id": 777001, "reply": "qt interval"})
+    report = ecgqa.score(data, "valid", rows)
+    assert (report["n"], report["em"], report["n_ignored_dropped_by_prepare"]) == (len(samples), 1.0, 1)
+    with pytest.raises(ValueError, match=rf"^answers:{len(rows) + 1}: sample_id 777003 is not a question"):
+        ecgqa.score(data, "valid", [*rows, {"sample_id": 777003, "reply": "qt interval"}])
+    with pytest.raises(ValueError, match=rf"^answers:{len(rows) + 1}: sample_id 777001 again"):
+        ecgqa.score(data, "valid", [*rows, {"sample_id": 777001, "reply": "qt interval"}])
+
+
 def test_out_must_be_ours(prepared_qa, sample_paths, tmp_path, capsys):
     samples = _release(sample_paths, "valid")
     answers = _write(tmp_path / "a.jsonl", [{"sample_id": s["sample_id"], "answer": s["answer"]} for s in samples])
