@@ -118,3 +118,56 @@ def test_write_transcripts_failure_is_raised(tmp_path):
     (tmp_path / "transcripts" / "5.json").mkdir()  # a folder where a transcript must go
     with pytest.raises(OSError):
         write_transcripts(tmp_path, [_scored(i) for i in (4, 5, 6)])
+
+
+# --------------------------------------------------------------------------- the demo's start-up indexes
+
+
+def _reference_index(data, store_ids: set[int]):
+    """The demo's indexes computed row by row in Python (how build_service did it before issue 18)."""
+    from collections import defaultdict
+
+    from ecgqa.serve.questions import QuestionIndex
+    from ecgqa.serve.service import pick_examples
+
+    cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
+    by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
+    rows = [dict(zip(cols, v)) for t in by_split.values() for v in zip(*(t[c] for c in cols))]
+    counts: dict[int, int] = defaultdict(int)
+    splits: dict[int, set[str]] = defaultdict(set)
+    for split, table in by_split.items():
+        for ids in table["ecg_id"]:
+            for e in ids:
+                counts[int(e)] += 1
+                splits[int(e)].add(split)
+    return (QuestionIndex.from_rows(list(data.classes), rows), dict(counts),
+            {e: sorted(s) for e, s in splits.items()}, pick_examples(by_split, list(data.classes), store_ids))
+
+
+@pytest.mark.slow
+def test_demo_indexes_column_wise_equal_the_row_by_row_ones(prepared_qa):
+    import numpy as np
+
+    from ecgqa.prepared import PreparedData
+    from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table
+    from ecgqa.serve.service import ecg_question_counts, example_candidates, pick_examples
+
+    data = PreparedData(prepared_qa)
+    tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
+    n_rows = sum(t.num_rows for t in tables.values())
+    # leave out one ECG of an early question, as if the store lacked it: its questions cannot be examples
+    missing = int(tables["train"].column("ecg_id")[0].as_py()[0])
+    store = np.asarray([e for e in np.asarray(data.ecg_ids).tolist() if e != missing])
+    ref_index, ref_counts, ref_splits, ref_examples = _reference_index(data, set(store.tolist()))
+
+    index = QuestionIndex.from_tables(list(data.classes), list(tables.values()))
+    assert len(index.entries) < n_rows  # the sample repeats question texts: the dedup is exercised
+    assert index.entries == ref_index.entries and index.template_classes == ref_index.template_classes
+    assert index._exact == ref_index._exact
+    assert QuestionIndex.from_prepared(data).entries == ref_index.entries
+    counts, splits = ecg_question_counts(tables)
+    assert counts == ref_counts and splits == ref_splits
+    examples = pick_examples({s: example_candidates(t, store) for s, t in tables.items()}, list(data.classes),
+                             set(store.tolist()))
+    assert examples == ref_examples and examples
+    assert all(missing not in e.ecg_ids for e in examples)

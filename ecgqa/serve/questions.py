@@ -32,6 +32,41 @@ def normalise(question: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", question.lower())).strip()
 
 
+#: The question-table columns the index reads.
+QUESTION_COLUMNS = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id")
+
+
+def arrow_table(split: Any, columns: tuple[str, ...] | list[str]) -> Any:
+    """Columns of a prepared split (a ``datasets.Dataset``) as one ``pyarrow.Table`` (memory-mapped, no copy)."""
+    return split.select_columns(list(columns)).with_format("arrow")[:]
+
+
+def first_rows(table: Any, keys: list[str]) -> np.ndarray:
+    """Row numbers (ascending) of the first row of each distinct value of ``keys`` in an Arrow table."""
+    import pyarrow as pa
+
+    indexed = table.select(keys).append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    firsts = indexed.group_by(keys, use_threads=False).aggregate([("_row", "min")]).column("_row_min")
+    return np.sort(firsts.to_numpy())
+
+
+def template_unions(table: Any) -> dict[int, list[int]]:
+    """Template id → the sorted union of its rows' valid classes, computed column-wise."""
+    import pyarrow.compute as pc
+
+    valid = table.column("valid_classes").combine_chunks()
+    templates = table.column("template_id").to_numpy()
+    flat = pc.list_flatten(valid).to_numpy()
+    parent = pc.list_parent_indices(valid).to_numpy()
+    out: dict[int, list[int]] = {int(t): [] for t in np.unique(templates)}
+    if len(flat):
+        width = int(flat.max()) + 1  # (template, class) as one int64: np.unique(axis=0) is ~100x slower
+        pairs = np.unique(templates[parent].astype(np.int64) * width + flat)
+        for t, c in zip((pairs // width).tolist(), (pairs % width).tolist()):
+            out[t].append(c)
+    return out
+
+
 @dataclass(frozen=True)
 class QuestionMatch:
     """What a question was taken to be, and how that was decided (``source``)."""
@@ -70,14 +105,20 @@ class QuestionIndex:
         self._matrix = None
 
     @classmethod
-    def from_rows(cls, classes: list[str], rows: list[dict[str, Any]]) -> QuestionIndex:
-        """Build from QA rows (question, question_type, attribute_type, template_id, valid_classes, ecg_id)."""
+    def from_rows(cls, classes: list[str], rows: list[dict[str, Any]],
+                  template_classes: dict[int, list[int]] | None = None) -> QuestionIndex:
+        """Build from QA rows (question, question_type, attribute_type, template_id, valid_classes, ecg_id).
+
+        ``template_classes`` (template id → union of its valid classes) is given when ``rows`` are only
+        each question's first row (``from_tables``); otherwise it is the union over ``rows``.
+        """
         index = cls(list(classes))
         union: dict[int, set[int]] = defaultdict(set)
         for row in rows:
             key = normalise(row["question"])
             tid = int(row["template_id"])
-            union[tid].update(int(c) for c in row["valid_classes"])
+            if template_classes is None:
+                union[tid].update(int(c) for c in row["valid_classes"])
             if key in index._exact:
                 continue
             index._exact[key] = len(index.entries)
@@ -85,7 +126,8 @@ class QuestionIndex:
                 _Entry(row["question"], row["question_type"], row["attribute_type"], tid,
                        [int(c) for c in row["valid_classes"]], len(row["ecg_id"]))
             )
-        index.template_classes = {t: sorted(c) for t, c in union.items()}
+        index.template_classes = (dict(template_classes) if template_classes is not None
+                                  else {t: sorted(c) for t, c in union.items()})
         if index.entries:
             from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -94,15 +136,20 @@ class QuestionIndex:
         return index
 
     @classmethod
+    def from_tables(cls, classes: list[str], tables: list[Any]) -> QuestionIndex:
+        """``from_rows`` over the rows of Arrow tables, in order, with Python work per *distinct* question
+        only: a full PTB-XL directory has 414k questions but few distinct texts, and a per-row Python pass
+        (normalising every row) made the demo's start-up about a minute longer (docs/scale.md)."""
+        import pyarrow as pa
+
+        table = pa.concat_tables([t.select(list(QUESTION_COLUMNS)) for t in tables])
+        distinct = table.take(first_rows(table, ["question"])).to_pylist()
+        return cls.from_rows(classes, distinct, template_classes=template_unions(table))
+
+    @classmethod
     def from_prepared(cls, data: Any) -> QuestionIndex:
         """Index a ``PreparedData`` of task "qa" over all its splits."""
-        cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id")
-        rows: list[dict[str, Any]] = []
-        for split in data.splits:
-            table = data.split(split).select_columns(list(cols))
-            columns = {c: table[c] for c in cols}
-            rows.extend(dict(zip(cols, values)) for values in zip(*(columns[c] for c in cols)))
-        return cls.from_rows(list(data.classes), rows)
+        return cls.from_tables(list(data.classes), [arrow_table(data.split(s), QUESTION_COLUMNS) for s in data.splits])
 
     def match(self, question: str) -> QuestionMatch:
         key = normalise(question)

@@ -25,7 +25,7 @@ from ecgqa.constants import QUESTION_TYPES
 from ecgqa.metrics import THRESHOLD, decide
 from ecgqa.records import fit_length, resample
 from ecgqa.render import render_ecg
-from ecgqa.serve.questions import QuestionIndex
+from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table, first_rows
 from ecgqa.serve.schemas import Example, Finding, Findings
 
 MAX_BATCH = 16
@@ -228,23 +228,51 @@ def build_service(predictor: Predictor, data: Any, attributes: Any = None) -> Se
     if attributes is not None and getattr(attributes, "task", None) != "upperbound":
         raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
                               f"{getattr(attributes, 'task', '?')!r} model, not an attribute (upperbound) classifier")
-    cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
-    rows_by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
-    rows = [dict(zip(cols, v)) for t in rows_by_split.values() for v in zip(*(t[c] for c in cols))]
-    questions = QuestionIndex.from_rows(list(data.classes), rows)
+    # Column-wise (Arrow/numpy): Python work per distinct question and per ECG, never per question row. A full
+    # PTB-XL directory holds 414k questions; turning them into Python dicts took most of a minute and ~500 MB.
+    tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
+    questions = QuestionIndex.from_tables(list(data.classes), list(tables.values()))
 
-    ecg_rows = {int(e): i for i, e in enumerate(np.asarray(data.ecg_ids).tolist())}
-    n_questions: dict[int, int] = defaultdict(int)
-    splits: dict[int, set[str]] = defaultdict(set)
-    for split, table in rows_by_split.items():
-        for ids in table["ecg_id"]:
-            for e in ids:
-                n_questions[int(e)] += 1
-                splits[int(e)].add(split)
+    store_ids = np.asarray(data.ecg_ids)
+    ecg_rows = {int(e): i for i, e in enumerate(store_ids.tolist())}
+    n_questions, ecg_splits = ecg_question_counts(tables)
+    candidates = {s: example_candidates(t, store_ids) for s, t in tables.items()}
     return Service(
-        predictor, data, questions, ecg_rows, dict(n_questions), {e: sorted(s) for e, s in splits.items()},
-        pick_examples(rows_by_split, list(data.classes), set(ecg_rows)), attributes,
+        predictor, data, questions, ecg_rows, n_questions, ecg_splits,
+        pick_examples(candidates, list(data.classes), set(ecg_rows)), attributes,
     )
+
+
+def _flat_ecg_ids(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ECG ids of every question of a table, flattened, and the row each came from."""
+    import pyarrow.compute as pc
+
+    ids = table.column("ecg_id").combine_chunks()
+    return pc.list_flatten(ids).to_numpy(), pc.list_parent_indices(ids).to_numpy()
+
+
+def ecg_question_counts(tables: dict[str, Any]) -> tuple[dict[int, int], dict[int, list[str]]]:
+    """Per ECG id: how many questions name it, and the splits they are in (sorted)."""
+    flats = {s: _flat_ecg_ids(t)[0] for s, t in tables.items()}
+    both = np.concatenate(list(flats.values())) if flats else np.empty(0, np.int64)
+    ids, counts = np.unique(both, return_counts=True)
+    splits: dict[int, list[str]] = defaultdict(list)
+    for split in sorted(flats):
+        for e in np.unique(flats[split]).tolist():
+            splits[e].append(split)
+    return dict(zip(ids.tolist(), counts.tolist())), dict(splits)
+
+
+def example_candidates(table: Any, store_ids: np.ndarray) -> dict[str, list]:
+    """The rows ``pick_examples`` can pick, as columns: those whose ECGs are all in the store, the first of
+    each (question type, template, question) — a later duplicate is never picked when an earlier one was not."""
+    flat, parent = _flat_ecg_ids(table)
+    ok = np.ones(table.num_rows, dtype=bool)
+    ok[parent[~np.isin(flat, store_ids)]] = False
+    rows = np.flatnonzero(ok)
+    kept = table.take(rows)
+    first = first_rows(kept, ["question_type", "template_id", "question"])
+    return kept.take(first).to_pydict()
 
 
 def pick_examples(rows_by_split: dict[str, dict[str, list]], classes: list[str], ecgs: set[int],
