@@ -142,13 +142,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with safe(_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)|got <class '([^']+)'>", str(e))
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)|got <class '([^']+)'>", text)
         what = next((g for g in found.groups() if g), "an object") if found else "an object"
-        detail = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line),
-                      str(e).splitlines()[0] if str(e) else "")
+        # torch's own reason only (its advice to retry with weights_only=False is exactly what not to do)
+        detail = next((line.strip() for line in text.splitlines()
+                       if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation",
+                                                                 "\t(", "(1)", "(2)"))), "").split(" Please use")[0]
         raise FairseqCheckpointError(
             f"{path}: refused to unpickle {what}: a fairseq-signals checkpoint holds only tensors, plain "
-            f"containers, argparse.Namespace, omegaconf configs and numpy scalars ({detail})"
+            f"containers, argparse.Namespace, omegaconf configs and numpy data" + (f" ({detail})" if detail else "")
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise FairseqCheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
