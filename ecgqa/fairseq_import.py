@@ -118,10 +118,8 @@ def _safe_globals() -> list[Any]:
                 _numpy_reconstruct_function("numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype,
                 collections.defaultdict,
                 dict, list, int, float, str, bool]  # builtin types: omegaconf metadata (key_type, object_type)
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype (Float64DType ...)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n),
-                                                                                                  type)]
+    # a pickled dtype is rebuilt as np.dtype(...) then set up by its own class (Float64DType ...)
+    allowed += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUVOMm"}, key=str)
     return allowed
 
 
