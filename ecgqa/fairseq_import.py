@@ -391,7 +391,8 @@ def _read_folder(path: Path) -> Pretrained:
         elif k.startswith("proj."):
             keymap.tensors[k], keymap.mapped[k] = v, k
         elif not k.startswith("w2v."):
-            keymap.dropped[k] = "not part of the encoder"
+            keymap.dropped[k] = ("pretraining-only (masking, quantizer, projections)" if k.startswith(PRETRAINING_ONLY)
+                                 else "not part of the encoder")
             keymap.extras[k] = v
     fields = {n: meta[n] for n in ARCHITECTURE_FIELDS}
     return Pretrained(path, "ecgqa", fields, keymap, classes=list(meta.get("classes") or []))

@@ -399,3 +399,20 @@ def test_feature_grad_mult_scales_only_the_extractor_gradient():
     assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], atol=1e-7)
     assert torch.equal(grads[0.1][1], grads[1.0][1])  # after the extractor: unscaled
     assert grads[0.0][0] is None  # 0: the extractor is frozen (no_grad), as upstream
+
+
+def test_init_from_an_ecgqa_pretrain_folder(tmp_path):
+    """`ecgqa pretrain`'s model names its encoder `w2v` too: its folder initialises the classifier."""
+    from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_model
+    from ecgqa.models.w2v_pretrain import W2VPretrainModel, pretrain_config
+
+    pretrained = W2VPretrainModel(pretrain_config("w2v-cmsc-rlm-test"))
+    pretrained.save_pretrained(tmp_path / "pretrain")
+    pre = read_pretrained(tmp_path / "pretrain")
+    assert set(pre.keymap.dropped) == {k for k in pretrained.state_dict() if not k.startswith("w2v.")}
+    assert {"mask_emb", "quantizer.vars", "project_q.weight", "final_proj.weight"} <= set(pre.keymap.extras)
+    model = create_model("w2v-cmsc-rlm-test", classes=["a", "b"], **init_overrides("w2v-cmsc-rlm-test", pre, {}))
+    assert "encoder tensors loaded into w2v" in init_model(model, pre)
+    ours, theirs = model.w2v.state_dict(), pretrained.w2v.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
