@@ -57,14 +57,55 @@ PRETRAIN_RECIPES: dict[str, Recipe] = {
                     lr=5e-5, effective_batch=64 * 2 * 4, batch_size=64, epochs=200.0, eps=1e-6, weight_decay=0.01,
                     schedule="constant", max_grad_norm=0.0),
     "quick": Recipe(name="quick", source="this project's, for the bundled sample and CPUs: the yaml's Adam "
-                    "with a higher lr, 5% warmup and cosine decay, clipping at 1.0",
-                    lr=5e-4, effective_batch=None, batch_size=16, max_steps=300, eps=1e-6, weight_decay=0.01,
+                    "with a higher lr (2e-3), 5% warmup and cosine decay, clipping at 1.0",
+                    lr=2e-3, effective_batch=None, batch_size=16, max_steps=400, eps=1e-6, weight_decay=0.01,
                     schedule="cosine", warmup=0.05, max_grad_norm=1.0),
 }
 DEFAULT_PRETRAIN_RECIPE = "quick"
 
 
 # ----------------------------------------------------------------------------------------------- data
+
+
+class RecordsFolder:
+    """A folder of WFDB records (every ``*.hea`` below it) read into memory once, as a prepared store:
+    ``rate`` Hz, the first ``seconds`` (shorter records zero-padded, ``ecgqa.records.fit_length``). The ECG
+    id is the record name's leading number (PTB-XL ``00002_hr`` → 2, MIMIC-IV-ECG ``40689238``); a record
+    present at several rates (PTB-XL's records100/records500) is read once, from its highest rate. For
+    large sets, ``ecgqa prepare`` once and pretrain on the prepared directory (a memory-mapped store)."""
+
+    def __init__(self, folder: Path, rate: int, seconds: float, progress: bool = True) -> None:
+        import re
+
+        from tqdm.auto import tqdm
+
+        from ecgqa.records import RecordError, fit_length, read_record
+
+        self.path, self.rate, self.signal_length = folder, int(rate), round(seconds * rate)
+        chosen: dict[int, tuple[float, Path]] = {}
+        for header in sorted(folder.rglob("*.hea")):
+            found = re.match(r"\d+", header.stem)
+            if found is None:
+                raise ValueError(f"record {header.with_suffix('')}: its name has no leading number to use as the "
+                                 "ECG id (PTB-XL 00002_hr, MIMIC-IV-ECG 40689238); prepare the folder instead")
+            fields = header.read_text(errors="replace").split("\n", 1)[0].split()
+            try:
+                fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 0.0
+            except ValueError:
+                raise ValueError(f"{header}: line 1 has no sampling rate ({' '.join(fields)!r})") from None
+            ecg = int(found.group())
+            if ecg not in chosen or fs > chosen[ecg][0]:
+                chosen[ecg] = (fs, header.with_suffix(""))
+        self.ecg_ids = np.array(sorted(chosen), dtype=np.int64)
+        self.signals = np.zeros((len(self.ecg_ids), 12, self.signal_length), dtype=np.float32)
+        for i, ecg in enumerate(tqdm(self.ecg_ids, desc="read records", unit="ecg", disable=not progress)):
+            try:
+                record = read_record(chosen[int(ecg)][1], fs=self.rate)
+            except RecordError as e:
+                raise ValueError(str(e)) from e
+            self.signals[i] = fit_length(record.signal, self.signal_length)
+        self.meta = {"source": "records", "folder": str(folder), "rate": self.rate,
+                     "signal_length": self.signal_length, "n_ecgs": len(self.ecg_ids)}
 
 
 class SegmentPairs:
@@ -142,17 +183,22 @@ class PretrainConfig(TrainConfig):
     segment_seconds: float = 5.0
     split: str | None = None  # only the ECGs this split's questions use (default: the whole store)
     patients: Path | None = None
+    rate: int = 500  # a records folder is read at this rate, its first `seconds` kept (prepared data: its own)
+    seconds: float = 10.0
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True,
-                        help="prepared directory (`ecgqa prepare`, any task): its signal store, each ECG once")
+                        help="prepared directory (`ecgqa prepare`, any task): its signal store, each ECG once; or a "
+                        "folder of WFDB records (read once into memory, see --rate/--seconds)")
+    parser.add_argument("--rate", type=int, default=500, help="records folder only: sampling rate to read at")
+    parser.add_argument("--seconds", type=float, default=10.0, help="records folder only: seconds kept per record")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     parser.add_argument("--model", default="w2v-cmsc-rlm-quick", choices=PRETRAIN_MODELS,
                         help="encoder size (the ecgqa.models registry entry fine-tuned later; default %(default)s)")
     parser.add_argument("--recipe", choices=list(PRETRAIN_RECIPES), default=DEFAULT_PRETRAIN_RECIPE,
-                        help=f"'paper' = {SOURCE_YAML}; 'quick' = 300 updates for the bundled sample (default)")
+                        help=f"'paper' = {SOURCE_YAML}; 'quick' = 400 updates for the bundled sample (default)")
     parser.add_argument("--dry-run", action="store_true", help="print the recipe and the objective; train nothing")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer updates (overrides the recipe)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs over the CMSC pairs (without --max-steps)")
@@ -187,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
         save_steps=args.save_steps, resume=args.resume, logging_steps=args.logging_steps, num_workers=args.workers,
         quiet=args.quiet, segment_seconds=args.segment_seconds, split=args.split, patients=args.patients,
+        rate=args.rate, seconds=args.seconds,
         overrides=_parse_overrides(args.set),
     )
 
@@ -219,6 +266,8 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
     _positive(config.epochs, "--epochs", integer=False)
     _positive(config.lr, "--lr", integer=False)
     _positive(config.segment_seconds, "--segment-seconds", allow_none=False, integer=False)
+    _positive(config.rate, "--rate", allow_none=False)
+    _positive(config.seconds, "--seconds", allow_none=False, integer=False)
     _positive(config.logging_steps, "--logging-steps", allow_none=False)
     if config.patients is not None and not Path(config.patients).is_file():
         raise ValueError(f"--patients {config.patients}: no such file")
@@ -244,10 +293,16 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
 
 
 def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
-    """The prepared directory and its CMSC pairs (every stored ECG once, or those of ``--split``)."""
-    from ecgqa.prepared import PreparedData
+    """The ECGs (a prepared directory, or a folder of WFDB records) and their CMSC pairs (every ECG once,
+    or those of ``--split``)."""
+    from ecgqa.prepared import PreparedData, is_prepared
 
-    data = PreparedData(config.data)
+    if is_prepared(config.data) or not Path(config.data).is_dir() or not any(Path(config.data).rglob("*.hea")):
+        data = PreparedData(config.data)  # names what is missing when it is neither
+    else:
+        if config.split is not None:
+            raise ValueError(f"--split {config.split}: {config.data} is a records folder, it has no splits")
+        data = RecordsFolder(Path(config.data), config.rate, config.seconds, progress=not config.quiet)
     rows = np.arange(len(data.ecg_ids))
     if config.split is not None:
         if config.split not in data.splits:

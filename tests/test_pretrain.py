@@ -219,6 +219,28 @@ def test_cmsc_segments_and_patients_from_the_sample(prepared_upperbound, sample_
     assert float(perfect) < float(np.log(sizes.max())) + 1e-3 < float(shuffled)
 
 
+@pytest.mark.slow
+def test_a_records_folder_reads_as_the_prepared_store(prepared_upperbound, sample_paths, tmp_path):
+    """--data RECORDS: every ECG once (PTB-XL's 100 Hz copies skipped), equal to the prepared store's rows."""
+    from ecgqa.pretrain import RecordsFolder, check_config, load_pairs
+
+    folder = RecordsFolder(sample_paths.ptbxl_records, 500, 10, progress=False)
+    assert len(folder.ecg_ids) == len(set(folder.ecg_ids.tolist())) == 198
+    data = PreparedData(prepared_upperbound)
+    rows = [int(np.flatnonzero(folder.ecg_ids == e)[0]) for e in data.ecg_ids]
+    np.testing.assert_allclose(folder.signals[rows], np.asarray(data.signals, dtype=np.float32), atol=3e-3, rtol=1e-3)
+    config = check_config(PretrainConfig(data=sample_paths.ptbxl_records, out=tmp_path / "o", model="w2v-cmsc-rlm-test",
+                                         quiet=True))
+    _, pairs = load_pairs(config)
+    assert len(pairs) == 198 and pairs.segment == 2500
+    # --split: the ECGs the split's questions use, once each
+    config = check_config(PretrainConfig(data=prepared_upperbound, out=tmp_path / "o", model="w2v-cmsc-rlm-test",
+                                         split="train"))
+    _, pairs = load_pairs(config)
+    used = {r for rows_ in data.split("train")["ecg_rows"] for r in rows_}
+    assert sorted(pairs.rows.tolist()) == sorted(used)
+
+
 def test_bad_input_is_one_error_naming_it(prepared_upperbound, tmp_path):
     table = tmp_path / "patients.csv"
     data = PreparedData(prepared_upperbound)
