@@ -131,6 +131,7 @@ def fingerprint(checkpoint: str | Path | None, data_hash: str = "") -> str:
 
 CACHE_KIND = "ecgqa-grounding-cache"
 CACHE_HEADER = json.dumps({"kind": CACHE_KIND})[:-1]  # how every cache file we write begins
+SCORE_FORMAT = "float32"  # scores stored exactly as the classifier returned them
 
 
 def _cache_header(text: str | None) -> dict[str, Any] | None:
@@ -182,6 +183,13 @@ class ScoreCache:
         assert text is not None
         self._torn_tail = not text.endswith("\n")
         lines = text.splitlines()
+        if header.get("scores") != SCORE_FORMAT:
+            # Written before scores were kept exactly: its 6-decimal values can print a different 3rd decimal.
+            raise ValueError(
+                f"{self.path} holds classifier scores rounded to 6 decimals by an older ecgqa (this one keeps the "
+                "classifier's float32 scores exactly, as the paper's prompt prints them); delete it or pick another "
+                "--grounding-cache"
+            )
         if header.get("fingerprint") != self.fingerprint or header.get("classes") != self.classes:
             # Readings of another checkpoint or other data: never mix them in, never silently delete them.
             raise ValueError(
@@ -199,9 +207,11 @@ class ScoreCache:
         return key in self.scores
 
     def add(self, items: dict[str, np.ndarray]) -> None:
-        # Keep in memory exactly what the file keeps (6 decimals, float64, which JSON round-trips), so a
-        # resumed run that reads the cache writes the same prompts as the run that computed the scores.
-        rounded = {key: [round(float(x), 6) for x in s] for key, s in items.items()}
+        # Keep the classifier's float32 scores exactly (a float32 is exact as a float64, which JSON round-trips):
+        # the paper's prompt prints each as ``f"{score:.3f}"`` and keeps those ``> 0.5``, and a value rounded
+        # first (to 6 decimals, as before) printed a different 3rd decimal or crossed 0.5 now and then. Memory
+        # holds what the file holds, so a resumed run writes the same prompts as the run that computed them.
+        rounded = {key: [float(x) for x in np.asarray(s, dtype=np.float32)] for key, s in items.items()}
         self.scores.update({key: np.asarray(v, dtype=np.float64) for key, v in rounded.items()})
         if self.path is None or not items:
             return
@@ -209,7 +219,8 @@ class ScoreCache:
         new = not self.path.is_file() or self.path.stat().st_size == 0
         with self.path.open("a") as f:
             if new:
-                f.write(json.dumps({"kind": CACHE_KIND, "fingerprint": self.fingerprint, "classes": self.classes}) + "\n")
+                f.write(json.dumps({"kind": CACHE_KIND, "scores": SCORE_FORMAT, "fingerprint": self.fingerprint,
+                                    "classes": self.classes}) + "\n")
             elif self._torn_tail:  # end the torn line so the next record starts on its own
                 f.write("\n")
                 self._torn_tail = False

@@ -233,6 +233,51 @@ def test_the_sent_request_is_one_user_message_at_temperature_zero(tmp_path):
     assert report["model"] == "fake (classifier)"
 
 
+
+class EdgeScores(ScriptedClassifier):
+    """Whole ECG A: "abnormal qrs" float32(0.6124996) and the next class float32(0.50000024); all else 0.1.
+    With ``empty``: nothing above 0.5."""
+
+    def __init__(self, empty=False):
+        super().__init__()
+        self.empty = empty
+
+    def classify(self, ecgs, lead_masks=None, batch_size=64):
+        out = np.full((len(ecgs), len(GROUNDING)), 0.1, dtype=np.float32)
+        if not self.empty:
+            out[:, GROUNDING.index("abnormal qrs")] = np.float32(0.6124996)
+            out[:, GROUNDING.index("above the normal range of p duration")] = np.float32(0.50000024)
+        return out
+
+
+@pytest.mark.parametrize("style", ["paper", "paper-as-published"])
+def test_scores_printed_from_the_classifiers_float32_and_an_empty_block(tmp_path, style):
+    """The harness prints ``f"{score.item():.3f}"`` of the float32 sigmoid and keeps ``score > 0.5``: 0.6124996
+    prints 0.612 (not 0.613 via a 6-decimal 0.6125) and 0.50000024 is listed as 0.500 — also when the scores come
+    back from the on-disk cache. A reading with no finding is its heading, an empty line, then the blank line."""
+    x = QUESTIONS["single-verify"]
+    tail = ("Question: Does this ECG show symptoms of non-diagnostic t abnormalities?\nOptions: no, yes" + END)
+    want = PREFACE + ("Interpretation of the ECG:\nabnormal qrs: 0.612\nabove the normal range of p duration: 0.500\n\n"
+                      + tail)
+    for _ in range(2):  # computed, then read back from the cache file
+        g = Grounder(EdgeScores(), signal_of, tmp_path / "cache.jsonl", fingerprint="f", progress=False)
+        plans = plan_all([x], style)
+        g.compute(b.reading for b in plans[x.sample_id])
+        got = build_paper_prompt(x, [(b.heading, g.findings_in_class_order(b.reading)) for b in plans[x.sample_id]])
+        assert got[0]["content"] == want
+    g = Grounder(EdgeScores(empty=True), signal_of, progress=False)
+    g.compute(b.reading for b in plans[x.sample_id])
+    got = build_paper_prompt(x, [(b.heading, g.findings_in_class_order(b.reading)) for b in plans[x.sample_id]])
+    assert got[0]["content"] == PREFACE + "Interpretation of the ECG:\n\n\n" + tail
+
+
+def test_a_cache_of_rounded_scores_is_refused(tmp_path):
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"kind": "ecgqa-grounding-cache", "fingerprint": "f", "classes": GROUNDING}) + "\n")
+    with pytest.raises(ValueError, match="rounded to 6 decimals by an older ecgqa"):
+        Grounder(EdgeScores(), signal_of, old, fingerprint="f", progress=False)
+
+
 # ----------------------------------------------------------------------------- each defect, same replies
 
 
