@@ -101,14 +101,33 @@ def question_pool(version: str, extra: list[Path] | None = None) -> QuestionPool
                 if key in seen:
                     continue
                 seen.add(key)
+                q = para.get(s["sample_id"], s["question"])
+                if version == "mimic-iv-ecg":
+                    s, q = _as_mimic(s, q)
                 try:
                     encode_sample(space, s)
                 except ReleaseError:
                     continue
-                (one if len(s["ecg_id"]) == 1 else two).append((s, para.get(s["sample_id"], s["question"])))
+                (one if len(s["ecg_id"]) == 1 else two).append((s, q))
     if not one or not two:
         raise SystemExit(f"no real {version} questions with one and two ECGs among {_release_dirs(extra or [])}")
     return QuestionPool(one, two)
+
+
+#: PTB-XL's noise attributes; MIMIC-IV-ECG's statements know only baseline wander (upstream README), so its
+#: noise templates 26-27 ask about that and templates 28-33 do not exist.
+_PTBXL_NOISES = ("static noise", "burst noise", "baseline drift", "electrodes problems")
+
+
+def _as_mimic(s: dict[str, Any], question: str) -> tuple[dict[str, Any], str]:
+    """A PTB-XL noise question as MIMIC-IV-ECG asks it (its attribute and question text)."""
+    attrs = s.get("attribute") or []
+    if not any(a in _PTBXL_NOISES for a in attrs):
+        return s, question
+    for a in attrs:
+        s = {**s, "question": s["question"].replace(a, "baseline wander")}
+        question = question.replace(a, "baseline wander")
+    return {**s, "attribute": ["baseline wander" if a in _PTBXL_NOISES else a for a in attrs]}, question
 
 
 def _answers_dir(version: str) -> Path:
@@ -246,7 +265,8 @@ def mimic_sources(srcs: list[Path], out: Path) -> list[Path]:
         name = f"m{src.name}"
         if not (out / f"{name}.hea").is_file():
             rec = wfdb.rdrecord(str(src), physical=False)
-            order = [rec.sig_name.index(lead) for lead in MIMIC_LEADS]
+            upper = [n.upper() for n in rec.sig_name]  # PTB-XL writes AVR, AVL, AVF
+            order = [upper.index(lead.upper()) for lead in MIMIC_LEADS]
             wfdb.wrsamp(name, fs=rec.fs, units=[rec.units[i] for i in order], sig_name=MIMIC_LEADS,
                         d_signal=rec.d_signal[:, order], fmt=["16"] * 12, adc_gain=[rec.adc_gain[i] for i in order],
                         baseline=[rec.baseline[i] for i in order], write_dir=str(out))
@@ -260,11 +280,13 @@ def mimic_path(subject: int, study: int) -> str:
 
 
 def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out: Path, *,
-                  sources: Path | None = None, seed: int = 0, rates: tuple[int, ...] = (500, 100)) -> int:
+                  sources: Path | None = None, seed: int = 0, rates: tuple[int, ...] = (500, 100),
+                  cache: Path | None = None) -> int:
     """A records tree under ``out`` holding a record for every id in ``ecg_ids``: real PTB-XL records
     copied under the new ids (signal file hard-linked, header rewritten). PTB-XL: records500/ (and
     records100/ when 100 in ``rates``); MIMIC-IV-ECG: files/... and a record_list.csv of all 800,035
-    records (only the used ones exist on disk, as the mapping only reads those). Returns records written."""
+    records (only the used ones exist on disk, as the mapping only reads those; the sources rewritten in
+    MIMIC's layout go to ``cache``, default ``out/.sources``). Returns records written."""
     version = VERSION_ALIASES[version]
     ids = np.unique(np.concatenate(list(ecg_ids.values())) if isinstance(ecg_ids, dict) else np.asarray(ecg_ids))
     out = Path(out)
@@ -290,7 +312,7 @@ def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out
                 _link(src.with_name(src.name + ".dat"), rec.with_name(rec.name + ".dat"))
                 n += 1
         return n
-    msrcs = mimic_sources(srcs, out / ".sources")
+    msrcs = mimic_sources(srcs, cache or out / ".sources")
     used = {int(i) for i in ids}
     studies = mimic_study_ids(seed)
     rng = np.random.default_rng(seed + 2)
@@ -299,6 +321,7 @@ def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out
     missing = used - set(studies.tolist())
     if missing:
         raise ValueError(f"{len(missing)} ids are not MIMIC study ids of this seed, e.g. {sorted(missing)[:3]}")
+    out.mkdir(parents=True, exist_ok=True)
     with (out / "record_list.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["subject_id", "study_id", "file_name", "ecg_time", "path"])
@@ -485,7 +508,7 @@ def build(version: str, fraction: float, work: Path, sources: Path | None, extra
     t_release = time.perf_counter() - t
     t = time.perf_counter()
     n_records = build_records(version, made["ecg_ids"], work / "records", sources=sources, seed=seed,
-                              rates=(500, 100) if version == "ptbxl" else (500,))
+                              rates=(500, 100) if version == "ptbxl" else (500,), cache=work.parent / ".mimic-sources")
     info = {"key": key, "samples": made["samples"], "ecgs": {k: len(v) for k, v in made["ecg_ids"].items()},
             "records_written": n_records, "build_release_s": round(t_release, 1),
             "build_records_s": round(time.perf_counter() - t, 1)}
