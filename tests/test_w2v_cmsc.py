@@ -388,11 +388,12 @@ def test_train_from_a_fairseq_checkpoint_then_evaluate_and_ground(tmp_path, prep
 def test_feature_grad_mult_scales_only_the_extractor_gradient():
     from ecgqa.models import create_model
 
-    x = torch.randn(2, 12, 400, generator=torch.Generator().manual_seed(2))
+    model = create_model("w2v-cmsc-rlm-test", classes=["a"])
+    x = torch.randn(2, 12, 512, generator=torch.Generator().manual_seed(2))  # 512 samples → 2 tokens
     grads = {}
     for mult in (1.0, 0.1, 0.0):
-        torch.manual_seed(0)
-        model = create_model("w2v-cmsc-rlm-test", classes=["a"], feature_grad_mult=mult)
+        model.zero_grad(set_to_none=True)
+        model.w2v.feature_grad_mult = mult
         model(ecg=x).logits.sum().backward()
         conv = model.w2v.feature_extractor.conv_layers[0][0].weight.grad
         grads[mult] = (None if conv is None else conv.clone(), model.w2v.post_extract_proj.weight.grad.clone())
