@@ -16,8 +16,10 @@ The model classes are importable from here too (``from ecgqa.pretrain import W2V
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +216,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "segments of one patient's ECGs are CMSC positives too (default: the same ECG only)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a pretraining config field, e.g. --set mask_prob=0.5 --set num_negatives=50")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="continue from a fairseq-signals / ECG-FM .pt or an ecgqa folder holding w2v.* (its "
+                        "architecture, encoder and, when present, quantizer and projections; ecgqa/fairseq_import.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-steps", type=int, default=100, help="resumable state every N updates")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -233,7 +238,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
         save_steps=args.save_steps, resume=args.resume, logging_steps=args.logging_steps, num_workers=args.workers,
         quiet=args.quiet, segment_seconds=args.segment_seconds, split=args.split, patients=args.patients,
-        rate=args.rate, seconds=args.seconds,
+        rate=args.rate, seconds=args.seconds, init_from=args.init_from,
         overrides=_parse_overrides(args.set),
     )
 
@@ -269,6 +274,9 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
     _positive(config.rate, "--rate", allow_none=False)
     _positive(config.seconds, "--seconds", allow_none=False, integer=False)
     _positive(config.logging_steps, "--logging-steps", allow_none=False)
+    if config.init_from is not None and not Path(config.init_from).exists():
+        raise ValueError(f"--init-from {config.init_from}: not found; give a fairseq-signals / ECG-FM .pt file or a "
+                         "checkpoint folder holding w2v.* weights")
     if config.patients is not None and not Path(config.patients).is_file():
         raise ValueError(f"--patients {config.patients}: no such file")
     if config.max_steps is None and config.epochs is None:
@@ -328,7 +336,8 @@ def dry_run(config: PretrainConfig) -> str:
     steps = config.max_steps or math.ceil((config.epochs or 0) * per_epoch)
     from ecgqa.models.w2v_pretrain import pretrain_config
 
-    model_config = pretrain_config(config.model, segment_length=pairs.segment, **config.overrides)
+    pre, fields = init_source(config)
+    model_config = pretrain_config(config.model, segment_length=pairs.segment, **fields, **config.overrides)
     view = Recipe(name=recipe.name, source=recipe.source, lr=config.lr, effective_batch=None, batch_size=0,
                   schedule=config.schedule, warmup=config.warmup)
     c = model_config
@@ -340,6 +349,9 @@ def dry_run(config: PretrainConfig) -> str:
         (f"effective batch: {config.effective_batch} pairs ({2 * config.effective_batch} segments) = batch "
          f"{config.batch_size} x grad-accum {config.grad_accum} x {_world_size()} device(s)"),
         f"updates: {steps}" + ("" if config.max_steps else f" ({config.epochs:g} epochs)"),
+        *([f"initialised from: {config.init_from} ({pre.source} checkpoint; "
+           + ("encoder and pretraining parts)" if _pretraining_extras(pre) else "encoder only; the pretraining parts "
+              "start from their init)")] if pre is not None else []),
         (f"optimizer: AdamW over all parameters (upstream Adam, decoupled decay), betas {recipe.betas}, "
          f"eps {recipe.eps:g}, weight decay {config.weight_decay:g}"),
         "lr schedule: " + (f"fixed at {config.lr:g} (fairseq lr_scheduler fixed, no warmup)"
@@ -352,6 +364,66 @@ def dry_run(config: PretrainConfig) -> str:
          f"{c.mask_leads_prob}"),
     ]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- --init-from
+
+#: the pretraining parts ``--init-from`` continues (fairseq's names = ours)
+PRETRAINING_PARTS = ("mask_emb", "quantizer.", "project_q.", "final_proj.")
+#: objective fields that fix tensor shapes: taken from the checkpoint (fairseq ``cfg.model`` or our config.json)
+SHAPE_FIELDS = ("latent_vars", "latent_groups", "latent_dim", "final_dim")
+
+
+def _pretraining_extras(pre: Any) -> dict[str, Any]:
+    return {k: v for k, v in pre.keymap.extras.items() if k.startswith(PRETRAINING_PARTS) or k == "mask_emb"}
+
+
+def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
+    """(the ``--init-from`` checkpoint or None, the config fields it fixes): the encoder architecture
+    (``ecgqa.fairseq_import.init_overrides``) and, when it carries a quantizer, the codebook and
+    projection sizes. A ``--set`` contradicting one of them is an error naming both values."""
+    if config.init_from is None:
+        return None, {}
+    from ecgqa.fairseq_import import init_overrides, read_pretrained
+
+    pre = read_pretrained(config.init_from)
+    fields = init_overrides(config.model, pre, config.overrides)
+    unsupported = sorted(k for k in pre.keymap.extras if not (k.startswith(PRETRAINING_PARTS) or k == "mask_emb"))
+    if unsupported:
+        raise ValueError(f"--init-from {config.init_from}: {', '.join(unsupported[:4])} belong to pretraining options "
+                         "ecgqa pretrain does not implement (quantize_input, target_glu); start from its encoder with "
+                         "`ecgqa convert-fairseq` and --init-from the converted folder")
+    if _pretraining_extras(pre):
+        if pre.source == "fairseq":
+            source = dict(pre.cfg)
+        else:
+            source = json.loads((Path(config.init_from) / "config.json").read_text())
+        width = int(fields.get("encoder_embed_dim", source.get("encoder_embed_dim", 768)))
+        final = int(source.get("final_dim", 0) or 0) or width
+        found = {"latent_vars": int(source.get("latent_vars", 320)), "latent_groups": int(source.get("latent_groups", 2)),
+                 "latent_dim": int(source.get("latent_dim", 0) or 0), "final_dim": final}
+        for name in SHAPE_FIELDS:
+            if name in config.overrides and config.overrides[name] != found[name]:
+                raise ValueError(f"--set {name}={config.overrides[name]!r} contradicts --init-from {config.init_from}, "
+                                 f"whose {name} is {found[name]!r}")
+        fields.update(found)
+    return pre, fields
+
+
+def load_init(model: Any, pre: Any) -> str:
+    """Load ``pre``'s encoder (and its pretraining parts, when it has them) into the pretraining model;
+    every tensor shape-checked first (an error names the key; the model is untouched then)."""
+    from ecgqa.fairseq_import import check_and_load
+
+    check_and_load(model, pre.encoder_tensors(), pre.path, prefix="w2v.", what="pretrained encoder")
+    extras = _pretraining_extras(pre)
+    if not extras:
+        return (f"--init-from {pre.path}: encoder loaded into w2v ({len(pre.encoder_tensors())} tensors); mask_emb, "
+                "quantizer, project_q and final_proj start from their init")
+    for prefix in PRETRAINING_PARTS:
+        check_and_load(model, extras, pre.path, prefix=prefix, what="pretraining checkpoint")
+    return (f"--init-from {pre.path}: encoder ({len(pre.encoder_tensors())} tensors) and pretraining parts "
+            f"({len(extras)} tensors) loaded")
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -425,8 +497,13 @@ def pretrain(config: PretrainConfig, *, stop_after: int | None = None) -> Path:
     claim_run_dir(config)
     resume_from, _ = _resume_state(config)
     set_seed(config.seed)
+    pre, fields = init_source(config)
     model = W2VPretrainModel(pretrain_config(config.model, rate=int(data.rate), signal_length=int(data.signal_length),
-                                             segment_length=pairs.segment, **config.overrides))
+                                             segment_length=pairs.segment, **fields, **config.overrides))
+    if pre is not None and not resume_from:
+        summary = load_init(model, pre)
+        if not config.quiet and int(os.environ.get("RANK", "0")) == 0:
+            print(summary, file=sys.stderr)
     tokens = int(model.w2v.feature_extractor.output_lengths(torch.tensor([pairs.segment]))[0])
     compute_mask((1, tokens), model.config.mask_prob, model.config.mask_length)  # too few tokens: says so now
     if int(os.environ.get("RANK", "0")) == 0:

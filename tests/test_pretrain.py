@@ -241,6 +241,46 @@ def test_a_records_folder_reads_as_the_prepared_store(prepared_upperbound, sampl
     assert sorted(pairs.rows.tolist()) == sorted(used)
 
 
+@pytest.mark.slow
+def test_init_from_an_ecgqa_folder_or_a_fairseq_checkpoint_loads_every_tensor(prepared_upperbound, tmp_path):
+    """--init-from: the architecture and codebook sizes come from the checkpoint, every tensor is loaded
+    (fairseq's pretraining names are ours); a contradicting --set is an error."""
+    from ecgqa.pretrain import init_source, load_init
+    from tests.test_w2v_cmsc import CFG, fairseq_state, save_fairseq
+
+    torch.manual_seed(3)
+    source = W2VPretrainModel(pretrain_config("w2v-cmsc-rlm-test", latent_vars=12, final_dim=20))
+    source.save_pretrained(tmp_path / "ours")
+    fairseq = fairseq_state(CFG)
+    save_fairseq(tmp_path / "checkpoint_last.pt", fairseq, CFG)
+    for path, model in ((tmp_path / "ours", "w2v-cmsc-rlm-quick"), (tmp_path / "checkpoint_last.pt", "w2v-cmsc-rlm-test")):
+        config = PretrainConfig(data=prepared_upperbound, out=tmp_path / "o", model=model, init_from=str(path))
+        pre, fields = init_source(config)
+        loaded = W2VPretrainModel(pretrain_config(model, **fields))
+        assert "pretraining parts (8 tensors) loaded" in load_init(loaded, pre)
+        state = loaded.state_dict()
+        if path.name == "ours":
+            expected = source.state_dict()
+            assert fields["latent_vars"] == 12 and fields["final_dim"] == 20 and fields["encoder_embed_dim"] == 32
+        else:  # the encoder as the bridge maps it (tests/test_w2v_cmsc.py checks that map), the rest by name
+            expected = {**pre.encoder_tensors(), **{k: v for k, v in fairseq.items() if not k.startswith(
+                ("feature_extractor", "layer_norm", "post_extract_proj", "conv_pos", "encoder."))}}
+            assert fields["latent_vars"] == CFG["latent_vars"] and fields["final_dim"] == CFG["final_dim"]
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in state)
+    with pytest.raises(ValueError, match="--set latent_vars=7 contradicts --init-from"):
+        init_source(PretrainConfig(data=prepared_upperbound, out=tmp_path / "o", model="w2v-cmsc-rlm-test",
+                                   init_from=str(tmp_path / "ours"), overrides={"latent_vars": 7}))
+    # a run continues from the fairseq checkpoint: two updates move every part away from it
+    out = _pretrain(prepared_upperbound, tmp_path / "continued", max_steps=2, batch_size=2,
+                    init_from=str(tmp_path / "checkpoint_last.pt"))
+    from safetensors.torch import load_file
+
+    after = load_file(out / "model.safetensors")
+    assert after["quantizer.vars"].shape == fairseq["quantizer.vars"].shape
+    assert 0 < float((after["final_proj.weight"] - fairseq["final_proj.weight"]).abs().max()) < 0.1
+
+
 def test_bad_input_is_one_error_naming_it(prepared_upperbound, tmp_path):
     table = tmp_path / "patients.csv"
     data = PreparedData(prepared_upperbound)
