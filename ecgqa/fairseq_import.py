@@ -398,6 +398,10 @@ def _read_folder(path: Path) -> Pretrained:
     return Pretrained(path, "ecgqa", fields, keymap, classes=list(meta.get("classes") or []))
 
 
+#: model families ``--init-from`` initialises: the W2V classifier, and the ECG side of the fusion transformers
+INIT_FAMILIES = ("w2v-cmsc-rlm", "fusion", "medvill", "deaf")
+
+
 def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) -> dict[str, Any]:
     """Config fields a ``w2v-cmsc-rlm-*`` model takes from ``pre`` so that its encoder has the checkpoint's
     shapes (conv layers, width, depth, heads, positional conv): the registry size gives the rest

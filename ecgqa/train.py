@@ -244,6 +244,13 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.init_from is not None and not Path(config.init_from).exists():
         raise ValueError(f"--init-from {config.init_from}: not found; give a fairseq-signals / ECG-FM .pt file or a "
                          "checkpoint folder holding a w2v.* encoder")
+    if config.init_from is not None:
+        from ecgqa.fairseq_import import INIT_FAMILIES
+        from ecgqa.models import family_of
+
+        if family_of(config.model) not in INIT_FAMILIES:
+            raise ValueError(f"--init-from: {config.model} has no W2V encoder or ECG side to initialise; it applies to "
+                             f"the {', '.join(INIT_FAMILIES)} families")
     if config.num_workers < 0:
         raise ValueError(f"--workers {config.num_workers}: must be 0 (load in the main process) or more")
 

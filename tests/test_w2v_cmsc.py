@@ -323,6 +323,10 @@ def test_dry_run_prints_the_paper_recipe(tmp_path, prepared_upperbound, capsys):
     assert "gradient clipping: none" in out
     assert f"initialised from: {ckpt} (fairseq checkpoint; {len(sd) - 8} tensors mapped, 8 dropped" in out
     assert not (tmp_path / "run").exists()
+    # a family without a W2V encoder or ECG side is refused before anything is read or written
+    assert main(["train", "--model", "se-wrn", "--init-from", str(ckpt), "--dry-run", "--data", str(prepared_upperbound),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "se-wrn has no W2V encoder or ECG side to initialise" in capsys.readouterr().err
 
 
 def test_init_from_our_folder_and_the_fusion_ecg_side(tmp_path):
