@@ -29,8 +29,8 @@ Anything else — a ``posix.system`` reduce, a fairseq class — is refused with
 into torch's parametrization. The pretraining-only tensors (``mask_emb``, ``quantizer.*``,
 ``project_q.*``, ``final_proj.*``, ``input_quantizer.*``, ``project_inp.*``, ``target_glu.*``) are
 dropped by name and kept in :attr:`KeyMap.extras`; a fine-tuned head ``proj.*`` maps to the
-classifier's ``proj`` when the class count agrees. Any other key is an error naming it; so is a
-missing or mis-shaped one.
+classifier's ``proj`` when the classes agree (a fairseq head has a count, no names). Any other key is
+an error naming it; so is a missing or mis-shaped one.
 """
 
 from __future__ import annotations
