@@ -219,6 +219,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--init-from", default=None, metavar="PATH",
                         help="continue from a fairseq-signals / ECG-FM .pt or an ecgqa folder holding w2v.* (its "
                         "architecture, encoder and, when present, quantizer and projections; ecgqa/fairseq_import.py)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="mixed precision")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-steps", type=int, default=100, help="resumable state every N updates")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -238,7 +239,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
         save_steps=args.save_steps, resume=args.resume, logging_steps=args.logging_steps, num_workers=args.workers,
         quiet=args.quiet, segment_seconds=args.segment_seconds, split=args.split, patients=args.patients,
-        rate=args.rate, seconds=args.seconds, init_from=args.init_from,
+        rate=args.rate, seconds=args.seconds, init_from=args.init_from, precision=args.precision,
         overrides=_parse_overrides(args.set),
     )
 
@@ -254,6 +255,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: fields the run sets itself (from the data, --segment-seconds, the registry): not --set-able
+RESERVED_FIELDS = frozenset({"model_type", "model_name", "task", "classes", "rate", "signal_length", "segment_length",
+                             "transformers_version"})
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """``--set FIELD=VALUE``: a field of the pretraining config (encoder or objective) of the default's type."""
+    from transformers import PretrainedConfig
+
+    from ecgqa.models.w2v_pretrain import W2VPretrainConfig
+
+    generic = set(PretrainedConfig().to_dict())
+    defaults = {k: v for k, v in W2VPretrainConfig().to_dict().items() if k not in generic}
+    for key, value in overrides.items():
+        if key in RESERVED_FIELDS or key not in defaults:
+            known = ", ".join(sorted(k for k in defaults if k not in RESERVED_FIELDS))
+            why = "comes from the data or the options" if key in RESERVED_FIELDS else "is not a pretraining config field"
+            raise ValueError(f"--set {key}={value!r}: {key} {why}; the fields: {known}")
+        default = defaults[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = number and float(value).is_integer() and value >= 0
+        elif isinstance(default, float):
+            ok = number and value >= 0 and (value < 1 or not ("prob" in key or "dropout" in key))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"--set {key}={value!r}: expected a value like the default {default!r}"
+                             + (" (a probability below 1)" if "prob" in key or "dropout" in key else ""))
+
+
 def check_config(config: PretrainConfig) -> PretrainConfig:
     """Resolve the recipe into the fields left None and check every option (one-line errors)."""
     from ecgqa.train import _positive, _world_size
@@ -263,7 +297,8 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
         raise ValueError(f"unknown recipe {config.recipe!r}; choose one of {', '.join(PRETRAIN_RECIPES)}")
     from ecgqa.models.w2v_pretrain import pretrain_config
 
-    pretrain_config(config.model, **config.overrides)  # unknown model / bad --set fail here
+    check_overrides(config.overrides)
+    pretrain_config(config.model, **config.overrides)  # unknown model / impossible values fail here
     recipe = PRETRAIN_RECIPES[config.recipe]
     for value, option in ((config.max_steps, "--max-steps"), (config.batch_size, "--batch-size"),
                           (config.grad_accum, "--grad-accum"), (config.save_steps, "--save-steps")):

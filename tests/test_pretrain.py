@@ -295,6 +295,12 @@ def test_bad_input_is_one_error_naming_it(prepared_upperbound, tmp_path):
         dry_run(PretrainConfig(model="se-wrn", **base))
     with pytest.raises(ValueError, match="fewer than two segments"):
         dry_run(PretrainConfig(model="w2v-cmsc-rlm-test", segment_seconds=6, **base))
+    with pytest.raises(ValueError, match="--set mask_prb=0.5: mask_prb is not a pretraining config field"):
+        dry_run(PretrainConfig(model="w2v-cmsc-rlm-test", overrides={"mask_prb": 0.5}, **base))
+    with pytest.raises(ValueError, match="--set mask_prob=1.5: expected a value like the default 0.65"):
+        dry_run(PretrainConfig(model="w2v-cmsc-rlm-test", overrides={"mask_prob": 1.5}, **base))
+    with pytest.raises(ValueError, match="--set rate=100: rate comes from the data"):
+        dry_run(PretrainConfig(model="w2v-cmsc-rlm-test", overrides={"rate": 100}, **base))
     with pytest.raises(ValueError, match="--max-steps 0"):
         dry_run(PretrainConfig(model="w2v-cmsc-rlm-test", max_steps=0, **base))
     assert not (tmp_path / "out").exists()
