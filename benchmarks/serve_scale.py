@@ -9,13 +9,18 @@ For each prepared directory (the baseline first: the bundled sample, prepared on
 
 - start-up: seconds from launch until ``/healthz`` answers, and the server's peak RSS meanwhile
   (polled every 50 ms), then its RSS when ready and after the load;
+- the server's RSS split into anonymous memory and mapped files (the Arrow tables and the signal
+  store are memory-mapped: their pages are page cache, given back under memory pressure);
 - per endpoint, ``--requests`` requests at ``--concurrency`` (bounded by ``--seconds`` per endpoint):
   p50 / p99 ms and non-2xx count. ECG ids are drawn across the whole store; ``answer (similar)`` sends
   an example question reworded, so it is matched by TF-IDF against every distinct question of the data.
 
 The model is a QA checkpoint trained for two steps on the baseline data (``fusion-test`` unless
 ``--model``), so the figures show what grows with the *data*; ``--checkpoint`` serves a real one.
-The ratio column is full / baseline, measured in the same run. Every phase is bounded in time;
+The ratio column is full / baseline, measured in the same run. Last, the start-up indexes (question
+index, ECG counts, examples) of the full directory are built both the way ``build_service`` did
+before issue 18 (every question row a Python dict; kept here as the baseline) and the way it does
+now (Arrow/numpy), each in a fresh process. Every phase is bounded in time;
 each server is stopped by its own PID.
 """
 
@@ -89,6 +94,12 @@ class Server:
             time.sleep(0.05)
         self.startup = time.perf_counter() - t0
         self.ready_rss = self.ps.memory_info().rss
+        self.ready_split = self.rss_split()
+
+    def rss_split(self) -> dict[str, int]:
+        """RssAnon / RssFile of the server, in bytes."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f if ln.startswith(("RssAnon", "RssFile"))}
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
@@ -168,8 +179,76 @@ def measure(server: Server, requests: int, concurrency: int, seconds: float) -> 
     return {"info": info, "endpoints": out}
 
 
+def _row_by_row(data, store_ids: set[int]) -> tuple:
+    """The start-up indexes as build_service computed them before issue 18: every question row a Python dict."""
+    from collections import defaultdict
+
+    from ecgqa.serve.questions import QuestionIndex
+    from ecgqa.serve.service import pick_examples
+
+    cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
+    by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
+    rows = [dict(zip(cols, v)) for t in by_split.values() for v in zip(*(t[c] for c in cols))]
+    counts: dict[int, int] = defaultdict(int)
+    splits: dict[int, set[str]] = defaultdict(set)
+    for split, table in by_split.items():
+        for ids in table["ecg_id"]:
+            for e in ids:
+                counts[int(e)] += 1
+                splits[int(e)].add(split)
+    return (QuestionIndex.from_rows(list(data.classes), rows), dict(counts),
+            {e: sorted(s) for e, s in splits.items()}, pick_examples(by_split, list(data.classes), store_ids))
+
+
+def _column_wise(data, store_ids: set[int]) -> tuple:
+    """The start-up indexes as build_service computes them now (Arrow/numpy)."""
+    from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table
+    from ecgqa.serve.service import ecg_question_counts, example_candidates, pick_examples
+
+    tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
+    store = np.asarray(sorted(store_ids))
+    return (QuestionIndex.from_tables(list(data.classes), list(tables.values())), *ecg_question_counts(tables),
+            pick_examples({s: example_candidates(t, store) for s, t in tables.items()}, list(data.classes), store_ids))
+
+
+def index_only(how: str, data_dir: Path) -> None:
+    """One way of building the start-up indexes, alone in this process: seconds, anon and peak RSS growth."""
+    import sklearn.feature_extraction.text  # noqa: F401 - imported before the clock starts, as both ways need it
+
+    from ecgqa.prepared import PreparedData
+
+    def status() -> dict[str, int]:
+        with open("/proc/self/status") as f:
+            return {ln.split(":")[0]: int(ln.split()[1]) // 1024 for ln in f if ln.startswith(("RssAnon", "VmHWM"))}
+
+    data = PreparedData(data_dir)
+    for s in data.splits:
+        data.split(s)
+    ids = set(np.asarray(data.ecg_ids).tolist())
+    s0, t0 = status(), time.perf_counter()
+    out = (_row_by_row if how == "row-by-row" else _column_wise)(data, ids)
+    dt, s1 = time.perf_counter() - t0, status()
+    print(f"{dt:.3f} {s1['RssAnon'] - s0['RssAnon']} {s1['VmHWM'] - s0['VmHWM']} {len(out[0].entries)} {len(out[3])}")
+
+
+def index_ab(data_dir: Path) -> None:
+    print(f"\n## start-up indexes of {data_dir}: row by row (before issue 18) vs column-wise (now), each in a fresh "
+          "process (imports done before the clock starts)")
+    print(f"{'':12} {'seconds':>8} {'anon RSS +MB':>12} {'peak RSS +MB':>12} {'distinct q':>10} {'examples':>8}")
+    res = {}
+    for how in ("row-by-row", "column-wise"):
+        out = subprocess.run([sys.executable, __file__, "--index-only", how, "--data", str(data_dir)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        res[how] = [float(x) for x in out]
+        print(f"{how:12} {res[how][0]:8.2f} {res[how][1]:12.0f} {res[how][2]:12.0f} {res[how][3]:10.0f} "
+              f"{res[how][4]:8.0f}  {_load()}")
+    a, b = res["row-by-row"], res["column-wise"]
+    print(f"ratio        {a[0] / b[0]:8.1f}x faster, peak RSS growth {a[2] / max(b[2], 1):.1f}x smaller")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--index-only", choices=("row-by-row", "column-wise"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, required=True, help="the full-size prepared QA directory")
     ap.add_argument("--baseline-data", type=Path, help="default: the bundled sample, prepared on the fly")
     ap.add_argument("--checkpoint", type=Path, help="QA checkpoint matching both (default: trained 2 steps here)")
@@ -178,6 +257,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=30.0, help="per endpoint, at most")
     args = ap.parse_args()
+    if args.index_only:
+        return index_only(args.index_only, args.data)
 
     tmp = Path(tempfile.mkdtemp(prefix="ecgqa-serve-scale-"))
     if args.baseline_data is None:
@@ -193,7 +274,8 @@ def main() -> None:
         server = Server(args.checkpoint, data)
         try:
             m = measure(server, args.requests, args.concurrency, args.seconds)
-            m.update(startup=server.startup, peak=server.peak, ready=server.ready_rss, after=server.rss())
+            m.update(startup=server.startup, peak=server.peak, ready=server.ready_rss, after=server.rss(),
+                     anon=server.ready_split["RssAnon"], file=server.ready_split["RssFile"])
         finally:
             server.stop()
         results[label] = m
@@ -203,7 +285,7 @@ def main() -> None:
     b, f = results["baseline"], results["full"]
     print(f"\n{'':28} {'baseline':>9} {'full':>9} {'ratio':>6}")
     for k, name in (("startup", "start-up s"), ("peak", "peak RSS MB"), ("ready", "ready RSS MB"),
-                    ("after", "RSS after load MB")):
+                    ("anon", "  of it anonymous MB"), ("file", "  of it mapped files MB"), ("after", "RSS after load MB")):
         scale = 1 if k == "startup" else 2**20
         print(f"{name:28} {b[k] / scale:9.1f} {f[k] / scale:9.1f} {f[k] / b[k]:6.2f}")
     print(f"\nper endpoint: {args.requests} requests (or {args.seconds:g} s) at concurrency {args.concurrency}, ms")
@@ -213,6 +295,7 @@ def main() -> None:
         be = b["endpoints"][name]
         print(f"{name:28} {be['p50']:9.1f} {be['p99']:9.1f} {e['p50']:9.1f} {e['p99']:9.1f} "
               f"{e['p50'] / be['p50']:9.2f} {e['n']:>4} {e['errors'] + be['errors']:>7}")
+    index_ab(args.data)
 
 
 if __name__ == "__main__":
