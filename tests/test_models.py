@@ -27,7 +27,7 @@ from ecgqa.prepared import PreparedData
 
 QA_MODELS = ["fusion-test", "blind-test", "deaf-test", "medvill-test", "m3ae-test", "resnet-lstm-test",
              "fusion-prenorm-test"]
-UB_MODELS = ["se-wrn-test", "resnet-attn-test"]
+UB_MODELS = ["se-wrn-test", "resnet-attn-test", "w2v-cmsc-rlm-test"]
 QA_INPUTS = ("ecg", "ecg_mask", "input_ids", "attention_mask")
 UB_INPUTS = ("ecg", "lead_mask")
 READS_ECG = {"fusion-test", "deaf-test", "medvill-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"}
@@ -100,7 +100,7 @@ def _word_embedding(model) -> torch.nn.Parameter:
 
 def test_registry_names_every_size():
     assert reference_models() == ["fusion-small", "fusion-base", "medvill", "blind", "deaf", "m3ae-base",
-                                  "resnet-lstm", "se-wrn", "resnet-attn"]
+                                  "resnet-lstm", "se-wrn", "resnet-attn", "w2v-cmsc-rlm"]
     # every family has exactly one test size, and variant_for_tests finds it from any member
     families = {v.family for v in MODELS.values()}
     for family in families:
