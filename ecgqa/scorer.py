@@ -133,6 +133,8 @@ def _sample_id(obj: dict[str, Any], where: str) -> int:
 def _parse_line(obj: Any, line: int, where: str, names: _ClassNames, data: str) -> tuple[int, Answer]:
     if not isinstance(obj, dict):  # a data error: the CLI shows ValueErrors as one line
         shape = f"expected a JSON object such as {{\"sample_id\": 123, \"reply\": \"yes\"}}, not {type(obj).__name__}"
+        if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+            shape += " (a JSON array of answers: write one object per line instead)"
         raise ValueError(f"{where}: {shape}")  # noqa: TRY004
     sid = _sample_id(obj, where)
     if "answer" in obj and "reply" in obj:
@@ -174,6 +176,9 @@ def read_answers(
     names = _ClassNames(classes)
     if isinstance(answers, (str, Path)):
         path = Path(answers)
+        if path.is_dir():
+            raise ValueError(f"--answers {path} is a folder; pass the answers file itself (JSON Lines), e.g. "
+                             f"{path / 'predictions.jsonl'} for a folder written by evaluate / llm-eval / score")
         if not path.is_file():
             raise FileNotFoundError(f"--answers {path} not found")
         label = str(path)
@@ -181,8 +186,12 @@ def read_answers(
         def objects() -> Iterable[tuple[int, Any]]:
             with path.open("rb") as f:
                 for n, raw in enumerate(f, 1):
+                    if n == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                        raise ValueError(f"{path}: UTF-16 text (e.g. PowerShell's `>`); answers are UTF-8 JSON Lines: "
+                                         "re-save the file as UTF-8")
                     try:
-                        text = raw.decode("utf-8")
+                        # utf-8-sig on the first line: a UTF-8 byte-order mark (Windows editors write one) is dropped
+                        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
                     except UnicodeDecodeError as e:
                         raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
                                          "answers are JSON Lines") from None
@@ -306,6 +315,9 @@ def score(
     given = {s: a for s, a in given.items() if a.status != "dropped"}
     label = str(answers) if isinstance(answers, (str, Path)) else "answers"
 
+    if not given and n_dropped == 0:
+        raise ValueError(f"{label}: no answer lines (the file is empty or blank); each line is "
+                         "{\"sample_id\": N, \"reply\": \"...\"} or {\"sample_id\": N, \"answer\": [\"class\", ...]}")
     in_sample = {q.sample_id for q in chosen}
     unanswered = [q.sample_id for q in chosen if q.sample_id not in given or given[q.sample_id].status in UNANSWERED]
     if unanswered and missing == "error":

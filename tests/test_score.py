@@ -233,6 +233,31 @@ def test_bad_bytes_and_did_you_mean(prepared_qa, valid_ids, tmp_path):
         ecgqa.score(prepared_qa, "valid", [{"sample_id": valid_ids[0], "answer": "QT-interval"}])
 
 
+
+def test_file_level_mistakes(prepared_qa, sample_paths, tmp_path):
+    """A UTF-8 byte-order mark is accepted; UTF-16, an empty file, a JSON array and a folder are one clear error."""
+    samples = _release(sample_paths, "valid")
+    text = "".join(json.dumps({"sample_id": s["sample_id"], "answer": s["answer"]}) + "\n" for s in samples)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Notepad / PowerShell 7 "utf8BOM"
+    assert ecgqa.score(prepared_qa, "valid", bom)["em"] == 1.0
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_text(text, encoding="utf-16")
+    with pytest.raises(ValueError, match=rf"^{utf16}: UTF-16 text .*re-save the file as UTF-8"):
+        ecgqa.score(prepared_qa, "valid", utf16)
+    for name, content in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n")):
+        (tmp_path / name).write_text(content)
+        for missing in ("error", "wrong"):  # never a silent EM of 0 over every question
+            with pytest.raises(ValueError, match=rf"^{tmp_path / name}: no answer lines"):
+                ecgqa.score(prepared_qa, "valid", tmp_path / name, missing=missing)
+    array = tmp_path / "array.jsonl"
+    array.write_text(json.dumps([{"sample_id": s["sample_id"], "answer": s["answer"]} for s in samples]))
+    with pytest.raises(ValueError, match=rf"^{array}:1: .*a JSON array of answers: write one object per line"):
+        ecgqa.score(prepared_qa, "valid", array)
+    with pytest.raises(ValueError, match=rf"^--answers {tmp_path} is a folder; .*predictions.jsonl"):
+        ecgqa.score(prepared_qa, "valid", tmp_path)
+
+
 def test_class_names_case_none_and_a_single_string(prepared_qa, sample_paths, tmp_path):
     s0, s1, s2 = _release(sample_paths, "valid")[:3]
     rows = [{"sample_id": s0["sample_id"], "answer": [a.upper() for a in s0["answer"]]},  # case-insensitive
