@@ -5,9 +5,11 @@ number produced by either is the same number. Three rules, named like the prompt
 
 ``paper``
     The ECG-QA paper's option extraction with its defects fixed. The reply is searched, left to right,
-    for the question's options and ``none`` (``none`` is searched for every question, also for verify
-    questions, as the paper did); the set of everything found is the answer. A reply naming ``none``
-    together with an option contradicts itself and is scored wrong, as in the paper. Fixed: the option
+    for the question's options and, where ``None`` is offered (non-verify questions), ``none``; the set
+    of everything found is the answer. A reply naming ``none`` together with an option contradicts itself
+    and is scored wrong, as in the paper. The paper's pattern held ``none`` for verify questions too, but
+    there it could never match (every verify question offers ``no``, tried first at the same position),
+    so "No, none of these" read as "no"; with whole-phrase matching it is a plain word there. Fixed: the option
     names are matched case-insensitively (the paper lowercased the reply but not the names, so the
     lead options "lead I" … "lead aVR" could never match); at each position the longest option wins
     (the paper tried options in class order, so "lead II" read as "lead I" and "not sure" as "no");
@@ -85,7 +87,9 @@ def _parse_as_published(reply: str, options: Sequence[str]) -> ParsedReply:
 
 def _parse_paper(reply: str, options: Sequence[str]) -> ParsedReply:
     classes = _classes(options)
-    alternatives = sorted({c.lower() for c in classes} | {"none"}, key=lambda s: (-len(s), s))
+    offered_none = len(classes) < len(options)  # "None" is an option: a non-verify question
+    alternatives = sorted({c.lower() for c in classes} | ({"none"} if offered_none else set()),
+                          key=lambda s: (-len(s), s))
     regex = re.compile(r"(?<![a-z0-9])(?:" + "|".join(re.escape(a) for a in alternatives) + r")(?![a-z0-9])")
     found = {m.group() for m in regex.finditer(reply.lower())}
     return ParsedReply(tuple(c for c in classes if c.lower() in found), "none" in found, bool(found))

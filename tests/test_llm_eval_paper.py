@@ -326,6 +326,21 @@ def test_defect_5_option_prefixes_and_substrings_as_published():
         assert reply_correct("I cannot tell", opts, [], rule) is False
 
 
+
+def test_none_in_a_verify_reply_is_a_plain_word_as_the_harness_read_it():
+    """Verify questions offer no "None". The harness's pattern held "none" but tried "no" first at the same
+    position, so "No, none of these" was {"no"}: right for a "no" truth. Fixing D5 must not turn it wrong."""
+    for reply in ("No, none of these findings.", "No abnormality; none."):
+        for rule in PROMPT_STYLES:
+            assert reply_correct(reply, ["no", "yes"], ["no"], rule) is True, (reply, rule)
+        assert parse_reply(reply, ["no", "yes"], "paper") == (["no"], True)
+    # where None is offered, "none" next to an option still contradicts it
+    assert reply_correct("static noise; none else", ["baseline drift", "static noise", "None"], ["static noise"],
+                         "paper") is False
+    # a bare "None" to a verify question names no option (the harness read it as "no": D5)
+    assert parse_reply("None", ["no", "yes"], "paper") == ([], False)
+
+
 def test_defect_2_which_leads_readings_of_a_zeroed_ecg_cached_for_later_questions():
     """As published, only the first lead is read from the signal, the other eleven from an all-zero ECG,
     and a later question on one of those leads of the same ECG inherits the all-zero reading."""
