@@ -12,6 +12,10 @@ everything around the requests (prompts, scoring, transcripts), and the machine 
     python benchmarks/llm_scale.py --data PREPARED_PTBXL_QA --split test  # the published 8,154 ids when present
     python benchmarks/llm_scale.py -n 2000 --latency 0.5 --concurrency 32 128 --latency-for 8=0.1
 
+At the top concurrency the run is also made as llm-eval ran before issue 18 (one store commit per
+reply, transcripts written one by one; ``--no-before`` skips it), right before the current code:
+the ratio of the two is the effect of the fixes, measured in the same run.
+
 Questions: with ``--data`` holding every published-sample id (``ecgqa.paper_sample``), exactly those;
 else the first ``-n`` questions of the split; when the data has fewer than ``-n`` (the bundled sample
 has 451), its questions are repeated with ``[copy k]`` appended to the text so that every prompt is
@@ -111,15 +115,28 @@ def _prepare_sample(out: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def run_one(questions: list, c: int, latency: float, tmp: Path) -> dict:
-    """One full ``evaluate`` at concurrency ``c``; the request phase is timed by wrapping ``ask_all``."""
+def run_one(questions: list, c: int, latency: float, tmp: Path, before: bool = False) -> dict:
+    """One full ``evaluate`` at concurrency ``c``; the request phase is timed by wrapping ``ask_all``.
+
+    ``before``: as llm-eval ran before issue 18 — one commit (one fsync) per reply on the writer thread,
+    and the transcripts written one after the other — the baseline of the two fixes, in the same run.
+    """
+    import asyncio
+
     import llm_eval.client as client_mod
+    import llm_eval.run as run_mod
     from llm_eval.run import Sources, evaluate
 
     phase: dict = {}
     real_ask_all = client_mod.ask_all
 
     def timed_ask_all(client, prompts, progress=True):
+        if before:
+            async def one_commit_per_reply(h, messages, response):
+                await asyncio.get_running_loop().run_in_executor(client._writer, client.store.put, client.model, h,
+                                                                 messages, response)
+
+            client._commit = one_commit_per_reply
         cpu0, t0 = _cpu_self(), time.perf_counter()
         srv0 = server.cpu()
         try:
@@ -128,8 +145,10 @@ def run_one(questions: list, c: int, latency: float, tmp: Path) -> dict:
             phase.update(wall=time.perf_counter() - t0, cpu=_cpu_self() - cpu0, server_cpu=server.cpu() - srv0,
                          n=len(prompts))
 
+    threads = run_mod.TRANSCRIPT_THREADS
     with ServerProcess(latency) as server:
         client_mod.ask_all = timed_ask_all
+        run_mod.TRANSCRIPT_THREADS = 1 if before else threads
         try:
             cpu0, t0 = _cpu_self(), time.perf_counter()
             report = evaluate(questions, Sources(("none",)), "bench", tmp / f"c{c}", base_url=server.url,
@@ -137,6 +156,7 @@ def run_one(questions: list, c: int, latency: float, tmp: Path) -> dict:
             total, total_cpu = time.perf_counter() - t0, _cpu_self() - cpu0
         finally:
             client_mod.ask_all = real_ask_all
+            run_mod.TRANSCRIPT_THREADS = threads
     assert report["n"] == len(questions) and not report["n_failed"], report
     return {**phase, "total": total, "total_cpu": total_cpu}
 
@@ -152,6 +172,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--baseline", type=int, default=300,
                     help="prompts of the baseline run (c=1, L=0): the client's CPU per request alone")
+    ap.add_argument("--no-before", action="store_true",
+                    help="skip the before-issue-18 run (one commit per reply, transcripts one by one) at the top c")
     args = ap.parse_args()
     latency_for = {int(k): float(v) for k, v in (s.split("=") for s in args.latency_for)}
 
@@ -166,16 +188,26 @@ def main() -> None:
               f"client CPU {base_ms:.2f} ms/request, server CPU {1000 * base['server_cpu'] / base['n']:.2f} ms/request")
         print(f"\n{'c':>4} {'L s':>5} {'N':>6} {'ask wall s':>10} {'N·L/c s':>8} {'wall/bound':>10} {'req/s':>7} "
               f"{'client CPU ms/req':>17} {'vs baseline':>11} {'server CPU ms/req':>17} {'rest of run s':>13}  load")
-        for c in args.concurrency:
+        runs = [(c, False) for c in args.concurrency]
+        if not args.no_before:  # the baseline of the fixes, interleaved: before, after, at the top concurrency
+            runs.insert(len(runs) - 1, (args.concurrency[-1], True))
+        for c, before in runs:
             lat = latency_for.get(c, args.latency)
-            r = run_one(questions, c, lat, Path(tmp) / f"L{lat}")
+            r = run_one(questions, c, lat, Path(tmp) / f"L{lat}{'-before' if before else ''}", before)
             bound = r["n"] * lat / c
             ms = 1000 * r["cpu"] / r["n"]
-            rows.append((c, lat, r))
-            print(f"{c:>4} {lat:>5.2f} {r['n']:>6} {r['wall']:>10.1f} {bound:>8.1f} {r['wall'] / bound:>10.2f} "
-                  f"{r['n'] / r['wall']:>7.1f} {ms:>17.2f} {ms / base_ms:>11.2f} "
+            rows.append((c, lat, before, r))
+            print(f"{c:>4}{'*' if before else ' '}{lat:>5.2f} {r['n']:>6} {r['wall']:>10.1f} {bound:>8.1f} "
+                  f"{r['wall'] / bound:>10.2f} {r['n'] / r['wall']:>7.1f} {ms:>17.2f} {ms / base_ms:>11.2f} "
                   f"{1000 * r['server_cpu'] / r['n']:>17.2f} {r['total'] - r['wall']:>13.1f}  {_load()}", flush=True)
-    print("\nask wall: the request phase (ask_all); rest of run: prompts, scoring, transcripts and report around it. "
+        if not args.no_before:
+            (_, _, _, b), (_, _, _, a) = rows[-2], rows[-1]
+            print(f"\nafter / before issue 18 at c={args.concurrency[-1]}: request phase {b['wall'] / a['wall']:.2f}x "
+                  f"faster, rest of run {(b['total'] - b['wall']) / (a['total'] - a['wall']):.1f}x faster, whole run "
+                  f"{b['total'] / a['total']:.2f}x faster")
+    print("\n*: before issue 18 (one store commit per reply, transcripts written one by one); the other rows run "
+          "the current code. ask wall: the request phase (ask_all); rest of run: prompts, scoring, transcripts "
+          "and report around it. "
           "client CPU: user+sys of this process during the request phase / requests. wall/bound near 1 = the "
           "server's latency is the limit; well above 1 with client CPU·req/s near the cores = the client is.")
 
