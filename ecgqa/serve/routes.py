@@ -86,7 +86,7 @@ async def list_ecgs(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ECGPage:
-    ids = sorted(service.ecg_rows)
+    ids = service.sorted_ecg_ids
     duration = round(int(service.data.meta["signal_length"]) / service.rate, 3)
     items = [ECGSummary(id=e, n_questions=service.ecg_questions.get(e, 0), splits=service.ecg_splits.get(e, []),
                         duration_s=duration) for e in ids[offset:offset + limit]]

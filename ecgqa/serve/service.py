@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -158,6 +159,11 @@ class Service:
     @property
     def rate(self) -> int:
         return int(self.data.meta["rate"])
+
+    @cached_property
+    def sorted_ecg_ids(self) -> list[int]:
+        """The store's ECG ids in order, sorted once (a page of /api/ecgs used to sort them all per request)."""
+        return sorted(self.ecg_rows)
 
     def row(self, ecg_id: int) -> int:
         if ecg_id not in self.ecg_rows:
