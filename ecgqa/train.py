@@ -312,12 +312,32 @@ def dry_run(config: TrainConfig) -> str:
             f"word/position/type tables from {config.bert_embeddings} (as upstream's bert-base-uncased tables)"
             if config.bert_embeddings else "random init; upstream started from bert-base-uncased's word, position "
             "and token-type tables (load_bert_embedding: True): pass --bert-embeddings DIR to do the same"))
+    pre = None
     if config.init_from:
         from ecgqa.fairseq_import import read_pretrained
 
         pre = read_pretrained(config.init_from)
         lines.append(f"initialised from: {config.init_from} ({pre.source} checkpoint; {pre.keymap.summary()})")
+    if family_of(config.model) == "w2v-cmsc-rlm":
+        lines.append(_w2v_model_line(config, pre))
     return "\n".join(lines)
+
+
+def _w2v_model_line(config: TrainConfig, pre: Any) -> str:
+    """The encoder a w2v-cmsc-rlm run builds (its shapes from ``--init-from`` when given) and the fine-tuning
+    regularisation, which the published recipe sets in its model section (base_total.yaml)."""
+    from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_config
+
+    arch = init_overrides(config.model, pre, config.overrides) if pre is not None else {}
+    c = create_config(config.model, **arch, **config.overrides)
+    convs = ", ".join(f"({d}, {k}, {s})" for d, k, s in c.conv_feature_layers)
+    return (f"model: {c.encoder_layers} {'pre' if c.layer_norm_first else 'post'}-norm layers of {c.encoder_embed_dim} "
+            f"(ffn {c.encoder_ffn_embed_dim}, {c.encoder_attention_heads} heads), convs [{convs}] "
+            f"{c.extractor_mode}, positional conv {c.conv_pos}/{c.conv_pos_groups}"
+            + (" (from the checkpoint)" if pre is not None else "")
+            + f"; dropout {c.dropout:g}, attention dropout {c.attention_dropout:g}, activation dropout "
+            f"{c.activation_dropout:g}, feature_grad_mult {c.feature_grad_mult:g}, final dropout {c.final_dropout:g}")
 
 
 @dataclass

@@ -322,6 +322,10 @@ def test_dry_run_prints_the_paper_recipe(tmp_path, prepared_upperbound, capsys):
     assert "tri-stage: warmup 10000 updates 5e-07 -> 5e-05, hold 40000, exponential decay 50000 to 2.5e-06" in out
     assert "gradient clipping: none" in out
     assert f"initialised from: {ckpt} (fairseq checkpoint; {len(sd) - 8} tensors mapped, 8 dropped" in out
+    # the model section of base_total.yaml, and the encoder shapes the checkpoint (not the registry) gives
+    assert ("model: 2 post-norm layers of 24 (ffn 40, 3 heads), convs [(16, 4, 4), (16, 4, 4), (16, 3, 2)] default, "
+            "positional conv 6/3 (from the checkpoint); dropout 0, attention dropout 0, activation dropout 0.1, "
+            "feature_grad_mult 0.1, final dropout 0") in out
     assert not (tmp_path / "run").exists()
     # a family without a W2V encoder or ECG side is refused before anything is read or written
     assert main(["train", "--model", "se-wrn", "--init-from", str(ckpt), "--dry-run", "--data", str(prepared_upperbound),
