@@ -140,7 +140,9 @@ def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "",
     h = h + F.gelu(pos).transpose(1, 2)
     if pad is not None:
         h = h.masked_fill(pad[..., None], 0.0)
-    h = F.layer_norm(h, (D,), w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
+    prenorm = cfg.get("layer_norm_first", False)  # TransformerEncoder: LN before the layers (post-norm) or after
+    if not prenorm:
+        h = F.layer_norm(h, (D,), w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
     H = cfg["encoder_attention_heads"]
     B, T, _ = h.shape
     for i in range(cfg["encoder_layers"]):
@@ -149,16 +151,25 @@ def reference_forward(sd: dict, cfg: dict, x: torch.Tensor, prefix: str = "",
         def lin(t, name, p=p):
             return t @ w[p + name + ".weight"].T + w[p + name + ".bias"]
 
-        q, k, vv = (lin(h, f"self_attn.{n}").view(B, T, H, D // H).transpose(1, 2) for n in ("q_proj", "k_proj",
-                                                                                            "v_proj"))
+        def norm(t, name, p=p):
+            return F.layer_norm(t, (D,), w[p + name + ".weight"], w[p + name + ".bias"])
+
+        x_in = norm(h, "self_attn_layer_norm") if prenorm else h
+        q, k, vv = (lin(x_in, f"self_attn.{n}").view(B, T, H, D // H).transpose(1, 2) for n in ("q_proj", "k_proj",
+                                                                                               "v_proj"))
         scores = (q * (D // H) ** -0.5) @ k.transpose(-1, -2)
         if pad is not None:
             scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
         att = torch.softmax(scores, dim=-1) @ vv
         a = lin(att.transpose(1, 2).reshape(B, T, D), "self_attn.out_proj")
-        h = F.layer_norm(h + a, (D,), w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
-        f = lin(F.gelu(lin(h, "fc1")), "fc2")
-        h = F.layer_norm(h + f, (D,), w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
+        if prenorm:  # x + attn(LN(x)); x + ffn(LN(x))
+            h = h + a
+            h = h + lin(F.gelu(lin(norm(h, "final_layer_norm"), "fc1")), "fc2")
+        else:  # LN(x + attn(x)); LN(x + ffn(x))
+            h = norm(h + a, "self_attn_layer_norm")
+            h = norm(h + lin(F.gelu(lin(h, "fc1")), "fc2"), "final_layer_norm")
+    if prenorm:
+        h = F.layer_norm(h, (D,), w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
     return h
 
 
@@ -198,6 +209,32 @@ def test_pretraining_checkpoint_loads_every_key_and_matches_the_reference(tmp_pa
         ref = reference_forward(sd, CFG, x)
     assert ours.shape == ref.shape == (2, 21, 24)  # 700 samples → 175 → 43 → 21 tokens
     assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_prenorm_checkpoint_matches_the_reference(tmp_path):
+    """``layer_norm_first: True`` (a cfg field without a tensor of its own): LNs before each sub-layer and the
+    encoder LN after the layers; padded tokens masked as in the post-norm case."""
+    from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_model
+
+    cfg = dict(CFG, layer_norm_first=True)
+    sd = fairseq_state(cfg, seed=11)
+    pre = read_pretrained(save_fairseq(tmp_path / "prenorm.pt", sd, cfg))
+    model = create_model("w2v-cmsc-rlm-test", classes=["a"], **init_overrides("w2v-cmsc-rlm-test", pre, {})).eval()
+    init_model(model, pre)
+    assert model.config.layer_norm_first is True
+    x = torch.randn(2, 12, 700, generator=torch.Generator().manual_seed(4))
+    padding = torch.zeros(2, 700, dtype=torch.bool)
+    padding[1, 500:] = True
+    x[1, :, 500:] = 0.0
+    with torch.no_grad():
+        diff = (model.w2v(x) - reference_forward(sd, cfg, x)).abs().max().item()
+        pad = reference_token_padding(padding, 21)
+        real = ~pad[..., None]
+        padded = ((model.w2v(x, padding) - reference_forward(sd, cfg, x, pad=pad)) * real).abs().max().item()
+        post = reference_forward(sd, dict(cfg, layer_norm_first=False), x)
+    assert diff < 1e-5 and padded < 1e-5
+    assert (model.w2v(x) - post).abs().max().item() > 1e-2  # the two orders really differ on these weights
 
 
 def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_classifier(tmp_path, capsys):
