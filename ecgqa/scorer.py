@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ MISSING = ("error", "skip", "wrong")
 NONE_OPTION = "None"
 UNANSWERED = ("failed", "missing")  # statuses of a predictions.jsonl line that carry no answer
 SHOW_IDS = 20  # sample ids named in one error message
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,9 @@ def _parse_line(obj: Any, line: int, where: str, names: _ClassNames, data: str) 
         reply = obj["reply"]
         if not isinstance(reply, str):
             raise ValueError(f"{where}: \"reply\" must be the model's text (a string), not {reply!r}")
-        return sid, Answer(line, reply=reply)
+        # A lone surrogate escape ("\\ud83d": an emoji cut in half by a truncating writer) is no character and
+        # cannot be written as UTF-8: it becomes U+FFFD, as an undecodable byte does.
+        return sid, Answer(line, reply=_LONE_SURROGATE.sub("\ufffd", reply))
     raise ValueError(f"{where}: no answer: expected \"reply\" (free text) or \"answer\" (a list of class names)")
 
 
@@ -201,6 +205,8 @@ def read_answers(
                         yield n, json.loads(text)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+                    except RecursionError:
+                        raise ValueError(f"{path}:{n}: not an answer line (JSON nested too deeply)") from None
     else:
         label = "answers"
         items = list(answers)

@@ -258,6 +258,24 @@ def test_file_level_mistakes(prepared_qa, sample_paths, tmp_path):
         ecgqa.score(prepared_qa, "valid", tmp_path)
 
 
+
+def test_deep_json_and_a_lone_surrogate(prepared_qa, sample_paths, tmp_path):
+    """JSON nested past the parser's depth is one error naming the line; a reply holding a lone surrogate escape
+    (an emoji cut in half by a truncating writer) is scored, written out with U+FFFD instead of crashing."""
+    s0 = _release(sample_paths, "valid")[0]
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(json.dumps({"sample_id": s0["sample_id"], "answer": s0["answer"]}) + "\n" + "[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=rf"^{deep}:2: not an answer line \(JSON nested too deeply\)"):
+        ecgqa.score(prepared_qa, "valid", deep)
+    half = tmp_path / "half.jsonl"
+    truth = ", ".join(s0["answer"])
+    half.write_text(json.dumps({"sample_id": s0["sample_id"], "reply": truth + " "})[:-2] + '\\ud83d"}\n')
+    report = ecgqa.score(prepared_qa, "valid", half, tmp_path / "out", missing="skip")
+    assert report["n"] == 1 and report["em"] == 1.0
+    line = json.loads((tmp_path / "out" / "predictions.jsonl").read_text())
+    assert line["reply"] == truth + " \ufffd"
+
+
 def test_class_names_case_none_and_a_single_string(prepared_qa, sample_paths, tmp_path):
     s0, s1, s2 = _release(sample_paths, "valid")[:3]
     rows = [{"sample_id": s0["sample_id"], "answer": [a.upper() for a in s0["answer"]]},  # case-insensitive
