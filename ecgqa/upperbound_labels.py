@@ -32,6 +32,7 @@ The conversion has two steps, so that it streams over a whole release:
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -217,8 +218,10 @@ class UpperboundBuilder:
     grounding_classes: list[str]
     split: str
     _index: dict[str, int] = field(init=False)
-    _labels: dict[tuple[int, str, int], list[int]] = field(init=False, default_factory=dict)  # key → [value, owner]
+    _labels: dict[tuple[int, str, int], tuple[int, int]] = field(init=False, default_factory=dict)  # key → (value, owner)
     _owner_info: dict[int, tuple[str, str]] = field(init=False, default_factory=dict)
+    #: one shared (question_type, attribute_type) tuple per kind: a sample's own strings would stay alive per label
+    _kinds: dict[tuple[str, str], tuple[str, str]] = field(init=False, default_factory=dict)
     stats: Counter = field(init=False, default_factory=Counter)
     unknown_attributes: Counter = field(init=False, default_factory=Counter)
 
@@ -238,14 +241,15 @@ class UpperboundBuilder:
                 self.unknown_attributes[label.attribute] += 1
                 self.stats["labels_not_grounding_class"] += 1
                 continue
-            key = (ecg_id, label.lead_group, cls)
+            key = (ecg_id, sys.intern(label.lead_group), cls)  # a handful of distinct lead groups: one string each
             seen = self._labels.get(key)
             if seen is None:
-                self._labels[key] = [label.value, sid]
-                self._owner_info.setdefault(sid, (sample["question_type"], sample["attribute_type"]))
+                self._labels[key] = (label.value, sid)
+                kind = (sample["question_type"], sample["attribute_type"])
+                self._owner_info.setdefault(sid, self._kinds.setdefault(kind, kind))
             elif seen[0] != label.value:
                 self.stats["labels_conflicting"] += 1
-                seen[0] = 0  # a clash (e.g. MI with and without likelihood) resolves to "no"
+                self._labels[key] = (0, seen[1])  # a clash (e.g. MI with and without likelihood) resolves to "no"
             else:
                 self.stats["labels_duplicate"] += 1
 
