@@ -258,6 +258,9 @@ def _select(questions: list[_Question], sample: str, version: str, split: str, d
                          f"{version} split {split!r}. Use --sample all")
     ids = set(paper_sample_ids())
     chosen = [q for q in questions if q.sample_id in ids]
+    if not chosen:
+        raise ValueError(f"--sample paper: none of the {len(ids)} ids of the paper's LLM sample is a question of {data} "
+                         f"(split {split!r}); use --sample all")
     have = {q.sample_id for q in questions}
     return chosen, {"sample": "paper", "sha256": PAPER_SAMPLE_SHA256, "n_listed": len(ids), "n_missing": len(ids - have),
                     "n_selected": len(chosen), "n_in_split": len(questions),

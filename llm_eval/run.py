@@ -436,6 +436,9 @@ def run_llm_eval(
     ids = read_ids_file(ids_file) if ids_file else None
     selection = select_sample(questions, which, fraction, seed, ids, where=f"{data} ({split}): ")
     chosen = selection.questions
+    if which == "paper" and not chosen:
+        raise ValueError(f"none of the {selection.n_listed} ids of the published LLM sample is a question of {data} "
+                         f"({split}); use --sample draw (the seeded stratified draw) or --ids-file")
     dropped = (prepared.meta.get("dropped") or {}).get(split) or []
     if selection.missing:
         # Never silently: the run evaluates the listed questions present, and says how many are not.

@@ -473,6 +473,27 @@ def test_paper_sample_selects_the_listed_questions_and_counts_the_missing():
     assert draw.sha256 == hashlib.sha256(ids).hexdigest() and draw.missing == ()
 
 
+
+def test_a_published_sample_with_no_question_in_the_data_is_an_error(prepared_qa, tmp_path, monkeypatch):
+    """PTB-XL test data holding none of the listed ids: one clear error for llm-eval and score, nothing written
+    (not an empty report with EM "0.0" / None)."""
+    import ecgqa
+    from llm_eval.run import run_llm_eval
+
+    monkeypatch.setattr(paper_sample, "applies", lambda version, split: True)  # the bundle's valid split as "test"
+    monkeypatch.setattr(paper_sample, "paper_sample_ids", lambda: [1, 2, 3])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(ValueError, match=r"none of the 3 ids of the published LLM sample is a question of .*--sample draw"):
+        run_llm_eval(prepared_qa, None, "m", tmp_path / "run", inputs="none", split="valid",
+                     base_url="http://127.0.0.1:9/v1", progress=False)
+    assert not (tmp_path / "run").exists()
+    answers = tmp_path / "a.jsonl"
+    answers.write_text('{"sample_id": 1, "reply": "yes"}\n')
+    with pytest.raises(ValueError, match=r"--sample paper: none of the 3 ids of the paper's LLM sample is a question"):
+        ecgqa.score(prepared_qa, "valid", answers, tmp_path / "score", sample="paper")
+    assert not (tmp_path / "score").exists()
+
+
 # ----------------------------------------------------------------------------- end to end on PTB-XL test data
 
 
