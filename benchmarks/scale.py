@@ -350,6 +350,7 @@ class Run:
     cpu_s: float
     peak_tree_mb: float  # sum of PSS over the process and all its descendants, polled every 0.1 s
     peak_single_mb: float  # largest single process (kernel ru_maxrss of the run and its waited children)
+    peak_main_anon_mb: float  # the main process's private heap (RssAnon): what grows if anything is held per sample
     load_before: float
     load_after: float
     disk_bytes: int = 0
@@ -365,8 +366,15 @@ def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
     start = time.perf_counter()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    peak = [0.0]
+    peak = [0.0, 0.0]
     done = threading.Event()
+
+    def anon(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next((int(x.split()[1]) / 1024 for x in f if x.startswith("RssAnon")), 0.0)
+        except OSError:
+            return 0.0
 
     def poll() -> None:
         try:
@@ -384,6 +392,7 @@ def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
             except psutil.NoSuchProcess:
                 break
             peak[0] = max(peak[0], total / 2**20)
+            peak[1] = max(peak[1], anon(proc.pid))
             done.wait(0.1)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -400,7 +409,7 @@ def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
         raise SystemExit(f"{name} failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
     single = usage.ru_maxrss / 1024
     return Run(name, round(wall, 2), round(usage.ru_utime + usage.ru_stime, 2), round(peak[0], 1),
-               round(single, 1), round(load0, 2), round(os.getloadavg()[0], 2))
+               round(single, 1), round(peak[1], 1), round(load0, 2), round(os.getloadavg()[0], 2))
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
@@ -574,7 +583,8 @@ def _records_logical_bytes(records: Path, version: str) -> int:
 
 def _print_run(r: Run, n: int) -> None:
     print(f"  {r.name:15s} {r.wall_s:8.1f} s wall {r.cpu_s:8.1f} s CPU  {n / r.wall_s:9.0f} rows/s  "
-          f"peak memory tree {r.peak_tree_mb:6.0f} MB PSS (largest process {r.peak_single_mb:5.0f} MB RSS)  "
+          f"peak memory tree {r.peak_tree_mb:6.0f} MB PSS (largest process {r.peak_single_mb:5.0f} MB RSS, "
+          f"main heap {r.peak_main_anon_mb:4.0f} MB)  "
           f"disk {r.disk_bytes / 1e9:6.2f} GB  load {r.load_before:.1f}->{r.load_after:.1f}", flush=True)
 
 
@@ -615,17 +625,25 @@ def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, A
         points.append(run_version("mimic", f, work, num_proc=args.num_proc, runs=args.runs, sources=args.sources,
                                   extra=args.questions, baseline_share=args.baseline_share,
                                   signal_share=args.signal_share, keep_outputs=False))
+        if args.json:  # after every point: a long run that is cut short keeps what it measured
+            args.json.write_text(json.dumps(points, indent=1, default=str))
     print("\n== growth (MIMIC-IV-ECG): time and peak RSS per QA sample at each size")
     names = ["map", *args.runs]
     for name in names:
         n = np.array([sum(p["samples"].values()) * (2 if name == "map" else 1) for p in points], float)
         t = np.array([p["runs"][name]["wall_s"] for p in points])
+        c = np.array([p["runs"][name]["cpu_s"] for p in points])
         m = np.array([p["runs"][name]["peak_tree_mb"] for p in points])
-        slope, icpt = np.polyfit(n, t, 1)
-        r2 = 1 - ((t - (slope * n + icpt)) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-12)
-        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {c:6.0f} MB" for a, b, c in zip(n, t, m))
-        print(f"  {name:15s} {per}   fit t = {icpt:.1f} s + {slope * 1e6:.1f} us x n (R^2 {r2:.4f}); "
-              f"peak RSS {m.min():.0f}-{m.max():.0f} MB")
+        h = np.array([p["runs"][name].get("peak_main_anon_mb", 0.0) for p in points])
+        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {d:5.0f} MB" for a, b, d in zip(n, t, m))
+        print(f"  {name:15s} {per}")
+        for label, y in (("wall", t), ("CPU", c)):
+            slope, icpt = np.polyfit(n, y, 1)
+            r2 = 1 - ((y - (slope * n + icpt)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+            print(f"  {'':15s} fit {label:4s} = {icpt:5.1f} s + {slope * 1e6:7.1f} us x samples (R^2 {r2:.4f})")
+        ms = np.polyfit(n, m, 1)[0]
+        print(f"  {'':15s} peak memory {m.min():.0f}-{m.max():.0f} MB (tree PSS), main heap {h.min():.0f}-{h.max():.0f} MB; "
+              f"slope {ms * 1024:.2f} KB a sample")
     return points
 
 
@@ -638,9 +656,10 @@ def plot(points: list[dict[str, Any]], names: list[str], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for name in ["map", *names]:
         n = [sum(p["samples"].values()) * (2 if name == "map" else 1) / 1e3 for p in points]
-        a.plot(n, [p["runs"][name]["wall_s"] for p in points], "o-", label=name)
+        line = a.plot(n, [p["runs"][name]["wall_s"] for p in points], "o-", label=f"{name} wall")[0]
+        a.plot(n, [p["runs"][name]["cpu_s"] for p in points], "s--", color=line.get_color(), label=f"{name} CPU")
         b.plot(n, [p["runs"][name]["peak_tree_mb"] for p in points], "o-", label=name)
-    a.set(xlabel="QA samples read (thousands)", ylabel="wall time (s)", title="time: linear in size")
+    a.set(xlabel="QA samples read (thousands)", ylabel="seconds", title="time: linear in size")
     b.set(xlabel="QA samples read (thousands)", ylabel="peak memory of the process tree (MB, PSS)", title="memory: flat",
           ylim=(0, None))
     for ax in (a, b):
