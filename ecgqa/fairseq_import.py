@@ -400,6 +400,11 @@ def _read_folder(path: Path) -> Pretrained:
 
 #: model families ``--init-from`` initialises: the W2V classifier, and the ECG side of the fusion transformers
 INIT_FAMILIES = ("w2v-cmsc-rlm", "fusion", "medvill", "deaf")
+#: architecture fields no tensor shape reveals. A fine-tuned fairseq-signals checkpoint's ``cfg.model`` is
+#: the fine-tuning config, while upstream built its encoder from the pretraining checkpoint's config
+#: (``models/pretraining_model.py`` ``from_pretrained``), which the file does not keep: a ``--set`` of
+#: one of these may correct it there (a pretraining checkpoint's own value stays binding)
+UNCHECKED_FIELDS = ("layer_norm_first",)
 
 
 def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) -> dict[str, Any]:
@@ -412,9 +417,12 @@ def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) ->
     if family_of(model_name) != "w2v-cmsc-rlm":
         return {}
     out = {}
+    finetuned = pre.source == "fairseq" and pre.keymap.prefix != ""
     for name, value in pre.fields.items():
         if name in user:
             mine = [list(x) for x in user[name]] if name == "conv_feature_layers" else user[name]
+            if name in UNCHECKED_FIELDS and finetuned:
+                continue  # the fine-tuning cfg may not know how the encoder was built: the user's value wins
             if mine != value:
                 raise FairseqCheckpointError(f"--set {name}={user[name]!r} contradicts --init-from {pre.path}, whose "
                                              f"encoder has {name} {value!r}")

@@ -237,6 +237,29 @@ def test_prenorm_checkpoint_matches_the_reference(tmp_path):
     assert (model.w2v(x) - post).abs().max().item() > 1e-2  # the two orders really differ on these weights
 
 
+def test_set_layer_norm_first_corrects_a_finetuned_cfg_only(tmp_path):
+    """A fine-tuned classifier's cfg.model is the fine-tuning config (upstream builds the encoder from the
+    pretraining config, which the file does not keep): layer_norm_first, which no tensor shape shows, may be
+    corrected with --set there; a pretraining checkpoint's own value stays binding."""
+    from ecgqa.fairseq_import import init_overrides
+    from ecgqa.models import create_model
+
+    cfg = dict(CFG, _name="ecg_transformer_classifier", num_labels=2)  # layer_norm_first False (the default)
+    sd = fairseq_state(cfg, finetuned=2, seed=12)  # weights of a pre-norm encoder
+    pre = read_pretrained(save_fairseq(tmp_path / "ft.pt", sd, cfg))
+    user = {"layer_norm_first": True}
+    model = create_model("w2v-cmsc-rlm-test", classes=["a", "b"], **init_overrides("w2v-cmsc-rlm-test", pre, user),
+                         **user).eval()
+    init_model(model, pre)
+    x = torch.randn(2, 12, 700, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        diff = (model.w2v(x) - reference_forward(sd, dict(cfg, layer_norm_first=True), x, prefix="encoder.")).abs()
+    assert diff.max().item() < 1e-5
+    pretraining = read_pretrained(save_fairseq(tmp_path / "pt.pt", fairseq_state(CFG), CFG))
+    with pytest.raises(FairseqCheckpointError, match="--set layer_norm_first=True contradicts"):
+        init_overrides("w2v-cmsc-rlm-test", pretraining, user)
+
+
 def test_finetuned_dictconfig_checkpoint_converts_and_matches_the_reference_classifier(tmp_path, capsys):
     from ecgqa.cli import main
     from ecgqa.models import create_model, load_model
