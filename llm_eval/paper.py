@@ -30,7 +30,8 @@ Two styles share that wording (docs/benchmark.md lists each defect with its effe
     lead groups (so "anteroseptal leads" grounds on the whole ECG and "frontal and horizontal leads"
     on the chest leads); (4) the lead branches of a comparison question read its first ECG only,
     headed like a single ECG. The cache makes a prompt depend on the questions before it: they are
-    planned in the order given (``ecgqa llm-eval``: ascending sample id).
+    planned in the order given (``ecgqa llm-eval``: the harness's manifest order where the seeded draw
+    reproduces the questions, else ascending sample id; ``llm_eval.sampling.harness_order``).
 ``paper``
     The same wording and rules with those defects fixed: options matched case-insensitively (and
     longest first, whole phrases); each lead read from its own copy of the signal; every lead or lead

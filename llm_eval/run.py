@@ -40,6 +40,7 @@ from llm_eval.sampling import (
     DEFAULT_FRACTION,
     DEFAULT_SEED,
     Question,
+    harness_order,
     questions_from_prepared,
     read_ids_file,
     resolve_sample,
@@ -465,6 +466,8 @@ def run_llm_eval(
     else:
         sampling.update({"fraction": fraction, "seed": seed} if which == "draw" else {"ids_file": str(ids_file)})
     sampling.update({"n_selected": len(chosen), "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)})
+    if style == "paper-as-published":  # its readings depend on the questions asked before (defect D2)
+        chosen, sampling["plan_order"] = harness_order(questions, selection, fraction, seed)
     meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
     if "classifier" in inputs:
         if grounding is None:

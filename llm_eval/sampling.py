@@ -139,6 +139,16 @@ def stratified_sample(
     ``round(n * fraction)`` per qt3 key (exact decimal arithmetic, so 0.1 gives ``round(n / 10)``
     with Python's half-to-even rounding, as the original), keys visited 0..53 with one generator.
     """
+    return sorted(draw_in_manifest_order(questions, fraction, seed), key=lambda q: q.sample_id)
+
+
+def draw_in_manifest_order(
+    questions: list[Question], fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED
+) -> list[Question]:
+    """The draw in the order the original script wrote its ``<split>_sampled.tsv``: stratum 0..53, each
+    stratum's questions in ``random.sample``'s order. The harness read that manifest in file order
+    (fairseq-signals ``RawECGTextDataset.ordered_indices``: ``np.arange`` unless shuffled; ``llm_modeling.py``
+    iterates with ``shuffle=False``), so it is the order its answers were asked and its readings cached."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], not {fraction}")
     share = Fraction(str(fraction))
@@ -152,7 +162,27 @@ def stratified_sample(
     for key in range(N_QT3):
         candidates = by_key.get(key, [])
         chosen.extend(rng.sample(candidates, round(len(candidates) * share)))
-    return sorted(chosen, key=lambda q: q.sample_id)
+    return chosen
+
+
+def harness_order(questions: list[Question], selection: Selection, fraction: float = DEFAULT_FRACTION,
+                  seed: int = DEFAULT_SEED) -> tuple[list[Question], str]:
+    """``selection``'s questions in the order the original harness asked them, and how that order was found.
+
+    ``--prompt paper-as-published`` needs it: the harness cached per-lead readings across questions (defect
+    D2), so a prompt depends on the questions asked before it. Where the draw (seed 42 and 10 % for the
+    published sample) over ``questions`` in manifest order gives exactly the selected ids, its order is the
+    harness's; otherwise that order is unknown and ascending sample id stands in (said in the report).
+    """
+    chosen = selection.questions
+    if selection.sample in ("paper", "draw"):
+        f, s = (DEFAULT_FRACTION, DEFAULT_SEED) if selection.sample == "paper" else (fraction, seed)
+        drawn = draw_in_manifest_order(questions, f, s)
+        if {q.sample_id for q in drawn} == {q.sample_id for q in chosen} and not selection.missing:
+            return drawn, "harness: the seeded draw's manifest order (stratum by stratum, random.sample order)"
+    return sorted(chosen, key=lambda q: q.sample_id), (
+        "ascending sample id (the seeded draw does not give exactly these questions here, so the original "
+        "harness's order is not known)")
 
 
 @dataclass(frozen=True)

@@ -494,6 +494,42 @@ def test_a_published_sample_with_no_question_in_the_data_is_an_error(prepared_qa
     assert not (tmp_path / "score").exists()
 
 
+
+def test_as_published_questions_are_asked_in_the_harness_manifest_order():
+    """The original script wrote its sampled manifest stratum by stratum (qt3 0..53), each stratum in
+    random.sample's order, and the harness read it in file order; paper-as-published plans in that order
+    (the D2 cache makes a prompt depend on it), and says when it cannot know it."""
+    import itertools
+    import random
+
+    from ecgqa.constants import ATTRIBUTE_TYPES
+    from llm_eval.sampling import Selection, harness_order
+
+    kinds = [f"{scope}-{kind}" for scope in ("single", "comparison_consecutive", "comparison_irrelevant")
+             for kind in ("verify", "choose", "query")]
+    rng = np.random.default_rng(7)
+    manifest = []  # manifest order; sample ids deliberately not ascending in it
+    for n, (qtype, atype) in enumerate(itertools.product(kinds, ATTRIBUTE_TYPES[:3])):
+        for k in range(15 + n % 7):
+            manifest.append(q(int(rng.integers(0, 10**6)) * 100 + len(manifest), qtype, f"q{len(manifest)}?",
+                              ("no", "yes"), attribute_type=atype))
+    # written out from random_sample.py: random.seed(42); {key: random.sample(fnames, round(n / 10))}; file order
+    by_key = {}
+    for x in manifest:
+        by_key.setdefault(x.qt3, []).append(x.sample_id)
+    random.seed(42)
+    expected = [i for key in range(54) for i in random.sample(by_key.get(key, []), round(len(by_key.get(key, [])) / 10))]
+    assert expected != sorted(expected)
+
+    drawn = select_sample(manifest, "draw")
+    ordered, how = harness_order(manifest, drawn)
+    assert [x.sample_id for x in ordered] == expected and how.startswith("harness")
+    # an id list the draw does not give: ascending, and the report is told why
+    other = Selection(sorted(manifest, key=lambda x: x.sample_id)[:5], "ids-file", "")
+    ordered, how = harness_order(manifest, other)
+    assert [x.sample_id for x in ordered] == sorted(x.sample_id for x in manifest)[:5] and how.startswith("ascending")
+
+
 # ----------------------------------------------------------------------------- end to end on PTB-XL test data
 
 
@@ -591,6 +627,8 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
             else:
                 assert r4["prompt_style"] == style and r4["model"] == f"m (classifier, {style})"
                 assert r4["prompt_version"] == "ecg-qa-llm_modeling@3eabbce" and r4["request"]["max_tokens"] is None
+                # 25 listed ids of 60 questions: not what the seeded draw gives, so the harness's order is unknown
+                assert r4["sampling"]["plan_order"].startswith("ascending sample id")
                 assert all("max_tokens" not in x["options"] for x in sent)
 
         # the paper prompt needs the classifier input alone: a clear one-line error, nothing written
