@@ -256,7 +256,7 @@ def render_report_md(report: dict[str, Any]) -> str:
 
 
 #: Threads writing transcripts: each file is fsync'd, and fsyncs of different files overlap (the file system
-#: commits them together), so 8,154 transcripts took 3.7 s instead of 63 s here (benchmarks/llm_scale.py).
+#: commits them together): the run around 8,154 requests took ~5 s instead of 19-83 s (docs/scale.md).
 TRANSCRIPT_THREADS = 16
 
 
