@@ -37,6 +37,17 @@ from dataclasses import dataclass
 
 PROMPT_STYLES = ("paper", "paper-as-published", "ecgqa-v2")
 NONE_OPTION = "None"  # the option offered for "no class applies" on non-verify questions
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(reply: str) -> str:
+    """The reply with every lone surrogate replaced by U+FFFD.
+
+    A JSON escape such as ``"\\ud83d"`` (an emoji cut in half by a truncating writer or server) decodes to a
+    lone surrogate: no character, with no UTF-8 form, so sqlite and every JSON/text writer refuse it. It is
+    replaced as an undecodable byte would be, so the reply can be stored, scored and written like any other.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", reply)
 
 
 @dataclass(frozen=True)

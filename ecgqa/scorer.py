@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir, sha256_file
+from ecgqa.replies import valid_text
 
 #: Written first into every score output folder: proof that the folder is ours to replace.
 MARKER = "score_run.json"
@@ -61,7 +61,6 @@ MISSING = ("error", "skip", "wrong")
 NONE_OPTION = "None"
 UNANSWERED = ("failed", "missing")  # statuses of a predictions.jsonl line that carry no answer
 SHOW_IDS = 20  # sample ids named in one error message
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def _parse_line(obj: Any, line: int, where: str, names: _ClassNames, data: str) 
             raise ValueError(f"{where}: \"reply\" must be the model's text (a string), not {reply!r}")
         # A lone surrogate escape ("\\ud83d": an emoji cut in half by a truncating writer) is no character and
         # cannot be written as UTF-8: it becomes U+FFFD, as an undecodable byte does.
-        return sid, Answer(line, reply=_LONE_SURROGATE.sub("\ufffd", reply))
+        return sid, Answer(line, reply=valid_text(reply))
     raise ValueError(f"{where}: no answer: expected \"reply\" (free text) or \"answer\" (a list of class names)")
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from ecgqa.replies import valid_text
 from llm_eval.store import Response, ResponseStore
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -112,6 +113,7 @@ def read_completion(raw: Any, endpoint: str) -> Response:
         content = "".join(texts)
     if not isinstance(content, str):
         raise BadResponse(endpoint, status, f"message content that is not text ({type(content).__name__})", raw.text)
+    content = valid_text(content)  # a lone surrogate escape would fail the store's commit of the whole group
     finish_reason = choice.finish_reason if isinstance(choice.finish_reason, str) else None
     if not content.strip():
         if finish_reason == "length":

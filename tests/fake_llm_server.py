@@ -114,6 +114,7 @@ class FakeLLM:
     reject_images: bool = False
     list_content: bool = False
     bad_usage: bool = False
+    lone_surrogate: bool = False  # every reply ends in a lone surrogate escape ("\\ud83d": an emoji cut in half)
     seen: list = field(default_factory=list)
     received: int = 0
     answered: int = 0
@@ -202,12 +203,16 @@ def create_app(state: FakeLLM) -> FastAPI:
         content: Any = reply
         if fault == "listcontent" or state.list_content:  # content as a list of parts (text split in two)
             content = [{"type": "text", "text": reply[:1]}, {"type": "text", "text": reply[1:]}]
-        return JSONResponse({
+        payload = {
             "id": f"chatcmpl-{state.answered}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": usage,
-        })
+        }
+        if state.lone_surrogate:  # valid JSON (ASCII escapes), but the decoded text holds no valid UTF-8 form
+            payload["choices"][0]["message"]["content"] = f"{reply} \ud83d"
+            return Response(json.dumps(payload, ensure_ascii=True), status_code=200, media_type="application/json")
+        return JSONResponse(payload)
 
     @app.post("/control")
     async def control(request: Request) -> dict[str, Any]:

@@ -937,3 +937,19 @@ def test_resume_with_images_resends_only_the_failed_and_matches_an_uninterrupted
                      tmp_path / "fresh", **kwargs)
     assert (tmp_path / "fresh" / "report.json").read_text() == (tmp_path / "out" / "report.json").read_text()
     assert fresh == resumed
+
+
+def test_a_reply_with_a_lone_surrogate_is_stored_and_scored(tmp_path, server, signals, grounding_classes,
+                                                            train_questions):
+    """A reply ending in a lone surrogate escape (valid JSON, no UTF-8 form) is kept with U+FFFD in its place:
+    the response store commits it and the run scores it like the clean reply, instead of failing the group commit."""
+    qs = train_questions[:4]
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 2, "max_retries": 0, "progress": False}
+    clean = evaluate(qs, g, "fake", tmp_path / "clean", **kwargs)
+    server.state.lone_surrogate = True
+    cut = evaluate(qs, g, "fake", tmp_path / "cut", **kwargs)
+    assert cut["n_failed"] == 0 and cut["n"] == len(qs) and cut["em"] == clean["em"]
+    for p in sorted((tmp_path / "cut" / "transcripts").glob("*.json")):
+        t, c = json.loads(p.read_text()), json.loads((tmp_path / "clean" / "transcripts" / p.name).read_text())
+        assert t["reply"] == c["reply"] + " \ufffd" and t["parsed"] == c["parsed"]

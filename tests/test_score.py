@@ -62,6 +62,7 @@ def test_perfect_answers_score_100_api(prepared_qa, sample_paths):
     assert report["per_question_type"] == {"single-verify": {"n": 413, "em": 1.0}}
 
 
+@pytest.mark.slow  # the CLI end to end: parser, charts (matplotlib) and report read-back, ~5 s cold
 def test_perfect_answers_score_100(prepared_qa, sample_paths, tmp_path, capsys):
     split = "valid"
     samples = _release(sample_paths, split)
