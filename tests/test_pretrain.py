@@ -142,6 +142,18 @@ def test_the_objective_parts_match_an_independent_computation():
         pred = model.final_proj(enc[mask])
     positive = F.cosine_similarity(pred, y, dim=-1) / c.logit_temp
     np.testing.assert_allclose(out.logits[:, 0], positive, rtol=1e-4, atol=1e-4)
+    # every distractor logit: cos(pred_i, y_j) / temp for another masked token j of the same segment, or
+    # -inf where y_j is the target's own codeword (upstream's neg_is_pos)
+    pairs = F.cosine_similarity(pred[:, None], y[None], dim=-1) / c.logit_temp
+    seg = torch.nonzero(mask)[:, 0]
+    same_code = (y[:, None] == y[None]).all(-1)
+    for i in range(len(pred)):
+        others = (seg == seg[i]) & (torch.arange(len(pred)) != i)
+        for v in out.logits[i, 1:]:
+            if torch.isinf(v):
+                assert v < 0 and (same_code[i] & others).any()
+            else:
+                assert (pairs[i][others & ~same_code[i]] - v).abs().min() < 1e-3
     np.testing.assert_allclose(float(out.contrastive_loss), float(F.cross_entropy(out.logits, torch.zeros(
         len(out.logits), dtype=torch.long))), rtol=1e-5)
     assert out.code_perplexity == pytest.approx(_perplexity(onehot), rel=1e-4)
