@@ -65,10 +65,12 @@ class LlamaServer:
     """``llama-server`` in its own process group on a free port; ``url`` is the OpenAI base URL (…/v1).
 
     ``slots``: parallel decoding slots (requests beyond them queue in the server); the context is 4096 tokens
-    per slot (the sample's longest prompt, features + classifier on two ECGs, is ~1.5k tokens).
+    per slot (the sample's longest prompt, features + classifier on two ECGs, is ~1.5k tokens). ``threads``: 1 by
+    default, because on a loaded 2-core machine two llama.cpp threads spin-wait for each other and generation
+    dropped from ~37 to 3 tokens/s here, while one thread stayed at ~37.
     """
 
-    def __init__(self, binary: Path, model: Path, *, slots: int = 1, threads: int = 2, ctx_per_slot: int = 4096,
+    def __init__(self, binary: Path, model: Path, *, slots: int = 1, threads: int = 1, ctx_per_slot: int = 4096,
                  log_dir: Path | None = None, start_timeout: float = 180.0):
         self.binary, self.model, self.slots, self.threads = Path(binary), Path(model), slots, threads
         self.ctx = ctx_per_slot * slots
