@@ -19,7 +19,7 @@
     python benchmarks/llm_eval.py [-n 200] [--latency 0.05] [--concurrency 1 8 32] [--grounding CKPT]
                                   [--questions 60] [--dpi 100] [--detail auto] [--skip-requests]
     python benchmarks/llm_eval.py --real [--data PREPARED_QA --grounding CKPT] [--real-concurrency 1 4 8]
-                                  [--slots 1 2] [--max-tokens 48]
+                                  [--slots 1 2] [--max-tokens 48] [--threads 1]
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def _real_run(server, data: Path, grounding: Path, inputs: str, split: str, out:
 
 
 def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slot_counts: list[int],
-               max_tokens: int) -> None:
+               max_tokens: int, threads: int = 1) -> None:
     import os
     import platform
 
@@ -256,28 +256,29 @@ def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slo
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         data, grounding = _real_fixtures(data, grounding, tmp)
-        print(f"## real LLM: llama-server + SmolLM2-135M-Instruct Q4_1, 2 threads; {os.cpu_count()} cores "
+        print(f"## real LLM: llama-server + SmolLM2-135M-Instruct Q4_1, {threads} thread(s); {os.cpu_count()} cores "
               f"({cpu}); load average at start {load0[0]:.1f} (a shared, loaded machine)")
         print(f"data: {data}; grounding: {grounding}; each split's seed-42 10 % draw; replies capped at "
               f"{max_tokens} tokens; temperature 0")
         print(f"{'input':>10} {'split':>5} {'prompt':>8} {'n':>3} {'EM %':>6} {'unmatched':>9} {'wall s':>7} "
-              f"{'q/s':>5} {'prompt tok':>10} {'(cached)':>8} {'prompt tok/s':>12} {'gen tok':>7} {'gen tok/s':>9}")
-        with LlamaServer(*found, slots=1) as server:
+              f"{'q/s':>5} {'requests':>8} {'prompt tok':>10} {'(cached)':>8} {'prompt tok/s':>12} {'gen tok':>7} "
+              f"{'gen tok/s':>9}")
+        with LlamaServer(*found, slots=1, threads=threads) as server:
             for inputs in ("none", "classifier", "features"):
                 for split in ("train", "valid"):
                     r = _real_run(server, data, grounding, inputs, split, tmp / f"{inputs}-{split}", 1, max_tokens)
                     rep, srv, wall = r["report"], r["server"], r["log"]["wall_s"]
                     print(f"{inputs:>10} {split:>5} {rep['prompt_style']:>8} {rep['n']:>3} {100 * rep['em']:>6.1f} "
-                          f"{rep['n_no_match']:>9} {wall:>7.1f} {rep['n'] / wall:>5.2f} "
+                          f"{rep['n_no_match']:>9} {wall:>7.1f} {rep['n'] / wall:>5.2f} {r['log']['requests_sent']:>8} "
                           f"{srv['prompt_tokens_total']:>10.0f} {srv['prompt_tokens_cached_total']:>8.0f} "
                           f"{srv['prompt_tokens_total'] / max(srv['prompt_seconds_total'], 1e-9):>12.1f} "
                           f"{srv['tokens_predicted_total']:>7.0f} "
                           f"{srv['tokens_predicted_total'] / max(srv['tokens_predicted_seconds_total'], 1e-9):>9.1f}")
         print(f"\n## --concurrency against a real server (--input none, train draw; {max_tokens}-token cap)")
         print(f"{'slots':>5} {'concurrency':>11} {'n':>3} {'wall s':>7} {'q/s':>5} {'speed-up vs c=1':>15} "
-              f"{'requests':>8} {'gen tok/s (server)':>18} {'EM %':>6}")
+              f"{'requests':>8} {'gen tok/s per slot':>18} {'EM %':>6}")
         for slots in slot_counts:
-            with LlamaServer(*found, slots=slots) as server:
+            with LlamaServer(*found, slots=slots, threads=threads) as server:
                 base = None
                 for c in levels:
                     r = _real_run(server, data, grounding, "none", "train", tmp / f"s{slots}-c{c}", c, max_tokens)
@@ -307,9 +308,12 @@ def main() -> None:
     p.add_argument("--real-concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--slots", type=int, nargs="+", default=[1, 2], help="--real: server slots for the concurrency runs")
     p.add_argument("--max-tokens", type=int, default=48, help="--real: reply cap sent with each request")
+    p.add_argument("--threads", type=int, default=1,
+                   help="--real: llama-server threads (1: two spin-wait for each other on a loaded 2-core machine)")
     args = p.parse_args()
     if args.real:
-        bench_real(args.data, args.grounding, sorted({1, *args.real_concurrency}), args.slots, args.max_tokens)
+        bench_real(args.data, args.grounding, sorted({1, *args.real_concurrency}), args.slots, args.max_tokens,
+                   args.threads)
         return
     if not args.skip_requests:
         bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))
