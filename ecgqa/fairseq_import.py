@@ -42,10 +42,12 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it runs: `ecgqa --help` and every other command stay torch-free
+    import torch
 
 # ---------------------------------------------------------------------------------------------------
 # safe loading
@@ -129,6 +131,8 @@ class FairseqCheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict with ``cfg`` / ``args`` as plain dicts and lists (see the module docstring)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"fairseq checkpoint {path} not found")
@@ -316,6 +320,8 @@ def check_and_load(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
     """Copy ``tensors`` (module-relative names under ``prefix``) into ``module`` after checking that every
     parameter under ``prefix`` gets one of its exact shape; an error names the first missing / extra /
     mis-shaped key, and the module is untouched then."""
+    import torch
+
     target = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
     missing = [k for k in target if k not in tensors]
     if missing:
@@ -487,6 +493,8 @@ def fusion_key_map(model: torch.nn.Module) -> dict[str, str]:
 
 
 def _init_fusion(model: torch.nn.Module, pre: Pretrained) -> str:
+    import torch
+
     c = model.config
     if not c.use_ecg:
         raise FairseqCheckpointError(f"--init-from: {c.model_name} reads no ECG (blind); nothing to initialise")
