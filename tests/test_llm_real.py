@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.real_llm_server as real
 from tests.real_llm_server import ALIAS, INSTALL_COMMAND, LlamaServer, ServerCrashed, cpu_has_amx, installed
 
 ALNUM = set("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -174,3 +175,17 @@ def test_skip_reason_names_the_install_command(monkeypatch, tmp_path):
     assert "failed its smoke start" in installed()
     assert Path(INSTALL_COMMAND.split()[1]).name == "build_llama_server.sh"
     assert (Path(__file__).resolve().parents[1] / INSTALL_COMMAND.split()[1]).is_file()
+
+
+def test_a_segfault_at_start_up_on_an_amx_cpu_is_named(monkeypatch, tmp_path):
+    """The known llama.cpp trap: a build with AMX crashes at warm-up on AMX CPUs; the failure must say so."""
+    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    assert cpu_has_amx() == any(f.startswith("amx_") for f in flags.split(":")[-1].split())
+    server = LlamaServer(tmp_path / "llama-server", tmp_path / "m.gguf", log_dir=tmp_path)
+    server.log_path.write_text("load_model: ...\nggml_backend_amx_mul_mat\n")
+    monkeypatch.setattr(real, "cpu_has_amx", lambda: True)
+    reason = server.crash_reason(-11)
+    assert "AMX" in reason and f"`{INSTALL_COMMAND} --force`" in reason and str(server.log_path) in reason
+    assert "AMX" not in server.crash_reason(1).split("\n")[0]  # another exit is not blamed on AMX
+    monkeypatch.setattr(real, "cpu_has_amx", lambda: False)
+    assert "AMX" not in server.crash_reason(-11).split("\n")[0]
