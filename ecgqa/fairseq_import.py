@@ -134,6 +134,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise FairseqCheckpointError(f"{path} is a folder; give the fairseq checkpoint file inside it (the .pt), or "
+                                     "an ecgqa checkpoint folder where a folder is accepted (--init-from)")
     if not path.is_file():
         raise FileNotFoundError(f"fairseq checkpoint {path} not found")
     safe = getattr(torch.serialization, "safe_globals", None)
@@ -155,8 +158,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: refused to unpickle {what}: a fairseq-signals checkpoint holds only tensors, plain "
             f"containers, argparse.Namespace, omegaconf configs and numpy data" + (f" ({detail})" if detail else "")
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise FairseqCheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
+    except Exception as e:  # a text file or a truncated zip fails deep in pickle/zip with any error
+        raise FairseqCheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated, corrupt or another kind of file: "
+            f"{type(e).__name__}: {e}); download or copy it again, or give the .pt that torch.save wrote"
+        ) from e
     if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise FairseqCheckpointError(f"{path}: not a fairseq checkpoint (expected a dict with 'model' and 'cfg'; "
@@ -381,8 +387,15 @@ def _read_folder(path: Path) -> Pretrained:
                                      "`ecgqa train`, `ecgqa pretrain` or `ecgqa convert-fairseq`, or a fairseq .pt")
     tensors: dict[str, torch.Tensor] = {}
     for w in weights:
-        tensors.update(load_file(str(w)))
-    meta = json.loads(config.read_text())
+        try:
+            tensors.update(load_file(str(w)))
+        except Exception as e:  # safetensors' SafetensorError is no ValueError
+            raise FairseqCheckpointError(f"{w}: unreadable weights (truncated or corrupt: {e}); write the folder "
+                                         "again (its command's --resume, or ecgqa convert-fairseq)") from e
+    try:
+        meta = json.loads(config.read_text())
+    except ValueError as e:
+        raise FairseqCheckpointError(f"{config}: not valid JSON ({e}); write the folder again") from e
     w2v = {k: v for k, v in tensors.items() if k.startswith("w2v.")}
     if not w2v:
         raise FairseqCheckpointError(f"{path}: its weights hold no w2v.* encoder ({meta.get('model_type')!r} model); "
@@ -534,15 +547,21 @@ def convert(path: str | Path, out: str | Path, *, classes: list[str] | None = No
     """Write ``path`` (a fairseq .pt) as a ``w2v-cmsc-rlm`` checkpoint folder: config from ``cfg.model``
     (architecture and regularisation), encoder weights, and the fine-tuned head when there is one (its
     classes named by ``classes`` when given, else ``label_0`` ...)."""
-    from ecgqa.checkpoint import save_checkpoint
+    from ecgqa.checkpoint import TRAIN_OPTIONS, save_checkpoint
+    from ecgqa.files import claim_output_dir
     from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VCMSCRLMModel
 
     path = Path(path)
+    # before any work: a folder of the user's (anything without our train_options.json) is never written into
+    claim_output_dir(out, marker=TRAIN_OPTIONS, what="checkpoint")
     state = read_checkpoint(path)
     cfg = model_cfg(state, path)
     keymap = map_encoder_state(state["model"], path)
     head = keymap.tensors.get("proj.weight")
     n = int(head.shape[0]) if head is not None else None
+    if classes is not None and n is None:
+        raise FairseqCheckpointError(f"{path}: --classes names a fine-tuned head's labels, but this checkpoint has no "
+                                     "head (a pretraining checkpoint); leave --classes out")
     if classes is not None and n is not None and len(classes) != n:
         raise FairseqCheckpointError(f"{path}: its head predicts {n} labels but {len(classes)} class names were given")
     names = classes if classes is not None else [f"label_{i}" for i in range(n or 0)]

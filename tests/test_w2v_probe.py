@@ -1,0 +1,120 @@
+"""Bad input to ``ecgqa convert-fairseq``, ``ecgqa train --init-from`` and ``ecgqa pretrain`` as users hit it:
+one ``error:`` line naming the file at fault, exit status 2, and nothing of the user's touched.
+
+The fairseq checkpoints are written with tests/test_w2v_cmsc.py's helpers (fairseq-signals' key layout).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ecgqa.cli import main
+from tests.test_w2v_cmsc import CFG, fairseq_state, save_fairseq
+
+
+@pytest.fixture(scope="module")
+def pretraining_pt(tmp_path_factory) -> Path:
+    return save_fairseq(tmp_path_factory.mktemp("fairseq") / "pre.pt", fairseq_state(CFG), CFG)
+
+
+def _one_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_a_file_that_is_no_torch_checkpoint_is_one_error(pretraining_pt, tmp_path, capsys, kind):
+    bad = tmp_path / "model.pt"
+    if kind == "text":  # torch's unpickler fails with a KeyError on a text file
+        bad.write_text("hello\n")
+    else:
+        data = pretraining_pt.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    assert main(["convert-fairseq", str(bad), "--out", str(tmp_path / "out")]) == 2
+    _one_error(capsys, str(bad), "not a readable torch checkpoint", "truncated, corrupt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_given_as_the_fairseq_file_is_named_a_folder(tmp_path, capsys):
+    (tmp_path / "ckpts").mkdir()
+    assert main(["convert-fairseq", str(tmp_path / "ckpts"), "--out", str(tmp_path / "out")]) == 2
+    _one_error(capsys, f"{tmp_path / 'ckpts'} is a folder; give the fairseq checkpoint file inside it")
+
+
+def test_convert_never_writes_into_a_users_folder(pretraining_pt, tmp_path, capsys):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "chapter1.tex").write_text("precious")
+    assert main(["convert-fairseq", str(pretraining_pt), "--out", str(user)]) == 2
+    _one_error(capsys, f"--out {user} already holds", "chapter1.tex")
+    assert [p.name for p in user.iterdir()] == ["chapter1.tex"]
+    assert (user / "chapter1.tex").read_text() == "precious"
+    # its own output folder may be written again
+    out = tmp_path / "converted"
+    assert main(["convert-fairseq", str(pretraining_pt), "--out", str(out)]) == 0
+    assert main(["convert-fairseq", str(pretraining_pt), "--out", str(out)]) == 0
+    assert json.loads((out / "train_options.json").read_text())["converted_from"] == str(pretraining_pt)
+
+
+def test_classes_for_a_checkpoint_without_a_head_is_an_error(pretraining_pt, tmp_path, capsys):
+    assert main(["convert-fairseq", str(pretraining_pt), "--out", str(tmp_path / "o"), "--classes", "ptbxl"]) == 2
+    _one_error(capsys, str(pretraining_pt), "no head", "leave --classes out")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["weights", "config"])
+def test_a_damaged_init_folder_is_one_error_naming_the_file(pretraining_pt, tmp_path, damage):
+    from ecgqa.fairseq_import import FairseqCheckpointError, convert, read_pretrained
+
+    folder, _ = convert(pretraining_pt, tmp_path / "w2v")
+    target = folder / ("model.safetensors" if damage == "weights" else "config.json")
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FairseqCheckpointError, match=rf"^{target}: (unreadable weights|not valid JSON)"):
+        read_pretrained(folder)
+
+
+@pytest.mark.parametrize("what, message", [
+    ("missing", "not found; give a prepared directory"),
+    ("file", "is a file; give a prepared directory"),
+    ("empty", "neither a complete prepared directory (no meta.json) nor a folder of WFDB records"),
+    ("junk", "neither a complete prepared directory (no meta.json) nor a folder of WFDB records"),
+])
+def test_pretrain_data_that_holds_no_ecgs_is_named(tmp_path, capsys, what, message):
+    data = tmp_path / "data"
+    if what == "file":
+        data.write_text("x")
+    elif what in ("empty", "junk"):
+        data.mkdir()
+        if what == "junk":
+            (data / "notes.txt").write_text("x")
+            (data / "table.csv").write_text("a,b\n")
+    out = tmp_path / "out"
+    assert main(["pretrain", "--data", str(data), "--out", str(out), "--model", "w2v-cmsc-rlm-test",
+                 "--max-steps", "1", "-q"]) == 2
+    _one_error(capsys, f"--data {data}: {message}")
+    assert not out.exists()
+
+
+def test_ctrl_c_in_pretrain_points_at_resume_not_at_a_fresh_run(tmp_path, capsys, monkeypatch):
+    """dispatch's generic "re-run the same command" would start afresh and delete OUT/checkpoints."""
+    import ecgqa.pretrain
+
+    out = tmp_path / "out"
+
+    def interrupted_run(config, **_):
+        for step in (900, 1000):  # numeric, not lexical, order
+            (out / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ecgqa.pretrain, "pretrain", interrupted_run)
+    assert main(["pretrain", "--data", str(tmp_path), "--out", str(out), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "plus --resume" in err and str(out / "checkpoints" / "checkpoint-1000") in err, err
+    assert "re-run the same command to continue" not in err
