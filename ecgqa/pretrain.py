@@ -249,7 +249,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(config))
         return 0
-    out = pretrain(config)
+    try:
+        out = pretrain(config)
+    except KeyboardInterrupt:
+        from ecgqa.train import interrupted
+
+        return interrupted(config.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {out} (fine-tune it with `ecgqa train --model {config.model} --init-from {out}`)")
     return 0
@@ -340,8 +345,15 @@ def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
     or those of ``--split``)."""
     from ecgqa.prepared import PreparedData, is_prepared
 
-    if is_prepared(config.data) or not Path(config.data).is_dir() or not any(Path(config.data).rglob("*.hea")):
-        data = PreparedData(config.data)  # names what is missing when it is neither
+    folder = Path(config.data)
+    if not folder.is_dir():
+        raise ValueError(f"--data {folder}: " + ("is a file" if folder.exists() else "not found")
+                         + "; give a prepared directory (`ecgqa prepare`) or a folder of WFDB records (.hea + .dat)")
+    if not is_prepared(folder) and not any(folder.rglob("*.hea")):
+        raise ValueError(f"--data {folder}: neither a complete prepared directory (no meta.json) nor a folder of "
+                         "WFDB records (no .hea header under it); run `ecgqa prepare` or point --data at the records")
+    if is_prepared(folder):
+        data = PreparedData(config.data)
     else:
         if config.split is not None:
             raise ValueError(f"--split {config.split}: {config.data} is a records folder, it has no splits")

@@ -183,10 +183,28 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(config))
         return 0
-    ckpt = train(config)
+    try:
+        ckpt = train(config)
+    except KeyboardInterrupt:
+        return interrupted(config.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {ckpt} (load it with ecgqa.load({str(ckpt)!r}))")
     return 0
+
+
+def interrupted(out: Path) -> int:
+    """Ctrl-C in ``train`` / ``pretrain``: the generic advice (re-run the same command) would start afresh,
+    and a fresh run clears ``OUT/checkpoints``; point at ``--resume`` instead. Exit status 130 as dispatch."""
+    folder = Path(out) / TRAINER_DIR
+    saved = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
+    if not saved:
+        print("interrupted before the first checkpoint was saved; re-run the same command to start again",
+              file=sys.stderr)
+        return 130
+    newest = max(saved, key=lambda p: int(p.name.split("-")[-1]))
+    print(f"interrupted; continue with the same command plus --resume (newest saved state: {newest}); without "
+          f"--resume the run starts afresh and deletes {folder}", file=sys.stderr)
+    return 130
 
 
 # ------------------------------------------------------------------------------------- 1. the config
