@@ -368,11 +368,21 @@ def read_pretrained(path: str | Path) -> Pretrained:
     if path.is_file():
         state = read_checkpoint(path)
         cfg = model_cfg(state, path)
-        return Pretrained(path, "fairseq", encoder_fields(cfg, training=False), map_encoder_state(state["model"], path),
-                          cfg)
+        return _twelve_leads(Pretrained(path, "fairseq", encoder_fields(cfg, training=False),
+                                        map_encoder_state(state["model"], path), cfg))
     if path.is_dir():
-        return _read_folder(path)
+        return _twelve_leads(_read_folder(path))
     raise FileNotFoundError(f"--init-from {path}: not found (give a fairseq .pt file or a checkpoint folder)")
+
+
+def _twelve_leads(pre: Pretrained) -> Pretrained:
+    """What ``--init-from`` feeds is ECG-QA's 12-lead data; another lead count would fail deep in the first
+    convolution of the first batch, after the run had started."""
+    leads = pre.fields.get("in_d", 12)
+    if leads != 12:
+        raise FairseqCheckpointError(f"{pre.path}: its encoder reads {leads} lead(s) (in_d), but ECG-QA's ECGs have "
+                                     "12; give a 12-lead checkpoint")
+    return pre
 
 
 def _read_folder(path: Path) -> Pretrained:

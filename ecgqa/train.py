@@ -795,6 +795,11 @@ def _resume_state(config: TrainConfig) -> tuple[str | None, Any]:
     if not config.resume:
         return None, None
     path = find_resume_checkpoint(config)
+    marker = config.out / RUN_MARKER
+    started = json.loads(marker.read_text()).get("model") if marker.is_file() else None
+    if started and started != config.model:  # else the state dict fails to load, in a many-line error
+        raise ValueError(f"--resume: {config.out} is a run of --model {started}, not {config.model}; resume it "
+                         f"with --model {started} (or start the {config.model} run in another --out)")
     step = json.loads((path / "trainer_state.json").read_text()).get("global_step", _step_of(path))
     if int(os.environ.get("RANK", "0")) == 0:
         _trim_log(config.out / METRICS_LOG, int(step))

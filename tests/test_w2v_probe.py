@@ -118,3 +118,31 @@ def test_ctrl_c_in_pretrain_points_at_resume_not_at_a_fresh_run(tmp_path, capsys
     err = capsys.readouterr().err
     assert "plus --resume" in err and str(out / "checkpoints" / "checkpoint-1000") in err, err
     assert "re-run the same command to continue" not in err
+
+
+def test_init_from_a_checkpoint_of_another_lead_count_is_refused_before_the_run(tmp_path):
+    from ecgqa.fairseq_import import FairseqCheckpointError, read_pretrained
+
+    cfg = dict(CFG, in_d=6)
+    pt = save_fairseq(tmp_path / "six.pt", fairseq_state(cfg), cfg)
+    with pytest.raises(FairseqCheckpointError, match=rf"^{pt}: its encoder reads 6 lead\(s\) \(in_d\), but ECG-QA"):
+        read_pretrained(pt)
+
+
+def test_resume_with_another_model_is_one_error_naming_both(tmp_path):
+    """Without the check, the state dict of the -test run fails to load into -quick in a many-line error."""
+    from types import SimpleNamespace
+
+    from ecgqa.train import _resume_state
+
+    out = tmp_path / "run"
+    state = out / "checkpoints" / "checkpoint-20"
+    state.mkdir(parents=True)
+    (state / "trainer_state.json").write_text(json.dumps({"global_step": 20}))
+    (out / "train_run.json").write_text(json.dumps({"format": "ecgqa-train-run", "model": "w2v-cmsc-rlm-test"}))
+    config = SimpleNamespace(out=out, resume=True, model="w2v-cmsc-rlm-quick", quiet=True)
+    with pytest.raises(ValueError, match=rf"^--resume: {out} is a run of --model w2v-cmsc-rlm-test, not "
+                                         "w2v-cmsc-rlm-quick; resume it with --model w2v-cmsc-rlm-test"):
+        _resume_state(config)
+    config.model = "w2v-cmsc-rlm-test"
+    assert _resume_state(config)[0] == str(state)
