@@ -603,7 +603,14 @@ def _class_names(spec: str) -> list[str]:
     from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
 
     p = Path(spec)
-    return read_grounding_classes(p if p.is_file() else bundled_grounding_classes(spec))
+    if p.is_file():
+        return read_grounding_classes(p)
+    bundled = bundled_grounding_classes(spec) if "/" not in spec and "\\" not in spec else None
+    if bundled is None or not bundled.is_file():
+        versions = sorted(q.parent.name for q in bundled_grounding_classes("x").parent.parent.glob("*/grounding_class.csv"))
+        raise FairseqCheckpointError(f"--classes {spec}: no such file, nor a bundled class list ({', '.join(versions)}); "
+                                     "give a grounding_class.csv (columns index,class) or one of those names")
+    return read_grounding_classes(bundled)
 
 
 def run(args: argparse.Namespace) -> int:

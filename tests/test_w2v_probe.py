@@ -146,3 +146,13 @@ def test_resume_with_another_model_is_one_error_naming_both(tmp_path):
         _resume_state(config)
     config.model = "w2v-cmsc-rlm-test"
     assert _resume_state(config)[0] == str(state)
+
+
+def test_classes_neither_a_file_nor_a_bundled_list_is_named(tmp_path, capsys):
+    """It used to report a path inside the package (.../grounding/nosuch/grounding_class.csv not found)."""
+    ft = save_fairseq(tmp_path / "ft.pt", fairseq_state(CFG, finetuned=5), CFG)
+    assert main(["convert-fairseq", str(ft), "--out", str(tmp_path / "o"), "--classes", "nosuch"]) == 2
+    _one_error(capsys, "--classes nosuch: no such file, nor a bundled class list (mimic-iv-ecg, ptbxl)")
+    assert main(["convert-fairseq", str(ft), "--out", str(tmp_path / "o"), "--classes", "ptbxl"]) == 2
+    _one_error(capsys, f"{ft}: its head predicts 5 labels but 83 class names were given")
+    assert not (tmp_path / "o").exists()
