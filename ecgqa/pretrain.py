@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
 
 #: fields the run sets itself (from the data, --segment-seconds, the registry): not --set-able
 RESERVED_FIELDS = frozenset({"model_type", "model_name", "task", "classes", "rate", "signal_length", "segment_length",
-                             "transformers_version"})
+                             "in_d", "transformers_version"})  # in_d: the data's 12 leads
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ RUN_OUTPUTS = (TRAINER_DIR, METRICS_LOG, RUN_MARKER, TRAIN_OPTIONS, PREPARED_MET
                "config.json", "model.safetensors", "generation_config.json")
 #: config fields the run sets itself (from the data, the tokenizer, the registry): not --set-able
 RESERVED_FIELDS = frozenset({"model_type", "model_name", "task", "classes", "num_classes", "rate", "signal_length",
-                             "vocab_size", "pad_token_id", "sep_token_id", "max_question_len", "transformers_version"})
+                             "in_d", "vocab_size", "pad_token_id", "sep_token_id", "max_question_len", "transformers_version"})
 #: a Trainer checkpoint-N is complete once these exist (trainer_state.json is written last)
 COMPLETE_FILES = ("trainer_state.json",)
 

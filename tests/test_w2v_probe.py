@@ -156,3 +156,16 @@ def test_classes_neither_a_file_nor_a_bundled_list_is_named(tmp_path, capsys):
     assert main(["convert-fairseq", str(ft), "--out", str(tmp_path / "o"), "--classes", "ptbxl"]) == 2
     _one_error(capsys, f"{ft}: its head predicts 5 labels but 83 class names were given")
     assert not (tmp_path / "o").exists()
+
+
+def test_set_in_d_is_refused_the_data_has_12_leads():
+    """--set in_d=6 used to build a 6-lead encoder that failed in the first batch (a bare conv shape error)."""
+    from ecgqa.pretrain import check_overrides as check_pretrain
+    from ecgqa.train import check_overrides as check_train
+
+    with pytest.raises(ValueError, match=r"^--set in_d=6: in_d comes from the data"):
+        check_pretrain({"in_d": 6})
+    with pytest.raises(ValueError, match=r"^--set in_d=6: in_d comes from the prepared data"):
+        check_train("w2v-cmsc-rlm-test", {"in_d": 6})
+    check_pretrain({"mask_prob": 0.5})
+    check_train("w2v-cmsc-rlm-test", {"dropout": 0.2})
