@@ -522,6 +522,8 @@ def check_overrides(model: str, overrides: dict[str, Any]) -> None:
             kind = {"bool": "true or false", "int": "an integer", "float": "a number >= 0", "str": "a string"}.get(
                 type(default).__name__, f"a {type(default).__name__}")
             extra = " >= 1" if isinstance(default, int) and not isinstance(default, bool) and default >= 1 else ""
+            if isinstance(default, float) and "dropout" in key:
+                kind = "a probability in [0, 1)"
             raise ValueError(f"--set {key}={value!r}: expected {kind}{extra} (the default is {default!r})")
 
 

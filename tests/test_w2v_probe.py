@@ -169,3 +169,13 @@ def test_set_in_d_is_refused_the_data_has_12_leads():
         check_train("w2v-cmsc-rlm-test", {"in_d": 6})
     check_pretrain({"mask_prob": 0.5})
     check_train("w2v-cmsc-rlm-test", {"dropout": 0.2})
+
+
+def test_set_dropout_out_of_range_says_the_range():
+    """--set dropout=2 was refused as "expected a number >= 0", which 2 is."""
+    from ecgqa.train import check_overrides
+
+    with pytest.raises(ValueError, match=r"^--set dropout=2: expected a probability in \[0, 1\)"):
+        check_overrides("w2v-cmsc-rlm-test", {"dropout": 2})
+    with pytest.raises(ValueError, match=r"^--set feature_grad_mult=-1: expected a number >= 0"):
+        check_overrides("w2v-cmsc-rlm-test", {"feature_grad_mult": -1})
