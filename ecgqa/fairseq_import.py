@@ -36,6 +36,7 @@ an error naming it; so is a missing or mis-shaped one.
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
 import warnings
@@ -562,8 +563,8 @@ def convert(path: str | Path, out: str | Path, *, classes: list[str] | None = No
     from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VCMSCRLMModel
 
     path = Path(path)
-    # before any work: a folder of the user's (anything without our train_options.json) is never written into
-    claim_output_dir(out, marker=TRAIN_OPTIONS, what="checkpoint")
+    # before any work: only an earlier conversion is replaced, never a user's folder or a trained checkpoint
+    claim_output_dir(out, marker=TRAIN_OPTIONS, what="converted checkpoint", is_ours=_converted)
     state = read_checkpoint(path)
     cfg = model_cfg(state, path)
     keymap = map_encoder_state(state["model"], path)
@@ -587,6 +588,13 @@ def convert(path: str | Path, out: str | Path, *, classes: list[str] | None = No
     options = {"converted_from": str(path), "fairseq_model": cfg.get("_name"), "keymap": keymap.summary()}
     save_checkpoint(out, model, None, meta, options)
     return Path(out), keymap
+
+
+def _converted(marker: Path) -> bool:
+    try:
+        return "converted_from" in json.loads(marker.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -179,3 +179,15 @@ def test_set_dropout_out_of_range_says_the_range():
         check_overrides("w2v-cmsc-rlm-test", {"dropout": 2})
     with pytest.raises(ValueError, match=r"^--set feature_grad_mult=-1: expected a number >= 0"):
         check_overrides("w2v-cmsc-rlm-test", {"feature_grad_mult": -1})
+
+
+def test_convert_does_not_replace_a_trained_checkpoint(pretraining_pt, tmp_path, capsys):
+    """A train/pretrain output also ends in train_options.json; converting over it would lose the trained model."""
+    trained = tmp_path / "finetuned"
+    trained.mkdir()
+    (trained / "train_options.json").write_text(json.dumps({"model": "w2v-cmsc-rlm-test", "max_steps": 100}))
+    (trained / "model.safetensors").write_bytes(b"weights")
+    assert main(["convert-fairseq", str(pretraining_pt), "--out", str(trained)]) == 2
+    _one_error(capsys, f"--out {trained} already holds", "not written by this tool")
+    assert (trained / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in trained.iterdir()) == ["model.safetensors", "train_options.json"]
