@@ -191,3 +191,40 @@ def test_convert_does_not_replace_a_trained_checkpoint(pretraining_pt, tmp_path,
     _one_error(capsys, f"--out {trained} already holds", "not written by this tool")
     assert (trained / "model.safetensors").read_bytes() == b"weights"
     assert sorted(p.name for p in trained.iterdir()) == ["model.safetensors", "train_options.json"]
+
+
+@pytest.mark.slow  # a real pretraining process, interrupted and resumed (~20 s on the loaded 2-core machine)
+def test_sigint_mid_pretrain_then_resume_loses_nothing(tmp_path, sample_paths):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    records = tmp_path / "records"
+    records.mkdir()
+    for header in sorted((sample_paths.ptbxl_records / "records500").rglob("*.hea"))[:6]:
+        for suffix in (".hea", ".dat"):
+            shutil.copy(header.with_suffix(suffix), records / header.with_suffix(suffix).name)
+    out = tmp_path / "out"
+    argv = ["pretrain", "--data", str(records), "--out", str(out), "--model", "w2v-cmsc-rlm-test", "--batch-size",
+            "2", "--save-steps", "5", "--logging-steps", "5", "--max-steps", "100000", "-q"]
+    code = "import sys; from ecgqa.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint saved"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "plus --resume" in err and "Traceback" not in err, err
+    done = max(int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    # resume to a near stop (the schedule is the run's; --max-steps only bounds this test)
+    argv[argv.index("100000")] = str(done + 5)
+    subprocess.run([sys.executable, "-c", code, *argv, "--resume"], check=True, env=env, timeout=120)
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(5, done + 6, 5))  # every logged step once: nothing lost, nothing repeated
+    assert (out / "train_options.json").is_file()
