@@ -146,9 +146,13 @@ def reply_correct(reply: str, options: Sequence[str], true: Iterable[str], rule:
     included, with the true set (``{"none"}`` when empty): "none" next to an option is wrong. Under
     ``ecgqa-v2`` ``None`` next to an option is ignored. A reply that matches nothing is always wrong.
     """
+    return parsed_correct(parse_reply_detail(reply, options, rule), options, true, rule)
+
+
+def parsed_correct(p: ParsedReply, options: Sequence[str], true: Iterable[str], rule: str = "paper") -> bool:
+    """:func:`reply_correct` for a reply already parsed by :func:`parse_reply_detail` under ``rule``."""
     from ecgqa.metrics import exact_match_sets
 
-    p = parse_reply_detail(reply, options, rule)
     if not p.matched:
         return False
     if rule != "ecgqa-v2" and p.none and p.options:

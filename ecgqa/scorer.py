@@ -268,12 +268,12 @@ def _select(questions: list[_Question], sample: str, version: str, split: str, d
 
 def _score_one(q: _Question, a: Answer) -> dict[str, Any]:
     from ecgqa.metrics import exact_match_sets
-    from ecgqa.replies import parse_reply_detail, reply_correct
+    from ecgqa.replies import parse_reply_detail, parsed_correct
 
     row: dict[str, Any] = {"reply": None, "outside_options": []}
     if a.reply is not None:
         parsed = parse_reply_detail(a.reply, q.options, REPLY_RULE)
-        row.update(predicted=list(parsed.options), correct=reply_correct(a.reply, q.options, q.true, REPLY_RULE),
+        row.update(predicted=list(parsed.options), correct=parsed_correct(parsed, q.options, q.true, REPLY_RULE),
                    status="ok" if parsed.matched else "no-match", reply=a.reply, source="reply")
         return row
     chosen = set(a.classes or ())

@@ -46,7 +46,7 @@ from llm_eval.sampling import (
     resolve_sample,
     select_sample,
 )
-from llm_eval.scoring import Scored, parse_reply_detail, reply_correct, summarize
+from llm_eval.scoring import Scored, parse_reply_detail, parsed_correct, summarize
 
 #: Written first into every llm-eval output folder: proof that the folder is ours to resume and rewrite.
 MARKER = "llm_eval_run.json"
@@ -199,7 +199,7 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
             parsed = parse_reply_detail(resp.reply, it.options, rule)
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
             row = Scored(q.sample_id, q.question_type, q.attribute_type, list(parsed.options), list(q.answer),
-                         list(q.options), reply_correct(resp.reply, it.options, q.answer, rule),
+                         list(q.options), parsed_correct(parsed, it.options, q.answer, rule),
                          "ok" if parsed.matched else "no-match", resp.prompt_tokens, resp.completion_tokens)
             reply, error = resp.reply, None
         transcript = {

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ecgqa.replies import PROMPT_STYLES, ParsedReply, parse_reply, parse_reply_detail, reply_correct
+from ecgqa.replies import PROMPT_STYLES, ParsedReply, parse_reply, parse_reply_detail, parsed_correct, reply_correct
 
 __all__ = ["PROMPT_STYLES", "ParsedReply", "Scored", "cost", "exact_match", "parse_reply", "parse_reply_detail",
-           "reply_correct", "summarize"]
+           "parsed_correct", "reply_correct", "summarize"]
 
 
 @dataclass
