@@ -35,6 +35,7 @@ from ecgqa.models.layers import (
     UpperboundPreTrainedModel,
     grad_multiply,
     masked_mean,
+    xavier_head_,
 )
 
 #: fairseq-signals' default ``conv_feature_layers``: "[(256, 2, 2)] * 4"
@@ -317,15 +318,24 @@ class W2VEncoder(nn.Module):
         self.encoder = TransformerEncoder(c)
         self.feature_grad_mult = c.feature_grad_mult
 
-    def extract_features(self, source: torch.Tensor) -> torch.Tensor:
-        """(B, in_d, T) → (B, T', C): conv features (gradient scaled by ``feature_grad_mult``; frozen when it
-        is 0) after ``layer_norm``, before the projection — wav2vec 2.0's unmasked targets."""
+    def conv_features(self, source: torch.Tensor) -> torch.Tensor:
+        """(B, in_d, T) → (B, C, T'): conv features, gradient scaled by ``feature_grad_mult`` (frozen when it
+        is 0), before ``layer_norm`` (where pretraining takes its feature penalty)."""
         if self.feature_grad_mult > 0:
-            features = grad_multiply(self.feature_extractor(source), self.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = self.feature_extractor(source)
-        return self.layer_norm(features.transpose(1, 2))
+            return grad_multiply(self.feature_extractor(source), self.feature_grad_mult)
+        with torch.no_grad():
+            return self.feature_extractor(source)
+
+    def extract_features(self, source: torch.Tensor) -> torch.Tensor:
+        """(B, in_d, T) → (B, T', C): ``conv_features`` after ``layer_norm``, before the projection —
+        wav2vec 2.0's unmasked targets."""
+        return self.layer_norm(self.conv_features(source).transpose(1, 2))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T', C) features → (B, T', D) encoder input: ``post_extract_proj`` (if any), ``dropout_input``."""
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        return self.dropout_input(features)
 
     def token_padding_mask(self, padding_mask: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
         """Sample-level ``padding_mask`` (B, T) or (B, leads, T), True = padding, → token-level (B, tokens):
@@ -339,10 +349,7 @@ class W2VEncoder(nn.Module):
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, in_d, T) → (B, T', D), the full unmasked path (fine-tuning and inference)."""
-        x = self.extract_features(source)
-        if self.post_extract_proj is not None:
-            x = self.post_extract_proj(x)
-        x = self.dropout_input(x)
+        x = self.project(self.extract_features(source))
         return self.encoder(x, self.token_padding_mask(padding_mask, x.shape[1]))
 
 
@@ -361,9 +368,7 @@ class W2VCMSCRLMModel(UpperboundPreTrainedModel):
         super().__init__(config)
         self.w2v = W2VEncoder(config)
         self.final_dropout = nn.Dropout(config.final_dropout)
-        self.proj = nn.Linear(config.encoder_embed_dim, config.num_classes)
-        nn.init.xavier_uniform_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = xavier_head_(nn.Linear(config.encoder_embed_dim, config.num_classes))
         self.post_init()
 
     def forward(
@@ -381,6 +386,5 @@ class W2VCMSCRLMModel(UpperboundPreTrainedModel):
             ecg = ecg * lead_mask.to(ecg.dtype)[..., None]
         x = self.final_dropout(self.w2v(ecg, padding_mask))
         pad = self.w2v.token_padding_mask(padding_mask, x.shape[1])
-        real = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if pad is None else ~pad
-        logits = self.proj(masked_mean(x, real))
+        logits = self.proj(x.mean(1) if pad is None else masked_mean(x, ~pad))
         return UpperboundOutput(loss=self.upperbound_loss(logits, labels, label_mask), logits=logits)

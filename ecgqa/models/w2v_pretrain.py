@@ -73,7 +73,6 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 from transformers.utils import ModelOutput
 
-from ecgqa.models.layers import grad_multiply, masked_mean
 from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VEncoder
 
 #: The yaml's model settings that differ from the fine-tuning config (``W2VCMSCConfig`` defaults are the
@@ -274,16 +273,11 @@ class W2VPretrainModel(PreTrainedModel):
         mask_indices (N, T') bool, equal count per row (default: drawn by ``compute_mask``)."""
         c, w2v = self.config, self.w2v
         source = self.lead_mask(source)
-        if w2v.feature_grad_mult > 0:
-            features = grad_multiply(w2v.feature_extractor(source), w2v.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = w2v.feature_extractor(source)
+        features = w2v.conv_features(source)
         feature_pen = features.float().pow(2).mean()
         features = w2v.layer_norm(features.transpose(1, 2))
         targets = w2v.dropout_features(features)
-        x = w2v.post_extract_proj(features) if w2v.post_extract_proj is not None else features
-        x = w2v.dropout_input(x)
+        x = w2v.project(features)
         n, tokens, _ = x.shape
         if mask_indices is None:
             mask_indices = torch.from_numpy(compute_mask((n, tokens), c.mask_prob, c.mask_length, c.min_masks))
@@ -307,8 +301,7 @@ class W2VPretrainModel(PreTrainedModel):
         loss = contrastive + c.diversity_weight * diversity + c.feature_pen_weight * feature_pen
         cmsc = None
         if patient_id is not None and segment is not None:
-            pooled = masked_mean(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
-            cmsc = cmsc_loss(pooled.float(), patient_id.to(x.device), segment.to(x.device), c.cmsc_temp)
+            cmsc = cmsc_loss(x.mean(1).float(), patient_id.to(x.device), segment.to(x.device), c.cmsc_temp)
             loss = loss + c.cmsc_weight * cmsc
         with torch.no_grad():
             best, worst = logits.argmax(-1) == 0, logits.argmin(-1) == 0
