@@ -114,6 +114,9 @@ assert sorted(QUESTIONS) == sorted(QUESTION_TYPES)
 PREFACE = ("These are the interpretations of each ECG along with their scores. Higher score means more certainty "
            "about the interpretation.\n\n")
 END = "\n\nOnly answer based on the given Options without any explanation."
+# the two ECGs of a comparison_consecutive prompt (the same in the verify and the query prompt)
+CONSECUTIVE = ("Interpretation of the previous ECG:\nnon-diagnostic t abnormalities: 0.612\nsinus rhythm: 0.981\n\n"
+               "Interpretation of the recent ECG:\natrial fibrillation: 0.874\nsinus rhythm: 0.501\n\n")
 
 # --prompt paper, written out by hand (see the module docstring).
 EXPECTED_PAPER = {
@@ -147,25 +150,11 @@ EXPECTED_PAPER = {
         "Options: lead I, lead II, lead III, lead V1, lead V2, lead V3, lead V4, lead V5, lead V6, lead aVF, "
         "lead aVL, lead aVR, None") + END,
     "comparison_consecutive-verify": PREFACE + (
-        "Interpretation of the previous ECG:\n"
-        "non-diagnostic t abnormalities: 0.612\n"
-        "sinus rhythm: 0.981\n"
-        "\n"
-        "Interpretation of the recent ECG:\n"
-        "atrial fibrillation: 0.874\n"
-        "sinus rhythm: 0.501\n"
-        "\n"
+        CONSECUTIVE +
         "Question: Does the recent ECG show symptoms of atrial fibrillation compared to the previous ECG?\n"
         "Options: no, yes") + END,
     "comparison_consecutive-query": PREFACE + (
-        "Interpretation of the previous ECG:\n"
-        "non-diagnostic t abnormalities: 0.612\n"
-        "sinus rhythm: 0.981\n"
-        "\n"
-        "Interpretation of the recent ECG:\n"
-        "atrial fibrillation: 0.874\n"
-        "sinus rhythm: 0.501\n"
-        "\n"
+        CONSECUTIVE +
         "Question: What numeric features of the recent ECG have become abnormal compared to the previous ECG?\n"
         "Options: p duration, pr interval, qrs duration, qt corrected, qt interval, rr interval, None") + END,
     # defect 4 fixed: a comparison question naming leads reads both ECGs on them
