@@ -201,14 +201,10 @@ def _row_by_row(data, store_ids: set[int]) -> tuple:
 
 
 def _column_wise(data, store_ids: set[int]) -> tuple:
-    """The start-up indexes as build_service computes them now (Arrow/numpy)."""
-    from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table
-    from ecgqa.serve.service import ecg_question_counts, example_candidates, pick_examples
+    """The start-up indexes as build_service computes them now (Arrow/numpy): its own function."""
+    from ecgqa.serve.service import startup_indexes
 
-    tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
-    store = np.asarray(sorted(store_ids))
-    return (QuestionIndex.from_tables(list(data.classes), list(tables.values())), *ecg_question_counts(tables),
-            pick_examples({s: example_candidates(t, store) for s, t in tables.items()}, list(data.classes), store_ids))
+    return startup_indexes(data, store_ids)
 
 
 def index_only(how: str, data_dir: Path) -> None:

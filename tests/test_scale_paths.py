@@ -150,7 +150,7 @@ def test_demo_indexes_column_wise_equal_the_row_by_row_ones(prepared_qa):
 
     from ecgqa.prepared import PreparedData
     from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table
-    from ecgqa.serve.service import ecg_question_counts, example_candidates, pick_examples
+    from ecgqa.serve.service import ecg_question_counts, example_candidates, pick_examples, startup_indexes
 
     data = PreparedData(prepared_qa)
     tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
@@ -171,3 +171,5 @@ def test_demo_indexes_column_wise_equal_the_row_by_row_ones(prepared_qa):
                              set(store.tolist()))
     assert examples == ref_examples and examples
     assert all(missing not in e.ecg_ids for e in examples)
+    index2, *rest = startup_indexes(data, set(store.tolist()))  # what build_service and the benchmark call
+    assert index2.entries == ref_index.entries and rest == [ref_counts, ref_splits, ref_examples]

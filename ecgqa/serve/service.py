@@ -234,19 +234,24 @@ def build_service(predictor: Predictor, data: Any, attributes: Any = None) -> Se
     if attributes is not None and getattr(attributes, "task", None) != "upperbound":
         raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
                               f"{getattr(attributes, 'task', '?')!r} model, not an attribute (upperbound) classifier")
-    # Column-wise (Arrow/numpy): Python work per distinct question and per ECG, never per question row. A full
-    # PTB-XL directory holds 414k questions; turning them into Python dicts took most of a minute and ~500 MB.
+    ecg_rows = {int(e): i for i, e in enumerate(np.asarray(data.ecg_ids).tolist())}
+    questions, n_questions, ecg_splits, examples = startup_indexes(data, set(ecg_rows))
+    return Service(predictor, data, questions, ecg_rows, n_questions, ecg_splits, examples, attributes)
+
+
+def startup_indexes(data: Any, ecgs: set[int]) -> tuple[QuestionIndex, dict[int, int], dict[int, list[str]],
+                                                      list[Example]]:
+    """The demo's start-up indexes of a prepared QA directory whose signal store holds ``ecgs``: the question
+    index, questions per ECG id, splits per ECG id, and the examples.
+
+    Column-wise (Arrow/numpy): Python work per distinct question and per ECG, never per question row. A full
+    PTB-XL directory holds 414k questions; turning them into Python dicts took most of a minute and ~500 MB."""
     tables = {s: arrow_table(data.split(s), (*QUESTION_COLUMNS, "answer")) for s in data.splits}
     questions = QuestionIndex.from_tables(list(data.classes), list(tables.values()))
-
-    store_ids = np.asarray(data.ecg_ids)
-    ecg_rows = {int(e): i for i, e in enumerate(store_ids.tolist())}
     n_questions, ecg_splits = ecg_question_counts(tables)
+    store_ids = np.fromiter(ecgs, np.int64, len(ecgs))
     candidates = {s: example_candidates(t, store_ids) for s, t in tables.items()}
-    return Service(
-        predictor, data, questions, ecg_rows, n_questions, ecg_splits,
-        pick_examples(candidates, list(data.classes), set(ecg_rows)), attributes,
-    )
+    return questions, n_questions, ecg_splits, pick_examples(candidates, list(data.classes), ecgs)
 
 
 def _flat_ecg_ids(table: Any) -> tuple[np.ndarray, np.ndarray]:
