@@ -110,7 +110,7 @@ def _read_format16(path: Path, header: Path) -> tuple[np.ndarray, list[str], flo
         if len(files) != 1:
             return None
         dat = path.with_name(files.pop())
-        if not dat.is_file() or dat.stat().st_size != 2 * nsig * nsamp:
+        if dat.stat().st_size != 2 * nsig * nsamp:  # a missing file raises OSError: None below too
             return None  # missing or truncated: wfdb says which
         digital = np.fromfile(dat, dtype="<i2").reshape(nsamp, nsig)
     except (OSError, ValueError, IndexError):
