@@ -634,20 +634,30 @@ def test_broken_200s_in_a_run_are_failed_not_scored_and_resent(tmp_path, server,
     assert report["n_failed"] == 0 and report["n"] == len(qs)
 
 
+def _clean_then_faulted(tmp_path, server, signals, grounding_classes, qs, fault: str, concurrency: int):
+    """Evaluate ``qs`` against the clean server, then with ``server.state.<fault>`` on: (clean report, faulted
+    report, [(faulted transcript, clean transcript) for each faulted transcript, in file-name order])."""
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": concurrency, "max_retries": 0,
+              "progress": False}
+    clean = evaluate(qs, g, "fake", tmp_path / "clean", **kwargs)
+    assert hasattr(server.state, fault)
+    setattr(server.state, fault, True)
+    faulted = evaluate(qs, g, "fake", tmp_path / "faulted", **kwargs)
+    pairs = [(json.loads(p.read_text()), json.loads((tmp_path / "clean" / "transcripts" / p.name).read_text()))
+             for p in sorted((tmp_path / "faulted" / "transcripts").glob("*.json"))]
+    return clean, faulted, pairs
+
+
 def test_content_as_a_list_of_text_parts_is_parsed_and_scored(tmp_path, server, signals, grounding_classes,
                                                               train_questions):
     """N1: ``content: [{"type": "text", "text": ...}, ...]`` is read as its text parts joined, scored as usual."""
     qs = train_questions[:6]
-    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
-    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 1, "max_retries": 0, "progress": False}
-    clean = evaluate(qs, g, "fake", tmp_path / "clean", **kwargs)
-    server.state.list_content = True
-    parts = evaluate(qs, g, "fake", tmp_path / "parts", **kwargs)
+    clean, parts, pairs = _clean_then_faulted(tmp_path, server, signals, grounding_classes, qs, "list_content", 1)
     assert parts["n_failed"] == 0 and parts["n"] == len(qs)
     for key in ("em", "n_no_match", "per_question_type", "usage"):
         assert parts[key] == clean[key]
-    for p in sorted((tmp_path / "parts" / "transcripts").glob("*.json")):
-        t, c = json.loads(p.read_text()), json.loads((tmp_path / "clean" / "transcripts" / p.name).read_text())
+    for t, c in pairs:
         assert isinstance(t["reply"], str) and t["reply"] == c["reply"] and t["parsed"] == c["parsed"]
 
 
@@ -944,12 +954,7 @@ def test_a_reply_with_a_lone_surrogate_is_stored_and_scored(tmp_path, server, si
     """A reply ending in a lone surrogate escape (valid JSON, no UTF-8 form) is kept with U+FFFD in its place:
     the response store commits it and the run scores it like the clean reply, instead of failing the group commit."""
     qs = train_questions[:4]
-    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
-    kwargs = {"base_url": server.url, "api_key": KEY, "concurrency": 2, "max_retries": 0, "progress": False}
-    clean = evaluate(qs, g, "fake", tmp_path / "clean", **kwargs)
-    server.state.lone_surrogate = True
-    cut = evaluate(qs, g, "fake", tmp_path / "cut", **kwargs)
+    clean, cut, pairs = _clean_then_faulted(tmp_path, server, signals, grounding_classes, qs, "lone_surrogate", 2)
     assert cut["n_failed"] == 0 and cut["n"] == len(qs) and cut["em"] == clean["em"]
-    for p in sorted((tmp_path / "cut" / "transcripts").glob("*.json")):
-        t, c = json.loads(p.read_text()), json.loads((tmp_path / "clean" / "transcripts" / p.name).read_text())
+    for t, c in pairs:
         assert t["reply"] == c["reply"] + " \ufffd" and t["parsed"] == c["parsed"]
