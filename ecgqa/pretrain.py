@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgqa.recipes import Recipe, describe_schedule, grad_accum_for
+from ecgqa.recipes import Recipe, describe_schedule
 from ecgqa.train import TrainConfig
 
 _MODEL_NAMES = ("W2VPretrainConfig", "W2VPretrainModel", "W2VPretrainOutput", "GumbelVectorQuantizer",
@@ -295,7 +295,7 @@ def check_overrides(overrides: dict[str, Any]) -> None:
 
 def check_config(config: PretrainConfig) -> PretrainConfig:
     """Resolve the recipe into the fields left None and check every option (one-line errors)."""
-    from ecgqa.train import _positive, _world_size
+    from ecgqa.train import _positive, fill_from_recipe
 
     config.data, config.out = Path(config.data), Path(config.out)
     if config.recipe not in PRETRAIN_RECIPES:
@@ -319,23 +319,7 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
                          "checkpoint folder holding w2v.* weights")
     if config.patients is not None and not Path(config.patients).is_file():
         raise ValueError(f"--patients {config.patients}: no such file")
-    if config.max_steps is None and config.epochs is None:
-        config.max_steps, config.epochs = recipe.max_steps, recipe.epochs
-    if config.batch_size is None:
-        config.batch_size = recipe.batch_size
-        if recipe.effective_batch and config.grad_accum is None:
-            fits = [b for b in range(min(recipe.batch_size, recipe.effective_batch // _world_size()), 0, -1)
-                    if recipe.effective_batch % (b * _world_size()) == 0]
-            config.batch_size = fits[0] if fits else recipe.batch_size
-    if config.grad_accum is None:
-        config.grad_accum = (grad_accum_for(recipe.effective_batch, config.batch_size, _world_size())
-                             if recipe.effective_batch else 1)
-    config.effective_batch = config.batch_size * config.grad_accum * _world_size()
-    config.lr = config.lr if config.lr is not None else recipe.lr
-    config.weight_decay = recipe.weight_decay if config.weight_decay is None else config.weight_decay
-    config.schedule = config.schedule or recipe.schedule
-    config.warmup = recipe.warmup if config.warmup is None else config.warmup
-    config.max_grad_norm = recipe.max_grad_norm if config.max_grad_norm is None else config.max_grad_norm
+    fill_from_recipe(config, recipe)
     config.eval_split, config.eval_steps = None, None
     return config
 

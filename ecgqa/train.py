@@ -196,12 +196,12 @@ def interrupted(out: Path) -> int:
     """Ctrl-C in ``train`` / ``pretrain``: the generic advice (re-run the same command) would start afresh,
     and a fresh run clears ``OUT/checkpoints``; point at ``--resume`` instead. Exit status 130 as dispatch."""
     folder = Path(out) / TRAINER_DIR
-    saved = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
+    saved = [p for p in folder.glob("checkpoint-*") if _step_of(p) >= 0] if folder.is_dir() else []
     if not saved:
         print("interrupted before the first checkpoint was saved; re-run the same command to start again",
               file=sys.stderr)
         return 130
-    newest = max(saved, key=lambda p: int(p.name.split("-")[-1]))
+    newest = max(saved, key=_step_of)
     print(f"interrupted; continue with the same command plus --resume (newest saved state: {newest}); without "
           f"--resume the run starts afresh and deletes {folder}", file=sys.stderr)
     return 130
@@ -272,7 +272,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.num_workers < 0:
         raise ValueError(f"--workers {config.num_workers}: must be 0 (load in the main process) or more")
 
-    # the recipe fills what the user did not set
+    return fill_from_recipe(config, recipe)
+
+
+def fill_from_recipe(config: TrainConfig, recipe: Any) -> TrainConfig:
+    """The recipe fills what the user did not set (``train`` and ``pretrain``); returns ``config``."""
     if config.max_steps is None and config.epochs is None:
         config.max_steps, config.epochs = recipe.max_steps, recipe.epochs
     if config.batch_size is None:
