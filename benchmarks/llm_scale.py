@@ -79,6 +79,7 @@ class ServerProcess:
 
 def pick_questions(data: Path | None, split: str, n: int) -> tuple[list, str]:
     """The questions to ask and a line saying where they came from."""
+    from ecgqa.paper_sample import paper_sample_ids
     from ecgqa.prepared import PreparedData
     from llm_eval.sampling import questions_from_prepared
 
@@ -88,12 +89,7 @@ def pick_questions(data: Path | None, split: str, n: int) -> tuple[list, str]:
     prepared = PreparedData(data)
     splits = [split] if split in prepared.splits else prepared.splits
     questions = [q for s in splits for q in questions_from_prepared(prepared, s)]
-    try:
-        from ecgqa.paper_sample import paper_sample_ids
-
-        wanted = paper_sample_ids()
-    except ImportError:
-        wanted = []
+    wanted = paper_sample_ids()  # ships with ecgqa (a corrupt copy raises PaperSampleError)
     by_id = {q.sample_id: q for q in questions}
     if wanted and n == PAPER_N and all(i in by_id for i in wanted):
         chosen, where = [by_id[i] for i in wanted], f"the {len(wanted)} published-sample ids of {data} ({split})"
