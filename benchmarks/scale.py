@@ -508,8 +508,9 @@ def build(version: str, fraction: float, work: Path, sources: Path | None, extra
     """Release and records under ``work`` (reused when a build of the same version/fraction/seed is there)."""
     marker = work / "built.json"
     key = {"version": version, "fraction": fraction, "seed": seed, "two_share": TWO_ECG_SHARE}
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return json.loads(marker.read_text())
+    built = json.loads(marker.read_text()) if marker.is_file() else {}
+    if built.get("key") == key:
+        return built
     for sub in ("release", "records", "mapped"):
         shutil.rmtree(work / sub, ignore_errors=True)
     t = time.perf_counter()
