@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shutil
@@ -234,15 +235,21 @@ def source_records(root: Path | None = None) -> list[Path]:
     return [p.with_suffix("") for p in found]
 
 
-def _new_header(src: Path, new_name: str, dat_name: str | None = None) -> str:
+@functools.cache
+def _header_lines(src: Path) -> tuple[str, ...]:
+    """A source record's header lines, read once: many new records copy each of the few sources."""
+    return tuple(src.with_name(src.name + ".hea").read_text().splitlines())
+
+
+def _new_header(src: Path, new_name: str) -> str:
     """The source header with its record name and signal-file name replaced by ``new_name``."""
-    lines = src.with_name(src.name + ".hea").read_text().splitlines()
+    lines = _header_lines(src)
     first = lines[0].split()
     first[0] = new_name
     out = [" ".join(first)]
     for line in lines[1:]:
         if line.startswith(src.name + ".dat"):
-            line = (dat_name or new_name) + ".dat" + line[len(src.name) + 4 :]
+            line = new_name + ".dat" + line[len(src.name) + 4 :]
         out.append(line)
     return "\n".join(out) + "\n"
 
