@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir, sha256_file
-from ecgqa.replies import valid_text
+from ecgqa.replies import NONE_OPTION, valid_text
 
 #: Written first into every score output folder: proof that the folder is ours to replace.
 MARKER = "score_run.json"
@@ -58,7 +58,6 @@ REPORT_JSON = "report.json"
 REPLY_RULE = "paper"
 SAMPLES = ("all", "paper")
 MISSING = ("error", "skip", "wrong")
-NONE_OPTION = "None"
 UNANSWERED = ("failed", "missing")  # statuses of a predictions.jsonl line that carry no answer
 SHOW_IDS = 20  # sample ids named in one error message
 
@@ -351,10 +350,11 @@ def score(
     if not rows:
         raise ValueError(f"{label}: none of the {len(chosen)} questions scored has an answer; nothing to score")
 
-    correct = [r["correct"] for _, r in rows]
+    import numpy as np
+
+    correct = np.asarray([r["correct"] for _, r in rows], dtype=bool)
     qtypes = [q.question_type for q, _ in rows]
     atypes = [q.attribute_type for q, _ in rows]
-    import numpy as np
 
     model = name or _default_name(answers)
     report: dict[str, Any] = {
@@ -370,8 +370,8 @@ def score(
         "reply_rule": REPLY_RULE,
         "sampling": sampling,
         "missing_policy": missing,
-        **em_summary(np.asarray(correct, dtype=bool), qtypes, atypes),
-        "per_question_attribute_type": _nested_em(np.asarray(correct, dtype=bool), qtypes, atypes),
+        **em_summary(correct, qtypes, atypes),
+        "per_question_attribute_type": _nested_em(correct, qtypes, atypes),
         "n_questions": len(chosen),
         "n_answered": len(chosen) - len(lost),
         "n_missing": len(lost),
