@@ -387,8 +387,6 @@ def _twelve_leads(pre: Pretrained) -> Pretrained:
 
 
 def _read_folder(path: Path) -> Pretrained:
-    import json
-
     from safetensors.torch import load_file
 
     weights = sorted(path.glob("*.safetensors"))

@@ -406,7 +406,7 @@ SHAPE_FIELDS = ("latent_vars", "latent_groups", "latent_dim", "final_dim")
 
 
 def _pretraining_extras(pre: Any) -> dict[str, Any]:
-    return {k: v for k, v in pre.keymap.extras.items() if k.startswith(PRETRAINING_PARTS) or k == "mask_emb"}
+    return {k: v for k, v in pre.keymap.extras.items() if k.startswith(PRETRAINING_PARTS)}
 
 
 def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
@@ -419,7 +419,7 @@ def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
 
     pre = read_pretrained(config.init_from)
     fields = init_overrides(config.model, pre, config.overrides)
-    unsupported = sorted(k for k in pre.keymap.extras if not (k.startswith(PRETRAINING_PARTS) or k == "mask_emb"))
+    unsupported = sorted(k for k in pre.keymap.extras if not k.startswith(PRETRAINING_PARTS))
     if unsupported:
         raise ValueError(f"--init-from {config.init_from}: {', '.join(unsupported[:4])} belong to pretraining options "
                          "ecgqa pretrain does not implement (quantize_input, target_glu); start from its encoder with "
@@ -446,14 +446,15 @@ def load_init(model: Any, pre: Any) -> str:
     every tensor shape-checked first (an error names the key; the model is untouched then)."""
     from ecgqa.fairseq_import import check_and_load
 
-    check_and_load(model, pre.encoder_tensors(), pre.path, prefix="w2v.", what="pretrained encoder")
+    encoder = pre.encoder_tensors()
+    check_and_load(model, encoder, pre.path, prefix="w2v.", what="pretrained encoder")
     extras = _pretraining_extras(pre)
     if not extras:
-        return (f"--init-from {pre.path}: encoder loaded into w2v ({len(pre.encoder_tensors())} tensors); mask_emb, "
+        return (f"--init-from {pre.path}: encoder loaded into w2v ({len(encoder)} tensors); mask_emb, "
                 "quantizer, project_q and final_proj start from their init")
     for prefix in PRETRAINING_PARTS:
         check_and_load(model, extras, pre.path, prefix=prefix, what="pretraining checkpoint")
-    return (f"--init-from {pre.path}: encoder ({len(pre.encoder_tensors())} tensors) and pretraining parts "
+    return (f"--init-from {pre.path}: encoder ({len(encoder)} tensors) and pretraining parts "
             f"({len(extras)} tensors) loaded")
 
 
