@@ -107,19 +107,7 @@ class ResponseStore:
 
         The messages are kept with images replaced by their PNG's hash (``prompts.compact_messages``).
         """
-        from llm_eval.prompts import compact_messages
-
-        row = (model, prompt_hash, response.reply, int(response.prompt_tokens), int(response.completion_tokens),
-               response.response_model, response.finish_reason,
-               json.dumps(compact_messages(messages), ensure_ascii=False), time.time())
-        with self._lock:
-            try:
-                cur = self._db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            except sqlite3.OperationalError as e:
-                if _is_full(e):
-                    raise _full_disk_error(self.path, e) from None
-                raise
-            return cur.rowcount == 1
+        return self.put_many(model, [(prompt_hash, messages, response)]) == 1
 
     def put_many(self, model: str, items: list[tuple[str, list[dict[str, Any]], Response]]) -> int:
         """Commit several responses in ONE transaction (one fsync); returns how many were new.
