@@ -76,9 +76,7 @@ class Sources:
         for name, have in (("classifier", self.grounder), ("image", self.images), ("features", self.features)):
             if name in self.inputs and have is None:
                 raise ValueError(f"--input {name} needs its source (for classifier: --grounding CKPT)")
-        if self.prompt_style is None:
-            self.prompt_style = default_prompt_style(self.inputs)
-        check_prompt_style(self.prompt_style, self.inputs)
+        check_prompt_style(self.style, self.inputs)
 
     @property
     def style(self) -> str:
