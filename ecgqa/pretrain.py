@@ -476,7 +476,7 @@ def _pretrain_trainer_class() -> type:
         def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.recipe = recipe
-            self._parts: dict[str, float] = {}
+            self._parts: dict[str, Any] = {}  # summed as tensors: no device sync per step, only per log
             self._count = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -487,13 +487,13 @@ def _pretrain_trainer_class() -> type:
                 for name in LOGGED_PARTS:
                     value = getattr(outputs, name)
                     if value is not None:
-                        self._parts[name] = self._parts.get(name, 0.0) + float(value)
+                        self._parts[name] = self._parts.get(name, 0.0) + value.detach().float()
                 self._count += 1
             return (outputs.loss, outputs) if return_outputs else outputs.loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs and self._count:
-                logs.update({k: round(v / self._count, 5) for k, v in self._parts.items()})
+                logs.update({k: round(float(v) / self._count, 5) for k, v in self._parts.items()})
                 self._parts, self._count = {}, 0
             super().log(logs, start_time)
 
