@@ -9,13 +9,12 @@ Failed requests are not scored: they are counted and listed separately.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ecgqa.replies import PROMPT_STYLES, ParsedReply, parse_reply, parse_reply_detail, parsed_correct, reply_correct
 
-__all__ = ["PROMPT_STYLES", "ParsedReply", "Scored", "cost", "exact_match", "parse_reply", "parse_reply_detail",
+__all__ = ["PROMPT_STYLES", "ParsedReply", "Scored", "cost", "parse_reply", "parse_reply_detail",
            "parsed_correct", "reply_correct", "summarize"]
 
 
@@ -33,14 +32,6 @@ class Scored:
     status: str  # "ok", "no-match" or "failed"
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-def exact_match(predicted: Iterable[str], true: Iterable[str], valid: Iterable[str]) -> bool:
-    """Exact match over the question's options (``ecgqa.metrics.exact_match_sets``, the one definition)."""
-    from ecgqa.metrics import exact_match_sets
-
-    v = set(valid)
-    return bool(exact_match_sets([set(predicted) & v], [set(true) & v])[0])
 
 
 def cost(prompt_tokens: int, completion_tokens: int, price_in: float | None, price_out: float | None) -> dict | None:
