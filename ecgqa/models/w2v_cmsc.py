@@ -33,6 +33,7 @@ from ecgqa.models.layers import (
     UpperboundConfig,
     UpperboundOutput,
     UpperboundPreTrainedModel,
+    bert_init_,
     grad_multiply,
     masked_mean,
     xavier_head_,
@@ -226,11 +227,8 @@ class MultiHeadAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.k_proj, self.v_proj = nn.Linear(width, width), nn.Linear(width, width)
         self.q_proj, self.out_proj = nn.Linear(width, width), nn.Linear(width, width)
-        for proj in (self.k_proj, self.v_proj, self.q_proj):  # upstream init_bert_params: N(0, 0.02)
-            nn.init.normal_(proj.weight, std=0.02)
-            nn.init.zeros_(proj.bias)
-        nn.init.normal_(self.out_proj.weight, std=0.02)
-        nn.init.zeros_(self.out_proj.bias)
+        for proj in (self.k_proj, self.v_proj, self.q_proj, self.out_proj):  # upstream init_bert_params
+            bert_init_(proj)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
@@ -253,8 +251,7 @@ class TransformerEncoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(D)
         self.fc1, self.fc2 = nn.Linear(D, c.encoder_ffn_embed_dim), nn.Linear(c.encoder_ffn_embed_dim, D)
         for fc in (self.fc1, self.fc2):
-            nn.init.normal_(fc.weight, std=0.02)
-            nn.init.zeros_(fc.bias)
+            bert_init_(fc)
         self.final_layer_norm = nn.LayerNorm(D)
         self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(c.dropout), nn.Dropout(c.activation_dropout),
                                                        nn.Dropout(c.dropout))
