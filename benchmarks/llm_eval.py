@@ -48,8 +48,11 @@ class ServerProcess:
     def __init__(self, latency: float):
         import subprocess
 
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--latency",
-                                      str(latency)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--latency", str(latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http"):
             raise RuntimeError("the fake LLM server did not start")
@@ -65,8 +68,10 @@ class ServerProcess:
 def bench_concurrency(n: int, latency: float, levels: list[int]) -> None:
     prompts = {f"h{i}": [{"role": "user", "content": f"Question {i}?\n\nOptions: no; yes"}] for i in range(n)}
     print(f"## requests: N={n} prompts, latency L={latency * 1000:.0f} ms per request (local fake server)")
-    print(f"{'concurrency':>11} {'wall s':>8} {'bound N*L/c':>12} {'wall/bound':>11} {'speed-up vs c=1':>16}"
-          f" {'overhead ms/req':>16}")
+    print(
+        f"{'concurrency':>11} {'wall s':>8} {'bound N*L/c':>12} {'wall/bound':>11} {'speed-up vs c=1':>16}"
+        f" {'overhead ms/req':>16}"
+    )
     base = None
     with ServerProcess(latency) as server, tempfile.TemporaryDirectory() as tmp:
         for c in levels:
@@ -99,8 +104,8 @@ class Counting:
 
 
 def bench_grounding(grounding: Path | None) -> None:
-    from ecgqa.records import read_record
-    from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
+    from ecgqa.data.records import read_record
+    from ecgqa.data.upperbound_labels import bundled_grounding_classes, read_grounding_classes
 
     paths = sample.paths()
     qs = questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid")
@@ -124,7 +129,9 @@ def bench_grounding(grounding: Path | None) -> None:
     t0 = time.perf_counter()
     g.ground(qs)
     cached_s = time.perf_counter() - t0
-    print(f"\n## grounding: {len(qs)} questions of the bundled sample ({'real checkpoint' if predictor else 'stand-in'})")
+    print(
+        f"\n## grounding: {len(qs)} questions of the bundled sample ({'real checkpoint' if predictor else 'stand-in'})"
+    )
     print(f"classifier rows with the (ECG, subset) cache: {clf.rows}")
     print(f"one per (question, lead block), no cache:     {uncached}")
     print(f"ratio uncached / cached: {uncached / clf.rows:.2f}  (grounding wall {cached_s:.2f} s)")
@@ -138,13 +145,13 @@ def bench_grounding(grounding: Path | None) -> None:
 def bench_inputs(n_questions: int, dpi: int, detail: str) -> None:
     import json
 
-    from ecgqa.records import read_record
-    from ecgqa.upperbound_labels import bundled_grounding_classes, read_grounding_classes
+    from ecgqa.data.records import read_record
+    from ecgqa.data.upperbound_labels import bundled_grounding_classes, read_grounding_classes
     from llm_eval.inputs import FeatureCache, ImageCache
     from llm_eval.run import Sources, build_prompts, estimate
 
     paths = sample.paths()
-    qs = (questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid"))
+    qs = questions_from_release(paths.ptbxl_release, "train") + questions_from_release(paths.ptbxl_release, "valid")
     qs = qs[:: max(1, len(qs) // n_questions)][:n_questions]  # spread over both splits (single and comparison)
     classes = read_grounding_classes(bundled_grounding_classes("ptbxl"))
     signals: dict[int, np.ndarray] = {}
@@ -159,21 +166,34 @@ def bench_inputs(n_questions: int, dpi: int, detail: str) -> None:
         return by_id(reading.ecg_id)
 
     distinct = len({e for q in qs for e in q.ecg_ids})
-    print(f"\n## inputs: {len(qs)} questions of the bundled sample, {distinct} distinct ECGs, images at {dpi} dpi "
-          f"(3x4), detail {detail}; classifier = stand-in")
-    print(f"{'input':>28} {'cold s':>7} {'rendered':>8} {'img/s':>6} {'measured':>8} {'ecg/s':>6} "
-          f"{'bytes/prompt':>12} {'~tokens/prompt':>14} {'warm s':>7} {'warm rendered+measured':>22}")
-    for inputs in [("none",), ("classifier",), ("features",), ("image",), ("image", "classifier"),
-                   ("image", "features", "classifier")]:
+    print(
+        f"\n## inputs: {len(qs)} questions of the bundled sample, {distinct} distinct ECGs, images at {dpi} dpi "
+        f"(3x4), detail {detail}; classifier = stand-in"
+    )
+    print(
+        f"{'input':>28} {'cold s':>7} {'rendered':>8} {'img/s':>6} {'measured':>8} {'ecg/s':>6} "
+        f"{'bytes/prompt':>12} {'~tokens/prompt':>14} {'warm s':>7} {'warm rendered+measured':>22}"
+    )
+    for inputs in [
+        ("none",),
+        ("classifier",),
+        ("features",),
+        ("image",),
+        ("image", "classifier"),
+        ("image", "features", "classifier"),
+    ]:
         with tempfile.TemporaryDirectory() as tmp:
+
             def sources(inputs: tuple[str, ...] = inputs, tmp: str = tmp) -> Sources:
                 return Sources(
                     inputs,
                     grounder=Grounder(Counting(classes), reading_signal, Path(tmp) / "g.jsonl", progress=False)
-                    if "classifier" in inputs else None,
+                    if "classifier" in inputs
+                    else None,
                     images=ImageCache(tmp, by_id, 500, "bench", dpi=dpi) if "image" in inputs else None,
                     features=FeatureCache(tmp, by_id, 500, "bench") if "features" in inputs else None,
-                    image_detail=detail)
+                    image_detail=detail,
+                )
 
             for e in {e for q in qs for e in q.ecg_ids}:
                 by_id(e)  # read the records first: the timing is of rendering / measuring only
@@ -191,17 +211,21 @@ def bench_inputs(n_questions: int, dpi: int, detail: str) -> None:
             measured = cold.features.n_measured if cold.features else 0
             img_rate = rendered / cold.images.render_s if rendered else 0.0
             ecg_rate = measured / cold.features.measure_s if measured else 0.0
-            warm_work = (warm.images.n_rendered if warm.images else 0) + (warm.features.n_measured if warm.features else 0)
-            print(f"{'+'.join(inputs):>28} {cold_s:>7.2f} {rendered:>8} {img_rate:>6.1f} {measured:>8} {ecg_rate:>6.1f} "
-                  f"{np.mean(sent):>12.0f} {np.mean(tokens):>14.0f} {warm_s:>7.2f} {warm_work:>22}")
+            warm_work = (warm.images.n_rendered if warm.images else 0) + (
+                warm.features.n_measured if warm.features else 0
+            )
+            print(
+                f"{'+'.join(inputs):>28} {cold_s:>7.2f} {rendered:>8} {img_rate:>6.1f} {measured:>8} {ecg_rate:>6.1f} "
+                f"{np.mean(sent):>12.0f} {np.mean(tokens):>14.0f} {warm_s:>7.2f} {warm_work:>22}"
+            )
 
 
 def _real_fixtures(data: Path | None, grounding: Path | None, tmp: Path) -> tuple[Path, Path]:
     """A prepared QA directory and an upperbound checkpoint: the given ones, or built from the bundled sample."""
     if data is not None and grounding is not None:
         return data, grounding
-    from ecgqa.prepare import prepare
-    from ecgqa.train import TrainConfig, train
+    from ecgqa.data.prepare import prepare
+    from ecgqa.training.train import TrainConfig, train
     from mapping.mapper import map_release
 
     paths = sample.paths()
@@ -212,21 +236,54 @@ def _real_fixtures(data: Path | None, grounding: Path | None, tmp: Path) -> tupl
         prepare(mapped, data, variant="template", task="qa", rate=500, progress=False)
     if grounding is None:  # a tiny se-wrn, briefly trained: real scores, not a good classifier
         prepare(mapped, tmp / "ub", variant="template", task="upperbound", rate=500, progress=False)
-        grounding = train(TrainConfig(data=tmp / "ub", model="se-wrn-test", out=tmp / "se-wrn", max_steps=8,
-                                      batch_size=16, lr=3e-3, warmup=0, quiet=True))
+        grounding = train(
+            TrainConfig(
+                data=tmp / "ub",
+                model="se-wrn-test",
+                out=tmp / "se-wrn",
+                max_steps=8,
+                batch_size=16,
+                lr=3e-3,
+                warmup=0,
+                quiet=True,
+            )
+        )
     return data, grounding
 
 
-def _real_run(server, data: Path, grounding: Path, inputs: str, split: str, out: Path, concurrency: int,
-              max_tokens: int) -> dict:
+def _real_run(
+    server, data: Path, grounding: Path, inputs: str, split: str, out: Path, concurrency: int, max_tokens: int
+) -> dict:
     """One `ecgqa llm-eval` run (subprocess, the real CLI); its report, run log and the server's counters."""
     import json
     import os
     import subprocess
 
-    cmd = [sys.executable, "-m", "ecgqa", "llm-eval", "--data", str(data), "--input", inputs, "--model", "smollm2",
-           "--base-url", server.url, "--split", split, "--out", str(out), "--concurrency", str(concurrency),
-           "--max-tokens", str(max_tokens), "--timeout", "600", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ecgqa",
+        "llm-eval",
+        "--data",
+        str(data),
+        "--input",
+        inputs,
+        "--model",
+        "smollm2",
+        "--base-url",
+        server.url,
+        "--split",
+        split,
+        "--out",
+        str(out),
+        "--concurrency",
+        str(concurrency),
+        "--max-tokens",
+        str(max_tokens),
+        "--timeout",
+        "600",
+        "-q",
+    ]
     if inputs == "classifier":
         cmd += ["--grounding", str(grounding)]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
@@ -239,8 +296,14 @@ def _real_run(server, data: Path, grounding: Path, inputs: str, split: str, out:
     return {"report": report, "log": run_log, "server": delta}
 
 
-def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slot_counts: list[int],
-               max_tokens: int, threads: int = 1) -> None:
+def bench_real(
+    data: Path | None,
+    grounding: Path | None,
+    levels: list[int],
+    slot_counts: list[int],
+    max_tokens: int,
+    threads: int = 1,
+) -> None:
     import os
     import platform
 
@@ -250,33 +313,49 @@ def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slo
     if isinstance(found, str):
         print(f"## real LLM: skipped: {found}")
         return
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         data, grounding = _real_fixtures(data, grounding, tmp)
-        print(f"## real LLM: llama-server + SmolLM2-135M-Instruct Q4_1, {threads} thread(s); {os.cpu_count()} cores "
-              f"({cpu}); load average at start {load0[0]:.1f} (a shared, loaded machine)")
-        print(f"data: {data}; grounding: {grounding}; each split's seed-42 10 % draw; replies capped at "
-              f"{max_tokens} tokens; temperature 0")
-        print(f"{'input':>10} {'split':>5} {'prompt':>8} {'n':>3} {'EM %':>6} {'unmatched':>9} {'wall s':>7} "
-              f"{'q/s':>5} {'requests':>8} {'prompt tok':>10} {'(cached)':>8} {'prompt tok/s':>12} {'gen tok':>7} "
-              f"{'gen tok/s':>9}")
+        print(
+            f"## real LLM: llama-server + SmolLM2-135M-Instruct Q4_1, {threads} thread(s); {os.cpu_count()} cores "
+            f"({cpu}); load average at start {load0[0]:.1f} (a shared, loaded machine)"
+        )
+        print(
+            f"data: {data}; grounding: {grounding}; each split's seed-42 10 % draw; replies capped at "
+            f"{max_tokens} tokens; temperature 0"
+        )
+        print(
+            f"{'input':>10} {'split':>5} {'prompt':>8} {'n':>3} {'EM %':>6} {'unmatched':>9} {'wall s':>7} "
+            f"{'q/s':>5} {'requests':>8} {'prompt tok':>10} {'(cached)':>8} {'prompt tok/s':>12} {'gen tok':>7} "
+            f"{'gen tok/s':>9}"
+        )
         with LlamaServer(*found, slots=1, threads=threads) as server:
             for inputs in ("none", "classifier", "features"):
                 for split in ("train", "valid"):
                     r = _real_run(server, data, grounding, inputs, split, tmp / f"{inputs}-{split}", 1, max_tokens)
                     rep, srv, wall = r["report"], r["server"], r["log"]["wall_s"]
-                    print(f"{inputs:>10} {split:>5} {rep['prompt_style']:>8} {rep['n']:>3} {100 * rep['em']:>6.1f} "
-                          f"{rep['n_no_match']:>9} {wall:>7.1f} {rep['n'] / wall:>5.2f} {r['log']['requests_sent']:>8} "
-                          f"{srv['prompt_tokens_total']:>10.0f} {srv['prompt_tokens_cached_total']:>8.0f} "
-                          f"{srv['prompt_tokens_total'] / max(srv['prompt_seconds_total'], 1e-9):>12.1f} "
-                          f"{srv['tokens_predicted_total']:>7.0f} "
-                          f"{srv['tokens_predicted_total'] / max(srv['tokens_predicted_seconds_total'], 1e-9):>9.1f}")
+                    print(
+                        f"{inputs:>10} {split:>5} {rep['prompt_style']:>8} {rep['n']:>3} {100 * rep['em']:>6.1f} "
+                        f"{rep['n_no_match']:>9} {wall:>7.1f} {rep['n'] / wall:>5.2f} {r['log']['requests_sent']:>8} "
+                        f"{srv['prompt_tokens_total']:>10.0f} {srv['prompt_tokens_cached_total']:>8.0f} "
+                        f"{srv['prompt_tokens_total'] / max(srv['prompt_seconds_total'], 1e-9):>12.1f} "
+                        f"{srv['tokens_predicted_total']:>7.0f} "
+                        f"{srv['tokens_predicted_total'] / max(srv['tokens_predicted_seconds_total'], 1e-9):>9.1f}"
+                    )
         print(f"\n## --concurrency against a real server (--input none, train draw; {max_tokens}-token cap)")
-        print(f"{'slots':>5} {'concurrency':>11} {'n':>3} {'wall s':>7} {'q/s':>5} {'speed-up vs c=1':>15} "
-              f"{'requests':>8} {'gen tok/s per slot':>18} {'EM %':>6}")
+        print(
+            f"{'slots':>5} {'concurrency':>11} {'n':>3} {'wall s':>7} {'q/s':>5} {'speed-up vs c=1':>15} "
+            f"{'requests':>8} {'gen tok/s per slot':>18} {'EM %':>6}"
+        )
         for slots in slot_counts:
             with LlamaServer(*found, slots=slots, threads=threads) as server:
                 base = None
@@ -285,11 +364,15 @@ def bench_real(data: Path | None, grounding: Path | None, levels: list[int], slo
                     rep, srv, wall = r["report"], r["server"], r["log"]["wall_s"]
                     base = base or wall
                     gen = srv["tokens_predicted_total"] / max(srv["tokens_predicted_seconds_total"], 1e-9)
-                    print(f"{slots:>5} {c:>11} {rep['n']:>3} {wall:>7.1f} {rep['n'] / wall:>5.2f} {base / wall:>15.2f} "
-                          f"{r['log']['requests_sent']:>8} {gen:>18.1f} {100 * rep['em']:>6.1f}")
+                    print(
+                        f"{slots:>5} {c:>11} {rep['n']:>3} {wall:>7.1f} {rep['n'] / wall:>5.2f} {base / wall:>15.2f} "
+                        f"{r['log']['requests_sent']:>8} {gen:>18.1f} {100 * rep['em']:>6.1f}"
+                    )
     load1 = os.getloadavg()
-    print(f"load average at end {load1[0]:.1f}. The server's tokens/s are its own busy-time rates (a slot's prompt "
-          "and generation time), so they stay near the CPU's rate while questions/s also pays the client and queueing.")
+    print(
+        f"load average at end {load1[0]:.1f}. The server's tokens/s are its own busy-time rates (a slot's prompt "
+        "and generation time), so they stay near the CPU's rate while questions/s also pays the client and queueing."
+    )
 
 
 def main() -> None:
@@ -302,18 +385,26 @@ def main() -> None:
     p.add_argument("--dpi", type=int, default=100)
     p.add_argument("--detail", default="auto", choices=("auto", "low", "high"))
     p.add_argument("--skip-requests", action="store_true", help="only the grounding and input measurements")
-    p.add_argument("--real", action="store_true",
-                   help="only the real-LLM measurements (llama-server; bash scripts/build_llama_server.sh)")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="only the real-LLM measurements (llama-server; bash scripts/build_llama_server.sh)",
+    )
     p.add_argument("--data", type=Path, help="--real: a prepared QA directory (default: the bundled sample, prepared)")
     p.add_argument("--real-concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--slots", type=int, nargs="+", default=[1, 2], help="--real: server slots for the concurrency runs")
     p.add_argument("--max-tokens", type=int, default=48, help="--real: reply cap sent with each request")
-    p.add_argument("--threads", type=int, default=1,
-                   help="--real: llama-server threads (1: two spin-wait for each other on a loaded 2-core machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--real: llama-server threads (1: two spin-wait for each other on a loaded 2-core machine)",
+    )
     args = p.parse_args()
     if args.real:
-        bench_real(args.data, args.grounding, sorted({1, *args.real_concurrency}), args.slots, args.max_tokens,
-                   args.threads)
+        bench_real(
+            args.data, args.grounding, sorted({1, *args.real_concurrency}), args.slots, args.max_tokens, args.threads
+        )
         return
     if not args.skip_requests:
         bench_concurrency(args.n, args.latency, sorted({1, *args.concurrency}))

@@ -59,8 +59,12 @@ def appetite(data, question_tokens: float) -> dict:
     c = model.config
     q = max(1, round(question_tokens))
     t = data.signal_length
-    batch = {"ecg": torch.randn(1, 2, 12, t), "ecg_mask": torch.ones(1, 2, dtype=torch.bool),
-             "input_ids": torch.randint(1000, 2000, (1, q)), "attention_mask": torch.ones(1, q, dtype=torch.long)}
+    batch = {
+        "ecg": torch.randn(1, 2, 12, t),
+        "ecg_mask": torch.ones(1, 2, dtype=torch.bool),
+        "input_ids": torch.randint(1000, 2000, (1, q)),
+        "attention_mask": torch.ones(1, q, dtype=torch.long),
+    }
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**batch)
     counts = {str(k).removeprefix("aten."): v for k, v in counter.get_flop_counts()["Global"].items()}
@@ -74,9 +78,18 @@ def appetite(data, question_tokens: float) -> dict:
     params = sum(p.numel() for p in model.parameters())
     embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     per_sample = 3 * fwd
-    return {"params": params, "dense_params": params - embeddings, "seq": seq, "q": q, "counts": counts,
-            "attention": attention, "fwd": fwd, "per_sample": per_sample,
-            "six_n_s": 6 * (params - embeddings) * seq, "need": MFU * H100_BF16_DENSE / per_sample}
+    return {
+        "params": params,
+        "dense_params": params - embeddings,
+        "seq": seq,
+        "q": q,
+        "counts": counts,
+        "attention": attention,
+        "fwd": fwd,
+        "per_sample": per_sample,
+        "six_n_s": 6 * (params - embeddings) * seq,
+        "need": MFU * H100_BF16_DENSE / per_sample,
+    }
 
 
 def drop_cache(path: Path) -> None:
@@ -89,14 +102,15 @@ def drop_cache(path: Path) -> None:
 
 def supply(data, split: str, batch_size: int, workers: int, seconds: float, cold: bool) -> dict:
     """Samples/s of make_loader after its first batch, over ``seconds`` (or the whole split when shorter)."""
-    from ecgqa.data import make_loader
-    from ecgqa.prepared import SIGNALS
+    from ecgqa.data.prepared import SIGNALS
+    from ecgqa.data.torch_datasets import make_loader
 
     if cold:
         drop_cache(data.path / SIGNALS)
     t0 = time.perf_counter()
-    loader = make_loader(data, split, batch_size=batch_size, shuffle=True, num_workers=workers,
-                         prefetch_factor=4 if workers else None)
+    loader = make_loader(
+        data, split, batch_size=batch_size, shuffle=True, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     it = iter(loader)
     first = next(it)
     startup = time.perf_counter() - t0
@@ -115,7 +129,7 @@ def breakdown(data, split: str, batch_size: int, batches: int = 20) -> dict:
     """Seconds per sample of each step of the in-process path (shuffled indices)."""
     import numpy as np
 
-    from ecgqa.data import ECGQADataset, collate_qa
+    from ecgqa.data.torch_datasets import ECGQADataset, collate_qa
 
     ds = ECGQADataset(data, split)
     rng = np.random.default_rng(0)
@@ -127,11 +141,11 @@ def breakdown(data, split: str, batch_size: int, batches: int = 20) -> dict:
         t1 = time.perf_counter()
         enc = ds.tokenizer([r["question"] for r in rows], truncation=True, max_length=ds.max_question_len)
         t2 = time.perf_counter()
-        items = [ds._item(r, e) for r, e in zip(rows, enc["input_ids"])]
+        items = [ds._item(r, e) for r, e in zip(rows, enc["input_ids"], strict=False)]
         t3 = time.perf_counter()
         collate_qa(items)
         t4 = time.perf_counter()
-        for k, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for k, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
             out[k] += dt
     n = batches * batch_size
     return {k: v / n for k, v in out.items()}
@@ -141,47 +155,69 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="prepared QA directory (default: the bundled sample, prepared)")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[8, 64],
-                    help="8 = the paper recipe's per-device batch for fusion-base")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[8, 64],
+        help="8 = the paper recipe's per-device batch for fusion-base",
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="default: 0 1 2 … this machine's cores")
     ap.add_argument("--seconds", type=float, default=15.0, help="per setting")
     ap.add_argument("--gpu-cores", type=int, default=16, help="CPU cores of the GPU machine (extrapolation)")
     ap.add_argument("--cold", action="store_true", help="drop the signal store from the page cache before each run")
     args = ap.parse_args()
 
-    from ecgqa.prepared import SIGNALS, PreparedData
+    from ecgqa.data.prepared import SIGNALS, PreparedData
 
     if args.data is None:
         args.data = Path(tempfile.mkdtemp(prefix="ecgqa-loader-")) / "prepared"
-        subprocess.run([sys.executable, "-m", "ecgqa", "prepare", "--out", str(args.data), "-q"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "ecgqa", "prepare", "--out", str(args.data), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     data = PreparedData(args.data)
     cores = os.cpu_count() or 1
     workers = args.workers if args.workers is not None else sorted({0, 1, 2, cores})
     store_gb = (data.path / SIGNALS).stat().st_size / 1e9
-    print(f"# loader throughput: {data.path} ({data.info.n_ecgs} ECGs, store {store_gb:.2f} GB "
-          f"{data.signals.dtype}, split {args.split}: {len(data.split(args.split))} questions)")
-    print(f"this machine: {cores} cores, {_load()}; shared with six other engineers' jobs, so every rate "
-          "below is a lower bound of what the cores give alone")
+    print(
+        f"# loader throughput: {data.path} ({data.info.n_ecgs} ECGs, store {store_gb:.2f} GB "
+        f"{data.signals.dtype}, split {args.split}: {len(data.split(args.split))} questions)"
+    )
+    print(
+        f"this machine: {cores} cores, {_load()}; shared with six other engineers' jobs, so every rate "
+        "below is a lower bound of what the cores give alone"
+    )
 
     q = mean_question_tokens(data, args.split)
     a = appetite(data, q)
     print("\n## appetite: fusion-base, one H100, bf16, 40 % MFU")
-    print(f"params {a['params'] / 1e6:.1f} M ({a['dense_params'] / 1e6:.1f} M outside the embedding tables); "
-          f"sequence S = 2·{(a['seq'] - 1 - a['q']) // 2} ECG tokens + 1 SEP + {a['q']} question tokens "
-          f"(split mean {q:.1f}) = {a['seq']}")
+    print(
+        f"params {a['params'] / 1e6:.1f} M ({a['dense_params'] / 1e6:.1f} M outside the embedding tables); "
+        f"sequence S = 2·{(a['seq'] - 1 - a['q']) // 2} ECG tokens + 1 SEP + {a['q']} question tokens "
+        f"(split mean {q:.1f}) = {a['seq']}"
+    )
     counted = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in a["counts"].items())
-    print(f"forward, counted by FlopCounterMode (GFLOP): {counted}; attention 4·S²·D·layers = "
-          f"{a['attention'] / 1e9:.1f} (added)")
-    print(f"FLOPs/sample = 3 × forward = 3 × {a['fwd'] / 1e9:.1f} G = {a['per_sample'] / 1e9:.0f} GFLOP "
-          f"(cross-check 6·N·S = {a['six_n_s'] / 1e9:.0f} G + attention 3·4·S²·D·L = "
-          f"{3 * a['attention'] / 1e9:.0f} G)")
-    print(f"appetite = {MFU} × {H100_BF16_DENSE / 1e12:.0f} TFLOP/s (H100 dense bf16 peak) / FLOPs per sample = "
-          f"{a['need']:.0f} samples/s")
+    print(
+        f"forward, counted by FlopCounterMode (GFLOP): {counted}; attention 4·S²·D·layers = "
+        f"{a['attention'] / 1e9:.1f} (added)"
+    )
+    print(
+        f"FLOPs/sample = 3 × forward = 3 × {a['fwd'] / 1e9:.1f} G = {a['per_sample'] / 1e9:.0f} GFLOP "
+        f"(cross-check 6·N·S = {a['six_n_s'] / 1e9:.0f} G + attention 3·4·S²·D·L = "
+        f"{3 * a['attention'] / 1e9:.0f} G)"
+    )
+    print(
+        f"appetite = {MFU} × {H100_BF16_DENSE / 1e12:.0f} TFLOP/s (H100 dense bf16 peak) / FLOPs per sample = "
+        f"{a['need']:.0f} samples/s"
+    )
 
     print("\n## supply: make_loader samples/s (shuffled; after the first batch)")
-    print(f"{'batch':>5} {'workers':>7} {'samples/s':>10} {'per worker':>10} {'vs 0 workers':>12} "
-          f"{'supply/appetite':>15} {'start-up s':>10}  load")
+    print(
+        f"{'batch':>5} {'workers':>7} {'samples/s':>10} {'per worker':>10} {'vs 0 workers':>12} "
+        f"{'supply/appetite':>15} {'start-up s':>10}  load"
+    )
     best_per_worker = 0.0
     for bs in args.batch_size:
         base = None
@@ -191,19 +227,26 @@ def main() -> None:
             per = r["rate"] / max(w, 1)
             if w:
                 best_per_worker = max(best_per_worker, per)
-            print(f"{bs:>5} {w:>7} {r['rate']:>10.0f} {per:>10.0f} {r['rate'] / base:>12.2f} "
-                  f"{r['rate'] / a['need']:>15.2f} {r['startup']:>10.2f}  {_load()}", flush=True)
+            print(
+                f"{bs:>5} {w:>7} {r['rate']:>10.0f} {per:>10.0f} {r['rate'] / base:>12.2f} "
+                f"{r['rate'] / a['need']:>15.2f} {r['startup']:>10.2f}  {_load()}",
+                flush=True,
+            )
     n_gpu = args.gpu_cores - 1
-    print(f"\nEXTRAPOLATION (not measured): a GPU machine with {args.gpu_cores} cores runs {n_gpu} workers beside the "
-          f"training process; at the best per-worker rate measured here ({best_per_worker:.0f} samples/s) that is "
-          f"{best_per_worker * n_gpu:.0f} samples/s = {best_per_worker * n_gpu / a['need']:.1f} × the appetite "
-          f"(goal ≥ 2). It assumes the per-worker rate holds per core (workers share nothing but the page cache).")
+    print(
+        f"\nEXTRAPOLATION (not measured): a GPU machine with {args.gpu_cores} cores runs {n_gpu} workers beside the "
+        f"training process; at the best per-worker rate measured here ({best_per_worker:.0f} samples/s) that is "
+        f"{best_per_worker * n_gpu:.0f} samples/s = {best_per_worker * n_gpu / a['need']:.1f} × the appetite "
+        f"(goal ≥ 2). It assumes the per-worker rate holds per core (workers share nothing but the page cache)."
+    )
 
     bs = args.batch_size[0]
     parts = breakdown(data, args.split, bs)
     total = sum(parts.values())
-    print(f"\n## where a sample's time goes (one process, batch {bs}): {1e3 * total:.2f} ms/sample = "
-          f"{1 / total:.0f} samples/s")
+    print(
+        f"\n## where a sample's time goes (one process, batch {bs}): {1e3 * total:.2f} ms/sample = "
+        f"{1 / total:.0f} samples/s"
+    )
     for k, v in parts.items():
         print(f"  {k:<16} {1e3 * v:7.3f} ms  {100 * v / total:5.1f} %")
 

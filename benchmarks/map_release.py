@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgqa.records import record_files
+from ecgqa.data.records import record_files
 from mapping.mapper import map_release
 from mapping.sources import ptbxl_record_path
 
@@ -36,14 +36,23 @@ def build(root: Path, n_samples: int, seed: int = 0) -> tuple[Path, Path]:
     release = root / "ecgqa" / "ptbxl"
     release.mkdir(parents=True)
     (release / "answers.csv").write_text("index,class\n0,no\n1,yes\n")
-    template = {"template_id": 26, "question_id": 1709, "question_type": "single-verify", "attribute_type": "noise",
-                "question": "Does this ECG show static noise in lead aVL?", "answer": ["no"], "attribute": ["static noise"]}
+    template = {
+        "template_id": 26,
+        "question_id": 1709,
+        "question_type": "single-verify",
+        "attribute_type": "noise",
+        "question": "Does this ECG show static noise in lead aVL?",
+        "answer": ["no"],
+        "attribute": ["static noise"],
+    }
     for start in range(0, n_samples, 10_000):
         count = min(10_000, n_samples - start)
         ids = rng.integers(1, 21838, size=(count, 2))
         two = rng.random(count) < 0.2
-        shard = [{**template, "sample_id": start + k, "ecg_id": ids[k].tolist() if two[k] else [int(ids[k, 0])]}
-                 for k in range(count)]
+        shard = [
+            {**template, "sample_id": start + k, "ecg_id": ids[k].tolist() if two[k] else [int(ids[k, 0])]}
+            for k in range(count)
+        ]
         (release / "template" / "train").mkdir(parents=True, exist_ok=True)
         (release / "template" / "train" / f"{start:06d}.json").write_text(json.dumps(shard))
     return release, records
@@ -83,9 +92,13 @@ def main() -> None:
         n = per_sample_baseline(release, records, root / "baseline")
         base = time.perf_counter() - t
         assert n == report["totals"]["mapped"] == args.samples
-        print(f"map_release:          {ours:6.2f} s  {args.samples / ours:9.0f} samples/s  "
-              f"records checked {report['records_checked']}  peak RSS {peak:.0f} MiB")
-        print(f"per-sample baseline:  {base:6.2f} s  {args.samples / base:9.0f} samples/s  (per-sample checks, non-atomic writes)")
+        print(
+            f"map_release:          {ours:6.2f} s  {args.samples / ours:9.0f} samples/s  "
+            f"records checked {report['records_checked']}  peak RSS {peak:.0f} MiB"
+        )
+        print(
+            f"per-sample baseline:  {base:6.2f} s  {args.samples / base:9.0f} samples/s  (per-sample checks, non-atomic writes)"
+        )
         print(f"ratio baseline/ours:  {base / ours:.2f}x")
     finally:
         if not args.keep:

@@ -29,9 +29,9 @@ import torch
 import wfdb
 from torch.utils.data import DataLoader, Dataset
 
-from ecgqa.data import make_loader
-from ecgqa.prepare import prepare
-from ecgqa.prepared import SIGNALS, PreparedData
+from ecgqa.data.prepare import prepare
+from ecgqa.data.prepared import SIGNALS, PreparedData
+from ecgqa.data.torch_datasets import make_loader
 from mapping.mapper import map_bundled_sample
 
 
@@ -95,18 +95,25 @@ def part1(tmp: Path, epochs: int) -> float:
     prep_bytes, base_bytes = du(tmp / "prepared"), du(tmp / "baseline")
     print(f"bundled sample: {n_samples} QA samples over {meta['n_ecgs']} ECGs")
     print(f"  write    prepare  {n_samples / t_prep:9.0f} samples/s ({t_prep:.2f} s, incl. the tokenizer)")
-    print(f"           one .mat per sample {n_base / t_base:9.0f} samples/s ({t_base:.2f} s)   "
-          f"speed ratio {t_base / t_prep:.2f}x")
-    print(f"  on disk  prepared {prep_bytes / 1e6:9.1f} MB   one .mat per sample {base_bytes / 1e6:9.1f} MB   "
-          f"ratio {base_bytes / prep_bytes:.2f}x smaller")
+    print(
+        f"           one .mat per sample {n_base / t_base:9.0f} samples/s ({t_base:.2f} s)   "
+        f"speed ratio {t_base / t_prep:.2f}x"
+    )
+    print(
+        f"  on disk  prepared {prep_bytes / 1e6:9.1f} MB   one .mat per sample {base_bytes / 1e6:9.1f} MB   "
+        f"ratio {base_bytes / prep_bytes:.2f}x smaller"
+    )
 
     data = PreparedData(tmp / "prepared")
     ours = throughput(make_loader(data, "train", batch_size=64, shuffle=True, num_workers=2), epochs)
-    mats = DataLoader(MatDataset(tmp / "baseline" / "train"), batch_size=64, shuffle=True, num_workers=2,
-                      persistent_workers=True)
+    mats = DataLoader(
+        MatDataset(tmp / "baseline" / "train"), batch_size=64, shuffle=True, num_workers=2, persistent_workers=True
+    )
     theirs = throughput(mats, epochs)
-    print(f"  loader   prepared {ours:9.0f} samples/s   .mat files {theirs:9.0f} samples/s   "
-          f"ratio {ours / theirs:.2f}x   (2 workers, batch 64, {epochs} epochs of train)")
+    print(
+        f"  loader   prepared {ours:9.0f} samples/s   .mat files {theirs:9.0f} samples/s   "
+        f"ratio {ours / theirs:.2f}x   (2 workers, batch 64, {epochs} epochs of train)"
+    )
     return n_base / t_base
 
 
@@ -129,10 +136,20 @@ def part2(tmp: Path, n_ecgs: int, num_proc: int, baseline_rate: float) -> None:
         shutil.copy(src.ptbxl_release / f, release / f)
     rng = np.random.default_rng(0)
     n_samples = n_ecgs * 26
-    samples = [{"template_id": 26, "question_id": 1709, "sample_id": i, "question_type": "single-verify",
-                "attribute_type": "noise", "question": "Does this ECG show static noise in lead aVL?",
-                "answer": ["no"], "ecg_id": [int(rng.integers(1, n_ecgs + 1))], "attribute": ["static noise"]}
-               for i in range(n_samples)]
+    samples = [
+        {
+            "template_id": 26,
+            "question_id": 1709,
+            "sample_id": i,
+            "question_type": "single-verify",
+            "attribute_type": "noise",
+            "question": "Does this ECG show static noise in lead aVL?",
+            "answer": ["no"],
+            "ecg_id": [int(rng.integers(1, n_ecgs + 1))],
+            "attribute": ["static noise"],
+        }
+        for i in range(n_samples)
+    ]
     for k in range(0, n_samples, 10_000):
         (release / "template" / "train" / f"{k}.json").write_text(json.dumps(samples[k : k + 10_000]))
     del samples
@@ -148,13 +165,19 @@ def part2(tmp: Path, n_ecgs: int, num_proc: int, baseline_rate: float) -> None:
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     store = (tmp / "scale" / "prepared" / SIGNALS).stat().st_size
     grown = (rss - rss0) / 1e3
-    print(f"scale: {meta['n_ecgs']} ECGs, {meta['splits']['train']} samples (26 per ECG, as in PTB-XL), "
-          f"--num-proc {num_proc}: {meta['n_ecgs'] / t:.0f} ECGs/s, {meta['splits']['train'] / t:.0f} samples/s "
-          f"({t:.1f} s)")
-    print(f"  vs one .mat per sample at the rate measured above ({baseline_rate:.0f} samples/s, 1 process): "
-          f"{meta['splits']['train'] / t / baseline_rate:.1f}x faster")
-    print(f"  memory: store {store / 1e6:.0f} MB on disk; main process peak RSS grew {grown:.0f} MB during prepare "
-          f"(peak {rss / 1e3:.0f} MB); largest child process {child / 1e3:.0f} MB (forked, shares the parent's pages)")
+    print(
+        f"scale: {meta['n_ecgs']} ECGs, {meta['splits']['train']} samples (26 per ECG, as in PTB-XL), "
+        f"--num-proc {num_proc}: {meta['n_ecgs'] / t:.0f} ECGs/s, {meta['splits']['train'] / t:.0f} samples/s "
+        f"({t:.1f} s)"
+    )
+    print(
+        f"  vs one .mat per sample at the rate measured above ({baseline_rate:.0f} samples/s, 1 process): "
+        f"{meta['splits']['train'] / t / baseline_rate:.1f}x faster"
+    )
+    print(
+        f"  memory: store {store / 1e6:.0f} MB on disk; main process peak RSS grew {grown:.0f} MB during prepare "
+        f"(peak {rss / 1e3:.0f} MB); largest child process {child / 1e3:.0f} MB (forked, shares the parent's pages)"
+    )
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def _release_dirs(extra: list[Path]) -> list[Path]:
 def question_pool(version: str, extra: list[Path] | None = None) -> QuestionPool:
     """Every real sample of the bundled release sample (and of ``extra`` release folders) whose template
     and answers exist in ``version``'s answer space, paired with its paraphrased question."""
-    from ecgqa.release import AnswerSpace, ReleaseError, encode_sample, load_shard, shards
+    from ecgqa.data.release import AnswerSpace, ReleaseError, encode_sample, load_shard, shards
 
     space = AnswerSpace.from_release(_answers_dir(version))
     one, two, seen = [], [], set()
@@ -173,8 +173,15 @@ def _assign_ids(rng: np.random.Generator, pool: np.ndarray, n_one: int, n_two: i
     return one, two
 
 
-def build_release(version: str, fraction: float, out: Path, *, seed: int = 0, two_share: float = TWO_ECG_SHARE,
-                  extra_questions: list[Path] | None = None) -> dict[str, Any]:
+def build_release(
+    version: str,
+    fraction: float,
+    out: Path,
+    *,
+    seed: int = 0,
+    two_share: float = TWO_ECG_SHARE,
+    extra_questions: list[Path] | None = None,
+) -> dict[str, Any]:
     """Write a synthetic ECG-QA release of ``fraction`` of the full size into ``out`` (the version folder:
     answers CSVs, {train,valid,test}_ecgs.tsv, template/ and paraphrased/ shards of 10,000 samples).
 
@@ -274,9 +281,17 @@ def mimic_sources(srcs: list[Path], out: Path) -> list[Path]:
             rec = wfdb.rdrecord(str(src), physical=False)
             upper = [n.upper() for n in rec.sig_name]  # PTB-XL writes AVR, AVL, AVF
             order = [upper.index(lead.upper()) for lead in MIMIC_LEADS]
-            wfdb.wrsamp(name, fs=rec.fs, units=[rec.units[i] for i in order], sig_name=MIMIC_LEADS,
-                        d_signal=rec.d_signal[:, order], fmt=["16"] * 12, adc_gain=[rec.adc_gain[i] for i in order],
-                        baseline=[rec.baseline[i] for i in order], write_dir=str(out))
+            wfdb.wrsamp(
+                name,
+                fs=rec.fs,
+                units=[rec.units[i] for i in order],
+                sig_name=MIMIC_LEADS,
+                d_signal=rec.d_signal[:, order],
+                fmt=["16"] * 12,
+                adc_gain=[rec.adc_gain[i] for i in order],
+                baseline=[rec.baseline[i] for i in order],
+                write_dir=str(out),
+            )
         done.append(out / name)
     return done
 
@@ -286,9 +301,16 @@ def mimic_path(subject: int, study: int) -> str:
     return f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
 
 
-def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out: Path, *,
-                  sources: Path | None = None, seed: int = 0, rates: tuple[int, ...] = (500, 100),
-                  cache: Path | None = None) -> int:
+def build_records(
+    version: str,
+    ecg_ids: dict[str, np.ndarray] | np.ndarray,
+    out: Path,
+    *,
+    sources: Path | None = None,
+    seed: int = 0,
+    rates: tuple[int, ...] = (500, 100),
+    cache: Path | None = None,
+) -> int:
     """A records tree under ``out`` holding a record for every id in ``ecg_ids``: real PTB-XL records
     copied under the new ids (signal file hard-linked, header rewritten). PTB-XL: records500/ (and
     records100/ when 100 in ``rates``); MIMIC-IV-ECG: files/... and a record_list.csv of all 800,035
@@ -304,14 +326,16 @@ def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out
 
         for rate in rates:
             suffix = "hr" if rate == 500 else "lr"
-            rate_srcs = [s.parent.parent.parent / f"records{rate}" / s.parent.name / s.name.replace("_hr", f"_{suffix}")
-                         for s in srcs]
+            rate_srcs = [
+                s.parent.parent.parent / f"records{rate}" / s.parent.name / s.name.replace("_hr", f"_{suffix}")
+                for s in srcs
+            ]
             rate_srcs = [s for s in rate_srcs if s.with_name(s.name + ".hea").is_file()]
             if not rate_srcs:
                 if rate == 500:
                     raise SystemExit(f"no 500 Hz sources under {sources}")
                 continue
-            for k, ecg_id in enumerate(ids):
+            for _k, ecg_id in enumerate(ids):
                 src = rate_srcs[int(ecg_id) % len(rate_srcs)]
                 rec = out / ptbxl_record_path(int(ecg_id), rate)
                 rec.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +356,7 @@ def build_records(version: str, ecg_ids: dict[str, np.ndarray] | np.ndarray, out
     with (out / "record_list.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["subject_id", "study_id", "file_name", "ecg_time", "path"])
-        for subject, study in zip(subject_of.tolist(), studies.tolist()):
+        for subject, study in zip(subject_of.tolist(), studies.tolist(), strict=False):
             path = mimic_path(subject, study)
             w.writerow([subject, study, study, "2180-07-23 08:44:00", path])
             if study in used:
@@ -372,7 +396,9 @@ def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
     load0 = os.getloadavg()[0]
     start = time.perf_counter()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    )
     peak = [0.0, 0.0]
     done = threading.Event()
 
@@ -415,8 +441,16 @@ def measure(name: str, cmd: list[str], log: Path | None = None) -> Run:
         tail = log.read_text()[-2000:] if log else ""
         raise SystemExit(f"{name} failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
     single = usage.ru_maxrss / 1024
-    return Run(name, round(wall, 2), round(usage.ru_utime + usage.ru_stime, 2), round(peak[0], 1),
-               round(single, 1), round(peak[1], 1), round(load0, 2), round(os.getloadavg()[0], 2))
+    return Run(
+        name,
+        round(wall, 2),
+        round(usage.ru_utime + usage.ru_stime, 2),
+        round(peak[0], 1),
+        round(single, 1),
+        round(peak[1], 1),
+        round(load0, 2),
+        round(os.getloadavg()[0], 2),
+    )
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
@@ -437,8 +471,9 @@ def disk_usage(path: Path) -> tuple[int, int]:
 # -------------------------------------------------------------------------------------- baseline
 
 
-def upstream_baseline(mapped: Path, dest: Path, share: float, variant: str = "template", *,
-                      signals: bool = False) -> dict[str, Any]:
+def upstream_baseline(
+    mapped: Path, dest: Path, share: float, variant: str = "template", *, signals: bool = False
+) -> dict[str, Any]:
     """Upstream's preprocessing of ``share`` of each split's samples (the first ones, in shard order).
 
     As fairseq-signals ``preprocess_ecgqa.py`` does per QA sample: one ``.mat`` holding the record paths,
@@ -450,9 +485,9 @@ def upstream_baseline(mapped: Path, dest: Path, share: float, variant: str = "te
     import scipy.io
     import wfdb
 
-    from ecgqa.constants import question_codes
-    from ecgqa.release import AnswerSpace, load_shard, shards
-    from ecgqa.vocab import bert_tokenizer
+    from ecgqa.data.constants import question_codes
+    from ecgqa.data.release import AnswerSpace, load_shard, shards
+    from ecgqa.data.vocab import bert_tokenizer
 
     space = AnswerSpace.from_release(mapped)
     tok = bert_tokenizer()
@@ -477,9 +512,16 @@ def upstream_baseline(mapped: Path, dest: Path, share: float, variant: str = "te
                     answer = np.zeros(len(space), dtype=np.int64)
                     answer[space.encode(s["answer"])] = 1
                     qt1, qt2, qt3 = question_codes(s["question_type"], s["attribute_type"])
-                    mat = {"ecg_path": s["ecg_path"], "question": s["question"], "answer": answer,
-                           "valid_classes": space.valid_classes(s), "question_type1": qt1, "question_type2": qt2,
-                           "question_type3": qt3, "attribute_id": -1}
+                    mat = {
+                        "ecg_path": s["ecg_path"],
+                        "question": s["question"],
+                        "answer": answer,
+                        "valid_classes": space.valid_classes(s),
+                        "question_type1": qt1,
+                        "question_type2": qt2,
+                        "question_type3": qt3,
+                        "attribute_id": -1,
+                    }
                     ecgs = [wfdb.rdsamp(p)[0] for p in s["ecg_path"]]
                     if signals:
                         mat["ecg"] = np.stack(ecgs)
@@ -497,7 +539,7 @@ def upstream_baseline(mapped: Path, dest: Path, share: float, variant: str = "te
 
 def _split_size(files: list[Path], first: list) -> int:
     """Samples in a split without loading every shard: full shards of 10,000, the last one counted."""
-    from ecgqa.release import load_shard
+    from ecgqa.data.release import load_shard
 
     return SHARD * (len(files) - 1) + len(load_shard(files[-1])) if len(files) > 1 else len(first)
 
@@ -524,38 +566,97 @@ def build(version: str, fraction: float, work: Path, sources: Path | None, extra
     made = build_release(version, fraction, work / "release" / version, seed=seed, extra_questions=extra)
     t_release = time.perf_counter() - t
     t = time.perf_counter()
-    n_records = build_records(version, made["ecg_ids"], work / "records", sources=sources, seed=seed,
-                              rates=(500, 100) if version == "ptbxl" else (500,), cache=work.parent / ".mimic-sources")
-    info = {"key": key, "samples": made["samples"], "ecgs": {k: len(v) for k, v in made["ecg_ids"].items()},
-            "records_written": n_records, "build_release_s": round(t_release, 1),
-            "build_records_s": round(time.perf_counter() - t, 1)}
+    n_records = build_records(
+        version,
+        made["ecg_ids"],
+        work / "records",
+        sources=sources,
+        seed=seed,
+        rates=(500, 100) if version == "ptbxl" else (500,),
+        cache=work.parent / ".mimic-sources",
+    )
+    info = {
+        "key": key,
+        "samples": made["samples"],
+        "ecgs": {k: len(v) for k, v in made["ecg_ids"].items()},
+        "records_written": n_records,
+        "build_release_s": round(t_release, 1),
+        "build_records_s": round(time.perf_counter() - t, 1),
+    }
     marker.write_text(json.dumps(info))
     return info
 
 
-def run_version(version: str, fraction: float, work: Path, *, num_proc: int, runs: list[str], sources: Path | None,
-                extra: list[Path], baseline_share: float, signal_share: float, keep_outputs: bool) -> dict[str, Any]:
+def run_version(
+    version: str,
+    fraction: float,
+    work: Path,
+    *,
+    num_proc: int,
+    runs: list[str],
+    sources: Path | None,
+    extra: list[Path],
+    baseline_share: float,
+    signal_share: float,
+    keep_outputs: bool,
+) -> dict[str, Any]:
     version = VERSION_ALIASES[version]
     work.mkdir(parents=True, exist_ok=True)
     log = work / "runs.log"
     info = build(version, fraction, work, sources, extra)
     n_variant = sum(info["samples"].values())
-    print(f"\n== {version} at {fraction:g} of full size: {n_variant:,} QA samples per variant over "
-          f"{sum(info['ecgs'].values()):,} ECGs (release {info['build_release_s']} s, "
-          f"{info['records_written']:,} records {info['build_records_s']} s)", flush=True)
+    print(
+        f"\n== {version} at {fraction:g} of full size: {n_variant:,} QA samples per variant over "
+        f"{sum(info['ecgs'].values()):,} ECGs (release {info['build_release_s']} s, "
+        f"{info['records_written']:,} records {info['build_records_s']} s)",
+        flush=True,
+    )
     ecgqa = [sys.executable, "-m", "ecgqa"]
-    results: dict[str, Any] = {"version": version, "fraction": fraction, "num_proc": num_proc, **info,
-                               "cpus": os.cpu_count(), "runs": {}}
+    results: dict[str, Any] = {
+        "version": version,
+        "fraction": fraction,
+        "num_proc": num_proc,
+        **info,
+        "cpus": os.cpu_count(),
+        "runs": {},
+    }
     shutil.rmtree(work / "mapped", ignore_errors=True)
-    r = measure("map", [*ecgqa, "map", "ptbxl" if version == "ptbxl" else "mimic", str(work / "release" / version),
-                        "--records", str(work / "records"), "--out", str(work / "mapped"), "-q"], log)
+    r = measure(
+        "map",
+        [
+            *ecgqa,
+            "map",
+            "ptbxl" if version == "ptbxl" else "mimic",
+            str(work / "release" / version),
+            "--records",
+            str(work / "records"),
+            "--out",
+            str(work / "mapped"),
+            "-q",
+        ],
+        log,
+    )
     r.disk_bytes = disk_usage(work / "mapped")[0]
     results["runs"]["map"] = asdict(r)
     _print_run(r, 2 * n_variant)
     for name in runs:
         out = work / f"prepared-{name}"
-        r = measure(name, [*ecgqa, "prepare", str(work / "mapped"), "--out", str(out), "--num-proc", str(num_proc),
-                           "--force", "-q", *RUNS[name]], log)
+        r = measure(
+            name,
+            [
+                *ecgqa,
+                "prepare",
+                str(work / "mapped"),
+                "--out",
+                str(out),
+                "--num-proc",
+                str(num_proc),
+                "--force",
+                "-q",
+                *RUNS[name],
+            ],
+            log,
+        )
         r.disk_bytes = disk_usage(out)[0]
         meta = json.loads((out / "meta.json").read_text())
         r.extra = {"n_ecgs": meta["n_ecgs"], "rows": sum(meta["splits"].values())}
@@ -572,7 +673,11 @@ def run_version(version: str, fraction: float, work: Path, *, num_proc: int, run
     records_bytes = _records_logical_bytes(work / "records", version)
     results["baseline"] = {
         "paths": {**up, "per_sample_s": up["seconds"] / up["samples"], "per_sample_alloc": up["alloc"] / up["samples"]},
-        "signals": {**sig, "per_sample_s": sig["seconds"] / sig["samples"], "per_sample_alloc": sig["alloc"] / sig["samples"]},
+        "signals": {
+            **sig,
+            "per_sample_s": sig["seconds"] / sig["samples"],
+            "per_sample_alloc": sig["alloc"] / sig["samples"],
+        },
         "records_bytes": records_bytes,
     }
     _print_summary(results, n_variant)
@@ -590,10 +695,13 @@ def _records_logical_bytes(records: Path, version: str) -> int:
 
 
 def _print_run(r: Run, n: int) -> None:
-    print(f"  {r.name:15s} {r.wall_s:8.1f} s wall {r.cpu_s:8.1f} s CPU  {n / r.wall_s:9.0f} rows/s  "
-          f"peak memory tree {r.peak_tree_mb:6.0f} MB PSS (largest process {r.peak_single_mb:5.0f} MB RSS, "
-          f"main heap {r.peak_main_anon_mb:4.0f} MB)  "
-          f"disk {r.disk_bytes / 1e9:6.2f} GB  load {r.load_before:.1f}->{r.load_after:.1f}", flush=True)
+    print(
+        f"  {r.name:15s} {r.wall_s:8.1f} s wall {r.cpu_s:8.1f} s CPU  {n / r.wall_s:9.0f} rows/s  "
+        f"peak memory tree {r.peak_tree_mb:6.0f} MB PSS (largest process {r.peak_single_mb:5.0f} MB RSS, "
+        f"main heap {r.peak_main_anon_mb:4.0f} MB)  "
+        f"disk {r.disk_bytes / 1e9:6.2f} GB  load {r.load_before:.1f}->{r.load_after:.1f}",
+        flush=True,
+    )
 
 
 def _print_summary(res: dict[str, Any], n_variant: int) -> None:
@@ -608,21 +716,39 @@ def _print_summary(res: dict[str, Any], n_variant: int) -> None:
     up_disk = b["paths"]["per_sample_alloc"] * n_qa
     sig_disk = b["signals"]["per_sample_alloc"] * n_qa
     load = os.getloadavg()
-    print(f"  -- map + every prepare: {all_s / 60:.1f} min wall; largest peak memory (process tree, PSS) {peak / 1024:.2f} GB; "
-          f"{res['cpus']} CPUs, load now {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min)")
-    print(f"  baseline, measured on {b['paths']['samples']:,} samples (paths) and {b['signals']['samples']:,} (signals), "
-          f"extrapolated to {n_qa:,} QA samples ({len(qa)} variant(s)):")
-    print(f"    upstream preprocess (one .mat of paths per sample, every ECG read per sample): "
-          f"{b['paths']['per_sample_s'] * 1e3:.2f} ms/sample -> {up_s / 60:.1f} min; ours (map + qa prepare) "
-          f"{ours_s / 60:.1f} min: {up_s / ours_s:.1f}x faster")
-    print(f"    disk: ours {ours_disk / 1e9:.2f} GB (self-contained); upstream .mat files {up_disk / 1e9:.2f} GB + the "
-          f"records its loader reads {b['records_bytes'] / 1e9:.2f} GB = {(up_disk + b['records_bytes']) / 1e9:.2f} GB "
-          f"({(up_disk + b['records_bytes']) / ours_disk:.1f}x ours)")
-    print(f"    disk vs one .mat per sample holding its ECGs: {sig_disk / 1e9:.1f} GB, {sig_disk / ours_disk:.0f}x ours "
-          f"(target >= 20x)")
-    res["summary"] = {"all_wall_s": all_s, "ours_qa_s": ours_s, "peak_tree_mb": peak, "ours_qa_disk": ours_disk,
-                      "n_qa": n_qa, "upstream_s": up_s, "upstream_disk": up_disk, "signals_disk": sig_disk,
-                      "load": load}
+    print(
+        f"  -- map + every prepare: {all_s / 60:.1f} min wall; largest peak memory (process tree, PSS) {peak / 1024:.2f} GB; "
+        f"{res['cpus']} CPUs, load now {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min)"
+    )
+    print(
+        f"  baseline, measured on {b['paths']['samples']:,} samples (paths) and {b['signals']['samples']:,} (signals), "
+        f"extrapolated to {n_qa:,} QA samples ({len(qa)} variant(s)):"
+    )
+    print(
+        f"    upstream preprocess (one .mat of paths per sample, every ECG read per sample): "
+        f"{b['paths']['per_sample_s'] * 1e3:.2f} ms/sample -> {up_s / 60:.1f} min; ours (map + qa prepare) "
+        f"{ours_s / 60:.1f} min: {up_s / ours_s:.1f}x faster"
+    )
+    print(
+        f"    disk: ours {ours_disk / 1e9:.2f} GB (self-contained); upstream .mat files {up_disk / 1e9:.2f} GB + the "
+        f"records its loader reads {b['records_bytes'] / 1e9:.2f} GB = {(up_disk + b['records_bytes']) / 1e9:.2f} GB "
+        f"({(up_disk + b['records_bytes']) / ours_disk:.1f}x ours)"
+    )
+    print(
+        f"    disk vs one .mat per sample holding its ECGs: {sig_disk / 1e9:.1f} GB, {sig_disk / ours_disk:.0f}x ours "
+        f"(target >= 20x)"
+    )
+    res["summary"] = {
+        "all_wall_s": all_s,
+        "ours_qa_s": ours_s,
+        "peak_tree_mb": peak,
+        "ours_qa_disk": ours_disk,
+        "n_qa": n_qa,
+        "upstream_s": up_s,
+        "upstream_disk": up_disk,
+        "signals_disk": sig_disk,
+        "load": load,
+    }
 
 
 def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -630,9 +756,20 @@ def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, A
     points = []
     for f in fractions:
         work = args.work / f"mimic-{f:g}"
-        points.append(run_version("mimic", f, work, num_proc=args.num_proc, runs=args.runs, sources=args.sources,
-                                  extra=args.questions, baseline_share=args.baseline_share,
-                                  signal_share=args.signal_share, keep_outputs=False))
+        points.append(
+            run_version(
+                "mimic",
+                f,
+                work,
+                num_proc=args.num_proc,
+                runs=args.runs,
+                sources=args.sources,
+                extra=args.questions,
+                baseline_share=args.baseline_share,
+                signal_share=args.signal_share,
+                keep_outputs=False,
+            )
+        )
         if args.json:  # after every point: a long run that is cut short keeps what it measured
             args.json.write_text(json.dumps(points, indent=1, default=str))
     print("\n== growth (MIMIC-IV-ECG): time and peak RSS per QA sample at each size")
@@ -643,15 +780,17 @@ def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, A
         c = np.array([p["runs"][name]["cpu_s"] for p in points])
         m = np.array([p["runs"][name]["peak_tree_mb"] for p in points])
         h = np.array([p["runs"][name].get("peak_main_anon_mb", 0.0) for p in points])
-        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {d:5.0f} MB" for a, b, d in zip(n, t, m))
+        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {d:5.0f} MB" for a, b, d in zip(n, t, m, strict=False))
         print(f"  {name:15s} {per}")
         for label, y in (("wall", t), ("CPU", c)):
             slope, icpt = np.polyfit(n, y, 1)
             r2 = 1 - ((y - (slope * n + icpt)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
             print(f"  {'':15s} fit {label:4s} = {icpt:5.1f} s + {slope * 1e6:7.1f} us x samples (R^2 {r2:.4f})")
         ms = np.polyfit(n, m, 1)[0]
-        print(f"  {'':15s} peak memory {m.min():.0f}-{m.max():.0f} MB (tree PSS), main heap {h.min():.0f}-{h.max():.0f} MB; "
-              f"slope {ms * 1024:.2f} KB a sample")
+        print(
+            f"  {'':15s} peak memory {m.min():.0f}-{m.max():.0f} MB (tree PSS), main heap {h.min():.0f}-{h.max():.0f} MB; "
+            f"slope {ms * 1024:.2f} KB a sample"
+        )
     return points
 
 
@@ -667,11 +806,20 @@ def plot(points: list[dict[str, Any]], names: list[str], path: Path) -> None:
         line = a.plot(n, [p["runs"][name]["wall_s"] for p in points], "o-", label=f"{name} wall")[0]
         a.plot(n, [p["runs"][name]["cpu_s"] for p in points], "s--", color=line.get_color(), label=f"{name} CPU")
         line = b.plot(n, [p["runs"][name]["peak_tree_mb"] for p in points], "o-", label=f"{name} tree (PSS)")[0]
-        b.plot(n, [p["runs"][name].get("peak_main_anon_mb", 0) for p in points], "s:", color=line.get_color(),
-               label=f"{name} main heap")
+        b.plot(
+            n,
+            [p["runs"][name].get("peak_main_anon_mb", 0) for p in points],
+            "s:",
+            color=line.get_color(),
+            label=f"{name} main heap",
+        )
     a.set(xlabel="QA samples read (thousands)", ylabel="seconds", title="time: linear in size")
-    b.set(xlabel="QA samples read (thousands)", ylabel="peak memory (MB)", title="memory: bounded (+0.05-0.4 KB a question)",
-          ylim=(0, None))
+    b.set(
+        xlabel="QA samples read (thousands)",
+        ylabel="peak memory (MB)",
+        title="memory: bounded (+0.05-0.4 KB a question)",
+        ylim=(0, None),
+    )
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -688,11 +836,21 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 1 / 30, 0.1], help="--growth points")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="prepare's record readers")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
-    parser.add_argument("--sources", type=Path, help="PTB-XL root whose records500/ (and records100/) records are "
-                        "copied (default: the bundled sample's 198)")
-    parser.add_argument("--questions", type=Path, nargs="*", default=[],
-                        help="more real ECG-QA version folders (template/ + paraphrased/) to draw questions from")
-    parser.add_argument("--baseline-share", type=float, default=0.01, help="share of samples the upstream baseline writes")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        help="PTB-XL root whose records500/ (and records100/) records are copied (default: the bundled sample's 198)",
+    )
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more real ECG-QA version folders (template/ + paraphrased/) to draw questions from",
+    )
+    parser.add_argument(
+        "--baseline-share", type=float, default=0.01, help="share of samples the upstream baseline writes"
+    )
     parser.add_argument("--signal-share", type=float, default=0.001, help="same, for the signals-in-.mat layout")
     parser.add_argument("--keep", type=Path, help="build here and keep everything (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -707,9 +865,18 @@ def main() -> None:
             if args.plot:
                 plot(res, args.runs, args.plot)
         else:
-            res = run_version(args.version, args.fraction, args.work, num_proc=args.num_proc, runs=args.runs,
-                              sources=args.sources, extra=args.questions, baseline_share=args.baseline_share,
-                              signal_share=args.signal_share, keep_outputs=bool(args.keep))
+            res = run_version(
+                args.version,
+                args.fraction,
+                args.work,
+                num_proc=args.num_proc,
+                runs=args.runs,
+                sources=args.sources,
+                extra=args.questions,
+                baseline_share=args.baseline_share,
+                signal_share=args.signal_share,
+                keep_outputs=bool(args.keep),
+            )
         if args.json:
             args.json.write_text(json.dumps(res, indent=1, default=str))
     finally:

@@ -58,9 +58,24 @@ def _start(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen, Path]
     log_path = Path(tempfile.mkdtemp(prefix="ecgqa-bench-")) / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "ecgqa", "serve", "--checkpoint", str(args.checkpoint), "--data", str(args.data),
-             "--port", str(port), "--device", args.device, "-q"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            [
+                sys.executable,
+                "-m",
+                "ecgqa",
+                "serve",
+                "--checkpoint",
+                str(args.checkpoint),
+                "--data",
+                str(args.data),
+                "--port",
+                str(port),
+                "--device",
+                args.device,
+                "-q",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
     deadline = time.monotonic() + 300
     while True:
@@ -80,7 +95,7 @@ def _start(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen, Path]
 def _direct_baseline(args: argparse.Namespace, examples: list[dict]) -> float:
     """Median seconds of one in-process ``Predictor.answer`` on the same questions."""
     import ecgqa
-    from ecgqa.prepared import PreparedData
+    from ecgqa.data.prepared import PreparedData
 
     data = PreparedData(args.data)
     predictor = ecgqa.load(args.checkpoint, device=args.device)
@@ -97,8 +112,9 @@ def _direct_baseline(args: argparse.Namespace, examples: list[dict]) -> float:
     return float(np.median([one(i) for i in range(args.direct)]))
 
 
-def _load_round(url: str, args: argparse.Namespace, examples: list[dict], ids: list[int],
-                upload: bytes) -> tuple[list[float], list[str], float]:
+def _load_round(
+    url: str, args: argparse.Namespace, examples: list[dict], ids: list[int], upload: bytes
+) -> tuple[list[float], list[str], float]:
     import httpx
 
     clients = [httpx.Client(base_url=url, timeout=120) for _ in range(args.concurrency)]
@@ -112,8 +128,11 @@ def _load_round(url: str, args: argparse.Namespace, examples: list[dict], ids: l
             if kind == 1:
                 r = c.get(f"/api/ecgs/{ids[i % len(ids)]}/plot.png")
             elif kind == 2:
-                r = c.post("/api/answer/upload", files={"files": ("ecg.npy", upload)},
-                           data={"question": examples[i % len(examples)]["question"], "rate": "500"})
+                r = c.post(
+                    "/api/answer/upload",
+                    files={"files": ("ecg.npy", upload)},
+                    data={"question": examples[i % len(examples)]["question"], "rate": "500"},
+                )
             else:
                 ex = examples[i % len(examples)]
                 r = c.post("/api/answer", json={"ecg_ids": ex["ecg_ids"], "question": ex["question"]})
@@ -147,8 +166,10 @@ def _slow_clients(port: int, n: int, seconds: float, proc) -> None:
     bodies = [connect() for _ in range(n)]
     chunk = b" " * (512 * 1024)
     for s in bodies:
-        s.sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 5242000\r\n\r\n")
+        s.sendall(
+            b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5242000\r\n\r\n"
+        )
         for _ in range(9):  # 4.5 MB of the declared 5 MB
             try:
                 s.sendall(chunk)
@@ -185,8 +206,10 @@ def _slow_clients(port: int, n: int, seconds: float, proc) -> None:
         except httpx.HTTPError:
             health.append(float("inf"))
         time.sleep(1.0)
-    still = {name: sum(is_open(s) for s in group) for name, group in
-             (("idle", idle), ("trickling headers", trickle), ("slow bodies", bodies))}
+    still = {
+        name: sum(is_open(s) for s in group)
+        for name, group in (("idle", idle), ("trickling headers", trickle), ("slow bodies", bodies))
+    }
     for s in idle + trickle + bodies:
         s.close()
     print(f"  slow clients     {n} idle, {n} trickling headers, {n} slow bodies (4.5 of 5 MB), held {seconds:g} s")
@@ -204,10 +227,16 @@ def _big_header(url: str, lines: int) -> None:
     head = [f"r {lines} 500 5000"] + [f"r.dat 16 1000/mV 16 0 0 0 0 X{i}" for i in range(lines)]
     header = ("\n".join(head) + "\n").encode()
     t = time.perf_counter()
-    r = httpx.post(f"{url}/api/answer/upload", timeout=600, data={"question": "Any noise?"},
-                   files=[("files", ("r.hea", header)), ("files", ("r.dat", b"\0" * 120_000))])
-    print(f"  big header       {lines} signal lines ({len(header) / 1024:.0f} kB): {r.status_code} in "
-          f"{(time.perf_counter() - t) * 1000:.0f} ms: {r.json().get('detail', '')[:90]}")
+    r = httpx.post(
+        f"{url}/api/answer/upload",
+        timeout=600,
+        data={"question": "Any noise?"},
+        files=[("files", ("r.hea", header)), ("files", ("r.dat", b"\0" * 120_000))],
+    )
+    print(
+        f"  big header       {lines} signal lines ({len(header) / 1024:.0f} kB): {r.status_code} in "
+        f"{(time.perf_counter() - t) * 1000:.0f} ms: {r.json().get('detail', '')[:90]}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             examples = [e for e in c.get("/api/examples").json() if len(e["ecg_ids"]) == 1] or c.get(
-                "/api/examples").json()
+                "/api/examples"
+            ).json()
             ids = [e["id"] for e in c.get("/api/ecgs", params={"limit": 500}).json()["items"]]
             for ex in examples[:4]:
                 c.post("/api/answer", json={"ecg_ids": ex["ecg_ids"], "question": ex["question"]}).raise_for_status()
@@ -257,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds if args.requests else 0):
             ms, errors, wall = _load_round(url, args, examples, ids, upload)
             kind = "mixed (1/2 answers, 1/4 plots, 1/4 uploads)" if args.mixed else "answers"
-            print(f"  round {r + 1}: {args.requests} {kind} at concurrency {args.concurrency}: "
-                  f"p50 {_pct(ms, 50):.0f} ms  p95 {_pct(ms, 95):.0f} ms  p99 {_pct(ms, 99):.0f} ms  "
-                  f"{args.requests / wall:.1f} req/s  errors {len(errors)}")
+            print(
+                f"  round {r + 1}: {args.requests} {kind} at concurrency {args.concurrency}: "
+                f"p50 {_pct(ms, 50):.0f} ms  p95 {_pct(ms, 95):.0f} ms  p99 {_pct(ms, 99):.0f} ms  "
+                f"{args.requests / wall:.1f} req/s  errors {len(errors)}"
+            )
             print(f"           {_usage(proc)}")
             for e in errors[:3]:
                 print("    error:", e)

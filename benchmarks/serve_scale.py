@@ -55,10 +55,21 @@ def _load() -> str:
 
 
 def make_checkpoint(data: Path, model: str, out: Path) -> Path:
-    from ecgqa.train import TrainConfig, train
+    from ecgqa.training.train import TrainConfig, train
 
-    return train(TrainConfig(data=data, model=model, out=out, max_steps=2, batch_size=4, eval_split=None,
-                             warmup=0, logging_steps=1, quiet=True))
+    return train(
+        TrainConfig(
+            data=data,
+            model=model,
+            out=out,
+            max_steps=2,
+            batch_size=4,
+            eval_split=None,
+            warmup=0,
+            logging_steps=1,
+            quiet=True,
+        )
+    )
 
 
 class Server:
@@ -74,9 +85,25 @@ class Server:
         t0 = time.perf_counter()
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ecgqa", "serve", "--checkpoint", str(checkpoint), "--data", str(data),
-                 "--port", str(self.port), "--device", "cpu", "-q"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                [
+                    sys.executable,
+                    "-m",
+                    "ecgqa",
+                    "serve",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--port",
+                    str(self.port),
+                    "--device",
+                    "cpu",
+                    "-q",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            )
         self.ps = psutil.Process(self.proc.pid)
         self.peak = 0
         while True:
@@ -132,14 +159,17 @@ def endpoint_calls(client, n_ecgs: int, examples: list[dict], rng: random.Random
 
     def similar(i: int):
         ex = single[i % len(single)]
-        return client.post("/api/answer", json={"ecg_ids": [ids[i % len(ids)]],
-                                                "question": "please tell me: " + ex["question"].lower()})
+        return client.post(
+            "/api/answer",
+            json={"ecg_ids": [ids[i % len(ids)]], "question": "please tell me: " + ex["question"].lower()},
+        )
 
     return {
         "GET /healthz": lambda i: client.get("/healthz"),
         "GET /api/info": lambda i: client.get("/api/info"),
-        "GET /api/ecgs (page)": lambda i: client.get("/api/ecgs", params={"offset": rng.randrange(n_ecgs),
-                                                                          "limit": 50}),
+        "GET /api/ecgs (page)": lambda i: client.get(
+            "/api/ecgs", params={"offset": rng.randrange(n_ecgs), "limit": 50}
+        ),
         "GET /api/ecgs/{id}": lambda i: client.get(f"/api/ecgs/{ids[i % len(ids)]}"),
         "GET /api/ecgs/{id}/plot.png": lambda i: client.get(f"/api/ecgs/{ids[i % len(ids)]}/plot.png"),
         "GET /api/examples": lambda i: client.get("/api/examples"),
@@ -152,8 +182,7 @@ def endpoint_calls(client, n_ecgs: int, examples: list[dict], rng: random.Random
 def measure(server: Server, requests: int, concurrency: int, seconds: float) -> dict:
     import httpx
 
-    with httpx.Client(base_url=server.url, timeout=120,
-                      limits=httpx.Limits(max_connections=concurrency)) as client:
+    with httpx.Client(base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
         info = client.get("/api/info").json()
         examples = client.get("/api/examples").json()
         calls = endpoint_calls(client, info["n_ecgs"], examples, random.Random(0))
@@ -174,8 +203,12 @@ def measure(server: Server, requests: int, concurrency: int, seconds: float) -> 
                     if res is not None:
                         lat.append(res[0])
                         errors += not 200 <= res[1] < 300
-            out[name] = {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                         "n": len(lat), "errors": errors}
+            out[name] = {
+                "p50": float(np.percentile(lat, 50)),
+                "p99": float(np.percentile(lat, 99)),
+                "n": len(lat),
+                "errors": errors,
+            }
     return {"info": info, "endpoints": out}
 
 
@@ -188,7 +221,7 @@ def _row_by_row(data, store_ids: set[int]) -> tuple:
 
     cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
     by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
-    rows = [dict(zip(cols, v)) for t in by_split.values() for v in zip(*(t[c] for c in cols))]
+    rows = [dict(zip(cols, v, strict=False)) for t in by_split.values() for v in zip(*(t[c] for c in cols), strict=False)]
     counts: dict[int, int] = defaultdict(int)
     splits: dict[int, set[str]] = defaultdict(set)
     for split, table in by_split.items():
@@ -196,8 +229,12 @@ def _row_by_row(data, store_ids: set[int]) -> tuple:
             for e in ids:
                 counts[int(e)] += 1
                 splits[int(e)].add(split)
-    return (QuestionIndex.from_rows(list(data.classes), rows), dict(counts),
-            {e: sorted(s) for e, s in splits.items()}, pick_examples(by_split, list(data.classes), store_ids))
+    return (
+        QuestionIndex.from_rows(list(data.classes), rows),
+        dict(counts),
+        {e: sorted(s) for e, s in splits.items()},
+        pick_examples(by_split, list(data.classes), store_ids),
+    )
 
 
 def _column_wise(data, store_ids: set[int]) -> tuple:
@@ -211,7 +248,7 @@ def index_only(how: str, data_dir: Path) -> None:
     """One way of building the start-up indexes, alone in this process: seconds, anon and peak RSS growth."""
     import sklearn.feature_extraction.text  # noqa: F401 - imported before the clock starts, as both ways need it
 
-    from ecgqa.prepared import PreparedData
+    from ecgqa.data.prepared import PreparedData
 
     def status() -> dict[str, int]:
         with open("/proc/self/status") as f:
@@ -228,16 +265,24 @@ def index_only(how: str, data_dir: Path) -> None:
 
 
 def index_ab(data_dir: Path) -> None:
-    print(f"\n## start-up indexes of {data_dir}: row by row (before issue 18) vs column-wise (now), each in a fresh "
-          "process (imports done before the clock starts)")
+    print(
+        f"\n## start-up indexes of {data_dir}: row by row (before issue 18) vs column-wise (now), each in a fresh "
+        "process (imports done before the clock starts)"
+    )
     print(f"{'':12} {'seconds':>8} {'anon RSS +MB':>12} {'peak RSS +MB':>12} {'distinct q':>10} {'examples':>8}")
     res = {}
     for how in ("row-by-row", "column-wise"):
-        out = subprocess.run([sys.executable, __file__, "--index-only", how, "--data", str(data_dir)],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, __file__, "--index-only", how, "--data", str(data_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         res[how] = [float(x) for x in out]
-        print(f"{how:12} {res[how][0]:8.2f} {res[how][1]:12.0f} {res[how][2]:12.0f} {res[how][3]:10.0f} "
-              f"{res[how][4]:8.0f}  {_load()}")
+        print(
+            f"{how:12} {res[how][0]:8.2f} {res[how][1]:12.0f} {res[how][2]:12.0f} {res[how][3]:10.0f} "
+            f"{res[how][4]:8.0f}  {_load()}"
+        )
     a, b = res["row-by-row"], res["column-wise"]
     print(f"ratio        {a[0] / b[0]:8.1f}x faster, peak RSS growth {a[2] / max(b[2], 1):.1f}x smaller")
 
@@ -259,38 +304,62 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ecgqa-serve-scale-"))
     if args.baseline_data is None:
         args.baseline_data = tmp / "sample"
-        subprocess.run([sys.executable, "-m", "ecgqa", "prepare", "--out", str(args.baseline_data), "-q"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "ecgqa", "prepare", "--out", str(args.baseline_data), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     if args.checkpoint is None:
         args.checkpoint = make_checkpoint(args.baseline_data, args.model, tmp / "ckpt")
-    print(f"# ecgqa serve at full size; model {args.checkpoint}; {os.cpu_count()} cores, {_load()} "
-          "(a shared machine: six other engineers' jobs run on these cores)")
+    print(
+        f"# ecgqa serve at full size; model {args.checkpoint}; {os.cpu_count()} cores, {_load()} "
+        "(a shared machine: six other engineers' jobs run on these cores)"
+    )
     results = {}
     for label, data in (("baseline", args.baseline_data), ("full", args.data)):
         server = Server(args.checkpoint, data)
         try:
             m = measure(server, args.requests, args.concurrency, args.seconds)
-            m.update(startup=server.startup, peak=server.peak, ready=server.ready_rss, after=server.rss(),
-                     anon=server.ready_split["RssAnon"], file=server.ready_split["RssFile"])
+            m.update(
+                startup=server.startup,
+                peak=server.peak,
+                ready=server.ready_rss,
+                after=server.rss(),
+                anon=server.ready_split["RssAnon"],
+                file=server.ready_split["RssFile"],
+            )
         finally:
             server.stop()
         results[label] = m
-        print(f"{label}: {data}: {m['info']['n_ecgs']} ECGs; start-up {m['startup']:.1f} s; RSS peak during start-up "
-              f"{m['peak'] / 2**20:.0f} MB, ready {m['ready'] / 2**20:.0f} MB, after the load "
-              f"{m['after'] / 2**20:.0f} MB; {_load()}", flush=True)
+        print(
+            f"{label}: {data}: {m['info']['n_ecgs']} ECGs; start-up {m['startup']:.1f} s; RSS peak during start-up "
+            f"{m['peak'] / 2**20:.0f} MB, ready {m['ready'] / 2**20:.0f} MB, after the load "
+            f"{m['after'] / 2**20:.0f} MB; {_load()}",
+            flush=True,
+        )
     b, f = results["baseline"], results["full"]
     print(f"\n{'':28} {'baseline':>9} {'full':>9} {'ratio':>6}")
-    for k, name in (("startup", "start-up s"), ("peak", "peak RSS MB"), ("ready", "ready RSS MB"),
-                    ("anon", "  of it anonymous MB"), ("file", "  of it mapped files MB"), ("after", "RSS after load MB")):
+    for k, name in (
+        ("startup", "start-up s"),
+        ("peak", "peak RSS MB"),
+        ("ready", "ready RSS MB"),
+        ("anon", "  of it anonymous MB"),
+        ("file", "  of it mapped files MB"),
+        ("after", "RSS after load MB"),
+    ):
         scale = 1 if k == "startup" else 2**20
         print(f"{name:28} {b[k] / scale:9.1f} {f[k] / scale:9.1f} {f[k] / b[k]:6.2f}")
     print(f"\nper endpoint: {args.requests} requests (or {args.seconds:g} s) at concurrency {args.concurrency}, ms")
-    print(f"{'endpoint':28} {'p50 base':>9} {'p99 base':>9} {'p50 full':>9} {'p99 full':>9} {'p50 ratio':>9} "
-          f"{'n':>4} {'non-2xx':>7}")
+    print(
+        f"{'endpoint':28} {'p50 base':>9} {'p99 base':>9} {'p50 full':>9} {'p99 full':>9} {'p50 ratio':>9} "
+        f"{'n':>4} {'non-2xx':>7}"
+    )
     for name, e in f["endpoints"].items():
         be = b["endpoints"][name]
-        print(f"{name:28} {be['p50']:9.1f} {be['p99']:9.1f} {e['p50']:9.1f} {e['p99']:9.1f} "
-              f"{e['p50'] / be['p50']:9.2f} {e['n']:>4} {e['errors'] + be['errors']:>7}")
+        print(
+            f"{name:28} {be['p50']:9.1f} {be['p99']:9.1f} {e['p50']:9.1f} {e['p99']:9.1f} "
+            f"{e['p50'] / be['p50']:9.2f} {e['n']:>4} {e['errors'] + be['errors']:>7}"
+        )
     index_ab(args.data)
 
 

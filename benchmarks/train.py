@@ -35,7 +35,7 @@ QUESTION_TOKENS = 24
 
 def build_sample(dest: Path) -> Path:
     """Prepare the bundled PTB-XL sample (task qa, template, 500 Hz) into ``dest``."""
-    from ecgqa.prepare import prepare
+    from ecgqa.data.prepare import prepare
     from mapping.mapper import map_bundled_sample
 
     mapped = map_bundled_sample(dest / "mapped")
@@ -151,15 +151,19 @@ def run_models(args: argparse.Namespace) -> None:
     base = args.models[0]
     base_again = measure(base, args, device, sync)[2] if len(args.models) > 1 else results[base][2]
     base_sps = args.batch_size / ((results[base][2] + base_again) / 2)
-    print(f"device {device} ({torch.get_num_threads()} threads), {args.precision}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after 1 warm-up; baseline {base}: {args.batch_size / results[base][2]:.4f} "
-          f"samples/s first, {args.batch_size / base_again:.4f} last")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), {args.precision}, batch {args.batch_size}, "
+        f"{args.steps} timed steps after 1 warm-up; baseline {base}: {args.batch_size / results[base][2]:.4f} "
+        f"samples/s first, {args.batch_size / base_again:.4f} last"
+    )
     header = f"{'model':<22}{'params (M)':>11}{'GFLOP/sample':>14}{'samples/s':>11}{'× baseline':>11}"
     print(header + (f"{'MFU %':>8}" if peak else ""))
     for name, (n_params, flops, seconds) in results.items():
         sps = args.batch_size / seconds
-        line = (f"{name:<22}{n_params / 1e6:>11.1f}{flops / args.batch_size / 1e9:>14.2f}{sps:>11.4f}"
-                f"{sps / base_sps:>11.3f}")
+        line = (
+            f"{name:<22}{n_params / 1e6:>11.1f}{flops / args.batch_size / 1e9:>14.2f}{sps:>11.4f}"
+            f"{sps / base_sps:>11.3f}"
+        )
         if peak:
             line += f"{100 * flops / seconds / 1e12 / peak:>8.1f}"
         print(line)
@@ -170,7 +174,7 @@ def run_models(args: argparse.Namespace) -> None:
 def run_loader(args: argparse.Namespace) -> None:
     import torch
 
-    from ecgqa.data import PreparedData, make_loader
+    from ecgqa.data.torch_datasets import PreparedData, make_loader
     from ecgqa.models import create_model
 
     tmp = tempfile.TemporaryDirectory()
@@ -178,16 +182,32 @@ def run_loader(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     tok = data.tokenizer
-    model = create_model(args.model, classes=data.classes, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                         sep_token_id=tok.sep_token_id).to(device).train()
+    model = (
+        create_model(
+            args.model,
+            classes=data.classes,
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+            sep_token_id=tok.sep_token_id,
+        )
+        .to(device)
+        .train()
+    )
     step = make_step(model, device, args.precision)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    loader = make_loader(data, "train", args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        data,
+        "train",
+        args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
     fixed = next(iter(make_loader(data, "train", args.batch_size, shuffle=True)))
 
     def run(batches: Any) -> float:
@@ -217,8 +237,12 @@ def main() -> None:
     from ecgqa.models import reference_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=reference_models(),
-                    help="models to time; the first is the baseline (default: every reference model)")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=reference_models(),
+        help="models to time; the first is the baseline (default: every reference model)",
+    )
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per model (after one warm-up step)")
     ap.add_argument("--device", default="cpu")

@@ -8,14 +8,14 @@ Layout of ``CKPT`` (nothing else names these files):
 - ``prepared_meta.json``: the prepared data's meta it was trained on (content hash, release version);
 - ``train_options.json``: how it was trained (written last: a folder holding it is a finished run);
 - ``checkpoints/checkpoint-N`` and ``metrics.jsonl``: the resumable Trainer states and the log, see
-  ``ecgqa/train.py``; ``train_run.json`` marks a folder as a training run this tool started.
+  ``ecgqa/training/train.py``; ``train_run.json`` marks a folder as a training run this tool started.
 
 **Rate policy (one for every consumer).** Prepared data is compared with the checkpoint by
 :func:`check_compatible`: a different task, answer space / grounding classes, sampling rate or signal
 length is an error that names both values and the fix (re-prepare with ``--rate`` / ``--seconds``);
 nothing is resampled silently. Signals that are *inputs* rather than prepared data (an upload to
-``ecgqa serve``, an array passed to the predictor) are resampled with ``ecgqa.records.resample`` and
-cut/padded with ``ecgqa.records.fit_length`` to the checkpoint's rate and length by the caller.
+``ecgqa serve``, an array passed to the predictor) are resampled with ``ecgqa.data.records.resample`` and
+cut/padded with ``ecgqa.data.records.fit_length`` to the checkpoint's rate and length by the caller.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ class Checkpoint:
             return {}
 
 
-def save_checkpoint(out: str | Path, model: Any, tokenizer: Any, meta: dict[str, Any],
-                    train_options: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    out: str | Path, model: Any, tokenizer: Any, meta: dict[str, Any], train_options: dict[str, Any] | None = None
+) -> Path:
     """Write the loadable checkpoint into ``out``: built in a temporary sibling folder inside ``out``,
     then each entry renamed into place, ``train_options.json`` last (so its presence means complete).
 
@@ -190,8 +191,9 @@ def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False, signal_on
     classes = list(meta.get("classes") or [])
     if list(ckpt.classes) != classes:
         what = "answer classes" if task == "qa" else "grounding classes"
-        first = next((i for i, (a, b) in enumerate(zip(ckpt.classes, classes)) if a != b), min(len(classes),
-                                                                                              len(ckpt.classes)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ckpt.classes, classes, strict=False)) if a != b), min(len(classes), len(ckpt.classes))
+        )
         raise CheckpointError(
             f"{who} predicts {len(ckpt.classes)} {what} that differ from the {len(classes)} of {where} "
             f"(first difference at index {first}; another release version?); use data of the version it was trained on"

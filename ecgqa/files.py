@@ -158,9 +158,7 @@ def _describe(out: Path, limit: int = 5) -> str:
     return f"{len(names)} entries ({shown}{more})"
 
 
-def claim_output_dir(
-    out: str | Path, *, marker: str, what: str, is_ours: Callable[[Path], bool] | None = None
-) -> Path:
+def claim_output_dir(out: str | Path, *, marker: str, what: str, is_ours: Callable[[Path], bool] | None = None) -> Path:
     """Check that ``out`` may be replaced by this command's output, else raise ``OutputDirError``.
 
     Allowed: ``out`` is absent, an empty folder, or a folder holding ``marker`` (the file this command

@@ -4,7 +4,7 @@ The demo server, ``ecgqa evaluate`` and the LLM harness all go through this one 
 measured is what users get. A QA predictor answers questions about one or two ECGs; an upperbound
 predictor scores the grounding classes of ECGs (optionally restricted to a lead subset).
 
-Thresholding follows the benchmark: a class is in the answer when ``ecgqa.metrics.decide`` says so
+Thresholding follows the benchmark: a class is in the answer when ``ecgqa.evaluation.metrics.decide`` says so
 (sigmoid > 0.5) *and* it is one of the question's valid classes.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgqa.metrics import decide
+from ecgqa.evaluation.metrics import decide
 
 ECGs = np.ndarray | Sequence[np.ndarray]
 
@@ -35,8 +35,14 @@ class Answer:
 class Predictor:
     """A loaded checkpoint; see ``load``. Attributes mirror the checkpoint's config."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], device: str | torch.device,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        meta: dict[str, Any],
+        device: str | torch.device,
+        path: Path | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.meta = meta
@@ -51,8 +57,10 @@ class Predictor:
         self._index = {c: i for i, c in enumerate(self.classes)}
 
     def __repr__(self) -> str:
-        return (f"Predictor({self.model_name!r}, task={self.task!r}, {len(self.classes)} classes, "
-                f"{self.rate} Hz x {self.signal_length}, device={self.device})")
+        return (
+            f"Predictor({self.model_name!r}, task={self.task!r}, {len(self.classes)} classes, "
+            f"{self.rate} Hz x {self.signal_length}, device={self.device})"
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -60,8 +68,8 @@ class Predictor:
         a = np.asarray(ecg, dtype=np.float32)
         if a.shape != (12, self.signal_length):
             raise ValueError(
-                f"{what}: expected a (12, {self.signal_length}) array (12 leads in ecgqa.constants.LEADS order, "
-                f"{self.rate} Hz), got shape {a.shape}; resample with ecgqa.records.resample first"
+                f"{what}: expected a (12, {self.signal_length}) array (12 leads in ecgqa.data.constants.LEADS order, "
+                f"{self.rate} Hz), got shape {a.shape}; resample with ecgqa.data.records.resample first"
             )
         if not np.isfinite(a).all():
             raise ValueError(f"{what}: the signal contains NaN or inf values; clean or drop this record")
@@ -96,10 +104,19 @@ class Predictor:
             for j, e in enumerate(ecgs):
                 ecg[i, j] = self._signal(e, f"{what}, ECG {j + 1}")
                 ecg_mask[i, j] = True
-        enc = self.tokenizer([q for _, q, _ in items], padding=True, truncation=True,
-                             max_length=int(self.model.config.max_question_len), return_tensors="pt")
-        batch = {"ecg": torch.from_numpy(ecg), "ecg_mask": torch.from_numpy(ecg_mask),
-                 "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        enc = self.tokenizer(
+            [q for _, q, _ in items],
+            padding=True,
+            truncation=True,
+            max_length=int(self.model.config.max_question_len),
+            return_tensors="pt",
+        )
+        batch = {
+            "ecg": torch.from_numpy(ecg),
+            "ecg_mask": torch.from_numpy(ecg_mask),
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+        }
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ QA
@@ -119,11 +136,16 @@ class Predictor:
             valid = [self._valid_indices(vc, f"item {start + i}") for i, (_, _, vc) in enumerate(chunk)]
             logits = self.model(**self._qa_inputs(chunk, start)).logits
             probs = torch.sigmoid(logits.float()).cpu().numpy()
-            for p, v in zip(probs, valid):
+            for p, v in zip(probs, valid, strict=False):
                 scores = {self.classes[c]: float(p[c]) for c in v}
                 chosen = decide(p)
-                answers.append(Answer(answer=[self.classes[c] for c in v if chosen[c]], scores=scores,
-                                      valid_classes=[self.classes[c] for c in v]))
+                answers.append(
+                    Answer(
+                        answer=[self.classes[c] for c in v if chosen[c]],
+                        scores=scores,
+                        valid_classes=[self.classes[c] for c in v],
+                    )
+                )
         return answers
 
     # ------------------------------------------------------------------ upperbound
@@ -141,7 +163,9 @@ class Predictor:
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3:
-            raise ValueError(f"ecgs: expected (B, 12, {self.signal_length}) or (12, {self.signal_length}), got {x.shape}")
+            raise ValueError(
+                f"ecgs: expected (B, 12, {self.signal_length}) or (12, {self.signal_length}), got {x.shape}"
+            )
         masks = None
         if lead_masks is not None:
             masks = np.asarray(lead_masks, dtype=bool)

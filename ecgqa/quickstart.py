@@ -2,7 +2,7 @@
 
 Steps: map → hold out a test split BY ECG → prepare (qa) → train a small fusion model and a blind
 (question-only) baseline → evaluate both on the held-out split → **attribute classifier**: prepare
-dense attribute labels from PTB-XL's metadata (``--task attributes``, ``ecgqa/attributes.py``), train
+dense attribute labels from PTB-XL's metadata (``--task attributes``, ``ecgqa/data/attributes.py``), train
 ``se-wrn-quick`` on the training ECGs' entire-ECG rows and the same model on those rows with the labels
 shuffled across ECGs (the control), score
 both on the held-out ECGs (per-class AUC with a 95 % bootstrap interval, macro AUC) → print both tables.
@@ -58,35 +58,52 @@ class DemoPaths:
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="working folder")
-    parser.add_argument("--minutes", type=float, default=0.8,
-                        help="training time cap per trained model in minutes (default 0.8: four models, so the whole run "
-                        "stays under 5 minutes on a busy 2-core machine; on an idle one --max-steps ends training first)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=0.8,
+        help="training time cap per trained model in minutes (default 0.8: four models, so the whole run "
+        "stays under 5 minutes on a busy 2-core machine; on an idle one --max-steps ends training first)",
+    )
     parser.add_argument("--max-steps", type=int, default=400, help="optimizer updates per model (default 400)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of ECGs held out (default 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the ECG hold-out and training (default 0)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: these small models gain nothing from more, and on a "
-                        "shared machine extra threads made steps ~4x slower)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"models to train (default: {' '.join(MODELS)})")
-    parser.add_argument("--attribute-steps", type=int, default=300,
-                        help="optimizer updates of the attribute classifier and of its shuffled control (default 300; "
-                        "0 skips the attribute classifier)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the AUC intervals (default 1000)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these small models gain nothing from more, and on a "
+        "shared machine extra threads made steps ~4x slower)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), help=f"models to train (default: {' '.join(MODELS)})"
+    )
+    parser.add_argument(
+        "--attribute-steps",
+        type=int,
+        default=300,
+        help="optimizer updates of the attribute classifier and of its shuffled control (default 300; "
+        "0 skips the attribute classifier)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates for the AUC intervals (default 1000)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
 
 
-def holdout_by_ecg(mapped: Path, out: Path, *, test_fraction: float = 0.25, seed: int = 0,
-                   variant: str = "template") -> dict[str, Any]:
+def holdout_by_ecg(
+    mapped: Path, out: Path, *, test_fraction: float = 0.25, seed: int = 0, variant: str = "template"
+) -> dict[str, Any]:
     """Write a copy of the mapped release ``mapped`` to ``out`` with ``train``/``test`` splits disjoint by ECG.
 
     Every question of ``variant`` (all splits) is pooled; a seeded ``test_fraction`` of its ECGs is held
     out. Returns the split report (also written as ``out/split_report.json``).
     """
-    from ecgqa.release import load_shard, shards
+    from ecgqa.data.release import load_shard, shards
 
     if not 0 < test_fraction < 1:
         raise ValueError(f"--test-fraction must be between 0 and 1, not {test_fraction}")
@@ -115,8 +132,15 @@ def holdout_by_ecg(mapped: Path, out: Path, *, test_fraction: float = 0.25, seed
     for name in ("answers.csv", "answers_for_each_template.csv", "mapping_report.json"):
         if (mapped / name).is_file():
             shutil.copy2(mapped / name, staging / name)
-    report = {"source": str(mapped), "variant": variant, "seed": seed, "test_fraction": test_fraction,
-              "left_out_samples": left_out, "samples": {}, "ecgs": {}}
+    report = {
+        "source": str(mapped),
+        "variant": variant,
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "left_out_samples": left_out,
+        "samples": {},
+        "ecgs": {},
+    }
     for name, rows in split.items():
         folder = staging / variant / name
         folder.mkdir(parents=True)
@@ -162,15 +186,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse.Namespace) -> None:
     """One quickstart training run: fresh folder, no evaluation during training, capped by --minutes."""
-    from ecgqa.train import TrainConfig, train
+    from ecgqa.training.train import TrainConfig, train
 
     limit = _time_limit(60 * args.minutes)
     if ckpt.exists():
         shutil.rmtree(ckpt)  # a fresh run each time: an old Trainer state would be resumed otherwise
-    train(TrainConfig(data=data, model=model, out=ckpt, max_steps=max_steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup=0.05, seed=args.seed, eval_split=None, logging_steps=50, quiet=args.quiet,
-                      save_steps=max_steps),  # no resumable Trainer state mid-run: each run starts fresh
-          callbacks=[limit])
+    train(
+        TrainConfig(
+            data=data,
+            model=model,
+            out=ckpt,
+            max_steps=max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=0.05,
+            seed=args.seed,
+            eval_split=None,
+            logging_steps=50,
+            quiet=args.quiet,
+            save_steps=max_steps,
+        ),  # no resumable Trainer state mid-run: each run starts fresh
+        callbacks=[limit],
+    )
     if getattr(limit, "stopped_at", None):
         print(f"  time cap reached after {limit.stopped_at} steps", file=sys.stderr)
 
@@ -202,10 +239,10 @@ def claim_quickstart_out(out: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ecgqa import sample
-    from ecgqa.evaluate import evaluate
+    from ecgqa.data.prepare import prepare
+    from ecgqa.evaluation.evaluate import evaluate
+    from ecgqa.evaluation.report import compare_table
     from ecgqa.files import atomic_write
-    from ecgqa.prepare import prepare
-    from ecgqa.report import compare_table
     from mapping.mapper import map_release
 
     start = time.perf_counter()
@@ -229,9 +266,12 @@ def _run(args: argparse.Namespace) -> int:
     release = out / "release" / "ptbxl"
     say(f"holding out {args.test_fraction:.0%} of the ECGs as the test split: {release}")
     split = holdout_by_ecg(mapped, release, test_fraction=args.test_fraction, seed=args.seed)
-    print(f"  train {split['samples']['train']} questions over {len(split['ecgs']['train'])} ECGs, "
-          f"test {split['samples']['test']} over {len(split['ecgs']['test'])} ECGs, "
-          f"{len(split['left_out_samples'])} comparison questions across the cut left out", file=sys.stderr)
+    print(
+        f"  train {split['samples']['train']} questions over {len(split['ecgs']['train'])} ECGs, "
+        f"test {split['samples']['test']} over {len(split['ecgs']['test'])} ECGs, "
+        f"{len(split['left_out_samples'])} comparison questions across the cut left out",
+        file=sys.stderr,
+    )
 
     prepared = out / QA_DATA
     say(f"preparing {prepared}")
@@ -253,11 +293,19 @@ def _run(args: argparse.Namespace) -> int:
     if with_attributes:
         attrs = out / ATTRIBUTE_DATA
         say(f"preparing dense attribute labels from PTB-XL metadata into {attrs} ({ATTRIBUTE_RATE} Hz)")
-        prepare(release, attrs, variant="template", task="attributes", rate=ATTRIBUTE_RATE,
-                metadata=paths.ptbxl_records / "ptbxl_database.csv", progress=progress)
+        prepare(
+            release,
+            attrs,
+            variant="template",
+            task="attributes",
+            rate=ATTRIBUTE_RATE,
+            metadata=paths.ptbxl_records / "ptbxl_database.csv",
+            progress=progress,
+        )
         entire = rows_copy(attrs, out / "prepared" / "ptbxl-attributes-entire", groups=("entire",))
-        control = rows_copy(attrs, out / "prepared" / "ptbxl-attributes-shuffled", groups=("entire",),
-                            shuffle_seed=args.seed)
+        control = rows_copy(
+            attrs, out / "prepared" / "ptbxl-attributes-shuffled", groups=("entire",), shuffle_seed=args.seed
+        )
         ckpt = out / "checkpoints" / ATTRIBUTE_MODEL
         say(f"training {ATTRIBUTE_MODEL} on the dense labels of the training ECGs into {ckpt}")
         _train(entire, ATTRIBUTE_MODEL, ckpt, max_steps=args.attribute_steps, args=args)
@@ -279,7 +327,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"mapped release:   {mapped}\nre-split release: {release} (split_report.json)\nprepared data:    {prepared}")
     for name in args.models:
         print(f"{name + ':':17s} checkpoint {out / 'checkpoints' / name}, report {out / 'reports' / name}/report.md")
-    print(f"comparison:       {out / 'comparison.md'}  (ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})")
+    print(
+        f"comparison:       {out / 'comparison.md'}  (ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
+    )
     if attribute_text:
         print(f"attributes:       {out / 'attributes.md'}, checkpoint {out / 'checkpoints' / ATTRIBUTE_MODEL}")
     print(f"total {time.perf_counter() - start:.0f} s")
@@ -289,8 +339,14 @@ def _run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ the attribute classifier
 
 
-def rows_copy(prepared: Path, out: Path, *, split: str = "train", groups: tuple[str, ...] | None = None,
-              shuffle_seed: int | None = None) -> Path:
+def rows_copy(
+    prepared: Path,
+    out: Path,
+    *,
+    split: str = "train",
+    groups: tuple[str, ...] | None = None,
+    shuffle_seed: int | None = None,
+) -> Path:
     """A copy of a prepared (attributes/upperbound) directory with ``split``'s rows changed.
 
     ``groups``: keep only the rows of these lead subsets (the quickstart trains on ``("entire",)``: the
@@ -299,7 +355,7 @@ def rows_copy(prepared: Path, out: Path, *, split: str = "train", groups: tuple[
     label vector stays (same label frequencies) but belongs to another ECG; a model trained on it can only
     learn the base rates, and its AUC on held-out ECGs is the level to beat.
     """
-    from ecgqa import prepared as prep
+    from ecgqa.data import prepared as prep
 
     data = prep.PreparedData(prepared)
     table = data.split(split)
@@ -312,7 +368,7 @@ def rows_copy(prepared: Path, out: Path, *, split: str = "train", groups: tuple[
         for idx in by_group.values():
             targets = [rows[i]["ecg_rows"] for i in idx]
             rng.shuffle(targets)
-            for i, t in zip(idx, targets):
+            for i, t in zip(idx, targets, strict=False):
                 rows[i] = {**rows[i], "ecg_rows": t, "ecg_id": [int(data.ecg_ids[t[0]])]}
     if out.exists():
         shutil.rmtree(out)
@@ -329,8 +385,9 @@ def rows_copy(prepared: Path, out: Path, *, split: str = "train", groups: tuple[
     return out
 
 
-def predict_rows(checkpoint: Path, data_dir: Path, split: str, *, groups: tuple[str, ...] = ("entire",),
-                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+def predict_rows(
+    checkpoint: Path, data_dir: Path, split: str, *, groups: tuple[str, ...] = ("entire",), batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
     """Scores of an attribute classifier on a split's rows of the given lead subsets.
 
     Returns (probs (N, C), labels (N, C) with NaN where unknown, ecg ids, classes).
@@ -338,14 +395,16 @@ def predict_rows(checkpoint: Path, data_dir: Path, split: str, *, groups: tuple[
     import torch
 
     from ecgqa.checkpoint import load_checkpoint
-    from ecgqa.leads import group_mask
-    from ecgqa.prepared import PreparedData
+    from ecgqa.data.leads import group_mask
+    from ecgqa.data.prepared import PreparedData
 
     ckpt = load_checkpoint(checkpoint, device="cpu")
     data = PreparedData(data_dir)
     if ckpt.classes != data.classes:
-        raise ValueError(f"{checkpoint} predicts {len(ckpt.classes)} classes, {data_dir} labels {len(data.classes)} "
-                         "other ones; score a checkpoint on the data it was trained for")
+        raise ValueError(
+            f"{checkpoint} predicts {len(ckpt.classes)} classes, {data_dir} labels {len(data.classes)} "
+            "other ones; score a checkpoint on the data it was trained for"
+        )
     rows = [r for r in data.split(split) if r["lead_group"] in groups]
     n, c = len(rows), len(data.classes)
     labels = np.full((n, c), np.nan, dtype=np.float32)
@@ -354,12 +413,13 @@ def predict_rows(checkpoint: Path, data_dir: Path, split: str, *, groups: tuple[
         labels[i, r["label_classes"]] = r["label_values"]
     with torch.no_grad():
         for lo in range(0, n, batch_size):
-            batch = rows[lo: lo + batch_size]
-            ecg = torch.from_numpy(np.stack([np.asarray(data.signals[r["ecg_rows"][0]], dtype=np.float32)
-                                             for r in batch]))
+            batch = rows[lo : lo + batch_size]
+            ecg = torch.from_numpy(
+                np.stack([np.asarray(data.signals[r["ecg_rows"][0]], dtype=np.float32) for r in batch])
+            )
             mask = torch.from_numpy(np.stack([group_mask(r["lead_group"]) for r in batch]))
             logits = ckpt.model(ecg=ecg, lead_mask=mask).logits
-            probs[lo: lo + len(batch)] = torch.sigmoid(logits).numpy()
+            probs[lo : lo + len(batch)] = torch.sigmoid(logits).numpy()
     return probs, labels, [int(r["ecg_id"][0]) for r in rows], data.classes
 
 
@@ -375,8 +435,16 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def attribute_auc(checkpoint: Path, control: Path | None, data_dir: Path, split: str, *, n_boot: int = 1000,
-                  seed: int = 0, min_each: int = 2) -> dict[str, Any]:
+def attribute_auc(
+    checkpoint: Path,
+    control: Path | None,
+    data_dir: Path,
+    split: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_each: int = 2,
+) -> dict[str, Any]:
     """Per-class AUC (95 % bootstrap interval over held-out ECGs) of ``checkpoint`` on the ``entire`` rows of
     ``split``, the macro AUC, and the same for the label-shuffled ``control`` with the paired difference.
 
@@ -387,8 +455,11 @@ def attribute_auc(checkpoint: Path, control: Path | None, data_dir: Path, split:
     probs, labels, ecgs, classes = predict_rows(checkpoint, data_dir, split)
     cprobs = predict_rows(control, data_dir, split)[0] if control is not None else None
     n = len(ecgs)
-    eligible = [j for j in range(len(classes))
-                if (labels[:, j] == 1).sum() >= min_each and (labels[:, j] == 0).sum() >= min_each]
+    eligible = [
+        j
+        for j in range(len(classes))
+        if (labels[:, j] == 1).sum() >= min_each and (labels[:, j] == 0).sum() >= min_each
+    ]
     # a replicate = how often each held-out ECG is drawn; AUC of a replicate = weighted pair comparisons
     weights = np.stack([np.bincount(b, minlength=n) for b in np.random.default_rng(seed).integers(0, n, (n_boot, n))])
 
@@ -407,16 +478,26 @@ def attribute_auc(checkpoint: Path, control: Path | None, data_dir: Path, split:
         return point, boot
 
     point, boot = aucs(probs)
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "n_ecgs": n, "n_boot": n_boot,
-                              "classes": []}
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "n_ecgs": n,
+        "n_boot": n_boot,
+        "classes": [],
+    }
     cpoint = cboot = None
     if cprobs is not None:
         cpoint, cboot = aucs(cprobs)
     for k, j in enumerate(eligible):
         known = ~np.isnan(labels[:, j])
         lo, hi = np.nanpercentile(boot[:, k], [2.5, 97.5])
-        entry = {"class": classes[j], "auc": round(float(point[k]), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-                 "positives": int((labels[known, j] == 1).sum()), "negatives": int((labels[known, j] == 0).sum())}
+        entry = {
+            "class": classes[j],
+            "auc": round(float(point[k]), 4),
+            "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "positives": int((labels[known, j] == 1).sum()),
+            "negatives": int((labels[known, j] == 0).sum()),
+        }
         if cpoint is not None:
             entry["control_auc"] = round(float(cpoint[k]), 4)
         result["classes"].append(entry)
@@ -437,26 +518,36 @@ def attribute_auc(checkpoint: Path, control: Path | None, data_dir: Path, split:
 def auc_markdown(result: dict[str, Any]) -> str:
     """The per-class AUC table, the macro line beside the control's, and a plain verdict."""
     has_control = "control_macro_auc" in result
-    lines = ["| class | AUC (95 % CI) | held-out +/− |" + (" shuffled control |" if has_control else ""),
-             "|---|---|---|" + ("---|" if has_control else "")]
+    lines = [
+        "| class | AUC (95 % CI) | held-out +/− |" + (" shuffled control |" if has_control else ""),
+        "|---|---|---|" + ("---|" if has_control else ""),
+    ]
     for e in sorted(result["classes"], key=lambda e: -e["auc"]):
         ci = f"{e['auc']:.3f} ({e['ci95'][0]:.3f}–{e['ci95'][1]:.3f})"
-        lines.append(f"| {e['class']} | {ci} | {e['positives']}/{e['negatives']} |"
-                     + (f" {e['control_auc']:.3f} |" if has_control else ""))
+        lines.append(
+            f"| {e['class']} | {ci} | {e['positives']}/{e['negatives']} |"
+            + (f" {e['control_auc']:.3f} |" if has_control else "")
+        )
     macro = f"{result['macro_auc']:.3f} ({result['macro_ci95'][0]:.3f}–{result['macro_ci95'][1]:.3f})"
-    lines.append(f"| **macro ({len(result['classes'])} classes)** | **{macro}** | {result['n_ecgs']} ECGs |"
-                 + (f" **{result['control_macro_auc']:.3f}** |" if has_control else ""))
+    lines.append(
+        f"| **macro ({len(result['classes'])} classes)** | **{macro}** | {result['n_ecgs']} ECGs |"
+        + (f" **{result['control_macro_auc']:.3f}** |" if has_control else "")
+    )
     text = "\n".join(lines) + "\n"
     if has_control:
         lo, hi = result["difference_ci95"]
         if result["learned"]:
-            verdict = (f"The ECG side learned something: macro AUC {result['macro_auc']:.3f} vs "
-                       f"{result['control_macro_auc']:.3f} for the same model trained on shuffled labels "
-                       f"(paired bootstrap 95 % CI of the difference {lo:+.3f} to {hi:+.3f}, above 0).")
+            verdict = (
+                f"The ECG side learned something: macro AUC {result['macro_auc']:.3f} vs "
+                f"{result['control_macro_auc']:.3f} for the same model trained on shuffled labels "
+                f"(paired bootstrap 95 % CI of the difference {lo:+.3f} to {hi:+.3f}, above 0)."
+            )
         else:
-            verdict = (f"No evidence that the ECG side learned: macro AUC {result['macro_auc']:.3f} vs "
-                       f"{result['control_macro_auc']:.3f} for the shuffled-label control (95 % CI of the "
-                       f"difference {lo:+.3f} to {hi:+.3f} includes 0). Train longer (--attribute-steps).")
+            verdict = (
+                f"No evidence that the ECG side learned: macro AUC {result['macro_auc']:.3f} vs "
+                f"{result['control_macro_auc']:.3f} for the shuffled-label control (95 % CI of the "
+                f"difference {lo:+.3f} to {hi:+.3f} includes 0). Train longer (--attribute-steps)."
+            )
         text += "\n" + verdict + "\n"
     return text
 
@@ -483,14 +574,15 @@ def ensure_demo(out: str | Path, quiet: bool = False) -> DemoPaths:
     ``ecgqa serve`` calls this instead of reaching into the quickstart's options.
     """
     from ecgqa.checkpoint import REQUIRED
-    from ecgqa.prepared import is_prepared
+    from ecgqa.data.prepared import is_prepared
 
     paths = demo_paths(out)
     if all((paths.checkpoint / f).is_file() for f in REQUIRED) and is_prepared(paths.data):
         return paths
     print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
     args = configure(argparse.ArgumentParser(prog="ecgqa quickstart")).parse_args(
-        ["--out", str(out)] + (["--quiet"] if quiet else []))
+        ["--out", str(out)] + (["--quiet"] if quiet else [])
+    )
     code = args.func(args)
     paths = demo_paths(out)
     if code or not (paths.checkpoint / "config.json").is_file():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgqa.constants import LEADS
+from ecgqa.data.constants import LEADS
 
 MM_PER_INCH = 25.4
 #: rows of lead names per layout; the 3x4 layout adds a lead II rhythm strip (RHYTHM_LEAD) below.
@@ -99,13 +99,15 @@ MAX_PIXELS = 60_000_000
 MAX_TITLE = 200
 
 
-def layout_geometry(layout: str = "3x4", *, seconds: float = 10.0, speed: float = 25.0,
-                    gain: float = 10.0) -> Geometry:
+def layout_geometry(layout: str = "3x4", *, seconds: float = 10.0, speed: float = 25.0, gain: float = 10.0) -> Geometry:
     """The page for ``layout`` showing ``seconds`` of signal at ``speed`` mm/s and ``gain`` mm/mV."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    for name, value, (low, high) in (("seconds", seconds, LIMITS["seconds"]), ("speed", speed, LIMITS["speed"]),
-                                     ("gain", gain, LIMITS["gain"])):
+    for name, value, (low, high) in (
+        ("seconds", seconds, LIMITS["seconds"]),
+        ("speed", speed, LIMITS["speed"]),
+        ("gain", gain, LIMITS["gain"]),
+    ):
         if not (np.isfinite(value) and low <= value <= high):
             raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
     rows = LAYOUTS[layout]
@@ -127,15 +129,35 @@ def layout_geometry(layout: str = "3x4", *, seconds: float = 10.0, speed: float 
         leads = rows[r] if r < len(rows) else (RHYTHM_LEAD,)
         span = col_s if r < len(rows) else seconds
         for c, lead in enumerate(leads):
-            panels.append(Panel(lead, c * span, (c + 1) * span, trace_x0 + c * span * speed,
-                                trace_x0 + (c + 1) * span * speed, row_top, row_top + row_mm, base, r >= len(rows)))
-    return Geometry(width, height, (left, top, width - right, height - bottom), tuple(panels), tuple(cals),
-                    speed, gain)
+            panels.append(
+                Panel(
+                    lead,
+                    c * span,
+                    (c + 1) * span,
+                    trace_x0 + c * span * speed,
+                    trace_x0 + (c + 1) * span * speed,
+                    row_top,
+                    row_top + row_mm,
+                    base,
+                    r >= len(rows),
+                )
+            )
+    return Geometry(width, height, (left, top, width - right, height - bottom), tuple(panels), tuple(cals), speed, gain)
 
 
-def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: float = 25.0, gain: float = 10.0,
-               dpi: int = 100, color: bool = True, fmt: str = "png", title: str | None = None,
-               seconds: float = 10.0) -> bytes:
+def render_ecg(
+    signal: np.ndarray,
+    fs: float,
+    *,
+    layout: str = "3x4",
+    speed: float = 25.0,
+    gain: float = 10.0,
+    dpi: int = 100,
+    color: bool = True,
+    fmt: str = "png",
+    title: str | None = None,
+    seconds: float = 10.0,
+) -> bytes:
     """The printout of ``signal`` (12, T) in mV, LEADS order, sampled at ``fs`` Hz, as PNG or SVG bytes.
 
     ``seconds`` of paper are drawn (10 s, as printed ECGs are); a shorter record leaves the rest
@@ -156,8 +178,10 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
     geo = layout_geometry(layout, seconds=seconds, speed=speed, gain=gain)
     w_px, h_px = (round(mm / MM_PER_INCH * dpi) for mm in (geo.width, geo.height))
     if w_px * h_px > MAX_PIXELS:
-        raise ValueError(f"a {w_px}x{h_px}-pixel picture is too large (at most {MAX_PIXELS:,} pixels): "
-                         "lower --dpi, --seconds, --speed or --gain")
+        raise ValueError(
+            f"a {w_px}x{h_px}-pixel picture is too large (at most {MAX_PIXELS:,} pixels): "
+            "lower --dpi, --seconds, --speed or --gain"
+        )
     if title is not None and len(title) > MAX_TITLE:
         raise ValueError(f"title is {len(title)} characters long; at most {MAX_TITLE}")
     minor, major, ink = _COLORS[bool(color)]
@@ -179,13 +203,21 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
     traces = []
     for x_rise, x_fall, base in geo.calibrations:
         x_start = x_rise - CAL_START * speed / 2
-        traces.append([(x_start, base), (x_rise, base), (x_rise, base - gain), (x_fall, base - gain),
-                       (x_fall, base), (x_fall + CAL_START * speed / 2, base)])
+        traces.append(
+            [
+                (x_start, base),
+                (x_rise, base),
+                (x_rise, base - gain),
+                (x_fall, base - gain),
+                (x_fall, base),
+                (x_fall + CAL_START * speed / 2, base),
+            ]
+        )
     label = {"fontsize": 9, "fontweight": "bold", "ha": "left", "va": "top", "color": ink, "zorder": 4}
     for p in geo.panels:
         y = signal[LEADS.index(p.lead)]
         a, b = round(p.t0 * fs), round(p.t1 * fs)
-        seg = y[a:min(b + 1, y.size)]  # one sample past the end joins the columns seamlessly
+        seg = y[a : min(b + 1, y.size)]  # one sample past the end joins the columns seamlessly
         if seg.size:
             t = (a + np.arange(seg.size)) / fs
             xs = p.x0 + (t - p.t0) * speed
@@ -193,13 +225,17 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
         ax.text(p.x0 + 1.0, p.top + 1.0, p.lead, **label)
         if p.x0 > geo.panels[0].x0 and not p.rhythm:  # the short separator printed between columns
             traces.append([(p.x0, p.baseline - 0.25 * gain), (p.x0, p.baseline + 0.25 * gain)])
-    ax.add_collection(LineCollection(traces, colors=ink, linewidths=TRACE_WIDTH_MM * pt_per_mm, zorder=3,
-                                     capstyle="butt", joinstyle="round"))
+    ax.add_collection(
+        LineCollection(
+            traces, colors=ink, linewidths=TRACE_WIDTH_MM * pt_per_mm, zorder=3, capstyle="butt", joinstyle="round"
+        )
+    )
     small = {"fontsize": 8, "color": ink, "zorder": 4}
     ax.text(gx1, geo.height - 2.0, f"{speed:g} mm/s   {gain:g} mm/mV   {fs:g} Hz", ha="right", va="bottom", **small)
     if title:
-        ax.text(gx0, 2.0, title, ha="left", va="top", fontsize=11, color=ink, zorder=4,
-                parse_math=False)  # a title is plain text: "$...$" must not run matplotlib's math parser
+        ax.text(
+            gx0, 2.0, title, ha="left", va="top", fontsize=11, color=ink, zorder=4, parse_math=False
+        )  # a title is plain text: "$...$" must not run matplotlib's math parser
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi, facecolor="white")
     return buf.getvalue()
@@ -209,12 +245,18 @@ def render_ecg(signal: np.ndarray, fs: float, *, layout: str = "3x4", speed: flo
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("record", nargs="?", type=Path, default=None,
-                        help="a WFDB record (path without extension; any lead order, any rate)")
+    parser.add_argument(
+        "record",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="a WFDB record (path without extension; any lead order, any rate)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="a prepared directory (instead of a record)")
     parser.add_argument("--ecg-id", type=int, default=None, help="the ECG to draw from --data")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output file, .png or .svg (default: <record name or ECG id>.png here)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output file, .png or .svg (default: <record name or ECG id>.png here)"
+    )
     parser.add_argument("--layout", choices=list(LAYOUTS), default="3x4")
     parser.add_argument("--dpi", type=int, default=100)
     parser.add_argument("--speed", type=float, default=25.0, help="paper speed, mm/s")
@@ -230,14 +272,14 @@ def run(args: argparse.Namespace) -> int:
     if (args.record is None) == (args.data is None):
         raise ValueError("give either a WFDB record path or --data PREPARED --ecg-id ID")
     if args.record is not None:
-        from ecgqa.records import read_record
+        from ecgqa.data.records import read_record
 
         rec = read_record(args.record)
         signal, fs, name = rec.signal, rec.fs, args.record.name
     else:
         if args.ecg_id is None:
             raise ValueError("--data needs --ecg-id (the ECG to draw)")
-        from ecgqa.prepared import PreparedData
+        from ecgqa.data.prepared import PreparedData
 
         data = PreparedData(args.data)
         try:
@@ -249,8 +291,18 @@ def run(args: argparse.Namespace) -> int:
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ValueError(f"--out {out}: the file name must end in .png or .svg")
-    data_bytes = render_ecg(signal, fs, layout=args.layout, speed=args.speed, gain=args.gain, dpi=args.dpi,
-                            color=not args.grey, fmt=fmt, title=args.title or name, seconds=args.seconds)
+    data_bytes = render_ecg(
+        signal,
+        fs,
+        layout=args.layout,
+        speed=args.speed,
+        gain=args.gain,
+        dpi=args.dpi,
+        color=not args.grey,
+        fmt=fmt,
+        title=args.title or name,
+        seconds=args.seconds,
+    )
     from ecgqa.files import atomic_write
 
     atomic_write(out, data_bytes)

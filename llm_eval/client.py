@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ecgqa.replies import valid_text
+from ecgqa.evaluation.replies import valid_text
 from llm_eval.store import Response, ResponseStore
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -93,7 +93,9 @@ def read_completion(raw: Any, endpoint: str) -> Response:
     try:
         completion = raw.parse()
     except ValueError as e:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
-        raise BadResponse(endpoint, status, f"a body that is not a chat completion ({type(e).__name__})", raw.text) from None
+        raise BadResponse(
+            endpoint, status, f"a body that is not a chat completion ({type(e).__name__})", raw.text
+        ) from None
     if not isinstance(completion, ChatCompletion):
         raise BadResponse(endpoint, status, "a non-JSON body", raw.text)
     if not completion.choices:
@@ -105,8 +107,11 @@ def read_completion(raw: Any, endpoint: str) -> Response:
         raise BadResponse(endpoint, status, "a choice without message content", raw.text)
     if isinstance(content, list):
         # Some OpenAI-compatible servers send content as a list of parts: the text parts, joined, are the reply.
-        texts = [p.get("text") if isinstance(p, dict) else getattr(p, "text", None)
-                 for p in content if (p.get("type") if isinstance(p, dict) else getattr(p, "type", None)) == "text"]
+        texts = [
+            p.get("text") if isinstance(p, dict) else getattr(p, "text", None)
+            for p in content
+            if (p.get("type") if isinstance(p, dict) else getattr(p, "type", None)) == "text"
+        ]
         texts = [t for t in texts if isinstance(t, str)]
         if not texts:
             raise BadResponse(endpoint, status, "message content parts with no text part", raw.text)
@@ -117,8 +122,13 @@ def read_completion(raw: Any, endpoint: str) -> Response:
     finish_reason = choice.finish_reason if isinstance(choice.finish_reason, str) else None
     if not content.strip():
         if finish_reason == "length":
-            raise BadResponse(endpoint, status, "a reply cut at max tokens before any text (finish_reason "
-                              "'length'): raise --max-tokens / --max-completion-tokens", raw.text)
+            raise BadResponse(
+                endpoint,
+                status,
+                "a reply cut at max tokens before any text (finish_reason "
+                "'length'): raise --max-tokens / --max-completion-tokens",
+                raw.text,
+            )
         raise BadResponse(endpoint, status, "an empty (whitespace-only) reply", raw.text)
     usage = completion.usage
     prompt_tokens = _token_count(getattr(usage, "prompt_tokens", None))
@@ -269,8 +279,9 @@ class ChatClient:
             try:
                 self.requests_sent += 1
                 raw = await self._client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=self.expand(messages) if self.expand else messages,
-                    **self._request_args()
+                    model=self.model,
+                    messages=self.expand(messages) if self.expand else messages,
+                    **self._request_args(),
                 )
                 response = read_completion(raw, self.endpoint)
                 if not response.usage_known:
@@ -279,8 +290,11 @@ class ChatClient:
                 # Every other request would fail the same way: stop now instead of recording thousands of failures.
                 raise FatalEndpointError(
                     f"the endpoint refused the request ({e.status_code} {type(e).__name__}): "
-                    + ("check the API key in the environment variable you named (the key is not shown)"
-                       if e.status_code in (401, 403) else f"check --model {self.model!r} and --base-url")
+                    + (
+                        "check the API key in the environment variable you named (the key is not shown)"
+                        if e.status_code in (401, 403)
+                        else f"check --model {self.model!r} and --base-url"
+                    )
                     + f"; server said: {redact(str(e), self._key)}"
                 ) from None
             except openai.BadRequestError as e:
@@ -320,8 +334,9 @@ class ChatClient:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await loop.run_in_executor(self._writer, self.store.put_many, self.model,
-                                           [(h, m, r) for h, m, r, _ in batch])
+                await loop.run_in_executor(
+                    self._writer, self.store.put_many, self.model, [(h, m, r) for h, m, r, _ in batch]
+                )
             except BaseException as e:  # every waiter of this transaction gets the error
                 for *_, fut in batch:
                     if not fut.done():
@@ -380,7 +395,9 @@ def ask_all(client: ChatClient, prompts: dict[str, list[dict[str, Any]]], progre
     from tqdm.auto import tqdm
 
     n_todo = sum(1 for h in prompts if not client.store.has(client.model, h))
-    bar = tqdm(total=n_todo, desc=f"asking {client.model}", unit="q", disable=not progress or n_todo == 0, file=sys.stderr)
+    bar = tqdm(
+        total=n_todo, desc=f"asking {client.model}", unit="q", disable=not progress or n_todo == 0, file=sys.stderr
+    )
 
     def on_done(o: Outcome) -> None:
         bar.update(1)

@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ecgqa.constants import LEADS
-from ecgqa.leads import group_leads, lead_mask, lead_subsets_in
-from ecgqa.metrics import decide
+from ecgqa.data.constants import LEADS
+from ecgqa.data.leads import group_leads, lead_mask, lead_subsets_in
+from ecgqa.evaluation.metrics import decide
 from llm_eval.sampling import Question
 
 LEAD_CLASSES = tuple(f"lead {lead}" for lead in LEADS)
@@ -157,7 +157,9 @@ class ScoreCache:
         self.scores: dict[str, np.ndarray] = {}
         self._torn_tail = False
         if self.path is not None and self.path.exists() and not self.path.is_file():
-            raise ValueError(f"--grounding-cache {self.path} is a folder; it must name a file (e.g. {self.path}/scores.jsonl)")
+            raise ValueError(
+                f"--grounding-cache {self.path} is a folder; it must name a file (e.g. {self.path}/scores.jsonl)"
+            )
         if self.path is not None and self.path.is_file():
             self._load()
 
@@ -219,8 +221,17 @@ class ScoreCache:
         new = not self.path.is_file() or self.path.stat().st_size == 0
         with self.path.open("a") as f:
             if new:
-                f.write(json.dumps({"kind": CACHE_KIND, "scores": SCORE_FORMAT, "fingerprint": self.fingerprint,
-                                    "classes": self.classes}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "kind": CACHE_KIND,
+                            "scores": SCORE_FORMAT,
+                            "fingerprint": self.fingerprint,
+                            "classes": self.classes,
+                        }
+                    )
+                    + "\n"
+                )
             elif self._torn_tail:  # end the torn line so the next record starts on its own
                 f.write("\n")
                 self._torn_tail = False
@@ -271,7 +282,7 @@ class Grounder:
                     f"expected ({len(batch)}, {len(self.cache.classes)}) — is --grounding an upperbound checkpoint?"
                 )
             self.n_forward += len(batch)
-            self.cache.add({b.key: p for b, p in zip(batch, probs)})
+            self.cache.add({b.key: p for b, p in zip(batch, probs, strict=False)})
             bar.update(len(batch))
         bar.close()
 
@@ -280,14 +291,14 @@ class Grounder:
 
     def interpret(self, reading: Reading) -> Interpretation:
         s = self.scores(reading)
-        found = [(c, round(float(x), 3)) for c, x, keep in zip(self.cache.classes, s, decide(s)) if keep]
+        found = [(c, round(float(x), 3)) for c, x, keep in zip(self.cache.classes, s, decide(s), strict=False) if keep]
         found.sort(key=lambda cx: (-cx[1], cx[0]))
         return Interpretation(reading, tuple(found))
 
     def findings_in_class_order(self, reading: Reading) -> list[tuple[str, float]]:
         """(class, score) above the threshold in class-index order, as the paper's prompt lists them."""
         s = self.scores(reading)
-        return [(c, float(x)) for c, x, keep in zip(self.cache.classes, s, decide(s)) if keep]
+        return [(c, float(x)) for c, x, keep in zip(self.cache.classes, s, decide(s), strict=False) if keep]
 
     def ground(self, questions: list[Question]) -> dict[int, list[Interpretation]]:
         """sample id → its interpretation readings, in prompt order."""

@@ -3,13 +3,13 @@
 - ``classifier``: an upperbound classifier's findings as text (the paper's protocol, :mod:`llm_eval.grounding`);
 - ``image``: the ECG drawn as a 12-lead paper printout by ``ecgqa.render.render_ecg`` and sent as an
   ``image_url`` part holding a base64 PNG data URL (the format OpenAI-compatible vision servers accept);
-- ``features``: measured intervals, axes and amplitudes from ``ecgqa.measure.measure_ecg``, as text;
+- ``features``: measured intervals, axes and amplitudes from ``ecgqa.data.measure.measure_ecg``, as text;
 - ``none``: the question and its options only (the blind baseline).
 
 Inputs combine (``image,classifier``); ``none`` stands alone. Every ECG is rendered and measured once:
 the PNGs and the measurements are cached on disk beside the grounding cache, keyed by the prepared
 data's content hash, the rendering options and the code that made them (``ecgqa/render.py`` or
-``ecgqa/measure.py`` source, matplotlib's version), so a re-run (or a resumed run) renders and measures
+``ecgqa/data/measure.py`` source, matplotlib's version), so a re-run (or a resumed run) renders and measures
 nothing and sends byte-identical prompts, and a changed renderer never serves old pictures.
 """
 
@@ -68,8 +68,16 @@ class ImageCache:
     never reuses a picture drawn for another one.
     """
 
-    def __init__(self, root: str | Path, signal_of: Callable[[int], np.ndarray], fs: float, data_hash: str,
-                 *, layout: str = "3x4", dpi: int = 100):
+    def __init__(
+        self,
+        root: str | Path,
+        signal_of: Callable[[int], np.ndarray],
+        fs: float,
+        data_hash: str,
+        *,
+        layout: str = "3x4",
+        dpi: int = 100,
+    ):
         from ecgqa.render import layout_geometry
 
         layout_geometry(layout)  # an unknown layout fails here, before anything is drawn
@@ -124,8 +132,9 @@ class ImageCache:
         from ecgqa.render import render_ecg
 
         t0 = time.perf_counter()
-        png = render_ecg(np.asarray(self.signal_of(ecg_id), dtype=np.float32), self.fs, layout=self.layout,
-                         dpi=self.dpi)
+        png = render_ecg(
+            np.asarray(self.signal_of(ecg_id), dtype=np.float32), self.fs, layout=self.layout, dpi=self.dpi
+        )
         self.render_s += time.perf_counter() - t0
         self.n_rendered += 1
         atomic_write(path, png)
@@ -133,13 +142,13 @@ class ImageCache:
 
 
 def _measurements_type() -> Any:
-    from ecgqa.measure import Measurements
+    from ecgqa.data.measure import Measurements
 
     return Measurements
 
 
 class FeatureCache:
-    """Each ECG measured once (``ecgqa.measure.measure_ecg``); the values kept in one JSON-lines file.
+    """Each ECG measured once (``ecgqa.data.measure.measure_ecg``); the values kept in one JSON-lines file.
 
     What is kept is ``Measurements.as_dict()`` (rounded), and the prompt text is always made from that
     kept form, so a run that measured and a run that read the cache write the same prompt.
@@ -150,7 +159,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, signal_of: Callable[[int], np.ndarray], fs: float, data_hash: str):
         self.signal_of, self.fs = signal_of, float(fs)
-        key = hashlib.sha256(json.dumps([data_hash, fs, code_hash("ecgqa.measure")]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([data_hash, fs, code_hash("ecgqa.data.measure")]).encode()).hexdigest()[:16]
         self.path = Path(root) / "features" / f"{key}.jsonl"
         self.values: dict[int, dict[str, Any]] = {}
         self.n_measured = 0
@@ -167,7 +176,7 @@ class FeatureCache:
         """Measure every ECG not cached yet and append them (fsync'd) to the cache file."""
         import time
 
-        from ecgqa.measure import measure_ecg
+        from ecgqa.data.measure import measure_ecg
 
         todo = [e for e in dict.fromkeys(int(e) for e in ecg_ids) if e not in self.values]
         if not todo:

@@ -23,7 +23,7 @@ Two styles share that wording (docs/benchmark.md lists each defect with its effe
 
 ``paper-as-published``
     The harness's behaviour, defects included: (1) lead-name options never match a reply (a reply
-    rule in :mod:`ecgqa.replies`); (2) the per-lead readings of a "which leads" question zero the
+    rule in :mod:`ecgqa.evaluation.replies`); (2) the per-lead readings of a "which leads" question zero the
     question's ECG in place, so only the first lead computed is read from the signal and every later
     lead from an all-zero ECG, and these readings are cached per (ECG, lead) for every later question
     of the run; (3) only the first lead phrase of a question is grounded, from a pattern knowing ten
@@ -50,8 +50,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ecgqa.constants import LEAD_GROUPS, LEADS
-from ecgqa.leads import canonical_subset
+from ecgqa.data.constants import LEAD_GROUPS, LEADS
+from ecgqa.data.leads import canonical_subset
 from llm_eval.grounding import BLANK, LEAD_CLASSES, Reading
 from llm_eval.sampling import Question
 
@@ -70,19 +70,34 @@ PAPER_INSTRUCTION = "Only answer based on the given Options without any explanat
 PAPER_OPTION_SEPARATOR = ", "
 
 # The harness's lead pattern: the first match only, case-sensitive, ten groups each after a space.
-_UPSTREAM_GROUPS = ("limb", "chest", "anterior", "inferior", "septal", "lateral", "posterior", "frontal",
-                    "horizontal", "diffuse")
+_UPSTREAM_GROUPS = (
+    "limb",
+    "chest",
+    "anterior",
+    "inferior",
+    "septal",
+    "lateral",
+    "posterior",
+    "frontal",
+    "horizontal",
+    "diffuse",
+)
 _UPSTREAM_LEAD_PATTERN = re.compile(
     r"(lead (III|II|I|aVR|aVL|aVF|V1|V2|V3|V4|V5|V6))|"
     r"( (" + "|".join(_UPSTREAM_GROUPS) + r") leads)"
 )
-_EXCLUDED_ATTRIBUTES = ("myocardial infarction in", "ischemic st-t changes in", "ischemic in",
-                        "subendocardial injury in")
+_EXCLUDED_ATTRIBUTES = (
+    "myocardial infarction in",
+    "ischemic st-t changes in",
+    "ischemic in",
+    "subendocardial injury in",
+)
 
 # The fixed pattern: every lead group of the upperbound conversion, longest first, whole words.
 _LEAD_ALT = "|".join(sorted((re.escape(x) for x in LEADS), key=len, reverse=True))
-_GROUP_ALT = "|".join(sorted((re.escape(g) for g in LEAD_GROUPS if g not in LEADS and g != "entire"),
-                             key=len, reverse=True))
+_GROUP_ALT = "|".join(
+    sorted((re.escape(g) for g in LEAD_GROUPS if g not in LEADS and g != "entire"), key=len, reverse=True)
+)
 _FIXED_LEAD_PATTERN = re.compile(rf"\blead ({_LEAD_ALT})(?![A-Za-z0-9])|\b({_GROUP_ALT}) leads\b")
 
 
@@ -142,8 +157,10 @@ def _reading(q: Question, i: int, subset: str, label: str) -> Reading:
 
 def _whole(q: Question) -> list[PaperBlock]:
     labels = comparison_labels(q)
-    return [PaperBlock(f"Interpretation of the {labels[i]}:", _reading(q, i, "entire", labels[i]))
-            for i in range(len(q.ecg_ids))]
+    return [
+        PaperBlock(f"Interpretation of the {labels[i]}:", _reading(q, i, "entire", labels[i]))
+        for i in range(len(q.ecg_ids))
+    ]
 
 
 def plan_paper(q: Question) -> list[PaperBlock]:
@@ -155,8 +172,11 @@ def plan_paper(q: Question) -> list[PaperBlock]:
         phrases = fixed_lead_phrases(q.question)
     if not phrases:
         return _whole(q)
-    return [PaperBlock(f"Interpretation of the {labels[i]} in {phrase}:", _reading(q, i, subset, labels[i]))
-            for i in range(len(q.ecg_ids)) for phrase, subset in phrases]
+    return [
+        PaperBlock(f"Interpretation of the {labels[i]} in {phrase}:", _reading(q, i, subset, labels[i]))
+        for i in range(len(q.ecg_ids))
+        for phrase, subset in phrases
+    ]
 
 
 class AsPublishedPlanner:

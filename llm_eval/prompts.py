@@ -1,6 +1,6 @@
 """The one place a prompt is built (docs/benchmark.md, "The LLM evaluation protocol", step 3).
 
-Three styles (``--prompt``, :data:`ecgqa.replies.PROMPT_STYLES`): ``paper`` and ``paper-as-published``,
+Three styles (``--prompt``, :data:`ecgqa.evaluation.replies.PROMPT_STYLES`): ``paper`` and ``paper-as-published``,
 the ECG-QA paper's own wording for the classifier input (built in :mod:`llm_eval.paper`; ``paper`` is
 the default for ``--input classifier``), and ``ecgqa-v2``, this toolkit's wording, built here and the
 default (and only style) for every other input. Each style parses replies by its own rule.
@@ -27,9 +27,9 @@ import hashlib
 import json
 from typing import Any
 
-from ecgqa.constants import LEADS
-from ecgqa.metrics import THRESHOLD
-from ecgqa.replies import NONE_OPTION, PROMPT_STYLES
+from ecgqa.data.constants import LEADS
+from ecgqa.evaluation.metrics import THRESHOLD
+from ecgqa.evaluation.replies import NONE_OPTION, PROMPT_STYLES
 from llm_eval.grounding import Interpretation
 from llm_eval.sampling import Question
 

@@ -112,7 +112,9 @@ def build_prompts(questions: list[Question], sources: Sources) -> list[PromptIte
     """Gather each question's evidence (each ECG rendered / measured / classified once) and build its prompt."""
     if sources.style != "ecgqa-v2":
         return _build_paper_prompts(questions, sources)
-    interpretations = sources.grounder.ground(questions) if sources.grounder and "classifier" in sources.inputs else None
+    interpretations = (
+        sources.grounder.ground(questions) if sources.grounder and "classifier" in sources.inputs else None
+    )
     if "features" in sources.inputs:
         sources.features.measure([e for q in questions for e in q.ecg_ids])
     items = []
@@ -120,11 +122,16 @@ def build_prompts(questions: list[Question], sources: Sources) -> list[PromptIte
         labels = ecg_labels(q)
         images = features = None
         if "image" in sources.inputs:
-            images = [(label, sources.images.ref(e)) for label, e in zip(labels, q.ecg_ids)]
+            images = [(label, sources.images.ref(e)) for label, e in zip(labels, q.ecg_ids, strict=False)]
         if "features" in sources.inputs:
-            features = [(label, sources.features.text(e)) for label, e in zip(labels, q.ecg_ids)]
-        messages = build_prompt(q, interpretations[q.sample_id] if interpretations is not None else None,
-                                images=images, features=features, image_detail=sources.image_detail)
+            features = [(label, sources.features.text(e)) for label, e in zip(labels, q.ecg_ids, strict=False)]
+        messages = build_prompt(
+            q,
+            interpretations[q.sample_id] if interpretations is not None else None,
+            images=images,
+            features=features,
+            image_detail=sources.image_detail,
+        )
         items.append(PromptItem(q, messages, prompt_hash(messages)))
     return items
 
@@ -134,7 +141,9 @@ def _build_paper_prompts(questions: list[Question], sources: Sources) -> list[Pr
     from llm_eval.paper import build_paper_prompt, plan_all
 
     if sources.grounder is None:
-        raise ValueError(f"--prompt {sources.style} shows classifier findings: it needs --input classifier and --grounding CKPT")
+        raise ValueError(
+            f"--prompt {sources.style} shows classifier findings: it needs --input classifier and --grounding CKPT"
+        )
     plans = plan_all(questions, sources.style)
     sources.grounder.compute(b.reading for blocks in plans.values() for b in blocks)
     items = []
@@ -170,43 +179,86 @@ def write_prompts(items: list[PromptItem], out: Path, sources: Sources, *, exact
             e = estimate(it, sources)
             chars, tokens, images = chars + e["chars"], tokens + e["estimated_tokens"], images + e["images"]
             messages = sources.expand(it.messages) if exact else it.messages
-            write.write_line(json.dumps({"sample_id": it.question.sample_id, "question_type": it.question.question_type,
-                                         "input": sources.name, "prompt_hash": it.hash, **e, "messages": messages},
-                                        ensure_ascii=False))
-    return {"n_prompts": len(items), "n_distinct_prompts": len({it.hash for it in items}), "chars": chars,
-            "images": images, "estimated_prompt_tokens": tokens,
-            "estimate_rule": "text characters / 4, plus per image OpenAI's tile rule (low: 85; high/auto: "
-                             "85 + 170 per 512 px tile after scaling to 2048 and shortest side 768)"}
+            write.write_line(
+                json.dumps(
+                    {
+                        "sample_id": it.question.sample_id,
+                        "question_type": it.question.question_type,
+                        "input": sources.name,
+                        "prompt_hash": it.hash,
+                        **e,
+                        "messages": messages,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+    return {
+        "n_prompts": len(items),
+        "n_distinct_prompts": len({it.hash for it in items}),
+        "chars": chars,
+        "images": images,
+        "estimated_prompt_tokens": tokens,
+        "estimate_rule": "text characters / 4, plus per image OpenAI's tile rule (low: 85; high/auto: "
+        "85 + 170 per 512 px tile after scaling to 2048 and shortest side 768)",
+    }
 
 
-def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[str, str],
-                input_label: str = "classifier", rule: str = "ecgqa-v2") -> list[tuple[Scored, dict]]:
+def score_items(
+    items: list[PromptItem],
+    store: Any,
+    model: str,
+    errors: dict[str, str],
+    input_label: str = "classifier",
+    rule: str = "ecgqa-v2",
+) -> list[tuple[Scored, dict]]:
     """Score every item from the store (never from memory: what is scored is what was persisted).
 
-    ``rule``: the reply rule of the prompt style (``ecgqa.replies``).
+    ``rule``: the reply rule of the prompt style (``ecgqa.evaluation.replies``).
     """
     out = []
     for it in items:
         q = it.question
         resp = store.get(model, it.hash)
         if resp is None:
-            row = Scored(q.sample_id, q.question_type, q.attribute_type, [], list(q.answer), list(q.options),
-                         None, "failed")
+            row = Scored(
+                q.sample_id, q.question_type, q.attribute_type, [], list(q.answer), list(q.options), None, "failed"
+            )
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
             parsed = parse_reply_detail(resp.reply, it.options, rule)
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
-            row = Scored(q.sample_id, q.question_type, q.attribute_type, list(parsed.options), list(q.answer),
-                         list(q.options), parsed_correct(parsed, it.options, q.answer, rule),
-                         "ok" if parsed.matched else "no-match", resp.prompt_tokens, resp.completion_tokens)
+            row = Scored(
+                q.sample_id,
+                q.question_type,
+                q.attribute_type,
+                list(parsed.options),
+                list(q.answer),
+                list(q.options),
+                parsed_correct(parsed, it.options, q.answer, rule),
+                "ok" if parsed.matched else "no-match",
+                resp.prompt_tokens,
+                resp.completion_tokens,
+            )
             reply, error = resp.reply, None
         transcript = {
-            "sample_id": q.sample_id, "question": q.question, "question_type": q.question_type,
-            "attribute_type": q.attribute_type, "ecg_id": list(q.ecg_ids), "model": model, "input": input_label,
+            "sample_id": q.sample_id,
+            "question": q.question,
+            "question_type": q.question_type,
+            "attribute_type": q.attribute_type,
+            "ecg_id": list(q.ecg_ids),
+            "model": model,
+            "input": input_label,
             "prompt_style": rule,
-            "prompt_hash": it.hash, "messages": it.messages, "options": it.options, "reply": reply,
-            "parsed": row.predicted, "true": row.true, "valid": row.valid, "correct": row.correct,
-            "status": row.status, "error": error,
+            "prompt_hash": it.hash,
+            "messages": it.messages,
+            "options": it.options,
+            "reply": reply,
+            "parsed": row.predicted,
+            "true": row.true,
+            "valid": row.valid,
+            "correct": row.correct,
+            "status": row.status,
+            "error": error,
             "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
         }
         out.append((row, transcript))
@@ -214,8 +266,8 @@ def score_items(items: list[PromptItem], store: Any, model: str, errors: dict[st
 
 
 def paper_columns(report: dict[str, Any]) -> str:
-    """One line of EM in the paper's columns (``ecgqa.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
-    from ecgqa.metrics import paper_row
+    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
+    from ecgqa.evaluation.metrics import paper_row
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
@@ -225,29 +277,40 @@ def paper_columns(report: dict[str, Any]) -> str:
 
 
 def render_report_md(report: dict[str, Any]) -> str:
-    from ecgqa.report import render_markdown
+    from ecgqa.evaluation.report import render_markdown
 
     lines = [render_markdown(report), "## LLM run", ""]
-    lines.append(f"- input: {report['input']}; prompt: {report.get('prompt_style', 'ecgqa-v2')} "
-                 f"(version {report['prompt_version']}); grounding: `{report['grounding']}`")
+    lines.append(
+        f"- input: {report['input']}; prompt: {report.get('prompt_style', 'ecgqa-v2')} "
+        f"(version {report['prompt_version']}); grounding: `{report['grounding']}`"
+    )
     s = report.get("sampling") or {}
     if s.get("sample"):
-        what = {"paper": "the published LLM sample of the ECG-QA paper", "draw": "the seeded stratified draw",
-                "ids-file": "--ids-file"}.get(s["sample"], s["sample"])
+        what = {
+            "paper": "the published LLM sample of the ECG-QA paper",
+            "draw": "the seeded stratified draw",
+            "ids-file": "--ids-file",
+        }.get(s["sample"], s["sample"])
         line = f"- sample: {what}, sha256 `{s.get('sha256')}`"
         if s["sample"] == "paper":
-            line += (f"; {s.get('n_listed')} ids listed, {s.get('n_missing')} of them not in the prepared data "
-                     "(not evaluated)")
+            line += (
+                f"; {s.get('n_listed')} ids listed, {s.get('n_missing')} of them not in the prepared data "
+                "(not evaluated)"
+            )
         lines.append(line)
     lines.append(f"- request: {json.dumps(report['request'])}")
-    lines.append(f"- questions: {report['n_questions']} sampled, {report['n']} scored, {report['n_failed']} failed "
-                 f"(not scored), {report['n_no_match']} replies matched no option (scored wrong)")
+    lines.append(
+        f"- questions: {report['n_questions']} sampled, {report['n']} scored, {report['n_failed']} failed "
+        f"(not scored), {report['n_no_match']} replies matched no option (scored wrong)"
+    )
     u = report["usage"]
     lines.append(f"- tokens: {u['prompt_tokens']} in, {u['completion_tokens']} out")
     if "cost" in report:
         c = report["cost"]
-        lines.append(f"- estimated cost: {c['total']:.4f} (input {c['input']:.4f} at {c['price_in_per_1m']}/1M, "
-                     f"output {c['output']:.4f} at {c['price_out_per_1m']}/1M)")
+        lines.append(
+            f"- estimated cost: {c['total']:.4f} (input {c['input']:.4f} at {c['price_in_per_1m']}/1M, "
+            f"output {c['output']:.4f} at {c['price_out_per_1m']}/1M)"
+        )
     if report["failed_sample_ids"]:
         lines.append(f"- failed sample ids (re-run the same command to retry them): {report['failed_sample_ids'][:50]}")
     return "\n".join(lines) + "\n"
@@ -312,11 +375,13 @@ def evaluate(
     t0 = time.time()
     items = build_prompts(questions, sources)
     summary = write_prompts(items, out, sources, exact=dry_run)
-    work = {"grounding_forward_rows": sources.grounder.n_forward if sources.grounder else 0,
-            "images_rendered": sources.images.n_rendered if sources.images else 0,
-            "render_s": round(sources.images.render_s, 3) if sources.images else 0.0,
-            "ecgs_measured": sources.features.n_measured if sources.features else 0,
-            "measure_s": round(sources.features.measure_s, 3) if sources.features else 0.0}
+    work = {
+        "grounding_forward_rows": sources.grounder.n_forward if sources.grounder else 0,
+        "images_rendered": sources.images.n_rendered if sources.images else 0,
+        "render_s": round(sources.images.render_s, 3) if sources.images else 0.0,
+        "ecgs_measured": sources.features.n_measured if sources.features else 0,
+        "measure_s": round(sources.features.measure_s, 3) if sources.features else 0.0,
+    }
 
     def log(msg: str) -> None:
         if progress:
@@ -327,9 +392,11 @@ def evaluate(
         if price_in is not None:
             summary["estimated_input_cost"] = round(summary["estimated_prompt_tokens"] * price_in / 1e6, 6)
         atomic_write_json(out / "dry_run.json", summary, indent=2)
-        log(f"dry run ({sources.name}): {summary['n_prompts']} prompts, {summary['chars']} characters and "
+        log(
+            f"dry run ({sources.name}): {summary['n_prompts']} prompts, {summary['chars']} characters and "
             f"{summary['images']} images (~{summary['estimated_prompt_tokens']} prompt tokens) written to "
-            f"{out / 'prompts.jsonl'}; no model was called")
+            f"{out / 'prompts.jsonl'}; no model was called"
+        )
         return summary
 
     key = api_key if api_key is not None else api_key_from_env(api_key_env, base_url)
@@ -338,12 +405,25 @@ def evaluate(
     try:
         distinct = {it.hash: it.messages for it in items}
         cached = sum(1 for h in distinct if store.has(model, h))
-        log(f"{len(items)} questions, {len(distinct)} distinct prompts ({sources.name}): {cached} already answered "
-            f"in {store.path}, {len(distinct) - cached} to ask {model}")
-        client = ChatClient(model, store, base_url=base_url, api_key=key, concurrency=concurrency, timeout=timeout,
-                            max_retries=max_retries, backoff_base=backoff_base, max_tokens=max_tokens,
-                            max_completion_tokens=max_completion_tokens, omit_temperature=omit_temperature,
-                            input_name=sources.name, expand=sources.expand)
+        log(
+            f"{len(items)} questions, {len(distinct)} distinct prompts ({sources.name}): {cached} already answered "
+            f"in {store.path}, {len(distinct) - cached} to ask {model}"
+        )
+        client = ChatClient(
+            model,
+            store,
+            base_url=base_url,
+            api_key=key,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            max_tokens=max_tokens,
+            max_completion_tokens=max_completion_tokens,
+            omit_temperature=omit_temperature,
+            input_name=sources.name,
+            expand=sources.expand,
+        )
         try:
             outcomes = ask_all(client, distinct, progress=progress)
         except FatalEndpointError as e:
@@ -359,34 +439,69 @@ def evaluate(
     write_transcripts(out, scored)
     with AtomicLines(out / "predictions.jsonl") as write:
         for row, transcript in scored:
-            write.write_line(json.dumps({
-                "sample_id": row.sample_id, "question_type": row.question_type, "attribute_type": row.attribute_type,
-                "predicted": row.predicted, "true": row.true, "valid": row.valid, "scores": {},
-                "correct": row.correct, "status": row.status, "reply": transcript["reply"],
-            }, ensure_ascii=False))
+            write.write_line(
+                json.dumps(
+                    {
+                        "sample_id": row.sample_id,
+                        "question_type": row.question_type,
+                        "attribute_type": row.attribute_type,
+                        "predicted": row.predicted,
+                        "true": row.true,
+                        "valid": row.valid,
+                        "scores": {},
+                        "correct": row.correct,
+                        "status": row.status,
+                        "reply": transcript["reply"],
+                    },
+                    ensure_ascii=False,
+                )
+            )
 
-    request = {"temperature": None if omit_temperature else 0,
-               "max_completion_tokens" if max_completion_tokens else "max_tokens": max_completion_tokens or max_tokens}
-    report: dict[str, Any] = {"kind": "llm", "model": f"{model} ({sources.label})", "llm": model,
-                              "input": sources.name, "base_url": safe_url(base_url)}
+    request = {
+        "temperature": None if omit_temperature else 0,
+        "max_completion_tokens" if max_completion_tokens else "max_tokens": max_completion_tokens or max_tokens,
+    }
+    report: dict[str, Any] = {
+        "kind": "llm",
+        "model": f"{model} ({sources.label})",
+        "llm": model,
+        "input": sources.name,
+        "base_url": safe_url(base_url),
+    }
     report.update(report_meta or {})
     report.update(summarize([r for r, _ in scored], price_in, price_out))
-    report.update({"prompt_style": sources.style, "prompt_version": prompt_version(sources.style),
-                   "n_distinct_prompts": len(distinct), "request": request,
-                   "input_options": sources.options})
+    report.update(
+        {
+            "prompt_style": sources.style,
+            "prompt_version": prompt_version(sources.style),
+            "n_distinct_prompts": len(distinct),
+            "request": request,
+            "input_options": sources.options,
+        }
+    )
     report.setdefault("grounding", None)
     atomic_write_json(out / "report.json", report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
-    run_log = {"requests_sent": client.requests_sent, "prompts_answered_before": cached, **work,
-               "replies_without_usable_usage": client.usage_unknown, "wall_s": round(time.time() - t0, 3)}
+    run_log = {
+        "requests_sent": client.requests_sent,
+        "prompts_answered_before": cached,
+        **work,
+        "replies_without_usable_usage": client.usage_unknown,
+        "wall_s": round(time.time() - t0, 3),
+    }
     if client.usage_unknown:
-        print(f"note: {client.usage_unknown} replies from {client.endpoint} had a missing or malformed usage "
-              "field; their tokens are unknown and counted as 0", file=sys.stderr)
+        print(
+            f"note: {client.usage_unknown} replies from {client.endpoint} had a missing or malformed usage "
+            "field; their tokens are unknown and counted as 0",
+            file=sys.stderr,
+        )
     atomic_write_json(out / "run_log.json", run_log, indent=2)
     if stopped is not None:
         raise stopped
-    log(f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions, "
-        f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}")
+    log(
+        f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions, "
+        f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}"
+    )
     log(paper_columns(report))
     return report
 
@@ -416,11 +531,11 @@ def run_llm_eval(
     """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``).
 
     ``sample``: ``paper`` (the published list; the default on PTB-XL test) or ``draw`` (the seeded
-    stratified draw; the default elsewhere). ``prompt``: a style of ``ecgqa.replies.PROMPT_STYLES``
+    stratified draw; the default elsewhere). ``prompt``: a style of ``ecgqa.evaluation.replies.PROMPT_STYLES``
     (default: ``paper`` for ``--input classifier``, ``ecgqa-v2`` for other inputs). Without
     ``max_tokens``, ``paper-as-published`` sends no cap (as the paper's harness) and the others 256.
     """
-    from ecgqa.prepared import PreparedData
+    from ecgqa.data.prepared import PreparedData
 
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     style = prompt or default_prompt_style(inputs)
@@ -436,19 +551,27 @@ def run_llm_eval(
     selection = select_sample(questions, which, fraction, seed, ids, where=f"{data} ({split}): ")
     chosen = selection.questions
     if which == "paper" and not chosen:
-        raise ValueError(f"none of the {selection.n_listed} ids of the published LLM sample is a question of {data} "
-                         f"({split}); use --sample draw (the seeded stratified draw) or --ids-file")
+        raise ValueError(
+            f"none of the {selection.n_listed} ids of the published LLM sample is a question of {data} "
+            f"({split}); use --sample draw (the seeded stratified draw) or --ids-file"
+        )
     dropped = (prepared.meta.get("dropped") or {}).get(split) or []
     if selection.missing:
         # Never silently: the run evaluates the listed questions present, and says how many are not.
-        print(f"note: {len(selection.missing)} of the {selection.n_listed} ids of the published LLM sample are not "
-              f"in {data} ({split}) and are not evaluated (e.g. {list(selection.missing[:5])}); "
-              "the report records them", file=sys.stderr)
+        print(
+            f"note: {len(selection.missing)} of the {selection.n_listed} ids of the published LLM sample are not "
+            f"in {data} ({split}) and are not evaluated (e.g. {list(selection.missing[:5])}); "
+            "the report records them",
+            file=sys.stderr,
+        )
     if progress:
         print(f"{len(chosen)} of {len(questions)} {split} questions selected: {selection.describe()}", file=sys.stderr)
         if dropped and which == "draw":
-            print(f"note: prepare dropped {len(dropped)} {split} samples (missing records), so this draw differs from "
-                  "the paper's sample ids", file=sys.stderr)
+            print(
+                f"note: prepare dropped {len(dropped)} {split} samples (missing records), so this draw differs from "
+                "the paper's sample ids",
+                file=sys.stderr,
+            )
     data_hash = str(prepared.meta.get("content_hash", ""))
     cache_root = Path(grounding_cache).parent if grounding_cache else out / "grounding_cache"
     rate = float(prepared.rate)
@@ -459,8 +582,13 @@ def run_llm_eval(
     sources = Sources(inputs, image_detail=image_detail, prompt_style=style)
     sampling: dict[str, Any] = {"sample": which, "sha256": selection.sha256}
     if which == "paper":
-        sampling.update({"n_listed": selection.n_listed, "n_missing": len(selection.missing),
-                         "missing_sample_ids": list(selection.missing)})
+        sampling.update(
+            {
+                "n_listed": selection.n_listed,
+                "n_missing": len(selection.missing),
+                "missing_sample_ids": list(selection.missing),
+            }
+        )
     else:
         sampling.update({"fraction": fraction, "seed": seed} if which == "draw" else {"ids_file": str(ids_file)})
     sampling.update({"n_selected": len(chosen), "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)})
@@ -470,8 +598,9 @@ def run_llm_eval(
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")
-        sources.grounder, fp = _grounder(grounding, prepared, data_hash, grounding_cache, out, device, batch_size,
-                                         progress)
+        sources.grounder, fp = _grounder(
+            grounding, prepared, data_hash, grounding_cache, out, device, batch_size, progress
+        )
         meta.update({"grounding": str(grounding), "grounding_fingerprint": fp})
     if "image" in inputs:
         if image_detail not in ("auto", "low", "high"):
@@ -483,20 +612,31 @@ def run_llm_eval(
     return evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
 
 
-def _grounder(grounding: str | Path, prepared: Any, data_hash: str, grounding_cache: str | Path | None, out: Path,
-              device: str | None, batch_size: int, progress: bool) -> tuple[Grounder, str]:
+def _grounder(
+    grounding: str | Path,
+    prepared: Any,
+    data_hash: str,
+    grounding_cache: str | Path | None,
+    out: Path,
+    device: str | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Grounder, str]:
     """The classifier input: an upperbound checkpoint checked against the prepared data, with its score cache."""
     import ecgqa
     from ecgqa.checkpoint import check_compatible
 
     predictor = ecgqa.load(grounding, device=device)
     if predictor.task != "upperbound":
-        raise ValueError(f"--grounding {grounding} is a {predictor.task!r} checkpoint; it must be an upperbound one "
-                         "(trained on a prepared upperbound directory)")
+        raise ValueError(
+            f"--grounding {grounding} is a {predictor.task!r} checkpoint; it must be an upperbound one "
+            "(trained on a prepared upperbound directory)"
+        )
     # The one rate/length policy (ecgqa/checkpoint.py): the QA data's signals must be what the classifier was
     # trained on; the task and classes differ by design (a grounding classifier read on QA questions).
     check_compatible(predictor, prepared, signal_only=True)
     fp = fingerprint(grounding, data_hash)
     cache = Path(grounding_cache) if grounding_cache else out / "grounding_cache" / f"{fp}.jsonl"
-    return Grounder(predictor, prepared_signal_of(prepared), cache, fingerprint=fp, batch_size=batch_size,
-                    progress=progress), fp
+    return Grounder(
+        predictor, prepared_signal_of(prepared), cache, fingerprint=fp, batch_size=batch_size, progress=progress
+    ), fp

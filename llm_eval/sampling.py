@@ -1,7 +1,7 @@
 """Which questions an LLM run evaluates: the paper's published sample, its 10 % draw, or an id list.
 
 On PTB-XL test data the default is the list of ids the ECG-QA paper's LLM runs used, as its authors
-published it (:mod:`ecgqa.paper_sample`; :func:`resolve_sample`, :func:`select_sample`): ids of the
+published it (:mod:`ecgqa.evaluation.paper_sample`; :func:`resolve_sample`, :func:`select_sample`): ids of the
 list that the prepared data lacks are counted and reported, never silently dropped. Elsewhere
 (``--sample draw``) the original draw is repeated:
 
@@ -11,7 +11,7 @@ draw exactly (ecg-qa ``llm_modeling/random_sample.py``): Python's ``random.seed(
 each qt3 key 0..53 in order (``itertools.product`` of scope, kind, attribute type), ``random.sample``
 of ``round(n / 10)`` questions from that key's questions *in manifest order*: the order the original
 preprocessing lists them, i.e. every shard of the split sorted by file name as strings (upstream's
-``sorted(glob)``; ``ecgqa.release.shards`` sorts the same way), samples in file order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
+``sorted(glob)``; ``ecgqa.data.release.shards`` sorts the same way), samples in file order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
 the same release gives the ids the original script draws, for the template and the paraphrased questions
 alike (they share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
 draw; the report records how many were dropped.
@@ -34,7 +34,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ecgqa.constants import question_codes
+from ecgqa.data.constants import question_codes
 
 DEFAULT_FRACTION = 0.1
 DEFAULT_SEED = 42
@@ -78,7 +78,9 @@ def questions_from_rows(rows: Iterable[dict[str, Any]], classes: list[str]) -> l
                 question=str(r["question"]),
                 question_type=str(r["question_type"]),
                 attribute_type=str(r["attribute_type"]),
-                qt3=int(r["qt3"]) if r.get("qt3") is not None else question_codes(r["question_type"], r["attribute_type"])[2],
+                qt3=int(r["qt3"])
+                if r.get("qt3") is not None
+                else question_codes(r["question_type"], r["attribute_type"])[2],
                 answer=tuple(classes[i] for i in sorted(set(answer))),
                 options=tuple(classes[i] for i in valid),
                 ecg_ids=tuple(int(i) for i in r["ecg_id"]),
@@ -91,7 +93,7 @@ def questions_from_rows(rows: Iterable[dict[str, Any]], classes: list[str]) -> l
 
 
 def questions_from_prepared(data: Any, split: str) -> list[Question]:
-    """Questions of one split of a prepared QA directory (an ``ecgqa.prepared.PreparedData``)."""
+    """Questions of one split of a prepared QA directory (an ``ecgqa.data.prepared.PreparedData``)."""
     if data.meta.get("task") != "qa":
         raise ValueError(
             f"{data.path}: llm-eval needs a prepared QA directory (meta.json task 'qa'), not task "
@@ -106,7 +108,7 @@ def questions_from_prepared(data: Any, split: str) -> list[Question]:
 
 def questions_from_release(version_dir: str | Path, split: str, variant: str = "template") -> list[Question]:
     """Questions straight from an ECG-QA release folder (no prepared signals: ``ecg_rows`` is None)."""
-    from ecgqa.release import AnswerSpace, load_shard, shards
+    from ecgqa.data.release import AnswerSpace, load_shard, shards
 
     version_dir = Path(version_dir)
     space = AnswerSpace.from_release(version_dir)
@@ -165,8 +167,9 @@ def draw_in_manifest_order(
     return chosen
 
 
-def harness_order(questions: list[Question], selection: Selection, fraction: float = DEFAULT_FRACTION,
-                  seed: int = DEFAULT_SEED) -> tuple[list[Question], str]:
+def harness_order(
+    questions: list[Question], selection: Selection, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED
+) -> tuple[list[Question], str]:
     """``selection``'s questions in the order the original harness asked them, and how that order was found.
 
     ``--prompt paper-as-published`` needs it: the harness cached per-lead readings across questions (defect
@@ -182,7 +185,8 @@ def harness_order(questions: list[Question], selection: Selection, fraction: flo
             return drawn, "harness: the seeded draw's manifest order (stratum by stratum, random.sample order)"
     return sorted(chosen, key=lambda q: q.sample_id), (
         "ascending sample id (the seeded draw does not give exactly these questions here, so the original "
-        "harness's order is not known)")
+        "harness's order is not known)"
+    )
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,10 @@ def select(
     if ids.kind == "manifest_index":
         bad = [i for i in ids.values if not 0 <= i < len(questions)]
         if bad:
-            raise ValueError(f"{where}--ids-file names manifest positions beyond the {len(questions)} questions of "
-                             f"this split, e.g. {bad[:10]}")
+            raise ValueError(
+                f"{where}--ids-file names manifest positions beyond the {len(questions)} questions of "
+                f"this split, e.g. {bad[:10]}"
+            )
         picked = {questions[i].sample_id: questions[i] for i in ids.values}
         return [picked[k] for k in sorted(picked)]
     by_id = {q.sample_id: q for q in questions}
@@ -250,9 +256,9 @@ SAMPLES = ("paper", "draw")
 class Selection:
     """The questions a run evaluates and where they came from (the report's ``sampling`` block).
 
-    ``sample``: ``paper`` (the published list, ``ecgqa.paper_sample``), ``draw`` (the seeded stratified
+    ``sample``: ``paper`` (the published list, ``ecgqa.evaluation.paper_sample``), ``draw`` (the seeded stratified
     draw) or ``ids-file``. ``sha256``: of the published file for ``paper``; of the selected ids written
-    one per line (``ecgqa.paper_sample.ids_sha256``) otherwise. ``missing``: ids of the published
+    one per line (``ecgqa.evaluation.paper_sample.ids_sha256``) otherwise. ``missing``: ids of the published
     list not in the prepared split (evaluated questions are the rest; the count is reported, never hidden).
     """
 
@@ -264,8 +270,10 @@ class Selection:
 
     def describe(self) -> str:
         if self.sample == "paper":
-            return (f"the published LLM sample ({self.n_listed} ids, sha256 {self.sha256[:12]}…), "
-                    f"{len(self.missing)} of its ids not in the prepared data")
+            return (
+                f"the published LLM sample ({self.n_listed} ids, sha256 {self.sha256[:12]}…), "
+                f"{len(self.missing)} of its ids not in the prepared data"
+            )
         if self.sample == "ids-file":
             return f"--ids-file (sha256 {self.sha256[:12]}… of the ids)"
         return f"the seeded stratified draw (sha256 {self.sha256[:12]}… of the ids)"
@@ -273,7 +281,7 @@ class Selection:
 
 def resolve_sample(sample: str | None, version: str, split: str, *, ids_file: bool = False) -> str:
     """Which sample a run uses: the published list by default wherever it applies (PTB-XL test)."""
-    from ecgqa.paper_sample import applies
+    from ecgqa.evaluation.paper_sample import applies
 
     if sample is not None and sample not in SAMPLES:
         raise ValueError(f"--sample {sample!r}: expected one of {', '.join(SAMPLES)}")
@@ -300,7 +308,7 @@ def select_sample(
     where: str = "",
 ) -> Selection:
     """The questions of ``sample`` (:func:`resolve_sample`), sorted by sample id."""
-    from ecgqa.paper_sample import PAPER_SAMPLE_SHA256, ids_sha256, paper_sample_ids
+    from ecgqa.evaluation.paper_sample import PAPER_SAMPLE_SHA256, ids_sha256, paper_sample_ids
 
     if sample == "paper":
         listed = paper_sample_ids()

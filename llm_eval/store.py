@@ -45,8 +45,9 @@ def _is_disk_full(e: BaseException) -> bool:
     """SQLITE_FULL, "database or disk is full" or ENOSPC: the disk is full, not the store broken."""
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None))
-    return (getattr(e, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13)
-            or "database or disk is full" in str(e))
+    return getattr(e, "sqlite_errorcode", None) == getattr(
+        sqlite3, "SQLITE_FULL", 13
+    ) or "database or disk is full" in str(e)
 
 
 def _full_disk_error(path: Path, e: BaseException) -> StoreFullError:
@@ -118,8 +119,20 @@ class ResponseStore:
         from llm_eval.prompts import compact_messages
 
         now = time.time()
-        rows = [(model, h, r.reply, int(r.prompt_tokens), int(r.completion_tokens), r.response_model, r.finish_reason,
-                 json.dumps(compact_messages(m), ensure_ascii=False), now) for h, m, r in items]
+        rows = [
+            (
+                model,
+                h,
+                r.reply,
+                int(r.prompt_tokens),
+                int(r.completion_tokens),
+                r.response_model,
+                r.finish_reason,
+                json.dumps(compact_messages(m), ensure_ascii=False),
+                now,
+            )
+            for h, m, r in items
+        ]
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ecgqa.data.records import record_files
+from ecgqa.data.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
 from ecgqa.files import atomic_write_json, claim_output_dir, recover_output, staging_dir, swap_dir
-from ecgqa.records import record_files
-from ecgqa.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
 from mapping.sources import mimic_record_paths, ptbxl_record_path
 
 REPORT = "mapping_report.json"
@@ -122,7 +122,7 @@ def map_release(
             for sample in tqdm(samples, desc=f"map {rel}", unit="sample", disable=not progress, leave=False):
                 paths = [resolve(i) for i in sample["ecg_id"]]
                 if None in paths:
-                    missing_ids.update(i for i, p in zip(sample["ecg_id"], paths) if p is None)
+                    missing_ids.update(i for i, p in zip(sample["ecg_id"], paths, strict=False) if p is None)
                     skipped += 1
                     continue
                 kept.append({**sample, "ecg_path": paths})
@@ -139,7 +139,11 @@ def map_release(
                 "missing_ids": sorted(missing_ids)[:MAX_LISTED],
             }
         totals = {k: sum(f[k] for f in report["files"].values()) for k in ("samples", "mapped", "skipped")}
-        report["totals"] = {**totals, "n_missing_ids": len(all_missing), "missing_ids": sorted(all_missing)[:MAX_LISTED]}
+        report["totals"] = {
+            **totals,
+            "n_missing_ids": len(all_missing),
+            "missing_ids": sorted(all_missing)[:MAX_LISTED],
+        }
         report["records_checked"] = len(resolve._seen)
         if all_missing and not skip_missing:
             report["status"] = "failed: missing records"
@@ -163,9 +167,7 @@ def _missing_message(version: str, records: Path, rate: int, missing: set[int], 
     more = f" (and {len(missing) - MAX_LISTED} more)" if len(missing) > MAX_LISTED else ""
     if version == "ptbxl":
         example = records / (ptbxl_record_path(min(missing), rate) + ".hea")
-        hint = (
-            f"--records must be the PTB-XL v1.0.3 root that holds records{rate}/ (e.g. {example} should exist)"
-        )
+        hint = f"--records must be the PTB-XL v1.0.3 root that holds records{rate}/ (e.g. {example} should exist)"
     else:
         hint = "--records must be the MIMIC-IV-ECG v1.0 root holding record_list.csv and files/"
     return (

@@ -28,4 +28,4 @@ def mimic_record_paths(root: Path) -> dict[int, str]:
             f"{table} not found: --records must be the MIMIC-IV-ECG root that holds record_list.csv and files/"
         )
     frame = pd.read_csv(table, usecols=["study_id", "path"], dtype={"study_id": "int64", "path": "string"})
-    return dict(zip(frame["study_id"].tolist(), frame["path"].tolist()))
+    return dict(zip(frame["study_id"].tolist(), frame["path"].tolist(), strict=False))

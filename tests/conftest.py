@@ -34,7 +34,7 @@ def mapped_sample(tmp_path_factory, sample_paths) -> Path:
 @pytest.fixture(scope="session")
 def prepared_qa(tmp_path_factory, mapped_sample) -> Path:
     """PREPARED dir of the bundled sample: task qa, template variant, 500 Hz (train 413, valid 38)."""
-    from ecgqa.prepare import prepare
+    from ecgqa.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "ptbxl-template-qa"
     prepare(mapped_sample, out, variant="template", task="qa", rate=500, progress=False)
@@ -44,7 +44,7 @@ def prepared_qa(tmp_path_factory, mapped_sample) -> Path:
 @pytest.fixture(scope="session")
 def prepared_upperbound(tmp_path_factory, mapped_sample) -> Path:
     """PREPARED dir of the bundled sample: task upperbound (83 PTB-XL grounding classes), template, 500 Hz."""
-    from ecgqa.prepare import prepare
+    from ecgqa.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "ptbxl-template-upperbound"
     prepare(mapped_sample, out, variant="template", task="upperbound", rate=500, progress=False)
@@ -54,18 +54,40 @@ def prepared_upperbound(tmp_path_factory, mapped_sample) -> Path:
 @pytest.fixture(scope="session")
 def qa_checkpoint(tmp_path_factory, prepared_qa) -> Path:
     """A tiny fusion model trained briefly on ``prepared_qa`` (evaluated on valid, best-EM kept): a CKPT dir."""
-    from ecgqa.train import TrainConfig, train
+    from ecgqa.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("checkpoints") / "fusion-tiny"
-    return train(TrainConfig(data=prepared_qa, model="fusion-test", out=out, max_steps=8, batch_size=16, eval_steps=4,
-                             lr=3e-3, warmup=0, logging_steps=2, quiet=True))
+    return train(
+        TrainConfig(
+            data=prepared_qa,
+            model="fusion-test",
+            out=out,
+            max_steps=8,
+            batch_size=16,
+            eval_steps=4,
+            lr=3e-3,
+            warmup=0,
+            logging_steps=2,
+            quiet=True,
+        )
+    )
 
 
 @pytest.fixture(scope="session")
 def upperbound_checkpoint(tmp_path_factory, prepared_upperbound) -> Path:
     """A tiny se-wrn trained briefly on ``prepared_upperbound``: a CKPT dir."""
-    from ecgqa.train import TrainConfig, train
+    from ecgqa.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("checkpoints") / "se-wrn-tiny"
-    return train(TrainConfig(data=prepared_upperbound, model="se-wrn-test", out=out, max_steps=8, batch_size=16, lr=3e-3,
-                             warmup=0, quiet=True))
+    return train(
+        TrainConfig(
+            data=prepared_upperbound,
+            model="se-wrn-test",
+            out=out,
+            max_steps=8,
+            batch_size=16,
+            lr=3e-3,
+            warmup=0,
+            quiet=True,
+        )
+    )

@@ -84,8 +84,7 @@ def split_content(content: Any) -> tuple[str, list[dict[str, Any]]]:
             texts.append(part.get("text", ""))
         elif part.get("type") == "image_url":
             url = part.get("image_url", {}).get("url", "")
-            images.append({"size": png_size(url), "detail": part.get("image_url", {}).get("detail"),
-                           "bytes": len(url)})
+            images.append({"size": png_size(url), "detail": part.get("image_url", {}).get("detail"), "bytes": len(url)})
     return "\n".join(texts), images
 
 
@@ -125,9 +124,13 @@ class FakeLLM:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"received": self.received, "answered": self.answered, "faulted": dict(self.faulted),
-                    "distinct_answered": len(self.answered_prompts),
-                    "max_answers_per_prompt": max(self.answered_prompts.values(), default=0)}
+            return {
+                "received": self.received,
+                "answered": self.answered,
+                "faulted": dict(self.faulted),
+                "distinct_answered": len(self.answered_prompts),
+                "max_answers_per_prompt": max(self.answered_prompts.values(), default=0),
+            }
 
 
 def create_app(state: FakeLLM) -> FastAPI:
@@ -146,8 +149,13 @@ def create_app(state: FakeLLM) -> FastAPI:
         images = [img for _, imgs in parts for img in imgs]
         auth = request.headers.get("authorization", "")
         with state.lock:
-            state.seen.append({"text": prompt, "images": images,
-                               "options": {k: v for k, v in body.items() if k not in ("messages", "model")}})
+            state.seen.append(
+                {
+                    "text": prompt,
+                    "images": images,
+                    "options": {k: v for k, v in body.items() if k not in ("messages", "model")},
+                }
+            )
             state.received += 1
             state.tokens_seen.add(auth.removeprefix("Bearer "))
             fault = state.faults.pop(0) if state.faults else None
@@ -157,11 +165,21 @@ def create_app(state: FakeLLM) -> FastAPI:
         if over_limit:
             return await hang(request)
         if fault == "429":
-            return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
-                                headers={"retry-after": str(state.retry_after)})
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit"}},
+                status_code=429,
+                headers={"retry-after": str(state.retry_after)},
+            )
         if fault == "401":  # like OpenAI, echo the key back: the harness must not store or print it
-            return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
-                                           "type": "invalid_request_error"}}, status_code=401)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
+                        "type": "invalid_request_error",
+                    }
+                },
+                status_code=401,
+            )
         if fault in ("408", "409"):  # request / lock timeout: worth retrying
             return JSONResponse({"error": {"message": "request timed out", "type": "timeout"}}, status_code=int(fault))
         if fault == "500" or (state.fail_substring and state.fail_substring in prompt):
@@ -169,23 +187,55 @@ def create_app(state: FakeLLM) -> FastAPI:
         if fault == "hang":
             return await hang(request)
         if fault == "400" or (state.reject_images and images):
-            return JSONResponse({"error": {"message": "this model does not support image input",
-                                           "type": "invalid_request_error"}}, status_code=400)
-        broken = {"html": ("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
-                  "badjson": ('{"id": "x", "choices": [', "application/json"),
-                  "empty": ("{}", "application/json"),
-                  "nochoices": ('{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}',
-                                "application/json"),
-                  "nullcontent": (json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                              "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
-                                                           "finish_reason": "stop"}]}), "application/json")}
-        odd_content = {"intcontent": (42, "stop"), "notext": ([{"type": "image_url", "image_url": {"url": "x"}}], "stop"),
-                       "blank": ("   \n ", "stop"), "cutoff": ("", "length")}
+            return JSONResponse(
+                {"error": {"message": "this model does not support image input", "type": "invalid_request_error"}},
+                status_code=400,
+            )
+        broken = {
+            "html": ("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+            "badjson": ('{"id": "x", "choices": [', "application/json"),
+            "empty": ("{}", "application/json"),
+            "nochoices": (
+                '{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}',
+                "application/json",
+            ),
+            "nullcontent": (
+                json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}
+                        ],
+                    }
+                ),
+                "application/json",
+            ),
+        }
+        odd_content = {
+            "intcontent": (42, "stop"),
+            "notext": ([{"type": "image_url", "image_url": {"url": "x"}}], "stop"),
+            "blank": ("   \n ", "stop"),
+            "cutoff": ("", "length"),
+        }
         if fault in odd_content:
             content, finish = odd_content[fault]
-            broken[fault] = (json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                                      "finish_reason": finish}]}), "application/json")
+            broken[fault] = (
+                json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                        ],
+                    }
+                ),
+                "application/json",
+            )
         if fault in broken:
             body_text, media_type = broken[fault]
             return Response(body_text, status_code=200, media_type=media_type)
@@ -195,7 +245,9 @@ def create_app(state: FakeLLM) -> FastAPI:
         reply = "I am not able to answer that." if nomatch else deterministic_answer(prompt)
         with state.lock:
             state.answered += 1
-            state.answered_prompts[hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()] += 1
+            state.answered_prompts[
+                hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()
+            ] += 1
         p_tok, c_tok = len(prompt.split()), len(reply.split())
         usage: Any = {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok}
         if fault == "badusage" or state.bad_usage:  # a good reply with usage no count can be read from
@@ -204,7 +256,9 @@ def create_app(state: FakeLLM) -> FastAPI:
         if fault == "listcontent" or state.list_content:  # content as a list of parts (text split in two)
             content = [{"type": "text", "text": reply[:1]}, {"type": "text", "text": reply[1:]}]
         payload = {
-            "id": f"chatcmpl-{state.answered}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{state.answered}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": usage,
@@ -219,8 +273,17 @@ def create_app(state: FakeLLM) -> FastAPI:
         body = await request.json()
         with state.lock:
             for k, v in body.items():
-                if k in ("latency", "retry_after", "faults", "fail_substring", "nomatch_substring", "answer_limit",
-                         "reject_images", "list_content", "bad_usage"):
+                if k in (
+                    "latency",
+                    "retry_after",
+                    "faults",
+                    "fail_substring",
+                    "nomatch_substring",
+                    "answer_limit",
+                    "reject_images",
+                    "list_content",
+                    "bad_usage",
+                ):
                     setattr(state, k, v)
         return state.stats()
 
@@ -243,8 +306,13 @@ class FakeServer:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.state), log_level="warning", timeout_graceful_shutdown=1,
-                                limit_concurrency=1000, backlog=2048)
+        config = uvicorn.Config(
+            create_app(self.state),
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            limit_concurrency=1000,
+            backlog=2048,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

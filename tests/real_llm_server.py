@@ -1,4 +1,4 @@
-"""A real llama.cpp ``llama-server`` (SmolLM2-135M-Instruct) on 127.0.0.1, for tests/test_llm_real.py and
+"""A real llama.cpp ``llama-server`` (SmolLM2-135M-Instruct) on 127.0.0.1, for tests/llm_eval/test_llm_real.py and
 ``benchmarks/llm_eval.py --real``.
 
 Nothing here downloads or builds: ``bash scripts/build_llama_server.sh`` installs the server and the model into
@@ -70,8 +70,17 @@ class LlamaServer:
     dropped from ~37 to 3 tokens/s here, while one thread stayed at ~37.
     """
 
-    def __init__(self, binary: Path, model: Path, *, slots: int = 1, threads: int = 1, ctx_per_slot: int = 4096,
-                 log_dir: Path | None = None, start_timeout: float = 180.0):
+    def __init__(
+        self,
+        binary: Path,
+        model: Path,
+        *,
+        slots: int = 1,
+        threads: int = 1,
+        ctx_per_slot: int = 4096,
+        log_dir: Path | None = None,
+        start_timeout: float = 180.0,
+    ):
         self.binary, self.model, self.slots, self.threads = Path(binary), Path(model), slots, threads
         self.ctx = ctx_per_slot * slots
         self.port = free_port()
@@ -90,13 +99,32 @@ class LlamaServer:
         self.stop()
 
     def start(self) -> None:
-        cmd = [str(self.binary), "-m", str(self.model), "--alias", ALIAS, "--host", "127.0.0.1",
-               "--port", str(self.port), "-c", str(self.ctx), "-np", str(self.slots), "-t", str(self.threads),
-               "-tb", str(self.threads), "--no-webui", "--metrics"]
+        cmd = [
+            str(self.binary),
+            "-m",
+            str(self.model),
+            "--alias",
+            ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "-c",
+            str(self.ctx),
+            "-np",
+            str(self.slots),
+            "-t",
+            str(self.threads),
+            "-tb",
+            str(self.threads),
+            "--no-webui",
+            "--metrics",
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             code = self.proc.poll()
@@ -110,15 +138,18 @@ class LlamaServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise ServerCrashed(f"llama-server did not answer /health within {self.start_timeout:.0f} s "
-                            f"(log: {self.log_path})")
+        raise ServerCrashed(
+            f"llama-server did not answer /health within {self.start_timeout:.0f} s (log: {self.log_path})"
+        )
 
     def crash_reason(self, code: int) -> str:
         tail = self.log_path.read_text(errors="replace")[-600:] if self.log_path.exists() else ""
         reason = f"llama-server exited with status {code} at start-up (log: {self.log_path})"
         if code in (-signal.SIGSEGV, 128 + signal.SIGSEGV) and cpu_has_amx():
-            reason += (": SIGSEGV on an AMX-capable CPU, the known llama.cpp AMX crash (ggml_backend_amx_mul_mat in "
-                       f"the warm-up decode); rebuild with AMX off: `{INSTALL_COMMAND} --force`")
+            reason += (
+                ": SIGSEGV on an AMX-capable CPU, the known llama.cpp AMX crash (ggml_backend_amx_mul_mat in "
+                f"the warm-up decode); rebuild with AMX off: `{INSTALL_COMMAND} --force`"
+            )
         return reason + ("\n" + tail if tail else "")
 
     def stop(self) -> None:

@@ -137,7 +137,9 @@ def test_clean_stale_removes_only_dead_runs(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     (tmp_path / f".out.build-{dead_pid}").mkdir()
     (tmp_path / f".out.build-{os.getppid()}").mkdir()  # a live process: left alone
@@ -153,8 +155,11 @@ def test_recover_output_puts_back_an_output_a_killed_swap_moved_aside(tmp_path):
 
     from ecgqa.files import recover_output
 
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     aside = tmp_path / f".out.old-{dead}"
     aside.mkdir()
     (aside / "meta.json").write_text("previous")

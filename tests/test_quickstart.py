@@ -8,8 +8,8 @@ import json
 import pytest
 
 from ecgqa.cli import main
+from ecgqa.data.release import load_shard, shards
 from ecgqa.quickstart import DemoPaths, _auc, auc_markdown, demo_paths, ensure_demo, holdout_by_ecg
-from ecgqa.release import load_shard, shards
 
 
 def _check_holdout(mapped, release, report) -> None:
@@ -59,9 +59,22 @@ def test_rank_auc_matches_sklearn():
 
 
 def test_auc_markdown_says_plainly_whether_it_learned():
-    base = {"n_ecgs": 50, "macro_auc": 0.81, "macro_ci95": [0.75, 0.86], "control_macro_auc": 0.52,
-            "classes": [{"class": "sinus rhythm", "auc": 0.9, "ci95": [0.8, 0.97], "positives": 30, "negatives": 20,
-                         "control_auc": 0.5}]}
+    base = {
+        "n_ecgs": 50,
+        "macro_auc": 0.81,
+        "macro_ci95": [0.75, 0.86],
+        "control_macro_auc": 0.52,
+        "classes": [
+            {
+                "class": "sinus rhythm",
+                "auc": 0.9,
+                "ci95": [0.8, 0.97],
+                "positives": 30,
+                "negatives": 20,
+                "control_auc": 0.5,
+            }
+        ],
+    }
     yes = auc_markdown({**base, "difference_ci95": [0.2, 0.35], "learned": True})
     assert "The ECG side learned something" in yes and "| sinus rhythm | 0.900 (0.800–0.970) | 30/20 | 0.500 |" in yes
     no = auc_markdown({**base, "difference_ci95": [-0.05, 0.1], "learned": False})
@@ -104,11 +117,28 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quickstart_fast_run(tmp_path, capsys):
-    from ecgqa.prepared import PreparedData
+    from ecgqa.data.prepared import PreparedData
 
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--max-steps", "2", "--attribute-steps", "3", "--batch-size", "4",
-                 "--bootstrap", "50", "-q"]) == 0
+    assert (
+        main(
+            [
+                "quickstart",
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+                "--attribute-steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--bootstrap",
+                "50",
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
 
     release = out / "release" / "ptbxl"

@@ -21,7 +21,7 @@ import pytest
 import wfdb
 from PIL import Image
 
-from ecgqa.constants import LEADS
+from ecgqa.data.constants import LEADS
 from ecgqa.render import LAYOUTS, layout_geometry, render_ecg
 
 FS = 500
@@ -136,7 +136,7 @@ def test_each_lead_in_its_own_panel(layout, artifacts):
         first = np.flatnonzero(counts)[0]
         # horizontal lines (the spikes' flat tops, the baseline) have many ink pixels per row; the
         # spikes' vertical edges only a few
-        rows = np.flatnonzero(counts > 0.5 * counts[first:first + 5].max())
+        rows = np.flatnonzero(counts > 0.5 * counts[first : first + 5].max())
         runs = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
         assert len(runs) >= 2, p  # the spikes' tops and the baseline, as separate horizontal lines
         measured = (runs[-1].mean() - runs[0].mean()) / px_mm / geo.gain  # line centre to line centre
@@ -201,7 +201,7 @@ def test_grid_is_one_and_five_millimetres():
     geo = layout_geometry()
     gx0, _, gx1, _ = geo.grid
     # a horizontal line through a blank part of the first row (between the label and the baseline)
-    row = img[round((geo.panels[0].top + 8.5) * 10), round(gx0 * 10):round(gx1 * 10)].astype(int)
+    row = img[round((geo.panels[0].top + 8.5) * 10), round(gx0 * 10) : round(gx1 * 10)].astype(int)
     redness = row[:, 0] - row[:, 2]  # grid lines are red/pink, paper white
     minor = np.flatnonzero(redness > 20)
     centres = np.array([g.mean() for g in np.split(minor, np.flatnonzero(np.diff(minor) > 1) + 1)])
@@ -226,17 +226,57 @@ def test_bad_input_is_refused():
 def test_cli_renders_a_record_and_prepared_data(sample_paths, prepared_qa, tmp_path):
     hea = min(Path(sample_paths.ptbxl_records).rglob("*.hea"))
     out = tmp_path / "rec.png"
-    cmd = [sys.executable, "-m", "ecgqa", "render", str(hea.with_suffix("")), "--out", str(out), "--dpi", "50",
-           "--layout", "12x1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ecgqa",
+        "render",
+        str(hea.with_suffix("")),
+        "--out",
+        str(out),
+        "--dpi",
+        "50",
+        "--layout",
+        "12x1",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     assert Image.open(out).size == layout_geometry("12x1").pixels(50)
     ecg_id = int(hea.stem.split("_")[0])
     out2 = tmp_path / "prep.svg"
-    subprocess.run([sys.executable, "-m", "ecgqa", "render", "--data", str(prepared_qa), "--ecg-id", str(ecg_id),
-                    "--out", str(out2)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ecgqa",
+            "render",
+            "--data",
+            str(prepared_qa),
+            "--ecg-id",
+            str(ecg_id),
+            "--out",
+            str(out2),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert out2.read_text().lstrip().startswith("<?xml")
-    bad = subprocess.run([sys.executable, "-m", "ecgqa", "render", "--data", str(prepared_qa), "--ecg-id", "999999999",
-                          "--out", str(tmp_path / "x.png")], check=False, capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ecgqa",
+            "render",
+            "--data",
+            str(prepared_qa),
+            "--ecg-id",
+            "999999999",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "999999999" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -248,8 +288,11 @@ def test_titles_are_plain_text_and_sizes_are_bounded():
         assert png.startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="at most 200"):
         render_ecg(signal, 100, title="t" * 201)
-    for kw, match in (({"gain": 1e308}, "gain must be between"), ({"seconds": 1e5}, "seconds must be between"),
-                      ({"speed": 0.0}, "speed must be between"),
-                      ({"seconds": 120, "speed": 200, "dpi": 1200}, "too large")):
+    for kw, match in (
+        ({"gain": 1e308}, "gain must be between"),
+        ({"seconds": 1e5}, "seconds must be between"),
+        ({"speed": 0.0}, "speed must be between"),
+        ({"seconds": 120, "speed": 200, "dpi": 1200}, "too large"),
+    ):
         with pytest.raises(ValueError, match=match):
             render_ecg(signal, 100, **kw)

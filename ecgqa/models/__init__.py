@@ -43,22 +43,73 @@ class Variant:
 # Test widths: a few thousand parameters. Four strided convs of kernel/stride 4 turn 5000 samples into
 # 19 ECG tokens instead of 312 (small, not cropped).
 _TEST_CONV = {"conv_channels": 8, "conv_kernel": 4, "conv_stride": 4}
-_TEST_FUSION = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0,
-                    activation_dropout=0.0, pos_conv_kernel=4, pos_conv_groups=4)
-_TEST_PRENORM = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, num_layers=1, dropout=0.0,
-                     pos_conv_kernel=5, pos_conv_groups=4)
-_TEST_M3AE = dict(_TEST_CONV, hidden_size=32, num_heads=2, ffn_size=64, ecg_layers=1, text_layers=1, fusion_layers=1,
-                  dropout=0.0, pos_conv_kernel=5, pos_conv_groups=4)
+_TEST_FUSION = dict(
+    _TEST_CONV,
+    hidden_size=32,
+    num_heads=2,
+    ffn_size=64,
+    num_layers=1,
+    dropout=0.0,
+    activation_dropout=0.0,
+    pos_conv_kernel=4,
+    pos_conv_groups=4,
+)
+_TEST_PRENORM = dict(
+    _TEST_CONV,
+    hidden_size=32,
+    num_heads=2,
+    ffn_size=64,
+    num_layers=1,
+    dropout=0.0,
+    pos_conv_kernel=5,
+    pos_conv_groups=4,
+)
+_TEST_M3AE = dict(
+    _TEST_CONV,
+    hidden_size=32,
+    num_heads=2,
+    ffn_size=64,
+    ecg_layers=1,
+    text_layers=1,
+    fusion_layers=1,
+    dropout=0.0,
+    pos_conv_kernel=5,
+    pos_conv_groups=4,
+)
 # Quickstart widths: 3 strided convs of kernel/stride 4 (78 tokens per ECG), width 64, 2 layers.
 # w2v-cmsc-rlm: test = 4 convs of (16, k4, s4) (19 tokens), width 32, 1 layer; quick = 3 convs of (64, k4, s4)
 # (78 tokens), width 64, 2 layers, as the quick fusion models.
-_TEST_W2V = {"conv_feature_layers": [(16, 4, 4)] * 4, "encoder_layers": 1, "encoder_embed_dim": 32,
-             "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "conv_pos": 4, "conv_pos_groups": 4,
-             "activation_dropout": 0.0}
-_QUICK_W2V = {"conv_feature_layers": [(64, 4, 4)] * 3, "encoder_layers": 2, "encoder_embed_dim": 64,
-              "encoder_ffn_embed_dim": 128, "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4}
-_QUICK_FUSION = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 128, "conv_channels": 32,
-                 "conv_layers": 3, "conv_kernel": 4, "conv_stride": 4, "pos_conv_kernel": 8, "pos_conv_groups": 4}
+_TEST_W2V = {
+    "conv_feature_layers": [(16, 4, 4)] * 4,
+    "encoder_layers": 1,
+    "encoder_embed_dim": 32,
+    "encoder_ffn_embed_dim": 64,
+    "encoder_attention_heads": 2,
+    "conv_pos": 4,
+    "conv_pos_groups": 4,
+    "activation_dropout": 0.0,
+}
+_QUICK_W2V = {
+    "conv_feature_layers": [(64, 4, 4)] * 3,
+    "encoder_layers": 2,
+    "encoder_embed_dim": 64,
+    "encoder_ffn_embed_dim": 128,
+    "encoder_attention_heads": 4,
+    "conv_pos": 8,
+    "conv_pos_groups": 4,
+}
+_QUICK_FUSION = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "ffn_size": 128,
+    "conv_channels": 32,
+    "conv_layers": 3,
+    "conv_kernel": 4,
+    "conv_stride": 4,
+    "pos_conv_kernel": 8,
+    "pos_conv_groups": 4,
+}
 
 MODELS: dict[str, Variant] = {
     # ---- QA: the ECG-QA paper's baselines (upstream configs) --------------------------------------
@@ -76,9 +127,19 @@ MODELS: dict[str, Variant] = {
     "m3ae-base": Variant(M3AEConfig, {}, "m3ae"),
     "m3ae-test": Variant(M3AEConfig, _TEST_M3AE, "m3ae", "test"),
     "resnet-lstm": Variant(ResNetLSTMConfig, {}, "resnet-lstm"),
-    "resnet-lstm-test": Variant(ResNetLSTMConfig, {"resnet_stages": [1, 1, 1, 1], "resnet_width": 4,
-                                                   "lstm_input_dim": 16, "lstm_hidden": 16, "lstm_layers": 1,
-                                                   "final_dim": 32}, "resnet-lstm", "test"),
+    "resnet-lstm-test": Variant(
+        ResNetLSTMConfig,
+        {
+            "resnet_stages": [1, 1, 1, 1],
+            "resnet_width": 4,
+            "lstm_input_dim": 16,
+            "lstm_hidden": 16,
+            "lstm_layers": 1,
+            "final_dim": 32,
+        },
+        "resnet-lstm",
+        "test",
+    ),
     # ---- QA: this project's variants (not published baselines) ------------------------------------
     "fusion-prenorm-small": Variant(PreNormFusionConfig, {"num_layers": 8}, "fusion-prenorm", "extra"),
     "fusion-prenorm-base": Variant(PreNormFusionConfig, {"num_layers": 12}, "fusion-prenorm", "extra"),
@@ -86,15 +147,35 @@ MODELS: dict[str, Variant] = {
     "m3ae-small": Variant(M3AEConfig, {"ecg_layers": 4, "text_layers": 4, "fusion_layers": 2}, "m3ae", "extra"),
     # ---- upperbound classifiers (upstream ecg_classification/resnet configs) ---------------------
     "se-wrn": Variant(SEWRNConfig, {}, "se-wrn"),
-    "se-wrn-test": Variant(SEWRNConfig, {"widths": [8, 8, 16], "blocks_per_stage": 1, "kernel_size": 5,
-                                         "se_ratio": 4, "block_dropout": 0.0, "final_dropout": 0.0},
-                           "se-wrn", "test"),
+    "se-wrn-test": Variant(
+        SEWRNConfig,
+        {
+            "widths": [8, 8, 16],
+            "blocks_per_stage": 1,
+            "kernel_size": 5,
+            "se_ratio": 4,
+            "block_dropout": 0.0,
+            "final_dropout": 0.0,
+        },
+        "se-wrn",
+        "test",
+    ),
     "se-wrn-quick": Variant(SEWRNConfig, {"widths": [8, 8, 16, 32, 64], "blocks_per_stage": 1}, "se-wrn", "quick"),
     # lead_indicator "nonzero": upstream's (signal != 0).all(-1); the class default "mask" is for old checkpoints
     "resnet-attn": Variant(ResNetAttnConfig, {"lead_indicator": "nonzero"}, "resnet-attn"),
-    "resnet-attn-test": Variant(ResNetAttnConfig, {"channels": 8, "num_blocks": 2, "stride": 4, "attention_heads": 2,
-                                                   "final_dropout": 0.0, "lead_indicator": "nonzero"},
-                                "resnet-attn", "test"),
+    "resnet-attn-test": Variant(
+        ResNetAttnConfig,
+        {
+            "channels": 8,
+            "num_blocks": 2,
+            "stride": 4,
+            "attention_heads": 2,
+            "final_dropout": 0.0,
+            "lead_indicator": "nonzero",
+        },
+        "resnet-attn",
+        "test",
+    ),
     # W2V+CMSC+RLM (fairseq-signals examples/w2v_cmsc): published = the base_total.yaml fine-tuning config
     "w2v-cmsc-rlm": Variant(W2VCMSCConfig, {}, "w2v-cmsc-rlm"),
     "w2v-cmsc-rlm-quick": Variant(W2VCMSCConfig, _QUICK_W2V, "w2v-cmsc-rlm", "quick"),
@@ -102,10 +183,15 @@ MODELS: dict[str, Variant] = {
 }
 
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {}
-for _config, _model in ((FusionConfig, FusionModel), (PreNormFusionConfig, PreNormFusionModel),
-                        (M3AEConfig, M3AEModel), (ResNetLSTMConfig, ResNetLSTMModel),
-                        (SEWRNConfig, SEWRNModel), (ResNetAttnConfig, ResNetAttnModel),
-                        (W2VCMSCConfig, W2VCMSCRLMModel)):
+for _config, _model in (
+    (FusionConfig, FusionModel),
+    (PreNormFusionConfig, PreNormFusionModel),
+    (M3AEConfig, M3AEModel),
+    (ResNetLSTMConfig, ResNetLSTMModel),
+    (SEWRNConfig, SEWRNModel),
+    (ResNetAttnConfig, ResNetAttnModel),
+    (W2VCMSCConfig, W2VCMSCRLMModel),
+):
     MODEL_CLASSES[_config.model_type] = _model
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
@@ -118,7 +204,7 @@ def _check(name: str) -> Variant:
 
 
 def task_of(name: str) -> str:
-    """"qa" or "upperbound": which prepared data (meta["task"]) a model trains on."""
+    """ "qa" or "upperbound": which prepared data (meta["task"]) a model trains on."""
     return "upperbound" if issubclass(_check(name).config, UpperboundConfig) else "qa"
 
 
@@ -138,8 +224,10 @@ def quick_variant(name: str) -> str:
     for n, v in MODELS.items():
         if v.family == family and v.size == "quick":
             return n
-    raise ValueError(f"model family {family!r} has no quickstart size; families with one: "
-                     f"{', '.join(sorted({v.family for v in MODELS.values() if v.size == 'quick'}))}")
+    raise ValueError(
+        f"model family {family!r} has no quickstart size; families with one: "
+        f"{', '.join(sorted({v.family for v in MODELS.values() if v.size == 'quick'}))}"
+    )
 
 
 def reference_models() -> list[str]:
@@ -161,8 +249,11 @@ def create_model(name: str, *, text_encoder: str | None = None, **overrides: Any
     """
     if text_encoder is not None:
         config = create_config(name)
-        if not isinstance(config, QAConfig) or not getattr(config, "use_text", True) or isinstance(
-                config, ResNetLSTMConfig):
+        if (
+            not isinstance(config, QAConfig)
+            or not getattr(config, "use_text", True)
+            or isinstance(config, ResNetLSTMConfig)
+        ):
             raise ValueError(f"--text-encoder applies to transformer QA models with a text side, not {name!r}")
         from ecgqa.models.layers import attach_pretrained_text_encoder
 
@@ -201,11 +292,15 @@ def load_bert_embeddings(model: PreTrainedModel, path: str | Path) -> dict[str, 
     tables = model.bert_embedding_tables() if hasattr(model, "bert_embedding_tables") else {}
     name = getattr(model.config, "model_name", type(model).__name__)
     if not tables:
-        raise ValueError(f"--bert-embeddings: {name} has no text embedding tables to initialise (it applies to "
-                         f"{', '.join(BERT_EMBEDDING_FAMILIES)} without --text-encoder)")
+        raise ValueError(
+            f"--bert-embeddings: {name} has no text embedding tables to initialise (it applies to "
+            f"{', '.join(BERT_EMBEDDING_FAMILIES)} without --text-encoder)"
+        )
     if not (path / "config.json").is_file():
-        raise ValueError(f"--bert-embeddings {path}: no config.json there; give a local bert-base-uncased folder "
-                         "in transformers format (config.json + model.safetensors or pytorch_model.bin)")
+        raise ValueError(
+            f"--bert-embeddings {path}: no config.json there; give a local bert-base-uncased folder "
+            "in transformers format (config.json + model.safetensors or pytorch_model.bin)"
+        )
     try:
         bert = AutoModel.from_pretrained(str(path))
     except (OSError, ValueError) as e:
@@ -223,7 +318,8 @@ def load_bert_embeddings(model: PreTrainedModel, path: str | Path) -> dict[str, 
                 f"--bert-embeddings {path}: embeddings.{table} is {tuple(weight.shape)} but {name}'s table is "
                 f"{tuple(target.weight.shape)} (rows: vocabulary / positions / types, columns: hidden size); "
                 "use the BERT matching the model width and the prepared data's tokenizer (bert-base-uncased: 768 "
-                "wide, 30522 words, 512 positions)")
+                "wide, 30522 words, 512 positions)"
+            )
         copied[table] = tuple(weight.shape)
     with torch.no_grad():  # all shapes checked first: a mismatch leaves the model untouched
         for table, target in tables.items():
@@ -238,8 +334,9 @@ def load_model(path: str | Path) -> PreTrainedModel:
         raise FileNotFoundError(f"{path}: no config.json; expected a checkpoint written by `ecgqa train`")
     model_type = PretrainedConfig.get_config_dict(str(path))[0].get("model_type")
     if model_type not in MODEL_CLASSES:
-        raise ValueError(f"{path / 'config.json'}: model_type {model_type!r} is not an ecgqa model "
-                         f"({', '.join(MODEL_CLASSES)})")
+        raise ValueError(
+            f"{path / 'config.json'}: model_type {model_type!r} is not an ecgqa model ({', '.join(MODEL_CLASSES)})"
+        )
     return MODEL_CLASSES[model_type].from_pretrained(str(path))
 
 

@@ -105,8 +105,11 @@ class FusionModel(QAPreTrainedModel):
         self.text_encoder = build_text_encoder(c) if c.use_text else None
         needs_words = c.use_text and self.text_encoder is None
         # the word table also gives the [SEP] between the two ECGs when there is one
-        self.word_emb = (nn.Embedding(c.vocab_size, D, padding_idx=c.pad_token_id)
-                         if needs_words or (c.use_ecg and c.use_text) else None)
+        self.word_emb = (
+            nn.Embedding(c.vocab_size, D, padding_idx=c.pad_token_id)
+            if needs_words or (c.use_ecg and c.use_text)
+            else None
+        )
         if c.use_ecg:
             self.extractor = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride)
             self.feature_norm = nn.LayerNorm(c.conv_channels)
@@ -128,8 +131,14 @@ class FusionModel(QAPreTrainedModel):
         )
         n_parts = 2 * c.use_ecg + c.use_text
         self.head = nn.Linear(n_parts * D, c.num_classes)
-        for module in (self.word_emb, self.type_emb, getattr(self, "pos_emb", None),
-                       getattr(self, "feature_proj", None), getattr(self, "text_proj", None), self.layers):
+        for module in (
+            self.word_emb,
+            self.type_emb,
+            getattr(self, "pos_emb", None),
+            getattr(self, "feature_proj", None),
+            getattr(self, "text_proj", None),
+            self.layers,
+        ):
             if module is not None:
                 module.apply(bert_init_)
         xavier_head_(self.head)
@@ -140,8 +149,11 @@ class FusionModel(QAPreTrainedModel):
         empty when the model has none (deaf, or a whole pretrained ``text_encoder``)."""
         if not self.config.use_text or self.text_encoder is not None:
             return {}
-        return {"word_embeddings": self.word_emb, "position_embeddings": self.pos_emb,
-                "token_type_embeddings": self.type_emb}
+        return {
+            "word_embeddings": self.word_emb,
+            "position_embeddings": self.pos_emb,
+            "token_type_embeddings": self.type_emb,
+        }
 
     # -- inputs -------------------------------------------------------------------------------------
 
@@ -170,7 +182,7 @@ class FusionModel(QAPreTrainedModel):
         if self.type_emb is not None:  # fusion: one positional conv over the joint sequence
             joint = torch.cat([e1, e2], 1)
             joint = joint + self.pos_conv(joint) + self.type_emb.weight[0]
-            e1, e2 = joint[:, : e1.shape[1]], joint[:, e1.shape[1]:]
+            e1, e2 = joint[:, : e1.shape[1]], joint[:, e1.shape[1] :]
         else:  # deaf: per ECG, as upstream's ECGTransformerModel.get_embeddings
             e1 = e1 + self.pos_conv(e1)
             e2 = torch.cat([e2[:, :1], e2[:, 1:] + self.pos_conv(e2[:, 1:])], 1)
@@ -183,8 +195,10 @@ class FusionModel(QAPreTrainedModel):
             x = self.text_proj(hidden)
         else:
             if input_ids.shape[1] > self.config.max_positions:
-                raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_positions "
-                                 f"{self.config.max_positions}; truncate it when tokenizing")
+                raise ValueError(
+                    f"question of {input_ids.shape[1]} tokens exceeds max_positions "
+                    f"{self.config.max_positions}; truncate it when tokenizing"
+                )
             x = self.text_norm(self.word_emb(input_ids))  # upstream dropout_input: 0.0
             x = x + self.pos_emb(torch.arange(input_ids.shape[1], device=input_ids.device))[None]
         return x + self.type_emb.weight[1 if self.config.use_ecg else 0]
@@ -218,7 +232,7 @@ class FusionModel(QAPreTrainedModel):
         for layer in self.layers:
             x = layer(x, mask)
         pooled, start = [], 0
-        for p, m in zip(parts, masks):
+        for p, m in zip(parts, masks, strict=False):
             pooled.append(masked_mean(x[:, start : start + p.shape[1]], m))
             start += p.shape[1]
         logits = self.head(torch.cat(pooled, -1))

@@ -84,8 +84,9 @@ class PreNormFusionModel(QAPreTrainedModel):
         self.question_type_emb = nn.Embedding(1, c.hidden_size) if c.use_text else None  # token type 2
         self.emb_norm = nn.LayerNorm(c.hidden_size)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(PreNormBlock(c.hidden_size, c.num_heads, c.ffn_size, c.dropout)
-                                    for _ in range(c.num_layers))
+        self.blocks = nn.ModuleList(
+            PreNormBlock(c.hidden_size, c.num_heads, c.ffn_size, c.dropout) for _ in range(c.num_layers)
+        )
         self.ln_f = nn.LayerNorm(c.hidden_size)
         n_parts = 2 * c.use_ecg + c.use_text
         self.head = nn.Linear(n_parts * c.hidden_size, c.num_classes)
@@ -121,7 +122,7 @@ class PreNormFusionModel(QAPreTrainedModel):
             x = block(x, mask)
         x = self.ln_f(x)
         pooled, start = [], 0
-        for p, m in zip(parts, masks):
+        for p, m in zip(parts, masks, strict=False):
             pooled.append(masked_mean(x[:, start : start + p.shape[1]], m))
             start += p.shape[1]
         logits = self.head(torch.cat(pooled, -1))

@@ -3,7 +3,7 @@
 - ``QAConfig`` / ``QAPreTrainedModel`` / ``QAOutput``: what every QA model config carries, and the
   QA loss (BCE-with-logits over the whole answer space, mean over batch × classes).
 - ``UpperboundConfig`` / ``UpperboundPreTrainedModel`` / ``UpperboundOutput``: the same for the
-  upperbound classifiers, whose loss is the labelled BCE of ``ecgqa/losses.py``.
+  upperbound classifiers, whose loss is the labelled BCE of ``ecgqa/models/losses.py``.
 - ``ConvFeatureExtractor``: the strided conv front end of the reference ECG transformers (4 × 256
   channels, kernel 2, stride 2, GroupNorm in the first layer, GELU, no bias: 5000 samples → 312 tokens).
 - ``ConvPositionalEncoding``: the reference positional conv (weight-normed, even kernel trimmed by one
@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ecgqa.losses import labelled_bce, qa_bce
+from ecgqa.models.losses import labelled_bce, qa_bce
 
 # ---------------------------------------------------------------------------------------------------
 # configs and outputs
@@ -135,7 +135,7 @@ class QAPreTrainedModel(PreTrainedModel):
 
 
 class UpperboundPreTrainedModel(PreTrainedModel):
-    """Base of the upperbound classifiers; ``upperbound_loss`` is the labelled BCE of ``ecgqa/losses.py``."""
+    """Base of the upperbound classifiers; ``upperbound_loss`` is the labelled BCE of ``ecgqa/models/losses.py``."""
 
     base_model_prefix = "ecgqa"
     main_input_name = "ecg"
@@ -144,8 +144,9 @@ class UpperboundPreTrainedModel(PreTrainedModel):
         pass
 
     @staticmethod
-    def upperbound_loss(logits: torch.Tensor, labels: torch.Tensor | None,
-                        label_mask: torch.Tensor | None) -> torch.Tensor | None:
+    def upperbound_loss(
+        logits: torch.Tensor, labels: torch.Tensor | None, label_mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if labels is None or label_mask is None:
             return None
         return labelled_bce(logits, labels, label_mask)
@@ -278,8 +279,9 @@ class PostNormLayer(nn.Module):
     """The reference transformer layer (upstream ``TransformerEncoderLayer``, ``layer_norm_first=False``):
     x = LN(x + drop(attn(x))); x = LN(x + drop(fc2(act_drop(gelu(fc1(x))))))."""
 
-    def __init__(self, width: int, heads: int, ffn: int, dropout: float, attention_dropout: float,
-                 activation_dropout: float) -> None:
+    def __init__(
+        self, width: int, heads: int, ffn: int, dropout: float, attention_dropout: float, activation_dropout: float
+    ) -> None:
         super().__init__()
         self.attn = MaskedAttention(width, heads, attention_dropout)
         self.attn_norm = nn.LayerNorm(width)
@@ -305,8 +307,13 @@ class PreNormBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, ffn), nn.GELU(), nn.Linear(ffn, width))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), mask))
         if self.xattn is not None:
             x = x + self.drop(self.xattn(self.ln_x(x), context_mask, context))
@@ -320,8 +327,17 @@ class PreNormBlock(nn.Module):
 class PreNormECGFrontEnd(nn.Module):
     """(B, 12, T) → (B, N, width): conv extractor, LayerNorm + linear, per-ECG positional conv (no weight norm)."""
 
-    def __init__(self, channels: int, layers: int, kernel: int, stride: int, width: int, pos_kernel: int,
-                 pos_groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        channels: int,
+        layers: int,
+        kernel: int,
+        stride: int,
+        width: int,
+        pos_kernel: int,
+        pos_groups: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.extractor = ConvFeatureExtractor(channels, layers, kernel, stride)
         self.norm = nn.LayerNorm(channels)
@@ -342,8 +358,16 @@ class ECGPairEmbedding(nn.Module):
 
     def __init__(self, c: PretrainedConfig) -> None:
         super().__init__()
-        self.front = PreNormECGFrontEnd(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride,
-                                        c.hidden_size, c.pos_conv_kernel, c.pos_conv_groups, c.dropout)
+        self.front = PreNormECGFrontEnd(
+            c.conv_channels,
+            c.conv_layers,
+            c.conv_kernel,
+            c.conv_stride,
+            c.hidden_size,
+            c.pos_conv_kernel,
+            c.pos_conv_groups,
+            c.dropout,
+        )
         self.sep = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
         self.type_emb = nn.Embedding(2, c.hidden_size)
 
@@ -396,8 +420,10 @@ class QuestionEmbedding(nn.Module):
             hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self.text_proj(hidden)
         if input_ids.shape[1] > self.max_len:
-            raise ValueError(f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
-                             f"{self.max_len}; truncate it when tokenizing")
+            raise ValueError(
+                f"question of {input_ids.shape[1]} tokens exceeds max_question_len "
+                f"{self.max_len}; truncate it when tokenizing"
+            )
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.word_emb(input_ids) + self.pos_emb(pos)[None]
 

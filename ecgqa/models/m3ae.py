@@ -109,7 +109,9 @@ class M3AEModel(QAPreTrainedModel):
         self.fusion_text = blocks(c.fusion_layers, cross=True)
         self.ln_ecg, self.ln_text = nn.LayerNorm(D), nn.LayerNorm(D)
         self.text_pooler, self.ecg_pooler = FirstTokenPooler(D), FirstTokenPooler(D)
-        self.head = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(2 * D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, c.num_classes)
+        )
         self.drop = nn.Dropout(c.dropout)
         for name, module in self.named_children():  # the head too: upstream head.apply(init_weights), N(0, 0.02)
             if name != "question" or not self.question.pretrained:
@@ -150,7 +152,7 @@ class M3AEModel(QAPreTrainedModel):
         e, e_mask = self.encode_ecg(ecg, ecg_mask)
         t_mask = attention_mask.to(torch.bool)
         t = self.encode_text(input_ids, attention_mask)
-        for ecg_block, text_block in zip(self.fusion_ecg, self.fusion_text):
+        for ecg_block, text_block in zip(self.fusion_ecg, self.fusion_text, strict=False):
             e, t = ecg_block(e, e_mask, t, t_mask), text_block(t, t_mask, e, e_mask)
         pooled = torch.cat([self.text_pooler(self.ln_text(t)), self.ecg_pooler(self.ln_ecg(e))], -1)
         logits = self.head(pooled)

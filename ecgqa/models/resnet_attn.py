@@ -18,7 +18,7 @@ The lead indicator (config ``lead_indicator``):
   real 16-bit recordings is nearly every lead: on the bundled PTB-XL sample 99.8 % of leads hold an
   exact zero, so the indicator is almost always all zeros (uninformative), as it was upstream.
 - ``"mask"`` (this project's alternative, ``--set lead_indicator=mask``): the batch's ``lead_mask``
-  (``ecgqa/data.py``), 1 exactly for the leads of the question's subset. Not the same subset as upstream's.
+  (``ecgqa/data/torch_datasets.py``), 1 exactly for the leads of the question's subset. Not the same subset as upstream's.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ class NejedlyBlock(nn.Module):
         self.bn1 = nn.BatchNorm1d(channels)
         self.conv2 = nn.Conv1d(channels, channels, kernel, 1, pad, bias=False)
         self.bn2 = nn.BatchNorm1d(channels)
-        self.shortcut = nn.Sequential(nn.AvgPool1d(stride, stride, ceil_mode=True),
-                                      nn.Conv1d(channels, channels, 1, bias=False))
+        self.shortcut = nn.Sequential(
+            nn.AvgPool1d(stride, stride, ceil_mode=True), nn.Conv1d(channels, channels, 1, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.leaky_relu(self.bn1(self.conv1(x)))

@@ -60,8 +60,11 @@ class Bottleneck1d(nn.Module):
         self.conv1, self.bn1 = nn.Conv1d(c_in, planes, 1, bias=False), nn.BatchNorm1d(planes)
         self.conv2, self.bn2 = nn.Conv1d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm1d(planes)
         self.conv3, self.bn3 = nn.Conv1d(planes, c_out, 1, bias=False), nn.BatchNorm1d(c_out)
-        self.downsample = (nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm1d(c_out))
-                           if stride != 1 or c_in != c_out else None)
+        self.downsample = (
+            nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm1d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -76,8 +79,9 @@ class ResNet1d(nn.Module):
 
     def __init__(self, stages: list[int], width: int, in_leads: int = 12) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(in_leads, width, 7, 2, 3, bias=False), nn.BatchNorm1d(width),
-                                  nn.ReLU(), nn.MaxPool1d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_leads, width, 7, 2, 3, bias=False), nn.BatchNorm1d(width), nn.ReLU(), nn.MaxPool1d(3, 2, 1)
+        )
         layers, c_in = [], width
         for i, n in enumerate(stages):
             planes = width * 2**i

@@ -66,8 +66,9 @@ class SqueezeExcite(nn.Module):
 class SEWideBlock(nn.Module):
     """One SE-WRN residual block (upstream ``SEWideResidualBlock``, 1-D)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, downsample: bool, first: bool, dropout: float,
-                 se_ratio: int) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, downsample: bool, first: bool, dropout: float, se_ratio: int
+    ) -> None:
         super().__init__()
         pad, stride = (kernel - 1) // 2, 2 if downsample else 1
         self.bn1 = None if first else nn.BatchNorm1d(c_in)
@@ -76,8 +77,11 @@ class SEWideBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, 1, pad, bias=False)
         self.se = SqueezeExcite(c_out, se_ratio)
-        self.shortcut = (nn.Sequential(nn.AvgPool1d(2, 2, ceil_mode=True), nn.Conv1d(c_in, c_out, 1, bias=False))
-                         if downsample else None)
+        self.shortcut = (
+            nn.Sequential(nn.AvgPool1d(2, 2, ceil_mode=True), nn.Conv1d(c_in, c_out, 1, bias=False))
+            if downsample
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.bn1 is None else F.relu(self.bn1(x))
@@ -97,8 +101,17 @@ class SEWRNModel(UpperboundPreTrainedModel):
         blocks = []
         for stage in range(len(w) - 1):
             for i in range(c.blocks_per_stage):
-                blocks.append(SEWideBlock(w[stage] if i == 0 else w[stage + 1], w[stage + 1], k, downsample=i == 0,
-                                          first=stage == 0 and i == 0, dropout=c.block_dropout, se_ratio=c.se_ratio))
+                blocks.append(
+                    SEWideBlock(
+                        w[stage] if i == 0 else w[stage + 1],
+                        w[stage + 1],
+                        k,
+                        downsample=i == 0,
+                        first=stage == 0 and i == 0,
+                        dropout=c.block_dropout,
+                        se_ratio=c.se_ratio,
+                    )
+                )
         self.blocks = nn.Sequential(*blocks)
         self.final_norm = nn.BatchNorm1d(w[-1])
         self.final_drop = nn.Dropout(c.final_dropout)

@@ -4,7 +4,7 @@ multi-segment coding and random lead masking (W2V+CMSC+RLM), fine-tuned as an up
 The encoder reproduces fairseq-signals' ``ECGTransformerModel`` / ``Wav2Vec2Model`` forward
 (``fairseq_signals/models/ecg_transformer.py``, ``models/wav2vec2/wav2vec2.py``) and the classifier
 ``models/classification/ecg_transformer_classifier.py``; submodule names follow fairseq-signals' so that
-``ecgqa/fairseq_import.py`` maps a published checkpoint key by key (docs/models.md has the key map):
+``ecgqa/training/fairseq_import.py`` maps a published checkpoint key by key (docs/models.md has the key map):
 
 - ``feature_extractor.conv_layers.N``: Conv1d(dim, kernel, stride, no bias) → Dropout(0) → [GroupNorm
   (one group per channel) in layer 0 only ("default" mode), or a LayerNorm in every layer ("layer_norm"
@@ -88,11 +88,13 @@ class W2VCMSCConfig(UpperboundConfig):
         if activation_fn != "gelu":
             raise ValueError(f"activation_fn {activation_fn!r}: fairseq-signals' transformer layers use 'gelu'")
         if encoder_embed_dim % encoder_attention_heads:
-            raise ValueError(f"encoder_embed_dim {encoder_embed_dim} is not divisible by "
-                             f"{encoder_attention_heads} attention heads")
+            raise ValueError(
+                f"encoder_embed_dim {encoder_embed_dim} is not divisible by {encoder_attention_heads} attention heads"
+            )
         if encoder_embed_dim % conv_pos_groups:
-            raise ValueError(f"encoder_embed_dim {encoder_embed_dim} is not divisible by conv_pos_groups "
-                             f"{conv_pos_groups}")
+            raise ValueError(
+                f"encoder_embed_dim {encoder_embed_dim} is not divisible by conv_pos_groups {conv_pos_groups}"
+            )
         self.extractor_mode = extractor_mode
         self.conv_bias = conv_bias
         self.in_d = in_d
@@ -121,6 +123,7 @@ def parse_conv_layers(spec: Any) -> list[tuple[int, int, int]]:
     import ast
 
     if isinstance(spec, str):
+
         def value(node: ast.AST) -> Any:
             if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
                 left, right = value(node.left), value(node.right)
@@ -132,10 +135,12 @@ def parse_conv_layers(spec: Any) -> list[tuple[int, int, int]]:
         except (ValueError, SyntaxError, TypeError) as e:
             raise ValueError(f"conv_feature_layers {spec!r}: not a list of (dim, kernel, stride) ({e})") from e
     layers = [tuple(layer) for layer in spec]
-    if not layers or any(len(layer) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in layer)
-                         for layer in layers):
-        raise ValueError(f"conv_feature_layers {spec!r}: expected a non-empty list of (dim, kernel, stride) "
-                         "positive integers")
+    if not layers or any(
+        len(layer) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in layer) for layer in layers
+    ):
+        raise ValueError(
+            f"conv_feature_layers {spec!r}: expected a non-empty list of (dim, kernel, stride) positive integers"
+        )
     return [(int(d), int(k), int(s)) for d, k, s in layers]
 
 
@@ -157,8 +162,9 @@ class Fp32GroupNorm(nn.GroupNorm):
 
 class Fp32LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
-                            self.eps).type_as(x)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).type_as(
+            x
+        )
 
 
 class ConvFeatureExtraction(nn.Module):
@@ -232,11 +238,12 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
-        q, k, v = (p(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :].to(torch.bool)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -253,8 +260,11 @@ class TransformerEncoderLayer(nn.Module):
         for fc in (self.fc1, self.fc2):
             bert_init_(fc)
         self.final_layer_norm = nn.LayerNorm(D)
-        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(c.dropout), nn.Dropout(c.activation_dropout),
-                                                       nn.Dropout(c.dropout))
+        self.dropout1, self.dropout2, self.dropout3 = (
+            nn.Dropout(c.dropout),
+            nn.Dropout(c.activation_dropout),
+            nn.Dropout(c.dropout),
+        )
         self.layer_norm_first = c.layer_norm_first
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,8 +318,9 @@ class W2VEncoder(nn.Module):
         self.embed = layers[-1][0]
         self.feature_extractor = ConvFeatureExtraction(layers, c.in_d, c.extractor_mode, c.conv_bias)
         self.layer_norm = nn.LayerNorm(self.embed)
-        self.post_extract_proj = (nn.Linear(self.embed, c.encoder_embed_dim) if self.embed != c.encoder_embed_dim
-                                  else None)
+        self.post_extract_proj = (
+            nn.Linear(self.embed, c.encoder_embed_dim) if self.embed != c.encoder_embed_dim else None
+        )
         self.dropout_input = nn.Dropout(c.dropout_input)
         self.dropout_features = nn.Dropout(c.dropout_features)
         self.encoder = TransformerEncoder(c)

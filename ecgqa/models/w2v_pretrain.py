@@ -52,7 +52,7 @@ average is over all tokens (upstream divides by the non-zero count per channel: 
 output is exactly zero); the quick and test sizes scale ``mask_length``, ``num_negatives``, the codebook and
 ``final_dim`` down with their shorter token sequences (``PRETRAIN_SIZES``; the published size keeps the
 yaml's). The run machinery (``--out`` claim, resume, ``metrics.jsonl``, Trainer arguments) is
-``ecgqa/train.py``'s. The output folder's ``w2v.*`` weights initialise ``ecgqa train --model w2v-cmsc-rlm*
+``ecgqa/training/train.py``'s. The output folder's ``w2v.*`` weights initialise ``ecgqa train --model w2v-cmsc-rlm*
 --init-from DIR``.
 """
 
@@ -77,8 +77,15 @@ from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VEncoder
 
 #: The yaml's model settings that differ from the fine-tuning config (``W2VCMSCConfig`` defaults are the
 #: grounding fine-tuning's): transformer dropouts are fairseq's ``TransformerConfig`` defaults.
-PRETRAIN_ENCODER = {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-                    "dropout_input": 0.1, "dropout_features": 0.1, "feature_grad_mult": 0.1}
+PRETRAIN_ENCODER = {
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "dropout_input": 0.1,
+    "dropout_features": 0.1,
+    "feature_grad_mult": 0.1,
+}
 
 #: Objective settings per encoder size. Published = the yaml + ``Wav2Vec2Config`` defaults. The quick
 #: (38 tokens per 5 s segment at 500 Hz) and test (8 tokens) encoders see 4× and 20× fewer tokens than the
@@ -179,7 +186,7 @@ class GumbelVectorQuantizer(nn.Module):
 
     def set_num_updates(self, num_updates: int) -> None:
         """Temperature after ``num_updates`` updates: max(start · decay^n, end) (upstream's schedule)."""
-        self.curr_temp = max(self.max_temp * self.temp_decay ** num_updates, self.min_temp)
+        self.curr_temp = max(self.max_temp * self.temp_decay**num_updates, self.min_temp)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, dim) → (quantized (N, vq_dim), code perplexity, prob perplexity), perplexities summed over groups."""
@@ -202,8 +209,10 @@ def compute_mask(shape: tuple[int, int], mask_prob: float, mask_length: int, min
     count by a random subset (upstream's step), so each row masks the same number of tokens."""
     batch, tokens = shape
     if tokens < mask_length + 1:
-        raise ValueError(f"{tokens} tokens per segment cannot hold a mask span of {mask_length} and a distractor; "
-                         "use longer segments (--segment-seconds) or a smaller mask_length")
+        raise ValueError(
+            f"{tokens} tokens per segment cannot hold a mask span of {mask_length} and a distractor; "
+            "use longer segments (--segment-seconds) or a smaller mask_length"
+        )
     mask = _compute_mask_indices((batch, tokens), mask_prob, mask_length, min_masks=min_masks)
     counts = mask.sum(1)
     fewest = int(counts.min())
@@ -214,8 +223,9 @@ def compute_mask(shape: tuple[int, int], mask_prob: float, mask_length: int, min
     return mask
 
 
-def cmsc_loss(features: torch.Tensor, patient_id: torch.Tensor, segment: torch.Tensor, temp: float = 0.1,
-              eps: float = 1e-8) -> torch.Tensor:
+def cmsc_loss(
+    features: torch.Tensor, patient_id: torch.Tensor, segment: torch.Tensor, temp: float = 0.1, eps: float = 1e-8
+) -> torch.Tensor:
     """Contrastive multi-segment coding: (N, D) pooled features, their patient ids and segment (0/1) →
     the mean over positives (same patient) of −log softmax, averaged over both directions."""
     features = features / torch.clamp(features.detach().norm(dim=-1, keepdim=True), min=eps)
@@ -241,8 +251,9 @@ class W2VPretrainModel(PreTrainedModel):
         self.w2v = W2VEncoder(c)
         self.mask_emb = nn.Parameter(torch.empty(c.encoder_embed_dim).uniform_())
         vq_dim = c.latent_dim if c.latent_dim > 0 else c.final_dim
-        self.quantizer = GumbelVectorQuantizer(self.w2v.embed, c.latent_vars, c.latent_groups, vq_dim,
-                                               tuple(c.latent_temp))
+        self.quantizer = GumbelVectorQuantizer(
+            self.w2v.embed, c.latent_vars, c.latent_groups, vq_dim, tuple(c.latent_temp)
+        )
         self.project_q = nn.Linear(vq_dim, c.final_dim)
         self.final_proj = nn.Linear(c.encoder_embed_dim, c.final_dim)
         self.post_init()
@@ -307,10 +318,16 @@ class W2VPretrainModel(PreTrainedModel):
             best, worst = logits.argmax(-1) == 0, logits.argmin(-1) == 0
             accuracy = (best & ~worst).float().mean()
         return W2VPretrainOutput(
-            loss=loss, contrastive_loss=contrastive.detach(), diversity_loss=diversity.detach(),
-            feature_penalty=feature_pen.detach(), cmsc_loss=None if cmsc is None else cmsc.detach(),
-            code_perplexity=code_ppl.detach(), prob_perplexity=prob_ppl.detach(),
-            temperature=torch.tensor(self.quantizer.curr_temp), accuracy=accuracy, logits=logits.detach(),
+            loss=loss,
+            contrastive_loss=contrastive.detach(),
+            diversity_loss=diversity.detach(),
+            feature_penalty=feature_pen.detach(),
+            cmsc_loss=None if cmsc is None else cmsc.detach(),
+            code_perplexity=code_ppl.detach(),
+            prob_perplexity=prob_ppl.detach(),
+            temperature=torch.tensor(self.quantizer.curr_temp),
+            accuracy=accuracy,
+            logits=logits.detach(),
             mask_indices=mask,
         )
 
@@ -338,10 +355,16 @@ def pretrain_config(model: str, **overrides: Any) -> W2VPretrainConfig:
 
     if model not in PRETRAIN_SIZES:
         family = family_of(model)  # "unknown model …" with the list
-        raise ValueError(f"--model {model}: pretraining is for the w2v-cmsc-rlm encoder ({family} is not); choose "
-                         f"one of {', '.join(PRETRAIN_SIZES)}")
+        raise ValueError(
+            f"--model {model}: pretraining is for the w2v-cmsc-rlm encoder ({family} is not); choose "
+            f"one of {', '.join(PRETRAIN_SIZES)}"
+        )
     generic = set(PretrainedConfig().to_dict())
-    encoder = {k: v for k, v in create_config(model).to_dict().items()
-               if k not in generic and k not in ("task", "classes", "model_type")}
-    return W2VPretrainConfig(**{**encoder, **PRETRAIN_ENCODER, **PRETRAIN_SIZES[model], "model_name": model,
-                                **overrides})
+    encoder = {
+        k: v
+        for k, v in create_config(model).to_dict().items()
+        if k not in generic and k not in ("task", "classes", "model_type")
+    }
+    return W2VPretrainConfig(
+        **{**encoder, **PRETRAIN_ENCODER, **PRETRAIN_SIZES[model], "model_name": model, **overrides}
+    )

@@ -27,8 +27,14 @@ STATIC = Path(__file__).resolve().parent / "static"
 WORKER_THREADS = 4
 
 
-def create_app(predictor: Predictor, data: Any, *, attributes: Any = None, loopback_only: bool = False,
-               body_seconds: float = BODY_SECONDS) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    data: Any,
+    *,
+    attributes: Any = None,
+    loopback_only: bool = False,
+    body_seconds: float = BODY_SECONDS,
+) -> FastAPI:
     """The demo app around a loaded QA ``predictor`` and the ``PreparedData`` whose ECGs it offers.
 
     ``attributes``: an optional loaded attribute classifier (upperbound task) for the findings panel.

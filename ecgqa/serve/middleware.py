@@ -37,17 +37,24 @@ BODY_BUDGET_BYTES = 64 * 1024 * 1024  # all unfinished bodies together
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
 
-def error_response(status: int, message: str, error_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(detail=message, error_id=error_id).model_dump(exclude_none=True), status,
-                        headers=headers)
+def error_response(
+    status: int, message: str, error_id: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorBody(detail=message, error_id=error_id).model_dump(exclude_none=True), status, headers=headers
+    )
 
 
 class BodyLimit:
     """Buffer each request body within a size, a time and a shared memory budget, then replay it."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES, body_seconds: float = BODY_SECONDS,
-                 budget_bytes: int = BODY_BUDGET_BYTES):
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int = MAX_UPLOAD_BYTES,
+        body_seconds: float = BODY_SECONDS,
+        budget_bytes: int = BODY_BUDGET_BYTES,
+    ):
         self.app, self.max_bytes, self.body_seconds, self.budget_bytes = app, max_bytes, body_seconds, budget_bytes
         self.buffered = 0  # bytes held by unfinished bodies right now (one event loop: no lock needed)
 
@@ -69,8 +76,10 @@ class BodyLimit:
                     message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
                 except TimeoutError:
                     return await error_response(
-                        408, f"the request body did not arrive within {self.body_seconds:g} s",
-                        headers={"Connection": "close"})(scope, receive, send)
+                        408,
+                        f"the request body did not arrive within {self.body_seconds:g} s",
+                        headers={"Connection": "close"},
+                    )(scope, receive, send)
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")
@@ -79,8 +88,10 @@ class BodyLimit:
                     return await self._too_large(f"over {self.max_bytes} bytes")(scope, receive, send)
                 if self.buffered + len(chunk) > self.budget_bytes:
                     return await error_response(
-                        503, "the server is receiving too many uploads at once; try again shortly",
-                        headers={"Retry-After": "5", "Connection": "close"})(scope, receive, send)
+                        503,
+                        "the server is receiving too many uploads at once; try again shortly",
+                        headers={"Retry-After": "5", "Connection": "close"},
+                    )(scope, receive, send)
                 self.buffered += len(chunk)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -104,7 +115,7 @@ def is_loopback_host(host: str) -> bool:
     """Whether a ``Host`` header value (``name[:port]`` or ``[v6][:port]``) names this machine's loopback."""
     host = host.strip().lower()
     if host.startswith("["):
-        name = host[1:host.find("]")] if "]" in host else ""
+        name = host[1 : host.find("]")] if "]" in host else ""
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     name = name.rstrip(".")
@@ -127,8 +138,10 @@ class LoopbackHostOnly:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if not is_loopback_host(host):
                 return await error_response(
-                    400, "this demo listens on loopback only and answers requests for localhost / 127.0.0.1 / [::1]; "
-                         "to reach it from other machines start it with --host 0.0.0.0")(scope, receive, send)
+                    400,
+                    "this demo listens on loopback only and answers requests for localhost / 127.0.0.1 / [::1]; "
+                    "to reach it from other machines start it with --host 0.0.0.0",
+                )(scope, receive, send)
         await self.app(scope, receive, send)
 
 
@@ -136,8 +149,13 @@ def jsonable_errors(errors: Any) -> list[dict]:
     """Pydantic error dicts can hold exceptions and bytes; keep only what JSON can carry."""
     out = []
     for err in errors:
-        out.append({k: (v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else str(v))
-                    for k, v in err.items() if k in ("loc", "msg", "type")})
+        out.append(
+            {
+                k: (v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else str(v))
+                for k, v in err.items()
+                if k in ("loc", "msg", "type")
+            }
+        )
     return out
 
 
@@ -152,8 +170,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 loc = loc[1:]  # where it came from is clear from the request; name the field
             where = ".".join(str(p) for p in loc)
             parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", "invalid"))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request",
-                             "errors": jsonable_errors(exc.errors())}, 422)
+        return JSONResponse(
+            {"detail": "; ".join(parts) or "invalid request", "errors": jsonable_errors(exc.errors())}, 422
+        )
 
     @app.exception_handler(UploadError)
     async def _upload(request: Request, exc: UploadError) -> JSONResponse:
@@ -162,10 +181,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelError)
     async def _model(request: Request, exc: ModelError) -> JSONResponse:
         error_id = uuid.uuid4().hex[:8]
-        log.error("error %s: %s %s failed: %s", error_id, request.method, request.url.path, exc,
-                  exc_info=exc.__cause__ or exc)
-        return error_response(500, f"the model failed on this request (error id {error_id}); "
-                                   "the server log has the details", error_id)
+        log.error(
+            "error %s: %s %s failed: %s", error_id, request.method, request.url.path, exc, exc_info=exc.__cause__ or exc
+        )
+        return error_response(
+            500, f"the model failed on this request (error id {error_id}); the server log has the details", error_id
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

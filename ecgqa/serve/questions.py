@@ -62,7 +62,7 @@ def template_unions(table: Any) -> dict[int, list[int]]:
     if len(flat):
         width = int(flat.max()) + 1  # (template, class) as one int64: np.unique(axis=0) is ~100x slower
         pairs = np.unique(templates[parent].astype(np.int64) * width + flat)
-        for t, c in zip((pairs // width).tolist(), (pairs % width).tolist()):
+        for t, c in zip((pairs // width).tolist(), (pairs % width).tolist(), strict=False):
             out[t].append(c)
     return out
 
@@ -105,8 +105,9 @@ class QuestionIndex:
         self._matrix = None
 
     @classmethod
-    def from_rows(cls, classes: list[str], rows: list[dict[str, Any]],
-                  template_classes: dict[int, list[int]] | None = None) -> QuestionIndex:
+    def from_rows(
+        cls, classes: list[str], rows: list[dict[str, Any]], template_classes: dict[int, list[int]] | None = None
+    ) -> QuestionIndex:
         """Build from QA rows (question, question_type, attribute_type, template_id, valid_classes, ecg_id).
 
         ``template_classes`` (template id → union of its valid classes) is given when ``rows`` are only
@@ -123,11 +124,18 @@ class QuestionIndex:
                 continue
             index._exact[key] = len(index.entries)
             index.entries.append(
-                _Entry(row["question"], row["question_type"], row["attribute_type"], tid,
-                       [int(c) for c in row["valid_classes"]], len(row["ecg_id"]))
+                _Entry(
+                    row["question"],
+                    row["question_type"],
+                    row["attribute_type"],
+                    tid,
+                    [int(c) for c in row["valid_classes"]],
+                    len(row["ecg_id"]),
+                )
             )
-        index.template_classes = (dict(template_classes) if template_classes is not None
-                                  else {t: sorted(c) for t, c in union.items()})
+        index.template_classes = (
+            dict(template_classes) if template_classes is not None else {t: sorted(c) for t, c in union.items()}
+        )
         if index.entries:
             from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -182,5 +190,6 @@ class QuestionIndex:
 
     @staticmethod
     def _result(source: str, e: _Entry, valid: list[int], sim: float) -> QuestionMatch:
-        return QuestionMatch(source, list(valid), e.question_type, e.attribute_type, e.template_id, e.question,
-                             round(sim, 4), e.n_ecgs)
+        return QuestionMatch(
+            source, list(valid), e.question_type, e.attribute_type, e.template_id, e.question, round(sim, 4), e.n_ecgs
+        )

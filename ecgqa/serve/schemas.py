@@ -13,7 +13,9 @@ ECG_ID_MAX = 2**62  # ids beyond int64 cannot be in any prepared data; reject th
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     ecg_ids: list[Annotated[int, Field(ge=0, le=ECG_ID_MAX)]] = Field(
-        min_length=1, max_length=2, description="one ECG id, or two (first, second) for comparison questions",
+        min_length=1,
+        max_length=2,
+        description="one ECG id, or two (first, second) for comparison questions",
         examples=[[127]],
     )
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, examples=["Does this ECG show static noise?"])
@@ -22,7 +24,9 @@ class AnswerRequest(BaseModel):
 class ClassScore(BaseModel):
     name: str
     score: float = Field(description="sigmoid probability")
-    selected: bool = Field(description="above the decision threshold (ecgqa.metrics.decide): part of the answer")
+    selected: bool = Field(
+        description="above the decision threshold (ecgqa.evaluation.metrics.decide): part of the answer"
+    )
 
 
 class MatchInfo(BaseModel):

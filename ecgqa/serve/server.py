@@ -76,10 +76,25 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def run_server(app: Any, host: str, port: int, *, quiet: bool = False, header_seconds: float = HEADER_SECONDS,
-               keep_alive: int = KEEP_ALIVE_SECONDS, limit_concurrency: int = LIMIT_CONCURRENCY) -> None:
+def run_server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    quiet: bool = False,
+    header_seconds: float = HEADER_SECONDS,
+    keep_alive: int = KEEP_ALIVE_SECONDS,
+    limit_concurrency: int = LIMIT_CONCURRENCY,
+) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info",
-                http=protocol_with_header_deadline(header_seconds), timeout_keep_alive=keep_alive,
-                limit_concurrency=limit_concurrency, h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        http=protocol_with_header_deadline(header_seconds),
+        timeout_keep_alive=keep_alive,
+        limit_concurrency=limit_concurrency,
+        h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT,
+    )

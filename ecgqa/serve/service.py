@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 from fastapi import HTTPException
 
-from ecgqa.constants import QUESTION_TYPES
-from ecgqa.metrics import THRESHOLD, decide
-from ecgqa.records import fit_length, resample
+from ecgqa.data.constants import QUESTION_TYPES
+from ecgqa.data.records import fit_length, resample
+from ecgqa.evaluation.metrics import THRESHOLD, decide
 from ecgqa.render import render_ecg
 from ecgqa.serve.questions import QUESTION_COLUMNS, QuestionIndex, arrow_table, first_rows
 from ecgqa.serve.schemas import Example, Finding, Findings
@@ -83,7 +83,7 @@ class Batcher:
             t0 = time.perf_counter()
             results = await loop.run_in_executor(self.executor, self._answer, [b[0] for b in batch])
             ms = (time.perf_counter() - t0) * 1000
-            for (_, fut, t_in), result in zip(batch, results):
+            for (_, fut, t_in), result in zip(batch, results, strict=False):
                 if fut.done():
                     continue
                 if isinstance(result, BaseException):
@@ -144,7 +144,8 @@ class Service:
     examples: list[Example]
     attributes: Any = None
     executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(MODEL_THREADS, thread_name_prefix="ecgqa-model"))
+        default_factory=lambda: ThreadPoolExecutor(MODEL_THREADS, thread_name_prefix="ecgqa-model")
+    )
     batchers: dict[int, Batcher] = field(default_factory=dict)
     plots: _LRU = field(default_factory=lambda: _LRU(PLOT_CACHE))
     _findings: dict[int, Findings] = field(default_factory=dict)
@@ -202,8 +203,11 @@ class Service:
     async def findings(self, ecg_id: int) -> Findings:
         """The attribute classifier's classes above the threshold for a prepared ECG (cached)."""
         if self.attributes is None:
-            raise HTTPException(404, "no attribute classifier loaded; start the demo with "
-                                     "`ecgqa serve --attributes CKPT` (an upperbound/attributes checkpoint)")
+            raise HTTPException(
+                404,
+                "no attribute classifier loaded; start the demo with "
+                "`ecgqa serve --attributes CKPT` (an upperbound/attributes checkpoint)",
+            )
         self.row(ecg_id)
         if ecg_id not in self._findings:
             signal, _ = self.model_input(self.attributes, self.signal(ecg_id), self.rate, f"ECG {ecg_id}")
@@ -214,7 +218,9 @@ class Service:
             chosen = np.flatnonzero(decide(scores))
             order = chosen[np.argsort(-scores[chosen], kind="stable")]
             self._findings[ecg_id] = Findings(
-                ecg_id=ecg_id, model_name=str(self.attributes.model_name), threshold=THRESHOLD,
+                ecg_id=ecg_id,
+                model_name=str(self.attributes.model_name),
+                threshold=THRESHOLD,
                 findings=[Finding(name=self.attributes.classes[i], score=float(scores[i])) for i in order],
                 n_classes=len(self.attributes.classes),
             )
@@ -232,15 +238,18 @@ def build_service(predictor: Predictor, data: Any, attributes: Any = None) -> Se
         raise ValueError(f"the checkpoint is a {predictor.task!r} model; `ecgqa serve` needs a QA checkpoint")
     check_compatible(predictor, data)
     if attributes is not None and getattr(attributes, "task", None) != "upperbound":
-        raise CheckpointError(f"--attributes: {getattr(attributes, 'path', attributes)} is a "
-                              f"{getattr(attributes, 'task', '?')!r} model, not an attribute (upperbound) classifier")
+        raise CheckpointError(
+            f"--attributes: {getattr(attributes, 'path', attributes)} is a "
+            f"{getattr(attributes, 'task', '?')!r} model, not an attribute (upperbound) classifier"
+        )
     ecg_rows = {int(e): i for i, e in enumerate(np.asarray(data.ecg_ids).tolist())}
     questions, n_questions, ecg_splits, examples = startup_indexes(data, set(ecg_rows))
     return Service(predictor, data, questions, ecg_rows, n_questions, ecg_splits, examples, attributes)
 
 
-def startup_indexes(data: Any, ecgs: set[int]) -> tuple[QuestionIndex, dict[int, int], dict[int, list[str]],
-                                                      list[Example]]:
+def startup_indexes(
+    data: Any, ecgs: set[int]
+) -> tuple[QuestionIndex, dict[int, int], dict[int, list[str]], list[Example]]:
     """The demo's start-up indexes of a prepared QA directory whose signal store holds ``ecgs``: the question
     index, questions per ECG id, splits per ECG id, and the examples.
 
@@ -271,7 +280,7 @@ def ecg_question_counts(tables: dict[str, Any]) -> tuple[dict[int, int], dict[in
     for split in sorted(flats):
         for e in np.unique(flats[split]).tolist():
             splits[e].append(split)
-    return dict(zip(ids.tolist(), counts.tolist())), dict(splits)
+    return dict(zip(ids.tolist(), counts.tolist(), strict=False)), dict(splits)
 
 
 def example_candidates(table: Any, store_ids: np.ndarray) -> dict[str, list]:
@@ -286,8 +295,9 @@ def example_candidates(table: Any, store_ids: np.ndarray) -> dict[str, list]:
     return kept.take(first).to_pydict()
 
 
-def pick_examples(rows_by_split: dict[str, dict[str, list]], classes: list[str], ecgs: set[int],
-                  per_type: int = 3) -> list[Example]:
+def pick_examples(
+    rows_by_split: dict[str, dict[str, list]], classes: list[str], ecgs: set[int], per_type: int = 3
+) -> list[Example]:
     """A few questions of each type, held-out splits first, distinct templates before repeats."""
     order = sorted(rows_by_split, key=lambda s: {"test": 0, "valid": 1, "train": 2}.get(s, 3))
     picked: dict[str, list[Example]] = defaultdict(list)
@@ -297,14 +307,23 @@ def pick_examples(rows_by_split: dict[str, dict[str, list]], classes: list[str],
             t = rows_by_split[split]
             for i, qtype in enumerate(t["question_type"]):
                 key = (qtype, t["template_id"][i] if distinct == "template" else t["question"][i])
-                if len(picked[qtype]) >= per_type or key in seen or t["question"][i] in {
-                    e.question for e in picked[qtype]
-                } or not set(t["ecg_id"][i]) <= ecgs:
+                if (
+                    len(picked[qtype]) >= per_type
+                    or key in seen
+                    or t["question"][i] in {e.question for e in picked[qtype]}
+                    or not set(t["ecg_id"][i]) <= ecgs
+                ):
                     continue
                 seen.add(key)
-                picked[qtype].append(Example(
-                    question=t["question"][i], ecg_ids=[int(e) for e in t["ecg_id"][i]], question_type=qtype,
-                    attribute_type=t["attribute_type"][i], answer=[classes[c] for c in t["answer"][i]], split=split,
-                ))
+                picked[qtype].append(
+                    Example(
+                        question=t["question"][i],
+                        ecg_ids=[int(e) for e in t["ecg_id"][i]],
+                        question_type=qtype,
+                        attribute_type=t["attribute_type"][i],
+                        answer=[classes[c] for c in t["answer"][i]],
+                        split=split,
+                    )
+                )
     rank = {q: i for i, q in enumerate(QUESTION_TYPES)}
     return [e for q in sorted(picked, key=lambda q: rank.get(q, 99)) for e in picked[q]]

@@ -3,7 +3,7 @@
 Accepted: a WFDB record (its ``.hea`` header plus the signal file(s) the header names), or a
 ``.npy`` / ``.npz`` array of shape (12, T) in mV and LEADS order with its sampling rate. Nothing
 here ever opens a path the client chose: WFDB files are written under sanitised names into a
-private temporary folder and read back with :func:`ecgqa.records.read_record`.
+private temporary folder and read back with :func:`ecgqa.data.records.read_record`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgqa.constants import LEADS
+from ecgqa.data.constants import LEADS
 
 MIN_RATE, MAX_RATE = 100, 2000  # Hz: what a diagnostic 12-lead ECG is sampled at in practice
 MIN_SECONDS = 2.0
@@ -83,8 +83,10 @@ def check_signal(array: np.ndarray, fs: int, where: str) -> np.ndarray:
         raise UploadError(f"{where}: NaN or infinite values in leads {[LEADS[i] for i in np.flatnonzero(bad)]}")
     peak = float(np.abs(signal).max()) if signal.size else 0.0
     if peak > MAX_ABS_MV:
-        raise UploadError(f"{where}: amplitudes up to {peak:.3g}; expected millivolts (|x| <= {MAX_ABS_MV:g}); "
-                          "convert µV or ADC units to mV")
+        raise UploadError(
+            f"{where}: amplitudes up to {peak:.3g}; expected millivolts (|x| <= {MAX_ABS_MV:g}); "
+            "convert µV or ADC units to mV"
+        )
     if signal.shape[1] < MIN_SECONDS * fs:
         raise UploadError(f"{where}: only {signal.shape[1] / fs:.2f} s of signal; need at least {MIN_SECONDS:g} s")
     return signal
@@ -99,12 +101,16 @@ def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
         with loaded:
             members = loaded.zip.infolist()
             if len(members) > MAX_NPZ_MEMBERS:
-                raise UploadError(f"{name}: the .npz holds {len(members)} arrays; send one (12, T) array named "
-                                  "'signal' (and optionally its rate as 'fs')")
+                raise UploadError(
+                    f"{name}: the .npz holds {len(members)} arrays; send one (12, T) array named "
+                    "'signal' (and optionally its rate as 'fs')"
+                )
             inflated = sum(info.file_size for info in loaded.zip.infolist())
             if inflated > MAX_NPZ_BYTES:
-                raise UploadError(f"{name}: the .npz decompresses to {inflated} bytes; the limit is "
-                                  f"{MAX_NPZ_BYTES / 2**20:g} MB", status=413)
+                raise UploadError(
+                    f"{name}: the .npz decompresses to {inflated} bytes; the limit is {MAX_NPZ_BYTES / 2**20:g} MB",
+                    status=413,
+                )
             keys = list(loaded.files)
             arrays = [k for k in keys if k not in _RATE_KEYS]
             key = "signal" if "signal" in keys else (arrays[0] if len(arrays) == 1 else None)
@@ -132,8 +138,10 @@ def check_header(header: str, text: bytes, uploaded: set[str]) -> int:
     silently default a missing or negative rate to 250 Hz and round 499.5 to 500).
     """
     if len(text) > MAX_HEADER_BYTES:
-        raise UploadError(f"{header}: {len(text)} bytes is too large for a 12-lead WFDB header "
-                          f"(limit {MAX_HEADER_BYTES // 1024} kB)", status=413)
+        raise UploadError(
+            f"{header}: {len(text)} bytes is too large for a 12-lead WFDB header (limit {MAX_HEADER_BYTES // 1024} kB)",
+            status=413,
+        )
     lines = [ln.strip() for ln in text.decode("latin-1").splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
@@ -146,10 +154,13 @@ def check_header(header: str, text: bytes, uploaded: set[str]) -> int:
     except ValueError:
         raise UploadError(f"{header}: unreadable WFDB header (signal count {fields[1][:20]!r})") from None
     if not 1 <= n_sig <= MAX_SIGNALS or len(lines) - 1 > MAX_SIGNALS:
-        raise UploadError(f"{header}: {max(n_sig, len(lines) - 1)} signals; a 12-lead ECG header has at most "
-                          f"{MAX_SIGNALS}")
+        raise UploadError(
+            f"{header}: {max(n_sig, len(lines) - 1)} signals; a 12-lead ECG header has at most {MAX_SIGNALS}"
+        )
     if len(lines) - 1 != n_sig:
-        raise UploadError(f"{header}: the record line announces {n_sig} signals but {len(lines) - 1} signal lines follow")
+        raise UploadError(
+            f"{header}: the record line announces {n_sig} signals but {len(lines) - 1} signal lines follow"
+        )
     if len(fields) < 3:
         raise UploadError(f"{header}: the header gives no sampling rate")
     rate_text = fields[2].split("/")[0]
@@ -167,7 +178,7 @@ def check_header(header: str, text: bytes, uploaded: set[str]) -> int:
 
 
 def _load_wfdb(header: str, files: dict[str, bytes]) -> UploadedECG:
-    from ecgqa.records import RecordError, read_record
+    from ecgqa.data.records import RecordError, read_record
 
     fs = check_header(header, files[header], set(files))
     stem = header[: -len(".hea")]

@@ -1,0 +1,770 @@
+"""``ecgqa pretrain --data PREPARED --out DIR``: W2V+CMSC+RLM self-supervised pretraining of the
+``w2v-cmsc-rlm`` encoder, whose ``w2v.*`` weights then start ``ecgqa train --model w2v-cmsc-rlm* --init-from DIR``.
+
+The objective (masked contrastive loss over Gumbel-quantized targets, diversity and feature penalties,
+CMSC, random lead masking) is the model's own loss, ``ecgqa/models/w2v_pretrain.py``; this module is the
+stage: the recipes (``PRETRAIN_RECIPES``, ``paper`` = fairseq-signals'
+``examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml``), the CMSC pairs read from a prepared
+directory's signal store (every ECG once, whatever task it was prepared for), and the run, on
+``ecgqa/training/train.py``'s machinery: the ``--out`` claim, resume from the newest complete ``checkpoint-N``,
+``metrics.jsonl`` (with every loss part, the code perplexity and the Gumbel temperature), Trainer
+arguments. Heavy imports stay inside the functions (the CLI imports every stage).
+
+The model classes are importable from here too (``from ecgqa.training.pretrain import W2VPretrainModel``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecgqa.training.recipes import Recipe, describe_schedule
+from ecgqa.training.train import TrainConfig
+
+_MODEL_NAMES = (
+    "W2VPretrainConfig",
+    "W2VPretrainModel",
+    "W2VPretrainOutput",
+    "GumbelVectorQuantizer",
+    "PRETRAIN_SIZES",
+    "PRETRAIN_ENCODER",
+    "cmsc_loss",
+    "compute_mask",
+    "pretrain_config",
+)
+#: encoder sizes that pretrain (``ecgqa.models`` registry names; their objective settings are
+#: ``ecgqa.models.w2v_pretrain.PRETRAIN_SIZES``)
+PRETRAIN_MODELS = ("w2v-cmsc-rlm", "w2v-cmsc-rlm-quick", "w2v-cmsc-rlm-test")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_NAMES:
+        from ecgqa.models import w2v_pretrain
+
+        return getattr(w2v_pretrain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------- recipes
+
+SOURCE_YAML = "fairseq-signals examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml"
+
+# ----------------------------------------------------------------------------------------------- recipes
+
+#: ``--recipe``: the optimiser, schedule, batch and length of a pretraining run. "paper" is the yaml's
+#: (batch 64 CMSC pairs × update_freq 2 × 4 GPUs, 200 epochs, Adam (0.9, 0.98) eps 1e-6, decoupled
+#: weight decay 0.01, fixed lr 5e-5, no clipping); "quick" is this project's for the bundled sample.
+PRETRAIN_RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        source=f"{SOURCE_YAML}: batch_size 64 x update_freq 2 x distributed_world_size "
+        "4, max_epoch 200, adam (0.9, 0.98) eps 1e-06, weight_decay 0.01, lr 5e-05, lr_scheduler fixed",
+        lr=5e-5,
+        effective_batch=64 * 2 * 4,
+        batch_size=64,
+        epochs=200.0,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="constant",
+        max_grad_norm=0.0,
+    ),
+    "quick": Recipe(
+        name="quick",
+        source="this project's, for the bundled sample and CPUs: the yaml's Adam "
+        "with a higher lr (2e-3), 5% warmup and cosine decay, clipping at 1.0",
+        lr=2e-3,
+        effective_batch=None,
+        batch_size=16,
+        max_steps=400,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup=0.05,
+        max_grad_norm=1.0,
+    ),
+}
+DEFAULT_PRETRAIN_RECIPE = "quick"
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class RecordsFolder:
+    """A folder of WFDB records (every ``*.hea`` below it) read into memory once, as a prepared store:
+    ``rate`` Hz, the first ``seconds`` (shorter records zero-padded, ``ecgqa.data.records.fit_length``). The ECG
+    id is the record name's leading number (PTB-XL ``00002_hr`` → 2, MIMIC-IV-ECG ``40689238``); a record
+    present at several rates (PTB-XL's records100/records500) is read once, from its highest rate. For
+    large sets, ``ecgqa prepare`` once and pretrain on the prepared directory (a memory-mapped store)."""
+
+    def __init__(self, folder: Path, rate: int, seconds: float, progress: bool = True) -> None:
+        import re
+
+        from tqdm.auto import tqdm
+
+        from ecgqa.data.records import RecordError, fit_length, read_record
+
+        self.path, self.rate, self.signal_length = folder, int(rate), round(seconds * rate)
+        chosen: dict[int, tuple[float, Path]] = {}
+        for header in sorted(folder.rglob("*.hea")):
+            found = re.match(r"\d+", header.stem)
+            if found is None:
+                raise ValueError(
+                    f"record {header.with_suffix('')}: its name has no leading number to use as the "
+                    "ECG id (PTB-XL 00002_hr, MIMIC-IV-ECG 40689238); prepare the folder instead"
+                )
+            fields = header.read_text(errors="replace").split("\n", 1)[0].split()
+            try:
+                fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 0.0
+            except ValueError:
+                raise ValueError(f"{header}: line 1 has no sampling rate ({' '.join(fields)!r})") from None
+            ecg = int(found.group())
+            if ecg not in chosen or fs > chosen[ecg][0]:
+                chosen[ecg] = (fs, header.with_suffix(""))
+        self.ecg_ids = np.array(sorted(chosen), dtype=np.int64)
+        self.signals = np.zeros((len(self.ecg_ids), 12, self.signal_length), dtype=np.float32)
+        for i, ecg in enumerate(tqdm(self.ecg_ids, desc="read records", unit="ecg", disable=not progress)):
+            try:
+                record = read_record(chosen[int(ecg)][1], fs=self.rate)
+            except RecordError as e:
+                raise ValueError(str(e)) from e
+            self.signals[i] = fit_length(record.signal, self.signal_length)
+        self.meta = {
+            "source": "records",
+            "folder": str(folder),
+            "rate": self.rate,
+            "signal_length": self.signal_length,
+            "n_ecgs": len(self.ecg_ids),
+        }
+
+
+class SegmentPairs:
+    """CMSC items: segments 2k and 2k+1 of one stored ECG (upstream's ``convert_to_cmsc_manifest``
+    pairs adjacent crops); every ECG of ``rows`` gives ``length // (2 · segment)`` pairs."""
+
+    def __init__(self, data: Any, rows: np.ndarray, segment_length: int, patients: np.ndarray) -> None:
+        self.data, self.rows, self.segment, self.patients = data, rows, int(segment_length), patients
+        self.pairs = int(data.signal_length) // (2 * self.segment)
+        if self.pairs < 1:
+            raise ValueError(
+                f"{data.path}: its ECGs have {data.signal_length} samples, fewer than two segments of "
+                f"{self.segment}; choose shorter --segment-seconds"
+            )
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.pairs
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        i, k = divmod(int(index), self.pairs)
+        start = 2 * k * self.segment
+        signal = np.array(self.data.signals[self.rows[i], :, start : start + 2 * self.segment], dtype=np.float32)
+        pair = signal.reshape(signal.shape[0], 2, self.segment).transpose(1, 0, 2)
+        return {"source": np.ascontiguousarray(pair), "patient_id": int(self.patients[i])}
+
+
+def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """(B pairs) → source (2B, 12, S) ordered pair by pair, segment 0,1,0,1…, patient_id per segment."""
+    import torch
+
+    source = torch.from_numpy(np.stack([it["source"] for it in items])).flatten(0, 1)
+    patient = torch.tensor([it["patient_id"] for it in items], dtype=torch.long).repeat_interleave(2)
+    segment = torch.arange(source.shape[0], dtype=torch.long) % 2
+    return {"source": source, "patient_id": patient, "segment": segment}
+
+
+def read_patients(path: str | Path, ecg_ids: np.ndarray) -> np.ndarray:
+    """Patient id of each of ``ecg_ids`` from a CSV with ecg_id/patient_id columns (PTB-XL's
+    ``ptbxl_database.csv``) or study_id/subject_id (MIMIC-IV-ECG's ``record_list.csv``)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        head = pd.read_csv(path, nrows=0).columns
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--patients {path}: cannot read it as CSV ({e})") from e
+    key = next((c for c in ("ecg_id", "study_id") if c in head), None)
+    value = next((c for c in ("patient_id", "subject_id") if c in head), None)
+    if key is None or value is None:
+        raise ValueError(
+            f"--patients {path}: needs columns ecg_id and patient_id (PTB-XL) or study_id and "
+            f"subject_id (MIMIC-IV-ECG); it has {', '.join(map(str, head[:8]))}"
+        )
+    frame = pd.read_csv(path, usecols=[key, value])
+    table: dict[int, int] = {}
+    for line, (ecg, patient) in enumerate(zip(frame[key].tolist(), frame[value].tolist(), strict=False), start=2):
+        try:
+            table[int(ecg)] = int(float(patient))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"--patients {path} line {line}: {key} {ecg!r} / {value} {patient!r} is not a number"
+            ) from None
+    missing = [int(e) for e in ecg_ids if int(e) not in table]
+    if missing:
+        raise ValueError(
+            f"--patients {path}: no {value} for ecg id {missing[0]} ({len(missing)} of the "
+            f"{len(ecg_ids)} ECGs are missing)"
+        )
+    return np.array([table[int(e)] for e in ecg_ids], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """One pretraining run (the ``TrainConfig`` fields ``train.py``'s machinery reads, plus the data's)."""
+
+    recipe: str = DEFAULT_PRETRAIN_RECIPE
+    eval_split: str | None = None
+    save_steps: int | None = 100
+    segment_seconds: float = 5.0
+    split: str | None = None  # only the ECGs this split's questions use (default: the whole store)
+    patients: Path | None = None
+    rate: int = 500  # a records folder is read at this rate, its first `seconds` kept (prepared data: its own)
+    seconds: float = 10.0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="prepared directory (`ecgqa prepare`, any task): its signal store, each ECG once; or a "
+        "folder of WFDB records (read once into memory, see --rate/--seconds)",
+    )
+    parser.add_argument("--rate", type=int, default=500, help="records folder only: sampling rate to read at")
+    parser.add_argument("--seconds", type=float, default=10.0, help="records folder only: seconds kept per record")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument(
+        "--model",
+        default="w2v-cmsc-rlm-quick",
+        choices=PRETRAIN_MODELS,
+        help="encoder size (the ecgqa.models registry entry fine-tuned later; default %(default)s)",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=list(PRETRAIN_RECIPES),
+        default=DEFAULT_PRETRAIN_RECIPE,
+        help=f"'paper' = {SOURCE_YAML}; 'quick' = 400 updates for the bundled sample (default)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the recipe and the objective; train nothing")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer updates (overrides the recipe)")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs over the CMSC pairs (without --max-steps)")
+    parser.add_argument("--batch-size", type=int, default=None, help="CMSC pairs (2 segments each) per device")
+    parser.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=5.0,
+        help="CMSC segment length; adjacent segments of one ECG are pairs (default 5, as upstream)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="pretrain only on the ECGs of this split's questions (default: every stored ECG)"
+    )
+    parser.add_argument(
+        "--patients",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="ecg_id,patient_id table (PTB-XL ptbxl_database.csv, MIMIC-IV-ECG record_list.csv): "
+        "segments of one patient's ECGs are CMSC positives too (default: the same ECG only)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a pretraining config field, e.g. --set mask_prob=0.5 --set num_negatives=50",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="continue from a fairseq-signals / ECG-FM .pt or an ecgqa folder holding w2v.* (its "
+        "architecture, encoder and, when present, quantizer and projections; ecgqa/training/fairseq_import.py)",
+    )
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="mixed precision")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-steps", type=int, default=100, help="resumable state every N updates")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="resume from OUT's newest complete checkpoint, or from the given checkpoint folder",
+    )
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    from ecgqa.training.train import _parse_overrides
+
+    return PretrainConfig(
+        data=args.data,
+        model=args.model,
+        out=args.out,
+        recipe=args.recipe,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        seed=args.seed,
+        save_steps=args.save_steps,
+        resume=args.resume,
+        logging_steps=args.logging_steps,
+        num_workers=args.workers,
+        quiet=args.quiet,
+        segment_seconds=args.segment_seconds,
+        split=args.split,
+        patients=args.patients,
+        rate=args.rate,
+        seconds=args.seconds,
+        init_from=args.init_from,
+        precision=args.precision,
+        overrides=_parse_overrides(args.set),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.dry_run:
+        print(dry_run(config))
+        return 0
+    try:
+        out = pretrain(config)
+    except KeyboardInterrupt:
+        from ecgqa.training.train import interrupted
+
+        return interrupted(config.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {out} (fine-tune it with `ecgqa train --model {config.model} --init-from {out}`)")
+    return 0
+
+
+#: fields the run sets itself (from the data, --segment-seconds, the registry): not --set-able
+RESERVED_FIELDS = frozenset(
+    {
+        "model_type",
+        "model_name",
+        "task",
+        "classes",
+        "rate",
+        "signal_length",
+        "segment_length",
+        "in_d",
+        "transformers_version",
+    }
+)  # in_d: the data's 12 leads
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """``--set FIELD=VALUE``: a field of the pretraining config (encoder or objective) of the default's type."""
+    from transformers import PretrainedConfig
+
+    from ecgqa.models.w2v_pretrain import W2VPretrainConfig
+
+    generic = set(PretrainedConfig().to_dict())
+    defaults = {k: v for k, v in W2VPretrainConfig().to_dict().items() if k not in generic}
+    for key, value in overrides.items():
+        if key in RESERVED_FIELDS or key not in defaults:
+            known = ", ".join(sorted(k for k in defaults if k not in RESERVED_FIELDS))
+            why = (
+                "comes from the data or the options" if key in RESERVED_FIELDS else "is not a pretraining config field"
+            )
+            raise ValueError(f"--set {key}={value!r}: {key} {why}; the fields: {known}")
+        default = defaults[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = number and float(value).is_integer() and value >= 0
+        elif isinstance(default, float):
+            ok = number and value >= 0 and (value < 1 or not ("prob" in key or "dropout" in key))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(
+                f"--set {key}={value!r}: expected a value like the default {default!r}"
+                + (" (a probability below 1)" if "prob" in key or "dropout" in key else "")
+            )
+
+
+def check_config(config: PretrainConfig) -> PretrainConfig:
+    """Resolve the recipe into the fields left None and check every option (one-line errors)."""
+    from ecgqa.training.train import _positive, fill_from_recipe
+
+    config.data, config.out = Path(config.data), Path(config.out)
+    if config.recipe not in PRETRAIN_RECIPES:
+        raise ValueError(f"unknown recipe {config.recipe!r}; choose one of {', '.join(PRETRAIN_RECIPES)}")
+    from ecgqa.models.w2v_pretrain import pretrain_config
+
+    check_overrides(config.overrides)
+    pretrain_config(config.model, **config.overrides)  # unknown model / impossible values fail here
+    recipe = PRETRAIN_RECIPES[config.recipe]
+    for value, option in (
+        (config.max_steps, "--max-steps"),
+        (config.batch_size, "--batch-size"),
+        (config.grad_accum, "--grad-accum"),
+        (config.save_steps, "--save-steps"),
+    ):
+        _positive(value, option)
+    _positive(config.epochs, "--epochs", integer=False)
+    _positive(config.lr, "--lr", integer=False)
+    _positive(config.segment_seconds, "--segment-seconds", allow_none=False, integer=False)
+    _positive(config.rate, "--rate", allow_none=False)
+    _positive(config.seconds, "--seconds", allow_none=False, integer=False)
+    _positive(config.logging_steps, "--logging-steps", allow_none=False)
+    if config.init_from is not None and not Path(config.init_from).exists():
+        raise ValueError(
+            f"--init-from {config.init_from}: not found; give a fairseq-signals / ECG-FM .pt file or a "
+            "checkpoint folder holding w2v.* weights"
+        )
+    if config.patients is not None and not Path(config.patients).is_file():
+        raise ValueError(f"--patients {config.patients}: no such file")
+    fill_from_recipe(config, recipe)
+    config.eval_split, config.eval_steps = None, None
+    return config
+
+
+def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
+    """The ECGs (a prepared directory, or a folder of WFDB records) and their CMSC pairs (every ECG once,
+    or those of ``--split``)."""
+    from ecgqa.data.prepared import PreparedData, is_prepared
+
+    folder = Path(config.data)
+    if not folder.is_dir():
+        raise ValueError(
+            f"--data {folder}: "
+            + ("is a file" if folder.exists() else "not found")
+            + "; give a prepared directory (`ecgqa prepare`) or a folder of WFDB records (.hea + .dat)"
+        )
+    if not is_prepared(folder) and not any(folder.rglob("*.hea")):
+        raise ValueError(
+            f"--data {folder}: neither a complete prepared directory (no meta.json) nor a folder of "
+            "WFDB records (no .hea header under it); run `ecgqa prepare` or point --data at the records"
+        )
+    if is_prepared(folder):
+        data = PreparedData(config.data)
+    else:
+        if config.split is not None:
+            raise ValueError(f"--split {config.split}: {config.data} is a records folder, it has no splits")
+        data = RecordsFolder(Path(config.data), config.rate, config.seconds, progress=not config.quiet)
+    rows = np.arange(len(data.ecg_ids))
+    if config.split is not None:
+        if config.split not in data.splits:
+            raise ValueError(f"{config.data} has no split {config.split!r}; it holds {data.splits}")
+        used = data.split(config.split)["ecg_rows"]
+        rows = np.unique(np.fromiter((r for row in used for r in row), dtype=np.int64))
+        if not len(rows):
+            raise ValueError(f"{config.data}: split {config.split!r} uses no ECGs; nothing to pretrain on")
+    ids = np.asarray(data.ecg_ids)[rows]
+    patients = read_patients(config.patients, ids) if config.patients else ids.astype(np.int64)
+    segment = round(config.segment_seconds * data.rate)
+    return data, SegmentPairs(data, rows, segment, patients)
+
+
+def dry_run(config: PretrainConfig) -> str:
+    """What the recipe amounts to on this data, and the objective's settings."""
+    config = check_config(config)
+    recipe = PRETRAIN_RECIPES[config.recipe]
+    data, pairs = load_pairs(config)
+    from ecgqa.training.train import _world_size
+
+    per_epoch = max(math.ceil(math.ceil(len(pairs) / _world_size()) / config.batch_size / config.grad_accum), 1)
+    steps = config.max_steps or math.ceil((config.epochs or 0) * per_epoch)
+    from ecgqa.models.w2v_pretrain import pretrain_config
+
+    pre, fields = init_source(config)
+    model_config = pretrain_config(config.model, segment_length=pairs.segment, **fields, **config.overrides)
+    view = Recipe(
+        name=recipe.name,
+        source=recipe.source,
+        lr=config.lr,
+        effective_batch=None,
+        batch_size=0,
+        schedule=config.schedule,
+        warmup=config.warmup,
+    )
+    c = model_config
+    lines = [
+        f"recipe {config.recipe} for pretraining {config.model} ({recipe.source})",
+        f"data: {len(pairs.rows)} ECGs x {pairs.pairs} CMSC pair(s) of {pairs.segment}-sample segments "
+        f"({config.segment_seconds:g} s at {data.rate} Hz) = {len(pairs)} pairs"
+        + (f"; patients from {config.patients}" if config.patients else "; positives: the same ECG"),
+        (
+            f"effective batch: {config.effective_batch} pairs ({2 * config.effective_batch} segments) = batch "
+            f"{config.batch_size} x grad-accum {config.grad_accum} x {_world_size()} device(s)"
+        ),
+        f"updates: {steps}" + ("" if config.max_steps else f" ({config.epochs:g} epochs)"),
+        *(
+            [
+                f"initialised from: {config.init_from} ({pre.source} checkpoint; "
+                + (
+                    "encoder and pretraining parts)"
+                    if _pretraining_extras(pre)
+                    else "encoder only; the pretraining parts start from their init)"
+                )
+            ]
+            if pre is not None
+            else []
+        ),
+        (
+            f"optimizer: AdamW over all parameters (upstream Adam, decoupled decay), betas {recipe.betas}, "
+            f"eps {recipe.eps:g}, weight decay {config.weight_decay:g}"
+        ),
+        "lr schedule: "
+        + (
+            f"fixed at {config.lr:g} (fairseq lr_scheduler fixed, no warmup)"
+            if config.schedule == "constant" and not config.warmup
+            else describe_schedule(view, steps)
+        ),
+        "gradient clipping: " + (f"max norm {config.max_grad_norm:g}" if config.max_grad_norm else "none"),
+        (
+            f"objective: mask_prob {c.mask_prob}, mask_length {c.mask_length}, num_negatives {c.num_negatives}, "
+            f"codebook {c.latent_groups} x {c.latent_vars}, final_dim {c.final_dim}, latent_temp "
+            f"{tuple(c.latent_temp)}, logit_temp {c.logit_temp}, loss weights diversity {c.diversity_weight} / "
+            f"feature penalty {c.feature_pen_weight} / cmsc {c.cmsc_weight} (temp {c.cmsc_temp}), lead masking p "
+            f"{c.mask_leads_prob}"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- --init-from
+
+#: the pretraining parts ``--init-from`` continues (fairseq's names = ours)
+PRETRAINING_PARTS = ("mask_emb", "quantizer.", "project_q.", "final_proj.")
+#: objective fields that fix tensor shapes: taken from the checkpoint (fairseq ``cfg.model`` or our config.json)
+SHAPE_FIELDS = ("latent_vars", "latent_groups", "latent_dim", "final_dim")
+
+
+def _pretraining_extras(pre: Any) -> dict[str, Any]:
+    return {k: v for k, v in pre.keymap.extras.items() if k.startswith(PRETRAINING_PARTS)}
+
+
+def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
+    """(the ``--init-from`` checkpoint or None, the config fields it fixes): the encoder architecture
+    (``ecgqa.training.fairseq_import.init_overrides``) and, when it carries a quantizer, the codebook and
+    projection sizes. A ``--set`` contradicting one of them is an error naming both values."""
+    if config.init_from is None:
+        return None, {}
+    from ecgqa.training.fairseq_import import init_overrides, read_pretrained
+
+    pre = read_pretrained(config.init_from)
+    fields = init_overrides(config.model, pre, config.overrides)
+    unsupported = sorted(k for k in pre.keymap.extras if not k.startswith(PRETRAINING_PARTS))
+    if unsupported:
+        raise ValueError(
+            f"--init-from {config.init_from}: {', '.join(unsupported[:4])} belong to pretraining options "
+            "ecgqa pretrain does not implement (quantize_input, target_glu); start from its encoder with "
+            "`ecgqa convert-fairseq` and --init-from the converted folder"
+        )
+    if _pretraining_extras(pre):
+        if pre.source == "fairseq":
+            source = dict(pre.cfg)
+        else:
+            source = json.loads((Path(config.init_from) / "config.json").read_text())
+        width = int(fields.get("encoder_embed_dim", source.get("encoder_embed_dim", 768)))
+        final = int(source.get("final_dim", 0) or 0) or width
+        found = {
+            "latent_vars": int(source.get("latent_vars", 320)),
+            "latent_groups": int(source.get("latent_groups", 2)),
+            "latent_dim": int(source.get("latent_dim", 0) or 0),
+            "final_dim": final,
+        }
+        for name in SHAPE_FIELDS:
+            if name in config.overrides and config.overrides[name] != found[name]:
+                raise ValueError(
+                    f"--set {name}={config.overrides[name]!r} contradicts --init-from {config.init_from}, "
+                    f"whose {name} is {found[name]!r}"
+                )
+        fields.update(found)
+    return pre, fields
+
+
+def load_init(model: Any, pre: Any) -> str:
+    """Load ``pre``'s encoder (and its pretraining parts, when it has them) into the pretraining model;
+    every tensor shape-checked first (an error names the key; the model is untouched then)."""
+    from ecgqa.training.fairseq_import import check_and_load
+
+    encoder = pre.encoder_tensors()
+    check_and_load(model, encoder, pre.path, prefix="w2v.", what="pretrained encoder")
+    extras = _pretraining_extras(pre)
+    if not extras:
+        return (
+            f"--init-from {pre.path}: encoder loaded into w2v ({len(encoder)} tensors); mask_emb, "
+            "quantizer, project_q and final_proj start from their init"
+        )
+    for prefix in PRETRAINING_PARTS:
+        check_and_load(model, extras, pre.path, prefix=prefix, what="pretraining checkpoint")
+    return (
+        f"--init-from {pre.path}: encoder ({len(encoder)} tensors) and pretraining parts ({len(extras)} tensors) loaded"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+
+#: the parts of ``W2VPretrainOutput`` logged beside the loss (means over the logging interval)
+LOGGED_PARTS = (
+    "contrastive_loss",
+    "diversity_loss",
+    "feature_penalty",
+    "cmsc_loss",
+    "code_perplexity",
+    "prob_perplexity",
+    "temperature",
+    "accuracy",
+)
+
+
+def _pretrain_trainer_class() -> type:
+    import torch
+    from transformers import Trainer
+
+    class PretrainTrainer(Trainer):
+        loss_is_scaled_for_ga = False  # per-batch means; the Trainer divides for accumulation
+
+        def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.recipe = recipe
+            self._parts: dict[str, Any] = {}  # summed as tensors: no device sync per step, only per log
+            self._count = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            unwrapped = self.accelerator.unwrap_model(model)
+            unwrapped.set_num_updates(self.state.global_step)
+            outputs = model(**inputs)
+            if model.training:
+                for name in LOGGED_PARTS:
+                    value = getattr(outputs, name)
+                    if value is not None:
+                        self._parts[name] = self._parts.get(name, 0.0) + value.detach().float()
+                self._count += 1
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._count:
+                logs.update({k: round(float(v) / self._count, 5) for k, v in self._parts.items()})
+                self._parts, self._count = {}, 0
+            super().log(logs, start_time)
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:  # upstream Adam: decoupled decay on every parameter
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                self.optimizer = torch.optim.AdamW(
+                    params,
+                    lr=self.args.learning_rate,
+                    betas=self.recipe.betas,
+                    eps=self.recipe.eps,
+                    weight_decay=self.args.weight_decay,
+                )
+            return self.optimizer
+
+    return PretrainTrainer
+
+
+def pretrain(config: PretrainConfig, *, stop_after: int | None = None) -> Path:
+    """Pretrain ``config.model``'s encoder on ``config.data`` and write the checkpoint ``config.out``.
+
+    ``resume`` continues from the newest complete ``checkpoint-N`` (same data order, masks, schedule and
+    temperature as an uninterrupted run); ``stop_after`` ends early after N updates with a resumable state.
+    """
+    import torch
+    from transformers import PrinterCallback, set_seed
+
+    from ecgqa.checkpoint import save_checkpoint
+    from ecgqa.models.w2v_pretrain import W2VPretrainModel, compute_mask, pretrain_config
+    from ecgqa.training.train import _resume_state, _trainer_classes, _training_arguments, _write_marker, claim_run_dir
+
+    config = check_config(config)
+    if config.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    data, pairs = load_pairs(config)
+    claim_run_dir(config)
+    resume_from, _ = _resume_state(config)
+    set_seed(config.seed)
+    pre, fields = init_source(config)
+    model = W2VPretrainModel(
+        pretrain_config(
+            config.model,
+            rate=int(data.rate),
+            signal_length=int(data.signal_length),
+            segment_length=pairs.segment,
+            **fields,
+            **config.overrides,
+        )
+    )
+    if pre is not None and not resume_from:
+        summary = load_init(model, pre)
+        if not config.quiet and int(os.environ.get("RANK", "0")) == 0:
+            print(summary, file=sys.stderr)
+    tokens = int(model.w2v.feature_extractor.output_lengths(torch.tensor([pairs.segment]))[0])
+    compute_mask((1, tokens), model.config.mask_prob, model.config.mask_length)  # too few tokens: says so now
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write_marker(config)
+    args = _training_arguments(config, False, [])
+    _, JsonlLog, StopAfter, UmaskModes = _trainer_classes()
+    callbacks = [JsonlLog(config.out / "metrics.jsonl"), UmaskModes()] + ([StopAfter(stop_after)] if stop_after else [])
+    trainer = _pretrain_trainer_class()(
+        model=model,
+        args=args,
+        data_collator=collate_pairs,
+        train_dataset=pairs,
+        callbacks=callbacks,
+        recipe=PRETRAIN_RECIPES[config.recipe],
+    )
+    if config.quiet:
+        trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
+        return config.out
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        save_checkpoint(
+            config.out,
+            trainer.model,
+            None,
+            data.meta,
+            train_options={
+                **options,
+                "objective": "w2v+cmsc+rlm",
+                "global_step": trainer.state.global_step,
+                "epoch": trainer.state.epoch,
+                "world_size": trainer.args.world_size,
+                "pairs": len(pairs),
+                "ecgs": len(pairs.rows),
+            },
+        )
+    trainer.accelerator.wait_for_everyone()
+    return config.out
+
+
+__all__ = [
+    "PRETRAIN_MODELS",
+    "PRETRAIN_RECIPES",
+    "PretrainConfig",
+    "SegmentPairs",
+    "collate_pairs",
+    "dry_run",
+    "pretrain",
+    "read_patients",
+]

@@ -1,5 +1,0 @@
-import sys
-
-from llm_eval.cli import main
-
-sys.exit(main())

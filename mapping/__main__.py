@@ -1,5 +1,0 @@
-import sys
-
-from mapping.cli import main
-
-sys.exit(main())
