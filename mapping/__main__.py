@@ -1,0 +1,7 @@
+"""``python -m mapping`` = ``ecgqa map``."""
+
+import sys
+
+from ecgqa.cli import main
+
+sys.exit(main(["map", *sys.argv[1:]]))
