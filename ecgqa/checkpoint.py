@@ -192,7 +192,8 @@ def check_compatible(ckpt: Any, data: Any, *, tokenizer: bool = False, signal_on
     if list(ckpt.classes) != classes:
         what = "answer classes" if task == "qa" else "grounding classes"
         first = next(
-            (i for i, (a, b) in enumerate(zip(ckpt.classes, classes, strict=False)) if a != b), min(len(classes), len(ckpt.classes))
+            (i for i, (a, b) in enumerate(zip(ckpt.classes, classes, strict=False)) if a != b),
+            min(len(classes), len(ckpt.classes)),
         )
         raise CheckpointError(
             f"{who} predicts {len(ckpt.classes)} {what} that differ from the {len(classes)} of {where} "

@@ -56,45 +56,6 @@ class DemoPaths:
     attributes_checkpoint: Path | None  # the dense-label attribute classifier; None when not built
 
 
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="working folder")
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=0.8,
-        help="training time cap per trained model in minutes (default 0.8: four models, so the whole run "
-        "stays under 5 minutes on a busy 2-core machine; on an idle one --max-steps ends training first)",
-    )
-    parser.add_argument("--max-steps", type=int, default=400, help="optimizer updates per model (default 400)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--test-fraction", type=float, default=0.25, help="share of ECGs held out (default 0.25)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the ECG hold-out and training (default 0)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: these small models gain nothing from more, and on a "
-        "shared machine extra threads made steps ~4x slower)",
-    )
-    parser.add_argument(
-        "--models", nargs="+", default=list(MODELS), help=f"models to train (default: {' '.join(MODELS)})"
-    )
-    parser.add_argument(
-        "--attribute-steps",
-        type=int,
-        default=300,
-        help="optimizer updates of the attribute classifier and of its shuffled control (default 300; "
-        "0 skips the attribute classifier)",
-    )
-    parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap replicates for the AUC intervals (default 1000)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
-
-
 def holdout_by_ecg(
     mapped: Path, out: Path, *, test_fraction: float = 0.25, seed: int = 0, variant: str = "template"
 ) -> dict[str, Any]:
@@ -168,20 +129,6 @@ def _time_limit(seconds: float):
                 self.stopped_at = state.global_step
 
     return TimeLimit()
-
-
-def run(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse.Namespace) -> None:
@@ -580,6 +527,8 @@ def ensure_demo(out: str | Path, quiet: bool = False) -> DemoPaths:
     if all((paths.checkpoint / f).is_file() for f in REQUIRED) and is_prepared(paths.data):
         return paths
     print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
+    from ecgqa.cli.quickstart import configure  # the quickstart's defaults are its command line's
+
     args = configure(argparse.ArgumentParser(prog="ecgqa quickstart")).parse_args(
         ["--out", str(out)] + (["--quiet"] if quiet else [])
     )

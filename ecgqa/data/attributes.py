@@ -273,8 +273,10 @@ class Statements:
         missing = {"diagnostic", "form", "rhythm", "diagnostic_class"} - set(df.columns)
         if missing:
             raise AttributesError(f"{path}: not PTB-XL's scp_statements.csv (missing columns {sorted(missing)})")
+
         def pick(col):
             return frozenset(df.index[df[col] == 1].astype(str))
+
         sup = {str(k): str(v) for k, v in df["diagnostic_class"].dropna().items()}
         return cls(pick("diagnostic"), pick("form"), pick("rhythm"), sup)
 

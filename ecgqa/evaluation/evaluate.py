@@ -18,7 +18,6 @@ command wrote (``ecgqa.files.claim_output_dir``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 from ecgqa.data.constants import ATTRIBUTE_TYPES, LEAD_GROUPS, QUESTION_TYPES
 from ecgqa.data.leads import group_mask
 from ecgqa.evaluation.metrics import THRESHOLD, decide
-from ecgqa.evaluation.report import paper_table, render_markdown
+from ecgqa.evaluation.report import render_markdown
 from ecgqa.files import AtomicLines, atomic_write, claim_output_dir
 
 REPORT_JSON = "report.json"
@@ -39,39 +38,6 @@ REPORT_JSON = "report.json"
 OUTPUTS = ("predictions.jsonl", REPORT_JSON, "report.md", "charts")
 
 CHUNK = 256  # samples read from the store per step: bounds memory on the full test split
-
-
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder written by `ecgqa train`")
-    parser.add_argument("--data", type=Path, required=True, help="prepared folder written by `ecgqa prepare`")
-    parser.add_argument("--split", default="test", help="which split of the prepared data (default: test)")
-    parser.add_argument("--out", type=Path, required=True, help="report folder to write")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default 32)")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N samples of the split (smoke runs)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
-        if value is not None and value < 1:
-            raise ValueError(f"{option} {value}: must be a positive integer")
-    report = evaluate(
-        args.checkpoint,
-        args.data,
-        args.split,
-        args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        limit=args.limit,
-        progress=not args.quiet,
-    )
-    print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
-    print(paper_table([report], [report["model"]]), end="")
-    print(f"written: {args.out}")
-    return 0
 
 
 def _is_our_report(marker: Path) -> bool:
@@ -303,7 +269,9 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2), 4.2))
         rects = ax.bar(range(len(keys)), values, width=0.6, color="#4C72B0")
         ax.set_xlim(-0.7, len(keys) - 0.3)
-        ax.bar_label(rects, labels=[f"{v:.0f}\nn={blocks[k]['n']}" for k, v in zip(keys, values, strict=False)], fontsize=7)
+        ax.bar_label(
+            rects, labels=[f"{v:.0f}\nn={blocks[k]['n']}" for k, v in zip(keys, values, strict=False)], fontsize=7
+        )
         ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 115)
         ax.set_ylabel(ylabel)
@@ -323,7 +291,3 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
     if report.get("per_class"):
         bars("per_class_auc", f"{label}: AUC per grounding class", report["per_class"], "auc", "AUC (%)")
     return written
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(configure(argparse.ArgumentParser()).parse_args()))

@@ -17,17 +17,14 @@ figures measured on other splits or metrics ("Other splits — not comparable").
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ecgqa.data.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
 from ecgqa.evaluation.metrics import PAPER_COLUMNS, ordered, paper_row
-from ecgqa.files import atomic_write
 
 REPORT_JSON = "report.json"
 REQUIRED = ("em", "per_question_type")
@@ -300,29 +297,3 @@ def render_markdown(report: dict[str, Any]) -> str:
     if charts:
         lines += ["## Charts", ""] + [f"![{Path(c).stem}]({c})" for c in charts] + [""]
     return "\n".join(lines)
-
-
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("reports", nargs="+", type=Path, help="report.json files or folders holding one")
-    parser.add_argument("--names", nargs="+", help="column titles (default: each report's folder name)")
-    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
-    parser.add_argument(
-        "--paper",
-        action="store_true",
-        help="print the paper's table layout with the published results (ecgqa/paper_results.json) "
-        "as reference rows, each with its test set and source; figures on other splits apart",
-    )
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    reports = [load_report(p) for p in args.reports]
-    table = compare_table(reports, args.names)
-    if args.paper:
-        table += "\n" + paper_section(reports, args.names)
-    if args.out:
-        atomic_write(args.out, table)
-        print(f"written: {args.out}", file=sys.stderr)
-    print(table, end="")
-    return 0

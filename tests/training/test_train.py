@@ -279,7 +279,7 @@ def test_torchrun_two_processes_cli(prepared_qa, tmp_path):
 
 
 def test_set_overrides_parse_json_values():
-    from ecgqa.training.train import _parse_overrides
+    from ecgqa.cli.train import _parse_overrides
 
     assert _parse_overrides(["hidden_size=64", "use_ecg=false", "dropout=0.2", "text_encoder=bert"]) == {
         "hidden_size": 64,

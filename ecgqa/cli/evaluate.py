@@ -1,0 +1,45 @@
+"""``ecgqa evaluate``: exact-match report of a checkpoint on a prepared split.
+
+The library side is ``ecgqa.evaluation.evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ecgqa.evaluation.report import paper_table
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder written by `ecgqa train`")
+    parser.add_argument("--data", type=Path, required=True, help="prepared folder written by `ecgqa prepare`")
+    parser.add_argument("--split", default="test", help="which split of the prepared data (default: test)")
+    parser.add_argument("--out", type=Path, required=True, help="report folder to write")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default 32)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N samples of the split (smoke runs)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ecgqa.evaluation import evaluate as stage  # the stage, imported only when the command runs
+
+    for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} {value}: must be a positive integer")
+    report = stage.evaluate(
+        args.checkpoint,
+        args.data,
+        args.split,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
+    print(paper_table([report], [report["model"]]), end="")
+    print(f"written: {args.out}")
+    return 0

@@ -1,0 +1,56 @@
+"""``ecgqa score``: score any model's answers on a prepared split (library: ``ecgqa.evaluation.score``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ecgqa.evaluation.score import MISSING, SAMPLES
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--data", type=Path, required=True, help="prepared QA folder written by `ecgqa prepare`")
+    parser.add_argument("--split", default="test", help="which split the answers are for (default: test)")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        required=True,
+        help='JSONL: {"sample_id": N, "reply": "text"} or {"sample_id": N, "answer": '
+        '["class", ...]} per line (or a predictions.jsonl of evaluate / llm-eval)',
+    )
+    parser.add_argument("--out", type=Path, required=True, help="report folder to write")
+    parser.add_argument(
+        "--sample",
+        choices=SAMPLES,
+        default="all",
+        help="which questions are scored: all of the split (default), or the paper's published LLM "
+        "sample (PTB-XL test only)",
+    )
+    parser.add_argument(
+        "--missing",
+        choices=MISSING,
+        default="error",
+        help="questions without an answer line: error (default), skip (score the answered ones), "
+        "wrong (count them as wrong); the report counts them either way",
+    )
+    parser.add_argument("--name", help="the model's name in the report (default: the answers file's name)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ecgqa.evaluation import score as stage  # the stage, imported only when the command runs
+    from ecgqa.evaluation.report import paper_table
+
+    report = stage.score(
+        args.data, args.split, args.answers, args.out, sample=args.sample, missing=args.missing, name=args.name
+    )
+    print(
+        f"{report['model']} on {report['split']} ({report['sampling']['sample']}): EM {100 * report['em']:.1f} % over "
+        f"{report['n']} questions; {report['n_missing']} unanswered"
+        f"{' (counted wrong)' if report['missing_policy'] == 'wrong' and report['n_missing'] else ''}, "
+        f"{report['n_no_match']} replies matched no option"
+    )
+    print(paper_table([report], [report["model"]]), end="")
+    print(f"written: {args.out}")
+    return 0
