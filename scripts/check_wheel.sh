@@ -45,7 +45,7 @@ echo "torch kept: $torch_after"
 # A checkout-free copy of what the tests read (tests/, docs, pyproject.toml for the pytest settings), no packages.
 run_dir="$work/run"
 rm -rf "$run_dir" && mkdir -p "$run_dir"
-cp -r tests pyproject.toml README.md "$run_dir"/
+cp -r tests pyproject.toml README.md LICENSE CITATION.cff "$run_dir"/
 [ -d docs ] && cp -r docs "$run_dir"/
 [ -d scripts ] && cp -r scripts "$run_dir"/
 [ -d benchmarks ] && cp -r benchmarks "$run_dir"/

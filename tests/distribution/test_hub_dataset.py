@@ -122,7 +122,8 @@ def test_mimic_signals_are_refused_and_references_exported(tmp_path, sample_path
 
     build_mimic_root(tmp_path / "mimic")
     build_mimic_release(tmp_path / "ecgqa" / "mimic-iv-ecg", sample_paths)
-    map_release("mimic-iv-ecg", tmp_path / "ecgqa", tmp_path / "mimic", tmp_path / "mapped", skip_missing=True, progress=False)
+    mapped = tmp_path / "mapped"
+    map_release("mimic-iv-ecg", tmp_path / "ecgqa", tmp_path / "mimic", mapped, skip_missing=True, progress=False)
     prepare(tmp_path / "mapped", tmp_path / "prepared", variant="template", task="qa", progress=False)
 
     with pytest.raises(ExportError, match="refusing to embed mimic-iv-ecg signals.*PhysioNet.*--signals none"):
