@@ -69,6 +69,10 @@ PROTOCOL = """## Evaluation protocol (how to report a number others can compare 
 """
 
 
+#: how the versions are named in prose
+DISPLAY = {"ptbxl": "PTB-XL", "mimic-iv-ecg": "MIMIC-IV-ECG"}
+
+
 def _front_matter(meta: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
 
@@ -86,9 +90,7 @@ def dataset_card(datas: list[Any], configs: list[dict[str, Any]], summary: dict[
     n_questions = sum(sum(c["splits"].values()) for n, c in summary["configs"].items() if "prepared" in c)
     meta: dict[str, Any] = {
         "license": "cc-by-4.0",
-        "pretty_name": "ECG-QA ("
-        + ", ".join({"ptbxl": "PTB-XL", "mimic-iv-ecg": "MIMIC-IV-ECG"}[v] for v in versions)
-        + ")",
+        "pretty_name": "ECG-QA (" + ", ".join(DISPLAY.get(v, v) for v in versions) + ")",
         "language": ["en"],
         "task_categories": ["question-answering"],
         "tags": ["ecg", "electrocardiogram", "medical", "ecg-qa", *versions],
@@ -177,4 +179,4 @@ def dataset_card(datas: list[Any], configs: list[dict[str, Any]], summary: dict[
     return "\n".join(lines)
 
 
-__all__ = ["BIBTEX_ECGQA", "BIBTEX_MIMIC", "BIBTEX_PTBXL", "BIBTEX_TOOLKIT", "PROTOCOL", "dataset_card"]
+__all__ = ["DISPLAY", "BIBTEX_ECGQA", "BIBTEX_MIMIC", "BIBTEX_PTBXL", "BIBTEX_TOOLKIT", "PROTOCOL", "dataset_card"]
