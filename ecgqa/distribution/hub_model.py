@@ -32,7 +32,7 @@ CARD = "README.md"
 COPIED = (CONFIG, WEIGHTS, TOKENIZER_DIR, PREPARED_META, TRAIN_OPTIONS, "metrics.jsonl")
 #: train_options keys left out of a public card (local paths and run plumbing), and those shown by base name
 PRIVATE_OPTIONS = {"out", "best_checkpoint", "quiet", "resume", "num_workers", "args"}
-PATH_OPTIONS = {"data", "init_from", "text_encoder"}
+PATH_OPTIONS = {"data", "init_from"}
 #: Hub repo ids: ``name`` or ``org/name`` (letters, digits, ``-_.``), optionally ``@revision``
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}(?:@[\w./-]+)?$")
 
