@@ -21,6 +21,7 @@ CC BY 4.0; MIMIC-IV-ECG waveforms are PhysioNet's to distribute, so a MIMIC expo
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -162,6 +163,44 @@ def _write_shards(
     return names
 
 
+def _write_questions(
+    folder: Path, split: str, data: PreparedData, per_shard: int, keep: set[int] | None, progress: bool
+) -> tuple[list[str], int, set[int], list[dict[str, Any]]]:
+    """Stream one split's questions into ``<split>-NNNNN-of-NNNNN.parquet`` files, 10,000 rows at a time.
+
+    Returns the file names, the row count, the ECG ids the rows reference and the rows whose sample id is
+    in ``keep`` (the paper's LLM sample; at most 8,154 rows).
+    """
+    total = len(data.split(split))
+    n = max(1, math.ceil(total / per_shard))
+    schema = question_schema()
+    names = [f"{split}-{k:05d}-of-{n:05d}.parquet" for k in range(n)]
+    ecgs: set[int] = set()
+    kept: list[dict[str, Any]] = []
+    rows = question_rows(data, split)
+    bar = tqdm(total=total, desc=f"questions {split}", unit="question", disable=not progress)
+    count = 0
+    for name in names:
+        with pq.ParquetWriter(folder / name, schema) as writer:
+            in_shard = 0
+            while in_shard < per_shard:
+                batch = list(itertools.islice(rows, min(10_000, per_shard - in_shard)))
+                if not batch:
+                    break
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                for r in batch:
+                    ecgs.update(r["ecg_id"])
+                    if keep is not None and r["sample_id"] in keep:
+                        kept.append(r)
+                in_shard += len(batch)
+                bar.update(len(batch))
+            count += in_shard
+    bar.close()
+    if count != total:
+        raise ExportError(f"{data.path}: split {split} holds {total} rows but {count} were read")
+    return names, count, ecgs, kept
+
+
 def _write_signals(
     folder: Path, split: str, data: PreparedData, ecg_ids: list[int], per_shard: int, progress: bool
 ) -> list[str]:
@@ -257,12 +296,12 @@ def export_dataset(
             split_ecgs: dict[str, list[int]] = {}
             paper_rows: list[dict[str, Any]] = []
             for split in d.splits:
-                rows = list(question_rows(d, split))
-                files[split] = _write_shards(folder, split, question_schema(), rows, question_shard_rows)
-                counts[split] = len(rows)
-                split_ecgs[split] = sorted({e for r in rows for e in r["ecg_id"]})
-                if d.info.version == PAPER_SAMPLE_VERSION and split == PAPER_SAMPLE_SPLIT:
-                    paper_rows = [r for r in rows if r["sample_id"] in paper_ids]
+                is_paper = d.info.version == PAPER_SAMPLE_VERSION and split == PAPER_SAMPLE_SPLIT
+                files[split], counts[split], ecgs, kept = _write_questions(
+                    folder, split, d, question_shard_rows, paper_ids if is_paper else None, progress
+                )
+                split_ecgs[split] = sorted(ecgs)
+                paper_rows += kept
             configs.append(_config(name, folder, files, default=not configs))
             summary["configs"][name] = {"prepared": _describe(d), "splits": counts}
             if paper_rows:

@@ -25,7 +25,8 @@ def _load(folder, config, cache):
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, prepared_qa):
     out = tmp_path_factory.mktemp("hub") / "ecgqa-ptbxl"
-    summary = export_dataset([prepared_qa], out, progress=False)
+    summary = export_dataset([prepared_qa], out, signal_shard_rows=100, progress=False)  # train: 2 shards
+    assert len(list((out / "data" / "ptbxl-signals").glob("train-*.parquet"))) == 2
     return out, summary
 
 
@@ -104,7 +105,12 @@ def test_paper_sample_config_holds_the_test_questions_of_the_published_ids(mappe
     shutil.rmtree(mapped / "template" / "train")
     (mapped / "template" / "valid").rename(mapped / "template" / "test")
     prepare(mapped, tmp_path / "prepared", variant="template", task="qa", rate=100, progress=False)
-    summary = export_dataset([tmp_path / "prepared"], tmp_path / "hub", signals="none", progress=False)
+    hub = tmp_path / "hub"
+    summary = export_dataset([tmp_path / "prepared"], hub, signals="none", question_shard_rows=10, progress=False)
+    shards = sorted(p.name for p in (hub / "data" / "ptbxl-template").iterdir())
+    assert shards == [f"test-{k:05d}-of-00004.parquet" for k in range(4)]  # 38 rows, 10 a shard
+    whole = _load(hub, "ptbxl-template", tmp_path / "cache")["test"]
+    assert whole["sample_id"] == PreparedData(tmp_path / "prepared").split("test")["sample_id"]
     paper = set(paper_sample_ids())
     test = PreparedData(tmp_path / "prepared").split("test")
     expected = [s for s in test["sample_id"] if s in paper]
