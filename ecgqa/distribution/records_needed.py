@@ -102,8 +102,8 @@ def question_files(release: str | Path, version: str, splits: Sequence[str] | No
         return [release]
     try:
         version_dir = find_version_dir(release, version)
-    except ReleaseError:
-        version_dir = None
+    except ReleaseError:  # an `ecgqa map` output has the variant folders without answers.csv
+        version_dir = release if any((release / v).is_dir() for v in VARIANTS) else None
     if version_dir is not None:
         for variant in VARIANTS:
             files = [

@@ -49,6 +49,14 @@ def test_ptbxl_list_is_exactly_the_referenced_records(sample_paths, tmp_path, ca
     assert only_valid.estimated_bytes() == len(only_valid.ids) * (12 * 1000 * 2 + 620)
 
 
+def test_a_mapped_folder_is_read_like_its_release(sample_paths, mapped_sample):
+    """`ecgqa map` output (variant folders, a mapping_report.json, no answers.csv) lists the same records."""
+    assert (mapped_sample / "mapping_report.json").is_file()
+    got = records_needed("ptbxl", mapped_sample)
+    want = records_needed("ptbxl", sample_paths.release)
+    assert got.records == want.records and got.questions == want.questions == 451
+
+
 def test_check_reports_present_missing_and_truncated(sample_paths, tmp_path, capsys):
     needed = records_needed("ptbxl", sample_paths.release, splits=["valid"])
     root = tmp_path / "ptbxl"
