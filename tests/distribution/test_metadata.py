@@ -42,8 +42,9 @@ def test_dependencies_have_floors_and_no_caps():
     torch = next(d for d in deps if re.match(r"torch\b", d))
     assert torch == "torch>=2.6"  # a lower bound only: an installed CUDA or newer torch is kept
     assert project["license"] == "MIT AND CC-BY-4.0"
-    for path in project["license-files"]:
-        assert (ROOT / path).is_file(), path
+    if (ROOT / "ecgqa").is_dir():  # a checkout (scripts/check_wheel.sh runs the tests without the packages)
+        for path in project["license-files"]:
+            assert (ROOT / path).is_file(), path
     assert "MIT License" in (ROOT / "LICENSE").read_text()
 
 
