@@ -185,11 +185,14 @@ class Predictor:
 
 
 def load(ckpt: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """Load a checkpoint folder written by ``ecgqa train`` (``ecgqa.checkpoint.load_checkpoint``).
+    """Load a checkpoint folder written by ``ecgqa train`` (``ecgqa.checkpoint.load_checkpoint``), or a Hub
+    repo id (``org/name``, ``org/name@revision``) of one, downloaded or read from the Hub cache
+    (``ecgqa.distribution.hub_model.resolve_checkpoint``; offline with ``HF_HUB_OFFLINE=1``).
 
     ``device`` defaults to CUDA when available, else CPU.
     """
     from ecgqa.checkpoint import load_checkpoint
+    from ecgqa.distribution.hub_model import resolve_checkpoint
 
-    ckpt = load_checkpoint(ckpt, device=device)
+    ckpt = load_checkpoint(resolve_checkpoint(ckpt), device=device)
     return Predictor(ckpt.model, ckpt.tokenizer, ckpt.meta, ckpt.model.device, ckpt.path)

@@ -39,6 +39,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "draw a 12-lead ECG as a clinical printout (PNG/SVG) from a record or prepared data",
     ),
     "serve": ("ecgqa.cli.serve", "HTTP demo: a web page and API to ask questions about ECGs with a trained model"),
+    "export": ("ecgqa.cli.export", "Hub-ready folders: prepared data as Parquet + dataset card; checkpoint + card"),
+    "records-needed": (
+        "ecgqa.cli.records_needed",
+        "the PTB-XL / MIMIC-IV-ECG record files a release uses, as a download list; --check a local copy",
+    ),
 }
 
 

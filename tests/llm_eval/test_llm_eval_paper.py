@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecgqa import sample
 from ecgqa.data.constants import QUESTION_TYPES, question_codes
 from ecgqa.evaluation import paper_sample
 from ecgqa.evaluation.replies import PROMPT_STYLES, parse_reply, reply_correct
@@ -26,7 +27,7 @@ from llm_eval.paper import build_paper_prompt, plan_all
 from llm_eval.sampling import Question, resolve_sample, select_sample
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUNDING_CSV = ROOT / "ecgqa" / "sample" / "ecgqa" / "grounding" / "ptbxl" / "grounding_class.csv"
+GROUNDING_CSV = sample.paths().release / "grounding" / "ptbxl" / "grounding_class.csv"  # the installed package's
 with GROUNDING_CSV.open() as f:
     GROUNDING = [r["class"] for r in csv.DictReader(f)]
 # The twelve lead classes in the answer space's (qa_class.csv) order: indices 66..77.
