@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
-from llm_eval.client import FatalEndpointError
+from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
 from llm_eval.inputs import FeatureCache, ImageCache, image_tokens, input_name, parse_inputs
 from llm_eval.prompts import (
@@ -265,8 +265,23 @@ def score_items(
     return out
 
 
+def dry_run_line(summary: dict[str, Any], price_in: float | None, out: Path) -> str:
+    """What ``--dry-run`` prints: prompts, characters, images, the token estimate and its input cost."""
+    cost = (
+        f"; input cost ~{summary['estimated_input_cost']:.4f} at {price_in:g} per 1M tokens"
+        if price_in is not None
+        else " (give --price-in for a cost estimate)"
+    )
+    return (
+        f"dry run ({summary['input']}): {summary['n_prompts']} prompts ({summary['n_distinct_prompts']} distinct), "
+        f"{summary['chars']} characters, {summary['images']} images, ~{summary['estimated_prompt_tokens']} prompt "
+        f"tokens{cost}; no model was called. Every message as it would be sent: {out / 'prompts.jsonl'}; "
+        f"the estimate: {out / 'dry_run.json'}"
+    )
+
+
 def paper_columns(report: dict[str, Any]) -> str:
-    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
+    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... the macros."""
     from ecgqa.evaluation.metrics import paper_row
 
     def pct(v: float | None) -> str:
@@ -367,6 +382,16 @@ def evaluate(
     from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
 
+    check_request_options(
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        max_tokens=max_tokens,
+        max_completion_tokens=max_completion_tokens,
+        price_in=price_in,
+        price_out=price_out,
+    )
+    parse_base_url(base_url)  # credentials in the URL are refused before anything is written
     if isinstance(sources, Grounder):
         sources = Sources(("classifier",), grounder=sources)
     sources.check()
@@ -392,11 +417,8 @@ def evaluate(
         if price_in is not None:
             summary["estimated_input_cost"] = round(summary["estimated_prompt_tokens"] * price_in / 1e6, 6)
         atomic_write_json(out / "dry_run.json", summary, indent=2)
-        log(
-            f"dry run ({sources.name}): {summary['n_prompts']} prompts, {summary['chars']} characters and "
-            f"{summary['images']} images (~{summary['estimated_prompt_tokens']} prompt tokens) written to "
-            f"{out / 'prompts.jsonl'}; no model was called"
-        )
+        # The estimate is this command's result: printed (stdout, also under -q), not only written.
+        print(dry_run_line(summary, price_in, out))
         return summary
 
     key = api_key if api_key is not None else api_key_from_env(api_key_env, base_url)
@@ -498,6 +520,15 @@ def evaluate(
     atomic_write_json(out / "run_log.json", run_log, indent=2)
     if stopped is not None:
         raise stopped
+    if not report["n"]:
+        # An EM over no question is no result: say what happened instead (on stderr, also under -q).
+        print(
+            f"no question was answered: {report['n_failed']} of {report['n_questions']} failed "
+            f"({client.requests_sent} requests sent); no EM. Re-run the same command to retry them "
+            f"(details: {out / 'report.md'})",
+            file=sys.stderr,
+        )
+        return report
     log(
         f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions, "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}"
@@ -540,6 +571,9 @@ def run_llm_eval(
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     style = prompt or default_prompt_style(inputs)
     check_prompt_style(style, inputs)  # before anything is read or written
+    options = ("concurrency", "timeout", "max_retries", "max_tokens", "max_completion_tokens", "price_in", "price_out")
+    check_request_options(**{k: kwargs[k] for k in options if k in kwargs})
+    parse_base_url(kwargs.get("base_url"))
     kwargs.setdefault("max_tokens", None if style == "paper-as-published" else 256)
     out = Path(out)
     claim_output_dir(out, marker=MARKER, what="llm-eval output")  # refuse early; nothing is written before evaluate
