@@ -45,6 +45,7 @@ from llm_eval.sampling import (
     read_ids_file,
     resolve_sample,
     select_sample,
+    template_classes_of,
 )
 from llm_eval.scoring import Scored, parse_reply_detail, parsed_correct, summarize
 
@@ -629,6 +630,16 @@ def run_llm_eval(
     if style == "paper-as-published":  # its readings depend on the questions asked before (defect D2)
         chosen, sampling["plan_order"] = harness_order(questions, selection, fraction, seed)
     meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
+    if style != "ecgqa-v2":
+        known = template_classes_of(prepared.meta) is not None
+        meta["option_order"] = "harness (template lists)" if known else "class index (template lists unknown)"
+        if not known:
+            print(
+                f"note: {data} was not built from the answers_for_each_template.csv bundled with ecgqa (its sha256 "
+                "differs or is not recorded), so the harness's option order is unknown: the options of "
+                f"--prompt {style} are listed in class order (on PTB-XL, templates 6, 11, 18, 47-49, 61-63 differ)",
+                file=sys.stderr,
+            )
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")
