@@ -8,7 +8,8 @@ or one this command wrote, marked by ``llm_eval_run.json``; re-using it resumes)
   sent, images as their base64 data URLs (and ``dry_run.json`` sums the estimate);
 - ``responses.sqlite``: the durable response store (or ``--store``), keyed by (model, prompt hash);
 - ``transcripts/<sample_id>.json``: input, prompt, reply, parsed answer, truth, score, usage, per question;
-- ``predictions.jsonl``, ``report.json``, ``report.md``: the same shape as ``ecgqa evaluate``'s, so
+- ``predictions.jsonl``, ``report.json``, ``report.md``, ``charts/``: the same shape and charts as
+  ``ecgqa evaluate``'s and ``ecgqa score``'s (``ecgqa.evaluation.evaluate._charts``), so
   ``ecgqa report`` tabulates LLMs (one column per model and input) next to trained models;
 - ``run_log.json``: what this particular run did (requests sent, ECGs rendered and measured, wall time)
   — kept out of the report so that a resumed run and an uninterrupted one write identical reports.
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
 from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url
@@ -503,6 +506,16 @@ def evaluate(
         }
     )
     report.setdefault("grounding", None)
+    # The same nested EM block and charts as `ecgqa evaluate` and `ecgqa score` write (one chart writer).
+    from ecgqa.evaluation.evaluate import _charts, _nested_em
+
+    answered = [r for r, _ in scored if r.correct is not None]
+    report["per_question_attribute_type"] = _nested_em(
+        np.array([bool(r.correct) for r in answered], dtype=bool),
+        [r.question_type for r in answered],
+        [r.attribute_type for r in answered],
+    )
+    report["charts"] = _charts(report, out) if answered else []
     atomic_write_json(out / "report.json", report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
     run_log = {

@@ -35,6 +35,7 @@ StandInClassifier = _base.StandInClassifier
 grounding_classes = _base.grounding_classes
 signals = _base.signals
 train_questions = _base.train_questions
+valid_questions = _base.valid_questions
 # A 1x1 PNG.
 PNG = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
@@ -312,3 +313,52 @@ def test_dry_run_prints_its_token_and_cost_estimate(
     assert f"~{summary['estimated_prompt_tokens']} prompt tokens" in out
     assert f"input cost ~{summary['estimated_input_cost']:.4f} at 2.5 per 1M tokens" in out
     assert server.state.stats()["received"] == 0
+
+
+# ----------------------------------------------------------------------------- 12: one chart writer, whole titles
+
+
+def test_llm_eval_writes_the_charts_score_writes_with_titles_never_cut_off(
+    tmp_path, server, signals, grounding_classes, train_questions, valid_questions, monkeypatch
+):
+    """llm-eval calls the chart writer of `ecgqa evaluate` / `ecgqa score`; with a long model name every chart's
+    title stays inside the figure (each figure is checked, as drawn, just before it is saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    checked = []
+    save = Figure.savefig
+
+    def checking_savefig(fig, *args, **kwargs):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        for ax in fig.axes:
+            title = ax.title.get_window_extent(renderer)
+            assert ax.title.get_text()
+            assert box.x0 - 0.5 <= title.x0 and title.x1 <= box.x1 + 0.5, (ax.title.get_text(), title, box)
+            assert title.y1 <= box.y1 + 0.5
+        checked.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", checking_savefig)
+    model = "meta-llama/Llama-3.1-70B-Instruct-Turbo"  # 39 characters, plus " (classifier) on ..."
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    questions = train_questions[:6] + valid_questions[:4]
+    out = tmp_path / "run"
+    report = evaluate(
+        questions, g, model, out, base_url=server.url, api_key=KEY, progress=False, report_meta={"split": "train"}
+    )
+    qtypes = sorted({q.question_type for q in questions})
+    assert len(qtypes) >= 2
+    expected = {"charts/question_types.png", *(f"charts/{qt}.png" for qt in qtypes)}
+    assert set(report["charts"]) == expected and len(checked) == len(expected)
+    for chart in report["charts"]:
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["charts"] == report["charts"]
+    assert all(f"]({c})" in (out / "report.md").read_text() for c in report["charts"])
+    per_qt = report["per_question_attribute_type"]
+    assert sorted(per_qt) == qtypes
+    assert sum(b["n"] for blocks in per_qt.values() for b in blocks.values()) == report["n"]
