@@ -182,7 +182,9 @@ def test_an_unreachable_endpoint_stops_after_a_run_of_failures_with_one_line(
     questions = train_questions[:30]
 
     def run(_):
-        return evaluate(questions, g, "fake", out, base_url=url, api_key=KEY, concurrency=2, progress=False)
+        return evaluate(
+            questions, g, "fake", out, base_url=url, api_key=KEY, concurrency=2, backoff_base=0.05, progress=False
+        )
 
     t0 = time.monotonic()
     assert dispatch(argparse.Namespace(func=run)) == 2  # under -q (progress=False) too
