@@ -305,7 +305,9 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(width, 4.2))
         rects = ax.bar(range(len(keys)), values, width=0.6, color="#4C72B0")
         ax.set_xlim(-0.7, len(keys) - 0.3)
-        ax.bar_label(rects, labels=[f"{v:.0f}\nn={blocks[k]['n']}" for k, v in zip(keys, values, strict=False)], fontsize=7)
+        ax.bar_label(
+            rects, labels=[f"{v:.0f}\nn={blocks[k]['n']}" for k, v in zip(keys, values, strict=False)], fontsize=7
+        )
         ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 115)
         ax.set_ylabel(ylabel)
