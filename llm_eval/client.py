@@ -71,6 +71,11 @@ class Endpoint:
     secrets: tuple[str, ...]
 
 
+def resolve_base_url(url: str | None) -> str | None:
+    """``--base-url``, else ``OPENAI_BASE_URL`` (which the openai client would read by itself, unchecked)."""
+    return url or os.environ.get("OPENAI_BASE_URL") or None
+
+
 def parse_base_url(url: str | None) -> Endpoint:
     """Split ``--base-url``: a query string is sent as the client's ``default_query`` (appended to the URL as
     given, it would land in the middle of ``/chat/completions``' path). Credentials in the URL
@@ -366,6 +371,7 @@ class ChatClient:
         self.omit_temperature = omit_temperature
         self.input_name = input_name
         self.expand = expand  # prompt as stored (images by hash) → as sent (images as data URLs)
+        base_url = resolve_base_url(base_url)
         endpoint = parse_base_url(base_url)
         self.endpoint = safe_url(base_url) or "https://api.openai.com/v1"
         self._rng = random.Random(seed)

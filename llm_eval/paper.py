@@ -233,10 +233,16 @@ def block_text(heading: str, findings: Sequence[tuple[str, float]]) -> str:
     return heading + "\n" + "\n".join(f"{c}: {s:.3f}" for c, s in findings) + "\n\n"
 
 
-def paper_options(q: Question) -> str:
-    """The ``Options:`` line's text: the options in the harness's order (``Question.listed_options``)."""
+def paper_option_list(q: Question) -> list[str]:
+    """The options in the harness's order (``Question.listed_options``), plus ``None`` for non-verify questions:
+    the ``Options:`` line, and the order of the harness's reply pattern (``paper-as-published``)."""
     listed = q.listed_options if q.listed_options is not None else q.options
-    return PAPER_OPTION_SEPARATOR.join(listed) + ("" if q.is_verify else ", None")
+    return [*listed] if q.is_verify else [*listed, "None"]
+
+
+def paper_options(q: Question) -> str:
+    """The ``Options:`` line's text."""
+    return PAPER_OPTION_SEPARATOR.join(paper_option_list(q))
 
 
 def build_paper_prompt(q: Question, blocks: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> list[dict]:

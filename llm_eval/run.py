@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
-from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url
+from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url, resolve_base_url
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
 from llm_eval.inputs import FeatureCache, ImageCache, image_tokens, input_name, parse_inputs
+from llm_eval.paper import PAPER_STYLES, paper_option_list
 from llm_eval.prompts import (
     build_prompt,
     check_prompt_style,
@@ -222,6 +223,9 @@ def score_items(
     out = []
     for it in items:
         q = it.question
+        # The paper styles parse against the options in the order the prompt listed them (the harness's
+        # reply pattern tried them in that order); what is recorded as predicted keeps class order.
+        offered = paper_option_list(q) if rule in PAPER_STYLES else it.options
         resp = store.get(model, it.hash)
         if resp is None:
             row = Scored(
@@ -229,13 +233,13 @@ def score_items(
             )
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
-            parsed = parse_reply_detail(resp.reply, it.options, rule)
+            parsed = parse_reply_detail(resp.reply, offered, rule)
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
             row = Scored(
                 q.sample_id,
                 q.question_type,
                 q.attribute_type,
-                list(parsed.options),
+                sorted(parsed.options, key=list(q.options).index),
                 list(q.answer),
                 list(q.options),
                 parsed_correct(parsed, it.options, q.answer, rule),
@@ -255,7 +259,7 @@ def score_items(
             "prompt_style": rule,
             "prompt_hash": it.hash,
             "messages": it.messages,
-            "options": it.options,
+            "options": offered,
             "reply": reply,
             "parsed": row.predicted,
             "true": row.true,
@@ -395,6 +399,7 @@ def evaluate(
         price_in=price_in,
         price_out=price_out,
     )
+    base_url = resolve_base_url(base_url)  # --base-url, else OPENAI_BASE_URL: recorded as used
     parse_base_url(base_url)  # credentials in the URL are refused before anything is written
     if isinstance(sources, Grounder):
         sources = Sources(("classifier",), grounder=sources)
@@ -587,7 +592,7 @@ def run_llm_eval(
     check_prompt_style(style, inputs)  # before anything is read or written
     options = ("concurrency", "timeout", "max_retries", "max_tokens", "max_completion_tokens", "price_in", "price_out")
     check_request_options(**{k: kwargs[k] for k in options if k in kwargs})
-    parse_base_url(kwargs.get("base_url"))
+    parse_base_url(resolve_base_url(kwargs.get("base_url")))
     kwargs.setdefault("max_tokens", None if style == "paper-as-published" else 256)
     out = Path(out)
     claim_output_dir(out, marker=MARKER, what="llm-eval output")  # refuse early; nothing is written before evaluate

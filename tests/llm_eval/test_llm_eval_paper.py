@@ -1027,3 +1027,30 @@ def test_prepared_data_gets_the_template_lists_only_from_the_file_it_was_built_f
     other = {**meta, "sources": [{"path": "answers_for_each_template.csv", "sha256": "0" * 64}]}
     assert template_classes_of(other) is None  # another release file: its order is not known
     assert template_classes_of({"version": "ptbxl"}) is None
+
+
+def test_as_published_replies_are_parsed_with_the_options_in_the_listed_order(tmp_path):
+    """The harness built its reply pattern from valid_classes in their stored order: where one name is a prefix
+    of another, the one listed first wins at a position. paper-as-published parses in the prompt's order."""
+    import dataclasses
+
+    from llm_eval.prompts import prompt_hash
+    from llm_eval.run import PromptItem, score_items
+    from llm_eval.store import Response, ResponseStore
+
+    base = q(7, "single-query", "Which of these?", ("st elevation", "st"), ("st elevation",))
+    listed = dataclasses.replace(base, listed_options=("st", "st elevation"))
+    store = ResponseStore(tmp_path / "s.sqlite")
+    rows = {}
+    for name, x in (("class order", base), ("listed", listed)):
+        messages = build_paper_prompt(x, [])
+        item = PromptItem(x, messages, prompt_hash(messages))
+        store.put("m", item.hash, messages, Response("st elevation"))
+        ((row, transcript),) = score_items([item], store, "m", {}, "classifier", "paper-as-published")
+        rows[name] = (row, transcript)
+    store.close()
+    # (st elevation)|(st)|(none) finds "st elevation"; (st)|(st elevation)|(none) finds "st" first, as upstream.
+    assert rows["class order"][0].predicted == ["st elevation"] and rows["class order"][0].correct
+    assert rows["listed"][0].predicted == ["st"] and not rows["listed"][0].correct
+    assert rows["listed"][1]["options"] == ["st", "st elevation", "None"]
+    assert "Options: st, st elevation, None" in rows["listed"][1]["messages"][0]["content"]

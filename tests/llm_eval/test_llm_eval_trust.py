@@ -158,6 +158,20 @@ def test_a_query_string_in_the_base_url_is_sent_as_a_query_and_never_written(
     db.close()
 
 
+def test_openai_base_url_from_the_environment_is_checked_and_recorded(
+    tmp_path, server, signals, grounding_classes, train_questions, monkeypatch
+):
+    """The openai client reads OPENAI_BASE_URL by itself: the same refusal applies, and the report names it."""
+    g = Grounder(StandInClassifier(grounding_classes), signals, progress=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url.replace("http://", "http://bob:PW-env-77@"))
+    with pytest.raises(ValueError, match="user name or password"):
+        evaluate(train_questions[:2], g, "fake", tmp_path / "a", api_key=KEY, progress=False)
+    assert not (tmp_path / "a").exists() and server.state.stats()["received"] == 0
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    report = evaluate(train_questions[:2], g, "fake", tmp_path / "b", api_key=KEY, progress=False)
+    assert report["base_url"] == server.url and server.state.stats()["answered"] >= 1
+
+
 def test_redact_masks_userinfo_basic_and_bearer_tokens_and_query_values():
     text = (
         "GET http://bob:hunter2@h/v1?api-key=abc123&x=1 Authorization: Basic Ym9iOmh1bnRlcjI= "
