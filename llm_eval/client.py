@@ -3,14 +3,20 @@
 The official ``openai`` (>= 1.0) ``AsyncOpenAI`` client talks to OpenAI or any compatible server
 (vLLM, Ollama, llama.cpp, a gateway) through ``--base-url``. The key comes from an environment
 variable (``OPENAI_API_KEY`` or the one ``--api-key-env`` names), never from the command line, and is
-never printed. Requests run with temperature 0 (unless omitted) under a semaphore (``--concurrency``); 429s, 5xx,
-timeouts, dropped connections and 2xx replies that are no usable chat completion (an HTML error
-page, broken JSON, ``{}``, no choices, ``content: null`` or not text, an empty or whitespace-only
-reply, e.g. one cut at max tokens before any text) are retried with exponential backoff and full jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
-failed (with the endpoint, the status and a short excerpt of the body), so the scorer leaves it out
-instead of counting it wrong and the next run asks again. Every success is committed to the store
-before returning. A 401/403/404 or a 400 (the model refuses this kind of input, e.g. an image sent
-to a text-only model) stops the run: every other request would fail the same way.
+never printed. Requests run with temperature 0 (unless omitted) under a semaphore (``--concurrency``);
+429s, 5xx, timeouts, dropped connections and 2xx replies that are no usable chat completion (an HTML
+error page, broken JSON, ``{}``, no choices, ``content: null`` or not text, an empty or whitespace-only
+reply, e.g. one cut at max tokens before any text) are retried with exponential backoff and full
+jitter, waiting at least what ``Retry-After`` asks. ``--timeout`` bounds each whole request (a server
+trickling bytes cannot hold one open longer). A request that still fails is reported as failed (with
+the endpoint, the status and a short excerpt of the body), so the scorer leaves it out instead of
+counting it wrong and the next run asks again. Every success is committed to the store before
+returning. A 401/403/404 or a 400 (the model refuses this kind of input, e.g. an image sent to a
+text-only model) stops the run: every other request would fail the same way; so does an error of any
+status saying the input kind is not supported (llama-server without ``--mmproj`` answers 500), and a
+run of connection failures (the endpoint is down: ``ChatClient.DOWN_AFTER_FAILURES``).
+``--base-url`` may carry a query string (sent with every request, its values never written anywhere)
+but no ``user:password@``; every error text written or printed is redacted (:func:`redact`).
 Content sent as a list of parts (``[{"type": "text", "text": ...}]``, as some compatible servers do) is
 read as its text parts joined; a list with no text part is a failed attempt. A malformed ``usage`` (a
 count that is missing, null, negative or not a number) never stops the run: the tokens are unknown,
@@ -22,6 +28,8 @@ Reasoning models: ``max_completion_tokens`` replaces ``max_tokens``, and ``omit_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import os
 import random
 import re
@@ -53,6 +61,46 @@ def safe_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """``--base-url`` taken apart: the URL the client is given, the query it sends with every request, and
+    the values that must never be written anywhere (query values may be keys: ``?api-key=...``)."""
+
+    base_url: str | None
+    query: dict[str, str]
+    secrets: tuple[str, ...]
+
+
+def resolve_base_url(url: str | None) -> str | None:
+    """``--base-url``, else ``OPENAI_BASE_URL`` (which the openai client would read by itself, unchecked)."""
+    return url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def parse_base_url(url: str | None) -> Endpoint:
+    """Split ``--base-url``: a query string is sent as the client's ``default_query`` (appended to the URL as
+    given, it would land in the middle of ``/chat/completions``' path). Credentials in the URL
+    (``http://user:password@host/v1``) are refused: they would replace the API key as HTTP Basic auth and a
+    URL ends up in shell history, process lists and logs; the key belongs in the environment."""
+    if not url:
+        return Endpoint(url, {}, ())
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"--base-url {safe_url(url)!r}: expected http(s)://host[:port]/path, e.g. http://localhost:8000/v1"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"--base-url {safe_url(url)} carries a user name or password (user:password@host): refused, it "
+            "would replace the API key and end up in logs. Put the key in OPENAI_API_KEY (or the variable "
+            "--api-key-env names) and give the URL without credentials"
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    secrets = tuple(v for v in query.values() if len(v) >= 4)
+    return Endpoint(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), query, secrets)
+
+
 def api_key_from_env(env_name: str = DEFAULT_KEY_ENV, base_url: str | None = None) -> str:
     """The API key from the named environment variable (the name, not the key, is what users pass)."""
     if env_name.startswith("sk-") or len(env_name) > 64:
@@ -71,6 +119,25 @@ class FatalEndpointError(RuntimeError):
 
 class RejectedInputError(FatalEndpointError):
     """HTTP 400: the server refuses this kind of input (e.g. an image for a text-only model): the run stops."""
+
+
+class EndpointDownError(FatalEndpointError):
+    """A run of connection failures (refused, unresolvable, reset) and no answer in between: the run stops."""
+
+
+# A server that cannot take this kind of input, whatever the status it uses to say so (llama.cpp's
+# llama-server without a multimodal projector answers HTTP 500 "image input is not supported - hint: ...
+# mmproj"): permanent for the run, like a 400.
+_CAPABILITY_REFUSAL = re.compile(
+    r"(image|vision|multimodal|audio)[^.\n]{0,40}\bnot (supported|enabled)|"
+    r"\bnot support[a-z]* [^.\n]{0,20}(image|vision|multimodal)|\bmmproj\b",
+    re.IGNORECASE,
+)
+
+
+def capability_refusal(text: str) -> bool:
+    """Whether an error body says the model or server cannot take this kind of input at all."""
+    return bool(_CAPABILITY_REFUSAL.search(text))
 
 
 class BadResponse(Exception):
@@ -153,12 +220,26 @@ def _token_count(value: Any) -> int | None:
 
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}")
+_AUTH_TOKEN = re.compile(r"\b(Basic|Bearer)(\s+|%20)[A-Za-z0-9+/=._~\-]{4,}", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=://)[^/\s@'\"<>]+@")
+_QUERY_VALUE = re.compile(r"([?&][^=\s&#'\"<>]+=)[^\s&#'\"<>]+")
 
 
-def redact(text: str, key: str | None = None) -> str:
-    """Error text safe to store and print: the key, and anything shaped like one, masked."""
-    if key and len(key) >= 8:
-        text = text.replace(key, "***")
+def mask_secrets(text: str, secrets: tuple[str | None, ...]) -> str:
+    """``text`` with each of these exact values (the key, query values of --base-url) replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret != PLACEHOLDER_KEY:
+            text = text.replace(secret, "***")
+    return text
+
+
+def redact(text: str, key: str | None = None, secrets: tuple[str, ...] = ()) -> str:
+    """Text safe to store and print: the key and the given secrets, anything shaped like a key, Basic and
+    Bearer tokens, ``user:password@`` in URLs and the values of URL query strings, masked."""
+    text = mask_secrets(text, (key, *secrets))
+    text = _AUTH_TOKEN.sub(r"\1 ***", text)
+    text = _USERINFO.sub("***@", text)
+    text = _QUERY_VALUE.sub(r"\1***", text)
     return _KEYLIKE.sub(r"\1***", text)
 
 
@@ -212,8 +293,44 @@ def _retryable(exc: Exception) -> bool:
     return getattr(exc, "status_code", None) in _RETRY_STATUS
 
 
+class RequestDeadline(Exception):
+    """No complete reply within ``--timeout`` seconds (the whole request, however slowly bytes arrive)."""
+
+    def __init__(self, endpoint: str, timeout: float):
+        super().__init__(f"{endpoint} sent no complete reply within --timeout {timeout:g} s")
+
+
+def check_request_options(
+    *,
+    concurrency: int = 8,
+    timeout: float = 60.0,
+    max_retries: int = 6,
+    max_tokens: int | None = None,
+    max_completion_tokens: int | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+) -> None:
+    """Refuse option values that would send nothing, wait for ever, send no cap unasked or write invalid JSON."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"--concurrency must be a whole number of at least 1, not {concurrency}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"--max-retries must be a whole number of at least 0 (0: one attempt), not {max_retries}")
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--timeout must be a number of seconds above 0, not {timeout}")
+    for name, value in (("--max-tokens", max_tokens), ("--max-completion-tokens", max_completion_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1 (or left out), not {value}")
+    for name, value in (("--price-in", price_in), ("--price-out", price_out)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite price of at least 0 per 1M tokens, not {value}")
+
+
 class ChatClient:
     """Bounded-concurrency chat completions with retries, writing through to a ResponseStore."""
+
+    #: The endpoint is taken for down after this many connection failures in a row spanning this many seconds.
+    DOWN_AFTER_FAILURES = 10
+    DOWN_AFTER_S = 5.0
 
     def __init__(
         self,
@@ -235,11 +352,17 @@ class ChatClient:
     ):
         from openai import AsyncOpenAI
 
-        if concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, not {concurrency}")
+        check_request_options(
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_tokens=max_tokens,
+            max_completion_tokens=max_completion_tokens,
+        )
         self.model = model
         self.store = store
         self.concurrency = concurrency
+        self.timeout = float(timeout)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -248,13 +371,28 @@ class ChatClient:
         self.omit_temperature = omit_temperature
         self.input_name = input_name
         self.expand = expand  # prompt as stored (images by hash) → as sent (images as data URLs)
+        base_url = resolve_base_url(base_url)
+        endpoint = parse_base_url(base_url)
         self.endpoint = safe_url(base_url) or "https://api.openai.com/v1"
         self._rng = random.Random(seed)
         self._key = api_key or api_key_from_env(base_url=base_url)
-        # The client's own retries are off: ours honour Retry-After and record every attempt.
-        self._client = AsyncOpenAI(base_url=base_url, api_key=self._key, timeout=timeout, max_retries=0)
+        self._secrets = endpoint.secrets
+        # The client's own retries are off: ours honour Retry-After and record every attempt. Its timeout
+        # bounds each read; ours (asyncio.wait_for in _ask) bounds the whole request.
+        self._client = AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=self._key,
+            timeout=self.timeout,
+            max_retries=0,
+            default_query=endpoint.query or None,
+        )
         self.requests_sent = 0
         self.usage_unknown = 0  # replies whose usage was missing or malformed (tokens unknown, counted as 0)
+        self._down_since: float | None = None  # start of the current run of connection failures
+        self._down_count = 0
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._key, self._secrets)
 
     def _delay(self, attempt: int, exc: Exception) -> float:
         backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * self._rng.random()  # full jitter
@@ -270,6 +408,25 @@ class ChatClient:
             kwargs["max_tokens"] = self.max_tokens
         return kwargs
 
+    def _contact(self) -> None:
+        """The server answered (whatever it said): the endpoint is up."""
+        self._down_since, self._down_count = None, 0
+
+    def _connection_failed(self, e: Exception) -> None:
+        """One more connection failure; a run of them with no answer in between stops the run."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._down_count += 1
+        if self._down_count >= self.DOWN_AFTER_FAILURES and now - self._down_since >= self.DOWN_AFTER_S:
+            cause = e.__cause__ or e.__context__ or e
+            raise EndpointDownError(
+                f"the endpoint {self.endpoint} is down: {self._down_count} connection attempts in a row failed over "
+                f"{now - self._down_since:.0f} s ({self.redact(str(cause) or type(cause).__name__)[:200]}); nothing "
+                "more is sent. Every reply already received is kept: start the server (or check --base-url) and "
+                "re-run the same command"
+            ) from None
+
     async def _ask(self, prompt_hash: str, messages: list[dict[str, Any]]) -> Outcome:
         import openai
 
@@ -278,14 +435,27 @@ class ChatClient:
             outcome.attempts = attempt + 1
             try:
                 self.requests_sent += 1
-                raw = await self._client.chat.completions.with_raw_response.create(
-                    model=self.model,
-                    messages=self.expand(messages) if self.expand else messages,
-                    **self._request_args(),
-                )
+                try:
+                    # The whole request under one deadline: the client's own timeout is per read, so a
+                    # server trickling bytes would keep a request alive for ever.
+                    raw = await asyncio.wait_for(
+                        self._client.chat.completions.with_raw_response.create(
+                            model=self.model,
+                            messages=self.expand(messages) if self.expand else messages,
+                            **self._request_args(),
+                        ),
+                        self.timeout,
+                    )
+                except TimeoutError:
+                    raise RequestDeadline(self.endpoint, self.timeout) from None
+                self._contact()
                 response = read_completion(raw, self.endpoint)
                 if not response.usage_known:
                     self.usage_unknown += 1  # noted in the run log; the tokens count as 0
+                masked = mask_secrets(response.reply, (self._key, *self._secrets))
+                if masked != response.reply:
+                    # A server echoing the request must not carry a key into the store and the transcripts.
+                    response = dataclasses.replace(response, reply=masked)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every other request would fail the same way: stop now instead of recording thousands of failures.
                 raise FatalEndpointError(
@@ -295,28 +465,53 @@ class ChatClient:
                         if e.status_code in (401, 403)
                         else f"check --model {self.model!r} and --base-url"
                     )
-                    + f"; server said: {redact(str(e), self._key)}"
+                    + f"; server said: {self.redact(str(e))}"
                 ) from None
             except openai.BadRequestError as e:
                 # 400: this input is refused (e.g. an image sent to a text-only model); the next prompt would be too.
                 raise RejectedInputError(
                     f"{self.endpoint} refused model {self.model!r} the input {self.input_name!r} "
-                    f"(HTTP 400): {redact(str(e), self._key)[:300]}"
+                    f"(HTTP 400): {self.redact(str(e))[:300]}"
                 ) from None
-            except (openai.APIError, BadResponse) as e:
-                status = getattr(e, "status_code", None)
-                outcome.error = redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}", self._key)
-                if not (isinstance(e, BadResponse) or _retryable(e)) or attempt == self.max_retries:
-                    break  # 422...: retrying will not help this prompt
+            except openai.APIStatusError as e:
+                self._contact()
+                if capability_refusal(str(e)):
+                    # A server that cannot take this input at all (llama-server without --mmproj answers 500):
+                    # every prompt would be refused the same way, retrying only wastes minutes per question.
+                    raise RejectedInputError(
+                        f"{self.endpoint} cannot take the input {self.input_name!r} for model {self.model!r} "
+                        f"(HTTP {e.status_code}: {self.redact(str(e))[:200]}); nothing more is sent. Use a model "
+                        "and server that read this input (llama-server: start it with --mmproj for images) or "
+                        "another --input"
+                    ) from None
+                if not self._failed(outcome, e, attempt):
+                    break
                 await asyncio.sleep(self._delay(attempt, e))
-                continue
-            outcome.response = response
-            outcome.error = None
-            # Committed (fsync'd, on the writer thread so the event loop keeps going) before it counts as
-            # done or anyone scores it: a crash after this line loses nothing.
-            await self._commit(prompt_hash, messages, outcome.response)
-            break
+            except (openai.APIConnectionError, RequestDeadline) as e:
+                if not isinstance(e, (openai.APITimeoutError, RequestDeadline)):
+                    self._connection_failed(e)
+                if not self._failed(outcome, e, attempt):
+                    break
+                await asyncio.sleep(self._delay(attempt, e))
+            except (openai.APIError, BadResponse) as e:
+                if not self._failed(outcome, e, attempt):
+                    break
+                await asyncio.sleep(self._delay(attempt, e))
+            else:
+                outcome.response = response
+                outcome.error = None
+                # Committed (fsync'd, on the writer thread so the event loop keeps going) before it counts as
+                # done or anyone scores it: a crash after this line loses nothing.
+                await self._commit(prompt_hash, messages, outcome.response)
+                break
         return outcome
+
+    def _failed(self, outcome: Outcome, e: Exception, attempt: int) -> bool:
+        """Record a failed attempt; True when it is worth another (retryable and retries left)."""
+        status = getattr(e, "status_code", None)
+        outcome.error = self.redact(f"{type(e).__name__}{f' {status}' if status else ''}: {e}")
+        retry = isinstance(e, (BadResponse, RequestDeadline)) or _retryable(e)  # 422...: retrying will not help
+        return retry and attempt < self.max_retries
 
     async def _commit(self, prompt_hash: str, messages: list[dict[str, Any]], response: Response) -> None:
         """Return once this reply is committed. Replies that arrive while a commit is on disk wait for the

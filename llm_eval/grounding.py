@@ -131,6 +131,7 @@ def fingerprint(checkpoint: str | Path | None, data_hash: str = "") -> str:
 
 CACHE_KIND = "ecgqa-grounding-cache"
 CACHE_HEADER = json.dumps({"kind": CACHE_KIND})[:-1]  # how every cache file we write begins
+_OURS_FROM = '{"kind": "ecgqa-'  # the shortest torn header taken as ours
 SCORE_FORMAT = "float32"  # scores stored exactly as the classifier returned them
 
 
@@ -171,8 +172,10 @@ class ScoreCache:
             text = None
         if text == "":
             return  # empty: the header is written with the first scores
-        if text is not None and "\n" not in text and (CACHE_HEADER.startswith(text) or text.startswith(CACHE_HEADER)):
-            # Our header, torn by a kill before its line was complete: nothing was cached, start afresh.
+        torn_header = text is not None and (CACHE_HEADER.startswith(text) or text.startswith(CACHE_HEADER))
+        if torn_header and "\n" not in text and len(text) >= len(_OURS_FROM):
+            # Our header, torn by a kill before its line was complete (at least '{"kind": "ecgqa-' of it: a
+            # shorter prefix such as a lone "{" proves nothing): nothing was cached, start afresh.
             self.path.unlink()
             return
         header = _cache_header(text)
@@ -196,7 +199,8 @@ class ScoreCache:
             # Readings of another checkpoint or other data: never mix them in, never silently delete them.
             raise ValueError(
                 f"{self.path} holds classifier scores of another checkpoint or prepared data (fingerprint "
-                f"{header.get('fingerprint')!r}, this run {self.fingerprint!r}); delete it or pick another --grounding-cache"
+                f"{header.get('fingerprint')!r}, this run {self.fingerprint!r}); delete it or pick another "
+                "--grounding-cache"
             )
         for line in lines[1:]:
             try:

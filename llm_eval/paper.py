@@ -3,13 +3,14 @@
 The paper's LLM harness (ECG-QA ``llm_modeling/llm_modeling.py``, the version published with the
 sample list) sends one user message per question::
 
-    These are the interpretations of each ECG along with their scores. Higher score means more certainty about the interpretation.
+    These are the interpretations of each ECG along with their scores. Higher score means more
+    certainty about the interpretation.                  (one line: ``PAPER_PREFACE``)
 
     Interpretation of the ECG:
     <grounding class>: <score, 3 decimals>      (every class scored > 0.5, in class-index order)
 
     Question: <question>
-    Options: <valid classes in class order, ", "-separated>[, None]
+    Options: <valid classes, ", "-separated>[, None]
 
     Only answer based on the given Options without any explanation.
 
@@ -17,7 +18,11 @@ with one block per lead ("Interpretation of the ECG in lead I:" … "lead V6") f
 question (its options are the twelve lead classes), one block on a lead subset ("… in lead V2:",
 "… in inferior leads:") for a question naming a lead or a lead group, and "first"/"previous" and
 "second"/"recent" blocks for comparison questions. ``, None`` is appended for non-verify questions;
-a block with no finding is its heading followed by an empty line. Temperature 0.
+a block with no finding is its heading followed by an empty line. Temperature 0. The options are
+printed as the harness stored them (fairseq-signals ``preprocess_ecgqa.py``): a choose question's
+classes in class-index order, any other question's in its template's list order from
+``answers_for_each_template.csv`` (``Question.listed_options``; alphabetical there, which differs from
+class-index order for PTB-XL templates 6, 11, 18, 47, 48, 49, 61, 62 and 63), in both styles.
 
 Two styles share that wording (docs/benchmark.md lists each defect with its effect):
 
@@ -30,8 +35,9 @@ Two styles share that wording (docs/benchmark.md lists each defect with its effe
     lead groups (so "anteroseptal leads" grounds on the whole ECG and "frontal and horizontal leads"
     on the chest leads); (4) the lead branches of a comparison question read its first ECG only,
     headed like a single ECG. The cache makes a prompt depend on the questions before it: they are
-    planned in the order given (``ecgqa llm-eval``: the harness's manifest order where the seeded draw
-    reproduces the questions, else ascending sample id; ``llm_eval.sampling.harness_order``).
+    planned in the order given (``ecgqa llm-eval``: the harness's order, its sampled manifest's rows in
+    ``np.random.RandomState(1).permutation`` order, where the seeded draw reproduces the questions or
+    the manifest is the ``--ids-file``, else ascending sample id; ``llm_eval.sampling.harness_order``).
 ``paper``
     The same wording and rules with those defects fixed: options matched case-insensitively (and
     longest first, whole phrases); each lead read from its own copy of the signal; every lead or lead
@@ -227,8 +233,16 @@ def block_text(heading: str, findings: Sequence[tuple[str, float]]) -> str:
     return heading + "\n" + "\n".join(f"{c}: {s:.3f}" for c, s in findings) + "\n\n"
 
 
+def paper_option_list(q: Question) -> list[str]:
+    """The options in the harness's order (``Question.listed_options``), plus ``None`` for non-verify questions:
+    the ``Options:`` line, and the order of the harness's reply pattern (``paper-as-published``)."""
+    listed = q.listed_options if q.listed_options is not None else q.options
+    return [*listed] if q.is_verify else [*listed, "None"]
+
+
 def paper_options(q: Question) -> str:
-    return PAPER_OPTION_SEPARATOR.join(q.options) + ("" if q.is_verify else ", None")
+    """The ``Options:`` line's text."""
+    return PAPER_OPTION_SEPARATOR.join(paper_option_list(q))
 
 
 def build_paper_prompt(q: Question, blocks: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> list[dict]:

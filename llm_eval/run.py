@@ -8,7 +8,8 @@ or one this command wrote, marked by ``llm_eval_run.json``; re-using it resumes)
   sent, images as their base64 data URLs (and ``dry_run.json`` sums the estimate);
 - ``responses.sqlite``: the durable response store (or ``--store``), keyed by (model, prompt hash);
 - ``transcripts/<sample_id>.json``: input, prompt, reply, parsed answer, truth, score, usage, per question;
-- ``predictions.jsonl``, ``report.json``, ``report.md``: the same shape as ``ecgqa evaluate``'s, so
+- ``predictions.jsonl``, ``report.json``, ``report.md``, ``charts/``: the same shape and charts as
+  ``ecgqa evaluate``'s and ``ecgqa score``'s (``ecgqa.evaluation.evaluate._charts``), so
   ``ecgqa report`` tabulates LLMs (one column per model and input) next to trained models;
 - ``run_log.json``: what this particular run did (requests sent, ECGs rendered and measured, wall time)
   — kept out of the report so that a resumed run and an uninterrupted one write identical reports.
@@ -23,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
-from llm_eval.client import FatalEndpointError
+from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url, resolve_base_url
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
 from llm_eval.inputs import FeatureCache, ImageCache, image_tokens, input_name, parse_inputs
+from llm_eval.paper import PAPER_STYLES, paper_option_list
 from llm_eval.prompts import (
     build_prompt,
     check_prompt_style,
@@ -45,6 +49,7 @@ from llm_eval.sampling import (
     read_ids_file,
     resolve_sample,
     select_sample,
+    template_classes_of,
 )
 from llm_eval.scoring import Scored, parse_reply_detail, parsed_correct, summarize
 
@@ -218,6 +223,9 @@ def score_items(
     out = []
     for it in items:
         q = it.question
+        # The paper styles parse against the options in the order the prompt listed them (the harness's
+        # reply pattern tried them in that order); what is recorded as predicted keeps class order.
+        offered = paper_option_list(q) if rule in PAPER_STYLES else it.options
         resp = store.get(model, it.hash)
         if resp is None:
             row = Scored(
@@ -225,13 +233,13 @@ def score_items(
             )
             reply, error = None, errors.get(it.hash, "no response stored (the run was interrupted)")
         else:
-            parsed = parse_reply_detail(resp.reply, it.options, rule)
+            parsed = parse_reply_detail(resp.reply, offered, rule)
             # A reply naming no option is wrong, also when the truth is "none" (as the paper scored it).
             row = Scored(
                 q.sample_id,
                 q.question_type,
                 q.attribute_type,
-                list(parsed.options),
+                sorted(parsed.options, key=list(q.options).index),
                 list(q.answer),
                 list(q.options),
                 parsed_correct(parsed, it.options, q.answer, rule),
@@ -251,7 +259,7 @@ def score_items(
             "prompt_style": rule,
             "prompt_hash": it.hash,
             "messages": it.messages,
-            "options": it.options,
+            "options": offered,
             "reply": reply,
             "parsed": row.predicted,
             "true": row.true,
@@ -265,8 +273,23 @@ def score_items(
     return out
 
 
+def dry_run_line(summary: dict[str, Any], price_in: float | None, out: Path) -> str:
+    """What ``--dry-run`` prints: prompts, characters, images, the token estimate and its input cost."""
+    cost = (
+        f"; input cost ~{summary['estimated_input_cost']:.4f} at {price_in:g} per 1M tokens"
+        if price_in is not None
+        else " (give --price-in for a cost estimate)"
+    )
+    return (
+        f"dry run ({summary['input']}): {summary['n_prompts']} prompts ({summary['n_distinct_prompts']} distinct), "
+        f"{summary['chars']} characters, {summary['images']} images, ~{summary['estimated_prompt_tokens']} prompt "
+        f"tokens{cost}; no model was called. Every message as it would be sent: {out / 'prompts.jsonl'}; "
+        f"the estimate: {out / 'dry_run.json'}"
+    )
+
+
 def paper_columns(report: dict[str, Any]) -> str:
-    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
+    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... the macros."""
     from ecgqa.evaluation.metrics import paper_row
 
     def pct(v: float | None) -> str:
@@ -367,6 +390,17 @@ def evaluate(
     from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
 
+    check_request_options(
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        max_tokens=max_tokens,
+        max_completion_tokens=max_completion_tokens,
+        price_in=price_in,
+        price_out=price_out,
+    )
+    base_url = resolve_base_url(base_url)  # --base-url, else OPENAI_BASE_URL: recorded as used
+    parse_base_url(base_url)  # credentials in the URL are refused before anything is written
     if isinstance(sources, Grounder):
         sources = Sources(("classifier",), grounder=sources)
     sources.check()
@@ -392,11 +426,8 @@ def evaluate(
         if price_in is not None:
             summary["estimated_input_cost"] = round(summary["estimated_prompt_tokens"] * price_in / 1e6, 6)
         atomic_write_json(out / "dry_run.json", summary, indent=2)
-        log(
-            f"dry run ({sources.name}): {summary['n_prompts']} prompts, {summary['chars']} characters and "
-            f"{summary['images']} images (~{summary['estimated_prompt_tokens']} prompt tokens) written to "
-            f"{out / 'prompts.jsonl'}; no model was called"
-        )
+        # The estimate is this command's result: printed (stdout, also under -q), not only written.
+        print(dry_run_line(summary, price_in, out))
         return summary
 
     key = api_key if api_key is not None else api_key_from_env(api_key_env, base_url)
@@ -480,6 +511,16 @@ def evaluate(
         }
     )
     report.setdefault("grounding", None)
+    # The same nested EM block and charts as `ecgqa evaluate` and `ecgqa score` write (one chart writer).
+    from ecgqa.evaluation.evaluate import _charts, _nested_em
+
+    answered = [r for r, _ in scored if r.correct is not None]
+    report["per_question_attribute_type"] = _nested_em(
+        np.array([bool(r.correct) for r in answered], dtype=bool),
+        [r.question_type for r in answered],
+        [r.attribute_type for r in answered],
+    )
+    report["charts"] = _charts(report, out) if answered else []
     atomic_write_json(out / "report.json", report, indent=2)
     atomic_write(out / "report.md", render_report_md(report))
     run_log = {
@@ -498,6 +539,15 @@ def evaluate(
     atomic_write_json(out / "run_log.json", run_log, indent=2)
     if stopped is not None:
         raise stopped
+    if not report["n"]:
+        # An EM over no question is no result: say what happened instead (on stderr, also under -q).
+        print(
+            f"no question was answered: {report['n_failed']} of {report['n_questions']} failed "
+            f"({client.requests_sent} requests sent); no EM. Re-run the same command to retry them "
+            f"(details: {out / 'report.md'})",
+            file=sys.stderr,
+        )
+        return report
     log(
         f"EM {100 * (report['em'] or 0):.1f} % on {report['n']} questions, "
         f"{report['n_failed']} failed; {client.requests_sent} requests sent; written: {out / 'report.md'}"
@@ -540,6 +590,9 @@ def run_llm_eval(
     inputs = parse_inputs(inputs) if isinstance(inputs, str) else parse_inputs(",".join(inputs))
     style = prompt or default_prompt_style(inputs)
     check_prompt_style(style, inputs)  # before anything is read or written
+    options = ("concurrency", "timeout", "max_retries", "max_tokens", "max_completion_tokens", "price_in", "price_out")
+    check_request_options(**{k: kwargs[k] for k in options if k in kwargs})
+    parse_base_url(resolve_base_url(kwargs.get("base_url")))
     kwargs.setdefault("max_tokens", None if style == "paper-as-published" else 256)
     out = Path(out)
     claim_output_dir(out, marker=MARKER, what="llm-eval output")  # refuse early; nothing is written before evaluate
@@ -595,6 +648,16 @@ def run_llm_eval(
     if style == "paper-as-published":  # its readings depend on the questions asked before (defect D2)
         chosen, sampling["plan_order"] = harness_order(questions, selection, fraction, seed)
     meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
+    if style != "ecgqa-v2":
+        known = template_classes_of(prepared.meta) is not None
+        meta["option_order"] = "harness (template lists)" if known else "class index (template lists unknown)"
+        if not known:
+            print(
+                f"note: {data} was not built from the answers_for_each_template.csv bundled with ecgqa (its sha256 "
+                "differs or is not recorded), so the harness's option order is unknown: the options of "
+                f"--prompt {style} are listed in class order (on PTB-XL, templates 6, 11, 18, 47-49, 61-63 differ)",
+                file=sys.stderr,
+            )
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")

@@ -11,9 +11,10 @@ draw exactly (ecg-qa ``llm_modeling/random_sample.py``): Python's ``random.seed(
 each qt3 key 0..53 in order (``itertools.product`` of scope, kind, attribute type), ``random.sample``
 of ``round(n / 10)`` questions from that key's questions *in manifest order*: the order the original
 preprocessing lists them, i.e. every shard of the split sorted by file name as strings (upstream's
-``sorted(glob)``; ``ecgqa.data.release.shards`` sorts the same way), samples in file order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
-the same release gives the ids the original script draws, for the template and the paraphrased questions
-alike (they share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
+``sorted(glob)``; ``ecgqa.data.release.shards`` sorts the same way), samples in file order. A prepared
+directory keeps exactly that order (``prepare`` streams the shards in order), so the same release
+gives the ids the original script draws, for the template and the paraphrased questions alike (they
+share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
 draw; the report records how many were dropped.
 
 ``--ids-file`` evaluates a given list instead: sample ids (one per line, ``#`` comments, or a JSON
@@ -55,6 +56,9 @@ class Question:
     ecg_rows: tuple[int, ...] | None = None  # rows of the prepared signal store, when known
     attribute: tuple[str, ...] = field(default_factory=tuple)
     template_id: int | None = None
+    # The options in the order the paper's harness printed them, where that differs from ``options``: a
+    # non-choose question's template list as written in answers_for_each_template.csv (None: ``options``).
+    listed_options: tuple[str, ...] | None = None
 
     @property
     def is_verify(self) -> bool:
@@ -65,13 +69,41 @@ class Question:
         return self.question_type.startswith("comparison")
 
 
-def questions_from_rows(rows: Iterable[dict[str, Any]], classes: list[str]) -> list[Question]:
-    """Questions from prepared-table rows (answer / valid_classes as indices into ``classes``)."""
+def listed_order(
+    sample_id: int, question_type: str, template_id: int | None, options: tuple[str, ...], template_classes: Any
+) -> tuple[str, ...] | None:
+    """A question's options in the paper harness's order, when it differs from class-index order.
+
+    The harness printed ``valid_classes`` as fairseq-signals' ECG-QA preprocessing stored them
+    (``preprocess_ecgqa.py``): a choose question's classes sorted by index (as ``options``), any other
+    question's template list as written in ``answers_for_each_template.csv``, "none" removed (alphabetical:
+    class-index order differs for PTB-XL templates 6, 11, 18, 47, 48, 49, 61, 62 and 63).
+    """
+    if template_classes is None or question_type.endswith("choose") or template_id not in template_classes:
+        return None
+    listed = tuple(dict.fromkeys(c for c in template_classes[template_id] if c != "none"))
+    if set(listed) != set(options):
+        raise ValueError(
+            f"sample {sample_id}: template {template_id}'s classes in answers_for_each_template.csv are not the "
+            "question's valid classes; the release files and the prepared data do not belong together"
+        )
+    return listed if listed != options else None
+
+
+def questions_from_rows(
+    rows: Iterable[dict[str, Any]], classes: list[str], template_classes: dict[int, tuple[str, ...]] | None = None
+) -> list[Question]:
+    """Questions from prepared-table rows (answer / valid_classes as indices into ``classes``).
+
+    ``template_classes`` (answers_for_each_template.csv) gives each question its ``listed_options``.
+    """
     out = []
     for r in rows:
         valid = sorted({int(i) for i in r["valid_classes"]})
         answer = [int(i) for i in r["answer"] if int(i) in set(valid)]
         rows_ = r.get("ecg_rows")
+        options = tuple(classes[i] for i in valid)
+        template_id = int(r["template_id"]) if r.get("template_id") is not None else None
         out.append(
             Question(
                 sample_id=int(r["sample_id"]),
@@ -82,11 +114,14 @@ def questions_from_rows(rows: Iterable[dict[str, Any]], classes: list[str]) -> l
                 if r.get("qt3") is not None
                 else question_codes(r["question_type"], r["attribute_type"])[2],
                 answer=tuple(classes[i] for i in sorted(set(answer))),
-                options=tuple(classes[i] for i in valid),
+                options=options,
                 ecg_ids=tuple(int(i) for i in r["ecg_id"]),
                 ecg_rows=tuple(int(i) for i in rows_) if rows_ is not None else None,
                 attribute=tuple(r.get("attribute") or ()),
-                template_id=int(r["template_id"]) if r.get("template_id") is not None else None,
+                template_id=template_id,
+                listed_options=listed_order(
+                    int(r["sample_id"]), str(r["question_type"]), template_id, options, template_classes
+                ),
             )
         )
     return out
@@ -103,7 +138,27 @@ def questions_from_prepared(data: Any, split: str) -> list[Question]:
         raise ValueError(f"{data.path}: no split {split!r}; it holds {data.splits}. Pick one with --split")
     classes = list(data.meta.get("answer_classes") or data.classes)
     table = data.split(split)
-    return questions_from_rows(table.to_list() if hasattr(table, "to_list") else list(table), classes)
+    rows = table.to_list() if hasattr(table, "to_list") else list(table)
+    return questions_from_rows(rows, classes, template_classes_of(data.meta))
+
+
+def template_classes_of(meta: dict[str, Any]) -> dict[int, tuple[str, ...]] | None:
+    """The template lists (answers_for_each_template.csv) a prepared directory was built from, or None.
+
+    A prepared directory records the file's sha256, not its content: the copy bundled with ecgqa
+    (``ecgqa/sample/ecgqa/<version>/``, the full release file) is used when its hash is the one recorded.
+    """
+    from ecgqa import sample
+    from ecgqa.data.release import AnswerSpace
+    from ecgqa.files import sha256_file
+
+    recorded = {s.get("path"): s.get("sha256") for s in meta.get("sources") or [] if isinstance(s, dict)}
+    want = recorded.get("answers_for_each_template.csv")
+    folder = sample.paths().release / str(meta.get("version", ""))
+    bundled = folder / "answers_for_each_template.csv"
+    if not want or not bundled.is_file() or sha256_file(bundled) != want:
+        return None
+    return AnswerSpace.from_release(folder).template_classes
 
 
 def questions_from_release(version_dir: str | Path, split: str, variant: str = "template") -> list[Question]:
@@ -127,7 +182,7 @@ def questions_from_release(version_dir: str | Path, split: str, variant: str = "
             )
     if not rows:
         raise ValueError(f"{version_dir}: no {variant}/{split}/*.json shards found")
-    return questions_from_rows(rows, list(space.classes))
+    return questions_from_rows(rows, list(space.classes), space.template_classes)
 
 
 N_QT3 = 54  # 3 scopes x 3 kinds x 6 attribute types
@@ -148,9 +203,8 @@ def draw_in_manifest_order(
     questions: list[Question], fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED
 ) -> list[Question]:
     """The draw in the order the original script wrote its ``<split>_sampled.tsv``: stratum 0..53, each
-    stratum's questions in ``random.sample``'s order. The harness read that manifest in file order
-    (fairseq-signals ``RawECGTextDataset.ordered_indices``: ``np.arange`` unless shuffled; ``llm_modeling.py``
-    iterates with ``shuffle=False``), so it is the order its answers were asked and its readings cached."""
+    stratum's questions in ``random.sample``'s order. The harness asked that manifest's rows in a seeded
+    permutation (:func:`harness_order`), not in file order."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], not {fraction}")
     share = Fraction(str(fraction))
@@ -167,22 +221,52 @@ def draw_in_manifest_order(
     return chosen
 
 
+#: fairseq-signals' default ``common.seed``: the harness's question order is drawn under it (``harness_order``).
+HARNESS_SEED = 1
+
+
+def harness_permutation(n: int, seed: int = HARNESS_SEED) -> list[int]:
+    """The order the paper's harness asked the ``n`` questions of its sampled manifest in (row indices).
+
+    Its dataset shuffles by default, so fairseq's ``ordered_indices`` returns ``np.random.permutation(n)``
+    drawn under ``numpy_seed(common.seed)``, i.e. ``np.random.seed(1)``; batches keep that order.
+    """
+    import numpy as np
+
+    return [int(i) for i in np.random.RandomState(seed).permutation(n)]
+
+
 def harness_order(
     questions: list[Question], selection: Selection, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED
 ) -> tuple[list[Question], str]:
     """``selection``'s questions in the order the original harness asked them, and how that order was found.
 
     ``--prompt paper-as-published`` needs it: the harness cached per-lead readings across questions (defect
-    D2), so a prompt depends on the questions asked before it. Where the draw (seed 42 and 10 % for the
-    published sample) over ``questions`` in manifest order gives exactly the selected ids, its order is the
-    harness's; otherwise that order is unknown and ascending sample id stands in (said in the report).
+    D2), so a prompt depends on the questions asked before it. The harness asked its sampled manifest's rows
+    in :func:`harness_permutation` order. That manifest is the draw (seed 42 and 10 % for the published sample)
+    over ``questions`` in manifest order where the draw gives exactly the selected ids, or the
+    ``<split>_sampled.tsv`` given as ``--ids-file``; otherwise the order is unknown and ascending sample id
+    stands in (said in the report).
     """
     chosen = selection.questions
-    if selection.sample in ("paper", "draw"):
+    manifest: list[Question] | None = None
+    how = ""
+    if selection.manifest_order is not None:
+        by_id = {q.sample_id: q for q in chosen}
+        manifest = [by_id[i] for i in selection.manifest_order]
+        how = "the --ids-file manifest's rows"
+    elif selection.sample in ("paper", "draw"):
         f, s = (DEFAULT_FRACTION, DEFAULT_SEED) if selection.sample == "paper" else (fraction, seed)
         drawn = draw_in_manifest_order(questions, f, s)
         if {q.sample_id for q in drawn} == {q.sample_id for q in chosen} and not selection.missing:
-            return drawn, "harness: the seeded draw's manifest order (stratum by stratum, random.sample order)"
+            manifest = drawn
+            how = "the seeded draw's manifest rows (stratum by stratum, random.sample order)"
+    if manifest is not None:
+        order = harness_permutation(len(manifest))
+        return [manifest[i] for i in order], (
+            f"harness: {how} in np.random.RandomState({HARNESS_SEED}).permutation order (fairseq's "
+            "ordered_indices under seed 1)"
+        )
     return sorted(chosen, key=lambda q: q.sample_id), (
         "ascending sample id (the seeded draw does not give exactly these questions here, so the original "
         "harness's order is not known)"
@@ -267,6 +351,8 @@ class Selection:
     sha256: str
     missing: tuple[int, ...] = ()
     n_listed: int | None = None
+    # Sample ids in the row order of a ``<split>_sampled.tsv`` given as --ids-file (the harness's manifest).
+    manifest_order: tuple[int, ...] | None = None
 
     def describe(self) -> str:
         if self.sample == "paper":
@@ -320,6 +406,9 @@ def select_sample(
         if ids is None:
             raise ValueError("sample 'ids-file' needs the ids")
         chosen = select(questions, fraction, seed, ids, where=where)
+        if isinstance(ids, IdList) and ids.kind == "manifest_index" and len(set(ids.values)) == len(ids.values):
+            order = tuple(questions[i].sample_id for i in ids.values)
+            return Selection(chosen, sample, ids_sha256([q.sample_id for q in chosen]), manifest_order=order)
     elif sample == "draw":
         chosen = stratified_sample(questions, fraction, seed)
     else:

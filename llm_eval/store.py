@@ -3,7 +3,9 @@
 SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash or a SIGKILL, a torn
 transaction is rolled back on the next open, and the primary key (model, prompt hash) makes a
 response impossible to record twice. A re-run looks every prompt up first, so answered prompts cost
-no request at all; only failed or missing ones are sent again.
+no request at all; only failed or missing ones are sent again. The store is marked as ours
+(``PRAGMA application_id``, :data:`APPLICATION_ID`); ``--store`` naming any other file (a user's own
+SQLite database, anything else) is refused before anything touches it (:func:`check_ours`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,58 @@ CREATE TABLE IF NOT EXISTS responses (
     PRIMARY KEY (model, prompt_hash)
 )
 """
+
+
+#: ``PRAGMA application_id`` of every store this tool creates (the bytes "EQLR"): proof the file is ours.
+APPLICATION_ID = 0x45514C52
+#: The columns of ``responses``: a store made before the marker existed is recognised by exactly this table.
+COLUMNS = (
+    "model",
+    "prompt_hash",
+    "reply",
+    "prompt_tokens",
+    "completion_tokens",
+    "response_model",
+    "finish_reason",
+    "messages",
+    "created",
+)
+
+
+def check_ours(path: Path) -> None:
+    """Refuse a file this tool did not make, before anything writes to it (a connection in WAL mode, a table).
+
+    Ours: missing, empty, marked with :data:`APPLICATION_ID`, or an unmarked SQLite file holding exactly
+    the ``responses`` table of :data:`COLUMNS` (a store from before the marker). Read-only checks only.
+    """
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    if not path.is_file():
+        raise ValueError(f"--store {path} is a folder; it must name a file (e.g. {path}/responses.sqlite)")
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head != b"SQLite format 3\x00":
+        raise ValueError(
+            f"--store {path} is not a response store written by ecgqa llm-eval (not an SQLite file); it was left "
+            "untouched. Point --store at a new file name"
+        )
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+            columns = tuple(r[1] for r in db.execute("PRAGMA table_info(responses)"))
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"--store {path}: not a usable response store ({e}); it was left untouched") from None
+    if app_id == APPLICATION_ID or (app_id == 0 and tables == ["responses"] and columns == COLUMNS):
+        return
+    raise ValueError(
+        f"--store {path} is an SQLite file that ecgqa llm-eval did not make (tables: {', '.join(tables) or 'none'}"
+        f"{f'; application_id {app_id:#x}' if app_id else ''}); it was left untouched. Point --store at a new file "
+        "name or at a store an earlier llm-eval run wrote"
+    )
 
 
 class StoreFullError(RuntimeError):
@@ -79,12 +133,14 @@ class ResponseStore:
             if _is_disk_full(e):
                 raise _full_disk_error(self.path, e) from None
             raise
+        check_ours(self.path)
         try:
             # One connection, shared with the client's writer thread under a lock (puts run off the event loop).
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # the marker: this file is ours
         except sqlite3.DatabaseError as e:
             if _is_disk_full(e):  # a nearly full disk, not a broken file: say so (as put() does)
                 raise _full_disk_error(self.path, e) from None

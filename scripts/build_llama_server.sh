@@ -153,5 +153,7 @@ if [ "$ok" != 1 ]; then
   exit 6
 fi
 say "smoke request answered on 127.0.0.1:$port; done in $(elapsed)"
-say "start it with: $BIN -m $MODEL --alias smollm2 --host 127.0.0.1 --port 8080 -c 4096 -np 1 -t 1 --metrics"
+say "start it with: $BIN -m $MODEL --alias smollm2 --host 127.0.0.1 --port 8080 -c 4096 -np 1 -t 1 --metrics --no-cache-prompt --cache-ram 0"
+say "(--no-cache-prompt --cache-ram 0: a reply re-using an earlier prompt's cache differs now and then even at"
+say " temperature 0; with the cache off identical runs give identical replies: docs/benchmark.md)"
 say "(-t 1 on a busy 2-core machine: two threads spin-wait for each other; on idle cores -t 2 is about 2x faster)"

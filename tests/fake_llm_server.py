@@ -15,7 +15,12 @@ be told, through ``/control`` or attributes of :class:`FakeLLM`, to
 - answer well but oddly: ``"listcontent"`` (content as a list of text parts) and ``"badusage"``
   (``usage`` with a negative and a non-numeric count), also for every request (``list_content``,
   ``bad_usage``);
-- refuse (400) every request carrying an image (``reject_images``: a text-only model);
+- refuse (400) every request carrying an image (``reject_images``: a text-only model), or answer it HTTP
+  500 as llama-server without a multimodal projector does (``images_unsupported_500``);
+- ``"trickle"``: answer well, but trickle the body one whitespace byte every ``trickle_every`` seconds for
+  ``trickle_s`` seconds first (each read is quick, the whole request slow);
+- ``"echo"``: a 500 whose message echoes the request line (query string included) and its
+  ``Authorization`` header, as some proxies do;
 - always fail (500) or always reply off-option for prompts containing a substring;
 - answer only the first ``answer_limit`` requests and hang all later ones (to kill a client mid-run
   at a deterministic point);
@@ -43,7 +48,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -113,6 +118,9 @@ class FakeLLM:
     reject_images: bool = False
     list_content: bool = False
     bad_usage: bool = False
+    images_unsupported_500: bool = False
+    trickle_s: float = 8.0
+    trickle_every: float = 0.2
     lone_surrogate: bool = False  # every reply ends in a lone surrogate escape ("\\ud83d": an emoji cut in half)
     seen: list = field(default_factory=list)
     received: int = 0
@@ -154,6 +162,8 @@ def create_app(state: FakeLLM) -> FastAPI:
                     "text": prompt,
                     "images": images,
                     "options": {k: v for k, v in body.items() if k not in ("messages", "model")},
+                    "query": str(request.url.query),
+                    "authorization": auth,
                 }
             )
             state.received += 1
@@ -186,6 +196,23 @@ def create_app(state: FakeLLM) -> FastAPI:
             return JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, status_code=500)
         if fault == "hang":
             return await hang(request)
+        if fault == "echo":
+            return JSONResponse(
+                {"error": {"message": f"cannot serve POST {request.url} (Authorization: {auth})", "type": "proxy"}},
+                status_code=500,
+            )
+        if state.images_unsupported_500 and images:  # llama-server's words without --mmproj
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": 500,
+                        "message": "image input is not supported - hint: if this is unexpected, you may need to "
+                        "provide the mmproj",
+                        "type": "server_error",
+                    }
+                },
+                status_code=500,
+            )
         if fault == "400" or (state.reject_images and images):
             return JSONResponse(
                 {"error": {"message": "this model does not support image input", "type": "invalid_request_error"}},
@@ -263,6 +290,17 @@ def create_app(state: FakeLLM) -> FastAPI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": usage,
         }
+        if fault == "trickle":
+            body_bytes = json.dumps(payload).encode()
+
+            async def trickle():
+                end = time.monotonic() + state.trickle_s
+                while time.monotonic() < end:
+                    yield b" "  # leading whitespace: still valid JSON, and every read gets a byte in time
+                    await asyncio.sleep(state.trickle_every)
+                yield body_bytes
+
+            return StreamingResponse(trickle(), status_code=200, media_type="application/json")
         if state.lone_surrogate:  # valid JSON (ASCII escapes), but the decoded text holds no valid UTF-8 form
             payload["choices"][0]["message"]["content"] = f"{reply} \ud83d"
             return Response(json.dumps(payload, ensure_ascii=True), status_code=200, media_type="application/json")
@@ -283,6 +321,9 @@ def create_app(state: FakeLLM) -> FastAPI:
                     "reject_images",
                     "list_content",
                     "bad_usage",
+                    "images_unsupported_500",
+                    "trickle_s",
+                    "trickle_every",
                 ):
                     setattr(state, k, v)
         return state.stats()

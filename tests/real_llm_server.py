@@ -98,8 +98,9 @@ class LlamaServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        cmd = [
+    def command(self) -> list[str]:
+        """The llama-server command line this server runs."""
+        return [
             str(self.binary),
             "-m",
             str(self.model),
@@ -119,7 +120,15 @@ class LlamaServer:
             str(self.threads),
             "--no-webui",
             "--metrics",
+            # Reproducible at temperature 0: no reply may depend on an earlier prompt's cached state
+            # (docs/benchmark.md, "Local servers").
+            "--no-cache-prompt",
+            "--cache-ram",
+            "0",
         ]
+
+    def start(self) -> None:
+        cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -12,6 +12,7 @@ there is deliberately no option that takes the key itself (it would land in shel
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ecgqa.cli.common import dispatch
@@ -19,6 +20,51 @@ from ecgqa.cli.common import dispatch
 HELP = (
     "evaluate any OpenAI-compatible (vision) model on sampled ECG-QA questions: classifier findings, images, features"
 )
+
+
+def _whole(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite price of at least 0")
+    return value
+
+
+def _cap(text: str) -> int | str:
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1, or none") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} would cap replies at nothing: give at least 1, or none for no cap")
+    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,17 +117,26 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="NAME",
         help="NAME of the environment variable holding the API key (default OPENAI_API_KEY)",
     )
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
-    p.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts before giving up")
+    p.add_argument("--concurrency", type=_whole(1), default=8, help="requests in flight at once (default 8)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds a whole request may take (however slowly the reply trickles in) before it is retried "
+        "(default 60)",
+    )
+    p.add_argument(
+        "--max-retries", type=_whole(0), default=6, help="retries on 429/5xx/timeouts before giving up (default 6)"
+    )
     p.add_argument(
         "--max-tokens",
-        type=int,
-        help="reply length cap (0 = no cap; default 256, none with --prompt paper-as-published as the paper)",
+        type=_cap,
+        help="reply length cap, or 'none' for no cap (default 256; none with --prompt paper-as-published, as "
+        "the paper)",
     )
     p.add_argument(
         "--max-completion-tokens",
-        type=int,
+        type=_whole(1),
         help="send max_completion_tokens instead of max_tokens (reasoning models: o-series, gpt-5)",
     )
     p.add_argument(
@@ -97,8 +152,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--layout", default="3x4", choices=("3x4", "6x2", "12x1", "3x1"), help="image layout (ecgqa render)")
     p.add_argument("--dpi", type=int, default=100, help="image resolution (default 100)")
-    p.add_argument("--price-in", type=float, help="price per 1M prompt tokens, for the cost estimate")
-    p.add_argument("--price-out", type=float, help="price per 1M completion tokens, for the cost estimate")
+    p.add_argument("--price-in", type=_price, help="price per 1M prompt tokens, for the cost estimate")
+    p.add_argument("--price-out", type=_price, help="price per 1M completion tokens, for the cost estimate")
     p.add_argument("--store", type=Path, help="response store (default OUT/responses.sqlite); share it across runs")
     p.add_argument(
         "--grounding-cache",
@@ -152,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         price_out=args.price_out,
         store_path=args.store,
         dry_run=args.dry_run,
-        **({} if args.max_tokens is None else {"max_tokens": args.max_tokens or None}),
+        **({} if args.max_tokens is None else {"max_tokens": None if args.max_tokens == "none" else args.max_tokens}),
     )
     if args.dry_run:
         return 0

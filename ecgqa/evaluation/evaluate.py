@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -266,7 +267,8 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         if not keys:
             return
         values = [100 * blocks[k][value] for k in keys]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2), 4.2))
+        width = max(4.0, 0.55 * len(keys) + 2)
+        fig, ax = plt.subplots(figsize=(width, 4.2))
         rects = ax.bar(range(len(keys)), values, width=0.6, color="#4C72B0")
         ax.set_xlim(-0.7, len(keys) - 0.3)
         ax.bar_label(
@@ -275,7 +277,8 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 115)
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
+        # Wrapped to the figure (~10 characters per inch at 10 pt): a long model name is never cut off.
+        ax.set_title("\n".join(textwrap.wrap(title, int(width * 10))), fontsize=10)
         fig.tight_layout()
         path = folder / f"{name}.png"
         tmp = folder / f".{name}.tmp.png"
@@ -284,7 +287,7 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         os.replace(tmp, path)
         written.append(str(path.relative_to(out)))
 
-    label = f"{report['model']} on {report['split']}"
+    label = f"{report['model']} on {report['split']}" if report.get("split") else str(report["model"])
     bars("question_types", f"{label}: EM per question type", report["per_question_type"])
     for qt, blocks in report.get("per_question_attribute_type", {}).items():
         bars(qt, f"{label}: {qt}, EM per attribute type", blocks)

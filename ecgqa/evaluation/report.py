@@ -2,7 +2,8 @@
 
 Any ``report.json`` of the shared shape works (``ecgqa evaluate`` for QA and upperbound models,
 ``llm_eval`` for grounded LLMs), given as the file or the folder that holds it. Rows are the overall
-EM, the macro average over question types, then each question type and attribute type present in
+EM, the counts of replies that matched no option and of questions failed or missing (LLM runs and
+``ecgqa score``), the macro average over question types, then each question type and attribute type present in
 any of them; a cell shows EM in percent and the number of samples it was measured on, because
 reports over different splits or subsamples are only comparable when those counts agree.
 
@@ -84,6 +85,25 @@ def _cell(block: dict[str, Any] | None) -> str:
     return f"{_pct(block.get('em'))} (n={block.get('n', '?')})"
 
 
+#: Report keys of the counts ``compare_table`` shows per run: replies that named no option (``llm-eval``,
+#: ``score``), and questions with no scored answer (``llm-eval``: failed requests; ``score``: missing answers).
+NO_MATCH = ("n_no_match",)
+NOT_SCORED = ("n_failed", "n_missing")
+
+
+def _count(report: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    values = [report[k] for k in keys if isinstance(report.get(k), int) and not isinstance(report.get(k), bool)]
+    return sum(values) if values else None
+
+
+def _count_cell(report: dict[str, Any], keys: tuple[str, ...]) -> str:
+    count = _count(report, keys)
+    if count is None:
+        return "–"
+    of = report.get("n_questions")
+    return f"{count} of {of}" if isinstance(of, int) else str(count)
+
+
 def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> str:
     """The side-by-side Markdown table of several reports (EM in %, n per cell)."""
     names = list(names) if names else [report_name(r) for r in reports]
@@ -100,6 +120,11 @@ def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None
     row("kind", [str(r.get("kind", "?")) for r in reports])
     row("split", [str(r.get("split", "?")) for r in reports])
     row("**EM**", [f"**{_pct(r.get('em'))}** (n={r.get('n', '?')})" for r in reports])
+    if any(_count(r, NO_MATCH) is not None or _count(r, NOT_SCORED) is not None for r in reports):
+        # An EM alone hides why answers were wrong or absent: a model answering "no" to everything and one
+        # whose replies match no option can score alike. Counts per run; "–" where the kind has none.
+        row("replies matching no option (scored wrong)", [_count_cell(r, NO_MATCH) for r in reports])
+        row("failed or missing (not scored)", [_count_cell(r, NOT_SCORED) for r in reports])
     macros = [paper_row(r) for r in reports]
     row("**EM, macro over single-ECG types** (paper headline)", [f"**{_pct(m['em_macro_single'])}**" for m in macros])
     row("EM, macro over all question types", [_pct(m["em_macro_all"]) for m in macros])

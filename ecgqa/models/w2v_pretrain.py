@@ -45,7 +45,8 @@ Transformers' wav2vec 2.0 utilities are used where they mean what upstream means
   (upstream also logs the code perplexity of the hard assignments) and needs a wav2vec2 config. The
   quantizer below keeps fairseq's names (``vars``, ``weight_proj``) and init (vars U[0, 1), weight_proj
   N(0, 1), bias 0) and reuses transformers' ``_compute_perplexity``; its entropy uses ``xlogy`` where
-  upstream adds 1e-7 inside the log (a difference below 1e-5 of the perplexity).
+  upstream adds 1e-7 inside the log (measured against upstream's code on the same weights: 1.5e-3
+  absolute, 1.9e-5 relative, on the perplexity; 2.4e-7 on the loss).
 
 Deviations from upstream, each deliberate: losses are in nats (fairseq logs loss / ln 2, bits); the CMSC
 average is over all tokens (upstream divides by the non-zero count per channel: the same unless an

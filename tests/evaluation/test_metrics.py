@@ -252,3 +252,27 @@ def test_paper_table_columns_and_references(tmp_path, capsys):
     from ecgqa.evaluation.report import paper_results
 
     assert all(r["source"] for r in paper_results())
+
+
+def test_report_shows_unmatched_and_failed_counts_per_run(tmp_path, capsys):
+    """A model answering "no" to everything and one whose replies match nothing must not look alike: each
+    run's count of replies matching no option and of questions failed / missing (not scored) is shown."""
+    verify = {"single-verify": {"n": 6, "em": 0.0}}
+    says_no = _report("llm", 0.0, 0.0, verify, llm="m1")
+    says_no.update({"n_questions": 6, "n_no_match": 0, "n_failed": 0})
+    rambles = _report("llm", 0.0, 0.0, verify, llm="m2")
+    rambles.update({"n_questions": 8, "n_no_match": 6, "n_failed": 2})
+    scored = _report("answers", 0.5, 0.5, verify)
+    scored.update({"n_questions": 7, "n_no_match": 1, "n_missing": 1})
+    trained = _report("qa", 0.5, 0.5, verify)
+    paths = []
+    for name, r in (("no", says_no), ("ramble", rambles), ("score", scored), ("fusion", trained)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(r))
+        paths.append(str(tmp_path / name))
+    assert main(["report", *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| replies matching no option (scored wrong) | 0 of 6 | 6 of 8 | 1 of 7 | – |" in lines
+    assert "| failed or missing (not scored) | 0 of 6 | 2 of 8 | 1 of 7 | – |" in lines
+    # a table of trained models alone has no such rows
+    assert "failed or missing" not in compare_table([trained], ["fusion"])

@@ -653,8 +653,10 @@ def test_a_published_sample_with_no_question_in_the_data_is_an_error(prepared_qa
 
 def test_as_published_questions_are_asked_in_the_harness_manifest_order():
     """The original script wrote its sampled manifest stratum by stratum (qt3 0..53), each stratum in
-    random.sample's order, and the harness read it in file order; paper-as-published plans in that order
-    (the D2 cache makes a prompt depend on it), and says when it cannot know it."""
+    random.sample's order; the harness asked its rows in fairseq's ``ordered_indices`` order, a
+    ``np.random.permutation`` drawn under ``numpy_seed(1)`` (its dataset shuffles by default).
+    paper-as-published plans in that order (the D2 cache makes a prompt depend on it), and says when it
+    cannot know it."""
     import itertools
     import random
 
@@ -688,10 +690,26 @@ def test_as_published_questions_are_asked_in_the_harness_manifest_order():
         i for key in range(54) for i in random.sample(by_key.get(key, []), round(len(by_key.get(key, [])) / 10))
     ]
     assert expected != sorted(expected)
+    # fairseq-signals: `with numpy_seed(cfg.common.seed): indices = dataset.ordered_indices()`, seed 1 by
+    # default, and ordered_indices returns np.random.permutation(len(self)) when shuffling (the default).
+    state = np.random.get_state()
+    np.random.seed(1)
+    permutation = np.random.permutation(len(expected))
+    np.random.set_state(state)
+    asked = [expected[i] for i in permutation]
+    assert asked != expected
 
     drawn = select_sample(manifest, "draw")
     ordered, how = harness_order(manifest, drawn)
-    assert [x.sample_id for x in ordered] == expected and how.startswith("harness")
+    assert [x.sample_id for x in ordered] == asked and how.startswith("harness")
+    assert "RandomState(1).permutation" in how
+    # the harness's own sampled manifest as --ids-file: its rows, in the same permutation
+    from llm_eval.sampling import IdList
+
+    rows = [manifest.index(next(x for x in manifest if x.sample_id == i)) for i in expected]
+    given = select_sample(manifest, "ids-file", ids=IdList(rows, "manifest_index"))
+    ordered, how = harness_order(manifest, given)
+    assert [x.sample_id for x in ordered] == asked and how.startswith("harness: the --ids-file manifest")
     # an id list the draw does not give: ascending, and the report is told why
     other = Selection(sorted(manifest, key=lambda x: x.sample_id)[:5], "ids-file", "")
     ordered, how = harness_order(manifest, other)
@@ -929,3 +947,111 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
             "ptbxl valid; use --sample draw"
         ) in capsys.readouterr().err
         assert server.state.stats()["received"] == before
+
+
+# ----------------------------------------------------------------------------- the harness's option order
+
+
+def _template_lists(path: Path) -> dict[int, list[str]]:
+    """answers_for_each_template.csv read independently: template id -> its class list as written."""
+    import ast
+
+    with path.open(newline="") as f:
+        return {int(r["template_id"]): ast.literal_eval(r["classes"]) for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("version", ["ptbxl", "mimic-iv-ecg"])
+def test_paper_options_are_listed_in_the_template_order_as_the_harness_did(sample_paths, version):
+    """fairseq-signals' preprocessing stored a non-choose question's valid classes as its template's list
+    (answers_for_each_template.csv, "none" removed) and sorted only choose questions; the harness printed
+    them in that order. Class-index order differs for templates 6, 11, 18, 47, 48, 49, 61, 62 and 63."""
+    from ecgqa.data.release import AnswerSpace
+    from llm_eval.sampling import questions_from_rows
+
+    folder = sample_paths.release / version
+    space = AnswerSpace.from_release(folder)
+    lists = _template_lists(folder / "answers_for_each_template.csv")
+    differ = []  # templates whose list order is not class-index order
+    rows = []
+    for tid, names in sorted(lists.items()):
+        kept = [c for c in names if c != "none"]
+        if len(kept) < 2:
+            continue
+        sample = {"question_type": "single-query", "template_id": tid, "attribute": []}
+        rows.append(
+            {
+                "sample_id": tid,
+                "question": f"Which of these, template {tid}?",
+                "question_type": "single-query",
+                "attribute_type": "scp_code",
+                "template_id": tid,
+                "answer": [],
+                "valid_classes": space.valid_classes(sample),
+                "ecg_id": [16],
+            }
+        )
+    choose = {
+        "sample_id": 999,
+        "question": "Which one, b or a?",
+        "question_type": "single-choose",
+        "attribute_type": "scp_code",
+        "template_id": 6,
+        "answer": [],
+        "valid_classes": [5, 2],
+        "ecg_id": [16],
+    }
+    questions = questions_from_rows([*rows, choose], list(space.classes), space.template_classes)
+    for x in questions:
+        line = next(t for t in build_paper_prompt(x, [])[0]["content"].splitlines() if t.startswith("Options: "))
+        if x.question_type.endswith("choose"):
+            assert line == "Options: " + ", ".join([space.classes[2], space.classes[5]]) + ", None"
+            continue
+        want = [c for c in lists[x.template_id] if c != "none"]
+        assert line == "Options: " + ", ".join(want) + ", None"
+        if want != sorted(want, key=space.classes.index):
+            differ.append(x.template_id)
+        assert sorted(x.options, key=space.classes.index) == list(x.options)  # scoring keeps class order
+    if version == "ptbxl":
+        assert differ == [6, 11, 18, 47, 48, 49, 61, 62, 63]
+    else:  # MIMIC-IV-ECG's class order has capitals first: other templates differ too
+        assert len(differ) > 9
+
+
+def test_prepared_data_gets_the_template_lists_only_from_the_file_it_was_built_from(sample_paths):
+    from ecgqa.files import sha256_file
+    from llm_eval.sampling import template_classes_of
+
+    path = sample_paths.ptbxl_release / "answers_for_each_template.csv"
+    meta = {"version": "ptbxl", "sources": [{"path": "answers_for_each_template.csv", "sha256": sha256_file(path)}]}
+    got = template_classes_of(meta)
+    assert {k: list(v) for k, v in got.items()} == _template_lists(path)
+    other = {**meta, "sources": [{"path": "answers_for_each_template.csv", "sha256": "0" * 64}]}
+    assert template_classes_of(other) is None  # another release file: its order is not known
+    assert template_classes_of({"version": "ptbxl"}) is None
+
+
+def test_as_published_replies_are_parsed_with_the_options_in_the_listed_order(tmp_path):
+    """The harness built its reply pattern from valid_classes in their stored order: where one name is a prefix
+    of another, the one listed first wins at a position. paper-as-published parses in the prompt's order."""
+    import dataclasses
+
+    from llm_eval.prompts import prompt_hash
+    from llm_eval.run import PromptItem, score_items
+    from llm_eval.store import Response, ResponseStore
+
+    base = q(7, "single-query", "Which of these?", ("st elevation", "st"), ("st elevation",))
+    listed = dataclasses.replace(base, listed_options=("st", "st elevation"))
+    store = ResponseStore(tmp_path / "s.sqlite")
+    rows = {}
+    for name, x in (("class order", base), ("listed", listed)):
+        messages = build_paper_prompt(x, [])
+        item = PromptItem(x, messages, prompt_hash(messages))
+        store.put("m", item.hash, messages, Response("st elevation"))
+        ((row, transcript),) = score_items([item], store, "m", {}, "classifier", "paper-as-published")
+        rows[name] = (row, transcript)
+    store.close()
+    # (st elevation)|(st)|(none) finds "st elevation"; (st)|(st elevation)|(none) finds "st" first, as upstream.
+    assert rows["class order"][0].predicted == ["st elevation"] and rows["class order"][0].correct
+    assert rows["listed"][0].predicted == ["st"] and not rows["listed"][0].correct
+    assert rows["listed"][1]["options"] == ["st", "st elevation", "None"]
+    assert "Options: st, st elevation, None" in rows["listed"][1]["messages"][0]["content"]

@@ -196,6 +196,43 @@ def test_llm_eval_against_a_real_llama_server(
         assert all("Measurements of the " in t["messages"][0]["content"] for t in transcripts.values())
 
 
+def test_the_server_runs_without_a_prompt_cache(tmp_path):
+    """llama-server's prompt cache (on by default) made identical temperature-0 runs differ; the test server and
+    the command the build script suggests turn it off (docs/benchmark.md, "Local servers")."""
+    cmd = LlamaServer(tmp_path / "llama-server", tmp_path / "m.gguf", log_dir=tmp_path).command()
+    assert "--no-cache-prompt" in cmd and cmd[cmd.index("--cache-ram") + 1] == "0"
+    script = (Path(__file__).resolve().parents[2] / INSTALL_COMMAND.split()[1]).read_text()
+    suggested = next(line for line in script.splitlines() if "start it with:" in line)
+    assert "--no-cache-prompt --cache-ram 0" in suggested
+
+
+def test_identical_runs_give_identical_replies(llama, tmp_path):
+    """Temperature 0 with the prompt cache off: the same prompts, asked twice (sharing prefixes, in a different
+    order the second time), get byte-identical replies."""
+    from llm_eval.client import ChatClient, ask_all
+    from llm_eval.store import ResponseStore
+
+    preface = "These are the interpretations of each ECG along with their scores.\n\nInterpretation of the ECG:\n"
+    prompts = {
+        f"h{i}": [
+            {
+                "role": "user",
+                "content": f"{preface}sinus rhythm: 0.9{i}\n\nQuestion: Does this ECG show sinus rhythm (case {i})?"
+                "\nOptions: no, yes\n\nOnly answer based on the given Options without any explanation.",
+            }
+        ]
+        for i in range(6)
+    }
+    replies = []
+    for run, order in enumerate((list(prompts), list(reversed(prompts)))):
+        store = ResponseStore(tmp_path / f"run{run}.sqlite")
+        client = ChatClient(ALIAS, store, base_url=llama.url, concurrency=1, max_tokens=16, timeout=120)
+        outcomes = ask_all(client, {h: prompts[h] for h in order}, progress=False)
+        replies.append({h: o.response.reply for h, o in outcomes.items()})
+        store.close()
+    assert replies[0] == replies[1]
+
+
 def test_skip_reason_names_the_install_command(monkeypatch, tmp_path):
     """Without an install the real-LLM tests skip, and the reason is the exact command that installs it."""
     monkeypatch.setenv("ECGQA_LLM_HOME", str(tmp_path / "empty"))
