@@ -275,7 +275,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in args.models:
         print(f"{name + ':':17s} checkpoint {out / 'checkpoints' / name}, report {out / 'reports' / name}/report.md")
     print(
-        f"comparison:       {out / 'comparison.md'}  (ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
+        f"comparison:       {out / 'comparison.md'}  "
+        f"(ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
     )
     if attribute_text:
         print(f"attributes:       {out / 'attributes.md'}, checkpoint {out / 'checkpoints' / ATTRIBUTE_MODEL}")

@@ -6,7 +6,8 @@ variable (``OPENAI_API_KEY`` or the one ``--api-key-env`` names), never from the
 never printed. Requests run with temperature 0 (unless omitted) under a semaphore (``--concurrency``); 429s, 5xx,
 timeouts, dropped connections and 2xx replies that are no usable chat completion (an HTML error
 page, broken JSON, ``{}``, no choices, ``content: null`` or not text, an empty or whitespace-only
-reply, e.g. one cut at max tokens before any text) are retried with exponential backoff and full jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
+reply, e.g. one cut at max tokens before any text) are retried with exponential backoff and full
+jitter, waiting at least what ``Retry-After`` asks. A request that still fails is reported as
 failed (with the endpoint, the status and a short excerpt of the body), so the scorer leaves it out
 instead of counting it wrong and the next run asks again. Every success is committed to the store
 before returning. A 401/403/404 or a 400 (the model refuses this kind of input, e.g. an image sent

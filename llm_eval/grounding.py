@@ -196,7 +196,8 @@ class ScoreCache:
             # Readings of another checkpoint or other data: never mix them in, never silently delete them.
             raise ValueError(
                 f"{self.path} holds classifier scores of another checkpoint or prepared data (fingerprint "
-                f"{header.get('fingerprint')!r}, this run {self.fingerprint!r}); delete it or pick another --grounding-cache"
+                f"{header.get('fingerprint')!r}, this run {self.fingerprint!r}); "
+                "delete it or pick another --grounding-cache"
             )
         for line in lines[1:]:
             try:

@@ -3,7 +3,8 @@
 The paper's LLM harness (ECG-QA ``llm_modeling/llm_modeling.py``, the version published with the
 sample list) sends one user message per question::
 
-    These are the interpretations of each ECG along with their scores. Higher score means more certainty about the interpretation.
+    These are the interpretations of each ECG along with their scores. Higher score means more certainty ⏎
+    about the interpretation.                   (one line in the prompt; wrapped here at ⏎)
 
     Interpretation of the ECG:
     <grounding class>: <score, 3 decimals>      (every class scored > 0.5, in class-index order)

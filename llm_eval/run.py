@@ -266,7 +266,10 @@ def score_items(
 
 
 def paper_columns(report: dict[str, Any]) -> str:
-    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
+    """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``).
+
+    S-Verify ... CI-Query, then the macros.
+    """
     from ecgqa.evaluation.metrics import paper_row
 
     def pct(v: float | None) -> str:

@@ -11,10 +11,11 @@ draw exactly (ecg-qa ``llm_modeling/random_sample.py``): Python's ``random.seed(
 each qt3 key 0..53 in order (``itertools.product`` of scope, kind, attribute type), ``random.sample``
 of ``round(n / 10)`` questions from that key's questions *in manifest order*: the order the original
 preprocessing lists them, i.e. every shard of the split sorted by file name as strings (upstream's
-``sorted(glob)``; ``ecgqa.data.release.shards`` sorts the same way), samples in file order. A prepared directory keeps exactly that order (``prepare`` streams the shards in order), so
-the same release gives the ids the original script draws, for the template and the paraphrased questions
-alike (they share sample ids and order). Samples ``prepare`` dropped (missing records) shift the
-draw; the report records how many were dropped.
+``sorted(glob)``; ``ecgqa.data.release.shards`` sorts the same way), samples in file order. A prepared
+directory keeps exactly that order (``prepare`` streams the shards in order), so the same release gives
+the ids the original script draws, for the template and the paraphrased questions alike (they share
+sample ids and order). Samples ``prepare`` dropped (missing records) shift the draw; the report
+records how many were dropped.
 
 ``--ids-file`` evaluates a given list instead: sample ids (one per line, ``#`` comments, or a JSON
 list, or separated by commas/whitespace), or the original harness's sampled manifest

@@ -173,7 +173,8 @@ def read_inputs(
     """Check the mapped folder has what the options ask for, and describe every source file."""
     if not (mapped / opts.variant).is_dir():
         raise PrepareError(
-            f"{mapped}: no {opts.variant}/ folder; expected the output of `ecgqa map` (holding {opts.variant}/<split>/*.json)"
+            f"{mapped}: no {opts.variant}/ folder; expected the output of `ecgqa map` "
+            f"(holding {opts.variant}/<split>/*.json)"
         )
     present = [s for s in SPLITS if (mapped / opts.variant / s).is_dir()]
     missing = [s for s in opts.splits if s not in present]

@@ -1,4 +1,6 @@
-"""Single template questions → upperbound attribute-classification labels (docs/benchmark.md, the attribute-classifier section).
+"""Single template questions → upperbound attribute-classification labels.
+
+See docs/benchmark.md, the attribute-classifier section.
 
 A question such as "Does this ECG show static noise in lead aVL?" answered "no" becomes the label
 (lead subset ``aVL``, attribute ``static noise``, 0). Attributes that carry a location
@@ -6,7 +8,8 @@ A question such as "Does this ECG show static noise in lead aVL?" answered "no" 
 into the lead subset. Lead subsets are keys of :data:`ecgqa.data.constants.LEAD_GROUPS`; the regexes that
 find them in questions and names are ``ecgqa/data/leads.py`` (shared with the LLM grounding).
 
-(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/se_wrn.py`` and ``ecgqa/models/resnet_attn.py``.)
+(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/se_wrn.py``
+and ``ecgqa/models/resnet_attn.py``.)
 
 Grounding classes whose name carries a lead group ("Broad R wave in lateral leads", "QRS changes in
 anteroseptal leads", both MIMIC-IV-ECG) keep their name and are labelled on that lead subset, as the
