@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecgqa.checkpoint import load_checkpoint
 from ecgqa.evaluation.metrics import decide
 
 ECGs = np.ndarray | Sequence[np.ndarray]
@@ -189,7 +190,5 @@ def load(ckpt: str | Path, device: str | torch.device | None = None) -> Predicto
 
     ``device`` defaults to CUDA when available, else CPU.
     """
-    from ecgqa.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(ckpt, device=device)
     return Predictor(ckpt.model, ckpt.tokenizer, ckpt.meta, ckpt.model.device, ckpt.path)

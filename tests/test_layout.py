@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ecgqa
-from ecgqa.cli import SUBCOMMANDS
+from ecgqa.cli import SUBCOMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ecgqa"
@@ -116,3 +116,14 @@ def test_no_library_module_imports_the_cli():
             if any(n == "ecgqa.cli" or n.startswith("ecgqa.cli.") for n in names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, f"library modules importing the CLI: {offenders}"
+
+
+def test_the_light_constants_the_cli_offers_match_the_stage():
+    """`ecgqa prepare`'s parser takes its choices from ecgqa/data/constants.py (so it never imports the stage):
+    they must be the stage's own tables."""
+    from ecgqa.data import constants, prepare
+
+    assert tuple(prepare.TASKS) == constants.TASK_NAMES
+    assert prepare.DEFAULT_RATE == constants.DEFAULT_RATE and prepare.TOKENIZERS == constants.TOKENIZERS
+    choices = {a.dest: a.choices for a in build_parser()._subparsers._group_actions[0].choices["prepare"]._actions}
+    assert tuple(choices["task"]) == tuple(prepare.TASKS) and tuple(choices["tokenizer"]) == prepare.TOKENIZERS

@@ -45,6 +45,7 @@ from typing import Any
 from ecgqa.data.constants import CHEST, LEAD_GROUPS, LEADS, LIMB
 from ecgqa.data.leads import question_lead_group, split_lead_location, trailing_lead_group
 from ecgqa.data.release import read_class_csv
+from ecgqa.sample import paths as sample_paths
 
 #: Without a grounding class list, these (PTB-XL) attributes lose their lead location to the lead subset.
 LOCATED_BASES = ("myocardial infarction", "ischemic", "subendocardial injury")
@@ -78,9 +79,7 @@ def read_grounding_classes(path: str | Path) -> list[str]:
 
 def bundled_grounding_classes(version: str) -> Path:
     """The grounding class list shipped with the bundled sample for ``version`` (83 PTB-XL / 164 MIMIC)."""
-    from ecgqa import sample
-
-    return sample.paths().grounding / version / "grounding_class.csv"
+    return sample_paths().grounding / version / "grounding_class.csv"
 
 
 def split_location(attribute: str, classes: Collection[str] | None = None) -> tuple[str, str]:
