@@ -97,7 +97,8 @@ def main() -> None:
             f"records checked {report['records_checked']}  peak RSS {peak:.0f} MiB"
         )
         print(
-            f"per-sample baseline:  {base:6.2f} s  {args.samples / base:9.0f} samples/s  (per-sample checks, non-atomic writes)"
+            f"per-sample baseline:  {base:6.2f} s  {args.samples / base:9.0f} samples/s  "
+            "(per-sample checks, non-atomic writes)"
         )
         print(f"ratio baseline/ours:  {base / ours:.2f}x")
     finally:

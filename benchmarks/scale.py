@@ -717,7 +717,8 @@ def _print_summary(res: dict[str, Any], n_variant: int) -> None:
     sig_disk = b["signals"]["per_sample_alloc"] * n_qa
     load = os.getloadavg()
     print(
-        f"  -- map + every prepare: {all_s / 60:.1f} min wall; largest peak memory (process tree, PSS) {peak / 1024:.2f} GB; "
+        f"  -- map + every prepare: {all_s / 60:.1f} min wall; "
+        f"largest peak memory (process tree, PSS) {peak / 1024:.2f} GB; "
         f"{res['cpus']} CPUs, load now {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min)"
     )
     print(
@@ -780,7 +781,9 @@ def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, A
         c = np.array([p["runs"][name]["cpu_s"] for p in points])
         m = np.array([p["runs"][name]["peak_tree_mb"] for p in points])
         h = np.array([p["runs"][name].get("peak_main_anon_mb", 0.0) for p in points])
-        per = "  ".join(f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {d:5.0f} MB" for a, b, d in zip(n, t, m, strict=False))
+        per = "  ".join(
+            f"{int(a):>9,}: {b / a * 1e6:6.1f} us/sample {d:5.0f} MB" for a, b, d in zip(n, t, m, strict=False)
+        )
         print(f"  {name:15s} {per}")
         for label, y in (("wall", t), ("CPU", c)):
             slope, icpt = np.polyfit(n, y, 1)
@@ -788,7 +791,8 @@ def growth(fractions: list[float], args: argparse.Namespace) -> list[dict[str, A
             print(f"  {'':15s} fit {label:4s} = {icpt:5.1f} s + {slope * 1e6:7.1f} us x samples (R^2 {r2:.4f})")
         ms = np.polyfit(n, m, 1)[0]
         print(
-            f"  {'':15s} peak memory {m.min():.0f}-{m.max():.0f} MB (tree PSS), main heap {h.min():.0f}-{h.max():.0f} MB; "
+            f"  {'':15s} peak memory {m.min():.0f}-{m.max():.0f} MB (tree PSS), "
+            f"main heap {h.min():.0f}-{h.max():.0f} MB; "
             f"slope {ms * 1024:.2f} KB a sample"
         )
     return points

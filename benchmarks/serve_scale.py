@@ -221,7 +221,9 @@ def _row_by_row(data, store_ids: set[int]) -> tuple:
 
     cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
     by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
-    rows = [dict(zip(cols, v, strict=False)) for t in by_split.values() for v in zip(*(t[c] for c in cols), strict=False)]
+    rows = [
+        dict(zip(cols, v, strict=False)) for t in by_split.values() for v in zip(*(t[c] for c in cols), strict=False)
+    ]
     counts: dict[int, int] = defaultdict(int)
     splits: dict[int, set[str]] = defaultdict(set)
     for split, table in by_split.items():

@@ -34,6 +34,9 @@ MOVED: dict[str, str] = {
     "ecgqa.scorer": "ecgqa.evaluation.score",
     "ecgqa.report": "ecgqa.evaluation.report",
     "ecgqa.paper_sample": "ecgqa.evaluation.paper_sample",
+    "ecgqa.cliutil": "ecgqa.cli.common",
+    "ecgqa.prepare_cli": "ecgqa.cli.prepare",
+    "ecgqa.serve.cli": "ecgqa.cli.serve",
 }
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecgqa.files import apply_umask, atomic_write_json
+
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -99,8 +101,6 @@ def save_checkpoint(
     Only the names this module writes are replaced; anything else in ``out`` (the Trainer's
     ``checkpoints/``, ``metrics.jsonl``) is left alone.
     """
-    from ecgqa.files import apply_umask, atomic_write_json
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final-"))
@@ -124,7 +124,11 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, device: Any = None) -> Checkpoint:
     """Load a checkpoint folder written by ``ecgqa train`` (model on ``device``: CUDA when available)."""
+    # Here, not at the top: ecgqa/training/train.py imports this module's names and the CLI's parser imports it,
+    # so torch and transformers load only when a checkpoint is read (`ecgqa --help` stays torch-free).
     import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from ecgqa.models import load_model
 
@@ -139,8 +143,6 @@ def load_checkpoint(path: str | Path, device: Any = None) -> Checkpoint:
         )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from transformers.utils import logging as hf_logging
-
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for a demo or an eval run
     try:
@@ -153,8 +155,6 @@ def load_checkpoint(path: str | Path, device: Any = None) -> Checkpoint:
         tok_dir = path / TOKENIZER_DIR
         if not tok_dir.is_dir():
             raise CheckpointError(f"{tok_dir} missing: a QA checkpoint keeps its question tokenizer there")
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     meta_path = path / PREPARED_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

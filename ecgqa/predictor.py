@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecgqa.checkpoint import load_checkpoint
+from ecgqa.distribution.hub_model import resolve_checkpoint
 from ecgqa.evaluation.metrics import decide
 
 ECGs = np.ndarray | Sequence[np.ndarray]
@@ -191,8 +193,5 @@ def load(ckpt: str | Path, device: str | torch.device | None = None) -> Predicto
 
     ``device`` defaults to CUDA when available, else CPU.
     """
-    from ecgqa.checkpoint import load_checkpoint
-    from ecgqa.distribution.hub_model import resolve_checkpoint
-
     ckpt = load_checkpoint(resolve_checkpoint(ckpt), device=device)
     return Predictor(ckpt.model, ckpt.tokenizer, ckpt.meta, ckpt.model.device, ckpt.path)

@@ -46,6 +46,22 @@ ATTRIBUTE_RATE = 100
 QA_DATA = Path("prepared") / "ptbxl-template-qa"
 ATTRIBUTE_DATA = Path("prepared") / "ptbxl-attributes"
 
+#: The options' defaults: ``ecgqa quickstart``'s command line (ecgqa/cli/quickstart.py) and ``ensure_demo`` share them.
+DEFAULTS: dict[str, Any] = {
+    "out": Path("runs/quickstart"),
+    "minutes": 0.8,
+    "max_steps": 400,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "test_fraction": 0.25,
+    "seed": 0,
+    "threads": 1,
+    "models": list(MODELS),
+    "attribute_steps": 300,
+    "bootstrap": 1000,
+    "quiet": False,
+}
+
 
 @dataclass(frozen=True)
 class DemoPaths:
@@ -184,6 +200,21 @@ def claim_quickstart_out(out: Path) -> None:
     atomic_write_json(out / MARKER, {"written_by": "ecgqa quickstart", "ecgqa_version": __version__})
 
 
+def run(args: argparse.Namespace) -> int:
+    """Run the quickstart with ``args`` (the options of ``DEFAULTS``) on ``args.threads`` torch CPU threads."""
+    import os
+
+    import torch  # here, not at the top: the command line reads DEFAULTS and MODELS from this module
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ecgqa import sample
     from ecgqa.data.prepare import prepare
@@ -275,7 +306,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in args.models:
         print(f"{name + ':':17s} checkpoint {out / 'checkpoints' / name}, report {out / 'reports' / name}/report.md")
     print(
-        f"comparison:       {out / 'comparison.md'}  (ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
+        f"comparison:       {out / 'comparison.md'}  "
+        f"(ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
     )
     if attribute_text:
         print(f"attributes:       {out / 'attributes.md'}, checkpoint {out / 'checkpoints' / ATTRIBUTE_MODEL}")
@@ -527,12 +559,7 @@ def ensure_demo(out: str | Path, quiet: bool = False) -> DemoPaths:
     if all((paths.checkpoint / f).is_file() for f in REQUIRED) and is_prepared(paths.data):
         return paths
     print(f"no quickstart model in {out}: building it first with `ecgqa quickstart --out {out}`", file=sys.stderr)
-    from ecgqa.cli.quickstart import configure  # the quickstart's defaults are its command line's
-
-    args = configure(argparse.ArgumentParser(prog="ecgqa quickstart")).parse_args(
-        ["--out", str(out)] + (["--quiet"] if quiet else [])
-    )
-    code = args.func(args)
+    code = run(argparse.Namespace(**{**DEFAULTS, "out": Path(out), "quiet": quiet}))
     paths = demo_paths(out)
     if code or not (paths.checkpoint / "config.json").is_file():
         raise RuntimeError(f"`ecgqa quickstart --out {out}` did not produce {paths.checkpoint} (exit {code})")

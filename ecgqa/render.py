@@ -160,6 +160,7 @@ def render_ecg(
     ``seconds`` of paper are drawn (10 s, as printed ECGs are); a shorter record leaves the rest
     blank and a longer one shows its first ``seconds``.
     """
+    # here, not at the top: the CLI's parser reads LAYOUTS and FORMATS from this module; matplotlib loads to draw
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 

@@ -1,3 +1,3 @@
 """Grounded LLM evaluation on ECG-QA: sampling, grounding with an upperbound classifier, prompts,
-an OpenAI-compatible client, a durable response store, and scoring (the README's `ecgqa llm-eval`
-section; the protocol is in docs/benchmark.md)."""
+an OpenAI-compatible client, a durable response store, and scoring (docs/llm-eval.md; the protocol is in
+docs/benchmark.md)."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ecgqa.data.records import record_files
 from ecgqa.data.release import RELEASE_FILES, ReleaseError, find_version_dir, load_shard, shards
 from ecgqa.files import atomic_write_json, claim_output_dir, recover_output, staging_dir, swap_dir
+from ecgqa.sample import paths as sample_paths
 from mapping.sources import mimic_record_paths, ptbxl_record_path
 
 REPORT = "mapping_report.json"
@@ -178,9 +179,7 @@ def _missing_message(version: str, records: Path, rate: int, missing: set[int], 
 
 def map_bundled_sample(dest: str | Path, progress: bool = False) -> Path:
     """Map the bundled PTB-XL sample into ``dest/ptbxl`` (what `ecgqa prepare` uses without input)."""
-    from ecgqa import sample
-
-    paths = sample.paths()
+    paths = sample_paths()
     out = Path(dest) / "ptbxl"
     map_release("ptbxl", paths.ptbxl_release, paths.ptbxl_records, out, progress=progress)
     return out

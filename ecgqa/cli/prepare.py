@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ecgqa.data.prepare import DEFAULT_RATE, DEFAULT_SECONDS, TASKS, TOKENIZERS, default_out, detect_version, prepare
+from ecgqa.data.constants import DEFAULT_RATE, DEFAULT_SECONDS, TASK_NAMES, TOKENIZERS, VARIANTS
+from ecgqa.data.release import SPLITS
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,8 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="prepared directory to write (default: prepared/<version>-<variant>-<task>); "
         "an existing folder is replaced only when it is empty or a prepared directory",
     )
-    parser.add_argument("--variant", choices=["template", "paraphrased"], default="template")
-    parser.add_argument("--splits", nargs="+", choices=["train", "valid", "test"], help="default: every split present")
+    parser.add_argument("--variant", choices=VARIANTS, default="template")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, help="default: every split present")
     parser.add_argument(
         "--rate",
         type=int,
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=TASK_NAMES,
         default="qa",
         help="qa (default), upperbound (attribute labels from the questions) or attributes (every "
         "attribute of every ECG from the source metadata, see --metadata; docs/attributes.md)",
@@ -73,6 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ecgqa.data.prepare import default_out, detect_version, prepare  # the stage, imported when it runs
+
     mapped = args.mapped_dir
     tmp = None
     try:

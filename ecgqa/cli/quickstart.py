@@ -5,42 +5,56 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgqa.quickstart import MODELS
+from ecgqa.quickstart import DEFAULTS, MODELS
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="working folder")
+    parser.add_argument("--out", type=Path, default=DEFAULTS["out"], help="working folder")
     parser.add_argument(
         "--minutes",
         type=float,
-        default=0.8,
-        help="training time cap per trained model in minutes (default 0.8: four models, so the whole run "
+        default=DEFAULTS["minutes"],
+        help="training time cap per trained model in minutes (default %(default)s: four models, so the whole run "
         "stays under 5 minutes on a busy 2-core machine; on an idle one --max-steps ends training first)",
     )
-    parser.add_argument("--max-steps", type=int, default=400, help="optimizer updates per model (default 400)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--test-fraction", type=float, default=0.25, help="share of ECGs held out (default 0.25)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the ECG hold-out and training (default 0)")
+    parser.add_argument(
+        "--max-steps", type=int, default=DEFAULTS["max_steps"], help="optimizer updates per model (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step (default %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (default %(default)s)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULTS["test_fraction"],
+        help="share of ECGs held out (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULTS["seed"], help="seeds the ECG hold-out and training (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (default 1: these small models gain nothing from more, and on a "
+        default=DEFAULTS["threads"],
+        help="torch CPU threads (default %(default)s: these small models gain nothing from more, and on a "
         "shared machine extra threads made steps ~4x slower)",
     )
     parser.add_argument(
-        "--models", nargs="+", default=list(MODELS), help=f"models to train (default: {' '.join(MODELS)})"
+        "--models", nargs="+", default=list(DEFAULTS["models"]), help=f"models to train (default: {' '.join(MODELS)})"
     )
     parser.add_argument(
         "--attribute-steps",
         type=int,
-        default=300,
-        help="optimizer updates of the attribute classifier and of its shuffled control (default 300; "
+        default=DEFAULTS["attribute_steps"],
+        help="optimizer updates of the attribute classifier and of its shuffled control (default %(default)s; "
         "0 skips the attribute classifier)",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap replicates for the AUC intervals (default 1000)"
+        "--bootstrap",
+        type=int,
+        default=DEFAULTS["bootstrap"],
+        help="bootstrap replicates for the AUC intervals (default %(default)s)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -48,16 +62,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-
     from ecgqa import quickstart as stage  # the stage, imported only when the command runs
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        return stage._run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return stage.run(args)

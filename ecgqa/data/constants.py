@@ -1,6 +1,8 @@
-"""The fixed vocabulary of ECG-QA: lead names, lead groups and question-type codes.
+"""The fixed vocabulary of ECG-QA: lead names, lead groups and question-type codes; and the preparation
+defaults the command line shows.
 
-Every other module imports these; nothing else spells out a lead list or a code table.
+Every other module imports these; nothing else spells out a lead list or a code table. This module imports
+nothing heavy: the CLI's parser reads it.
 """
 
 from __future__ import annotations
@@ -75,3 +77,14 @@ def question_codes(question_type: str, attribute_type: str) -> tuple[int, int, i
 
 
 # Lead masks and the regexes that find lead names in text: ecgqa/data/leads.py.
+
+# ------------------------------------------------------------------ preparation defaults (ecgqa prepare)
+
+DEFAULT_SECONDS = 10
+DEFAULT_RATE = 500
+#: Question tokenizers: BERT's uncased vocabulary (as upstream) or one built from the train questions.
+TOKENIZERS = ("bert", "trained")
+#: The preparation tasks, in the order of ``TASKS`` in ecgqa/data/prepare.py (the builders).
+TASK_NAMES = ("qa", "upperbound", "attributes")
+#: The question variants of a release.
+VARIANTS = ("template", "paraphrased")

@@ -22,9 +22,9 @@ How (and why this way):
    ``|d/dt|``, 10 ms smoothed) stays below 10 % of its QRS peak for 10 ms, searching out from the R peak.
    T end: tangent method on the vector magnitude (root sum of squares over leads, baseline removed):
    the steepest descent after the T peak, extended to the baseline. P wave: the vector-magnitude peak in
-   the 60–300 ms before QRS onset (not before the previous beat's T end); onset/offset where it falls to 20 % of the way from the lowest level on
-   that side up to the peak; no P wave (e.g.
-   atrial fibrillation) when the peak is not 3× the residual noise.
+   the 60–300 ms before QRS onset (not before the previous beat's T end); onset/offset where it falls to
+  20 % of the way from the lowest level on that side up to the peak; no P wave (e.g. atrial
+   fibrillation) when the peak is not 3× the residual noise.
 4. **Intervals.** PR = QRS onset − P onset; QRS = offset − onset; QT = T end − QRS onset;
    **QTc by Bazett** (QT / √RR, RR in seconds), the formula clinical reports and PTB-XL's statements use.
 5. **Amplitudes and axes** relative to the PR-segment baseline of each lead. R amplitude: the largest

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import shutil
 import sys
 import time
@@ -34,21 +35,29 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from datasets import Features, List, Value
+from tqdm.auto import tqdm
 
-from ecgqa.data import prepared
+from ecgqa.data import attributes, prepared
+from ecgqa.data.attributes import AttributesError, Statements, derive, measure_record, read_metadata
+from ecgqa.data.constants import DEFAULT_RATE, DEFAULT_SECONDS, TOKENIZERS
 from ecgqa.data.prepared import PreparedMeta, TokenizerInfo
+from ecgqa.data.records import RecordError, fit_length, read_record, record_files
 from ecgqa.data.release import SPLITS, AnswerSpace, ReleaseError, encode_sample, load_shard, shards
+from ecgqa.data.upperbound_labels import (
+    UpperboundBuilder,
+    UpperboundError,
+    bundled_grounding_classes,
+    read_grounding_classes,
+)
+from ecgqa.data.vocab import bert_tokenizer, tokenizer_info, train_wordpiece
 from ecgqa.files import atomic_write_json, recover_output, sha256_file, staging_dir, swap_dir
 
-DEFAULT_SECONDS = 10
-DEFAULT_RATE = 500
 MAX_LISTED = 20
 #: Accepted option ranges: an ECG below 50 Hz loses its QRS complexes; a store is one fixed window.
 RATE_RANGE = (50, 10_000)
 SECONDS_RANGE = (1.0, 120.0)
 NUM_PROC_RANGE = (1, 256)
-#: Question tokenizers: BERT's uncased vocabulary (as upstream) or one built from the train questions.
-TOKENIZERS = ("bert", "trained")
 
 
 class PrepareError(RuntimeError):
@@ -173,7 +182,8 @@ def read_inputs(
     """Check the mapped folder has what the options ask for, and describe every source file."""
     if not (mapped / opts.variant).is_dir():
         raise PrepareError(
-            f"{mapped}: no {opts.variant}/ folder; expected the output of `ecgqa map` (holding {opts.variant}/<split>/*.json)"
+            f"{mapped}: no {opts.variant}/ folder; expected the output of `ecgqa map` "
+            f"(holding {opts.variant}/<split>/*.json)"
         )
     present = [s for s in SPLITS if (mapped / opts.variant / s).is_dir()]
     missing = [s for s in opts.splits if s not in present]
@@ -202,8 +212,6 @@ def content_hash(opts: Options, inputs: Inputs) -> str:
 def records_fingerprint(paths: Iterable[str]) -> str:
     """Size and mtime of each record's header and signal file: cheap (two stats a record), and it
     changes when a record is repaired or replaced, which hashing the release files alone would miss."""
-    from ecgqa.data.records import record_files
-
     h = hashlib.sha256()
     for path in sorted(set(paths)):
         for f in record_files(Path(path)):
@@ -292,8 +300,6 @@ class QATask(TaskBuilder):
     uses_tokenizer = True
 
     def features(self) -> Any:
-        from datasets import Features, List, Value
-
         ints = List(Value("int64"))
         return Features(
             {
@@ -347,15 +353,11 @@ class UpperboundTask(TaskBuilder):
     template_only = True
 
     def __init__(self, inputs: Inputs, opts: Options, attributes: list[str]) -> None:
-        from ecgqa.data.upperbound_labels import UpperboundBuilder
-
         super().__init__(inputs, opts, attributes)
         self.builders = {s: UpperboundBuilder(inputs.grounding_classes, s) for s in opts.splits}
 
     @classmethod
     def add_inputs(cls, inputs: Inputs, opts: Options, extra: str | Path | None) -> None:
-        from ecgqa.data.upperbound_labels import bundled_grounding_classes, read_grounding_classes
-
         path = Path(extra) if extra else bundled_grounding_classes(opts.version)
         inputs.grounding_classes = read_grounding_classes(path)
         inputs.sources.append(_source(path, None))
@@ -364,8 +366,6 @@ class UpperboundTask(TaskBuilder):
         return list(self.inputs.grounding_classes)
 
     def add(self, split: str, shard: Path, sample: dict[str, Any]) -> None:
-        from ecgqa.data.upperbound_labels import UpperboundError
-
         try:
             self.builders[split].add(sample)
         except UpperboundError as e:
@@ -376,8 +376,6 @@ class UpperboundTask(TaskBuilder):
         return ecg_ids & wanted
 
     def features(self) -> Any:
-        from datasets import Features, List, Value
-
         ints = List(Value("int64"))
         return Features(
             {
@@ -416,8 +414,6 @@ class AttributesTask(UpperboundTask):
     template_only = False
 
     def __init__(self, inputs: Inputs, opts: Options, attributes: list[str]) -> None:
-        from ecgqa.data.attributes import Statements, read_metadata
-
         TaskBuilder.__init__(self, inputs, opts, attributes)
         self.metadata = read_metadata(inputs.metadata)
         self.statements = Statements.read(inputs.metadata.with_name("scp_statements.csv"))
@@ -426,8 +422,6 @@ class AttributesTask(UpperboundTask):
 
     @classmethod
     def add_inputs(cls, inputs: Inputs, opts: Options, extra: str | Path | None) -> None:
-        from ecgqa.data.attributes import AttributesError, read_metadata
-
         if opts.version != "ptbxl":
             raise PrepareError(
                 f"--task attributes supports PTB-XL only, not {opts.version}: ECG-QA does not document "
@@ -463,8 +457,6 @@ class AttributesTask(UpperboundTask):
         return found
 
     def rows(self, split: str, row_of: dict[int, int], lost: list[int]) -> Iterator[dict[str, Any]]:
-        from ecgqa.data.attributes import derive, measure_record, rows
-
         for ecg_id, path in sorted(self.ecgs[split].items()):
             if ecg_id not in self.metadata.index:
                 self.counts["ecgs_without_metadata"] += 1
@@ -477,7 +469,7 @@ class AttributesTask(UpperboundTask):
                 self.counts["ecgs_not_measurable"] += 1
             labels = derive(self.metadata.loc[ecg_id].to_dict(), self.statements, measured)
             self.counts["ecgs"] += 1
-            for row in rows(ecg_id, labels, self.inputs.grounding_classes):
+            for row in attributes.rows(ecg_id, labels, self.inputs.grounding_classes):
                 self.counts["rows"] += 1
                 yield {**row, "ecg_rows": [row_of[ecg_id]]}
 
@@ -565,8 +557,6 @@ def _check_unique_ids(shard_ids: list[tuple[Path, np.ndarray]]) -> None:
 def _read_one(item: tuple[int, str, int, int]) -> tuple[int, Any, str | None, int]:
     """Worker: one record → float16 (12, T), or the error text. Never raises, so one bad record
     does not stop the scan: every bad record is listed at the end."""
-    from ecgqa.data.records import RecordError, fit_length, read_record
-
     ecg_id, path, rate, length = item
     try:
         rec = read_record(path, fs=rate)
@@ -600,10 +590,6 @@ def _write_signals(
     Returns (ecg_ids of the stored rows, {bad id: reason}, number of records cropped/padded).
     Bad rows are compacted away afterwards, so the store only ever holds readable ECGs.
     """
-    import multiprocessing
-
-    from tqdm.auto import tqdm
-
     ids = np.array(sorted(paths), dtype=np.int64)
     items = [(int(i), paths[int(i)], rate, length) for i in ids]
     bad: dict[int, str] = {}
@@ -691,8 +677,6 @@ def write_question_tables(
 
 def build_tokenizer(build: Path, kind: str) -> TokenizerInfo:
     """Store the question tokenizer: BERT's uncased vocabulary, or one built from the train questions only."""
-    from ecgqa.data.vocab import bert_tokenizer, tokenizer_info, train_wordpiece
-
     if kind == "bert":
         tok = bert_tokenizer()
     else:
@@ -707,8 +691,6 @@ def build_tokenizer(build: Path, kind: str) -> TokenizerInfo:
 
 
 def _progress(items: list, progress: bool, desc: str) -> Iterable:
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc, unit="shard", disable=not progress, leave=False)
 
 

@@ -17,13 +17,17 @@ through the writer functions below. A reader of an older ``format`` is told to r
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import datasets
 import numpy as np
+from datasets.arrow_writer import ArrowWriter
 from pydantic import BaseModel, ConfigDict, ValidationError
+from transformers import PreTrainedTokenizerFast
 
 from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir
 
@@ -209,8 +213,6 @@ class PreparedData:
 
     def split(self, name: str):
         """The questions table of a split as a memory-mapped ``datasets.Dataset``."""
-        import datasets
-
         cache = self.__dict__.setdefault("_splits_cache", {})
         if name not in cache:
             folder = self.path / QUESTIONS / name
@@ -222,8 +224,6 @@ class PreparedData:
     @cached_property
     def tokenizer(self):
         """The question tokenizer stored at prepare time (a ``PreTrainedTokenizerFast``; see ``.info.tokenizer``)."""
-        from transformers import PreTrainedTokenizerFast
-
         folder = self.path / TOKENIZER
         if not folder.is_dir():
             raise PreparedDataError(f"{self.path}: no {TOKENIZER}/ (only --task qa writes one)")
@@ -269,8 +269,6 @@ class SignalStoreWriter:
 
     def compact(self, keep: np.ndarray, chunk: int = 256) -> None:
         """Rewrite the store without the rows where ``keep`` is False, a chunk at a time."""
-        import os
-
         src = np.load(self.path, mmap_mode="r")
         tmp = self.path.with_name(".compact.npy")
         header = {
@@ -298,9 +296,6 @@ def write_questions(build: Path, split: str, rows: Iterator[dict[str, Any]], fea
     ``save_to_disk`` then lays out in the standard format. The dataset fingerprint is given
     (derived from the content hash), so the files are the same bytes on every run.
     """
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
     build = Path(build)
     staging = build / f".{split}.arrow"
     with ArrowWriter(features=features, path=str(staging), writer_batch_size=10_000) as writer:
@@ -324,8 +319,6 @@ def write_questions(build: Path, split: str, rows: Iterator[dict[str, Any]], fea
 
 def question_texts(build: Path, split: str, batch: int = 10_000) -> Iterator[list[str]]:
     """The question strings of one split already written into ``build``, in batches."""
-    import datasets
-
     ds = datasets.load_from_disk(str(Path(build) / QUESTIONS / split))
     for start in range(0, len(ds), batch):
         yield ds[start : start + batch]["question"]

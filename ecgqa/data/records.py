@@ -58,7 +58,7 @@ def read_record(path: str | Path, fs: int | None = None) -> Record:
 
 def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str] | None, float]:
     """Any WFDB record, through ``wfdb.rdrecord``: (T, channels) physical float64, names, rate."""
-    import wfdb  # here, not at the top: mapping imports this module for record_files only
+    import wfdb  # here, not at the top: only records the format-16 reader cannot read need it; mapping doesn't
 
     try:
         rec = wfdb.rdrecord(str(path), physical=True)
@@ -165,7 +165,7 @@ def resample(signal: np.ndarray, fs: int, target_fs: int) -> np.ndarray:
     if fs == target_fs:
         return signal
     ratio = Fraction(int(target_fs), int(fs))
-    from scipy import signal as sps
+    from scipy import signal as sps  # here, not at the top: `ecgqa map` imports this module and never resamples
 
     out = sps.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32, copy=False)

@@ -91,7 +91,9 @@ class AnswerSpace:
         return sorted(set(out))
 
     def valid_classes(self, sample: dict[str, Any], *, where: str = "") -> list[int]:
-        """The options a question may be answered from (docs/benchmark.md, "Targets: the answer space and valid classes").
+        """The options a question may be answered from.
+
+        See docs/benchmark.md, "Targets: the answer space and valid classes".
 
         choose questions: the classes named in ``attribute`` ("above the normal range of qt
         interval" → "above the normal range"); all others: the template's classes minus none.

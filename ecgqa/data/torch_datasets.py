@@ -1,7 +1,8 @@
 """Serve a prepared directory (``ecgqa.data.prepared.PreparedData``) to PyTorch: datasets, collate, loaders.
 
-The datasets copy each ECG out of the read-only memmap, so lead masking (upperbound) and any later in-place change never touch the stored data. The store is
-re-opened in every DataLoader worker instead of being pickled with the dataset.
+The datasets copy each ECG out of the read-only memmap, so lead masking (upperbound) and any later
+in-place change never touch the stored data. The store is re-opened in every DataLoader worker
+instead of being pickled with the dataset.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Single template questions → upperbound attribute-classification labels (docs/benchmark.md, the attribute-classifier section).
+"""Single template questions → upperbound attribute-classification labels.
+
+See docs/benchmark.md, the attribute-classifier section.
 
 A question such as "Does this ECG show static noise in lead aVL?" answered "no" becomes the label
 (lead subset ``aVL``, attribute ``static noise``, 0). Attributes that carry a location
@@ -6,7 +8,8 @@ A question such as "Does this ECG show static noise in lead aVL?" answered "no" 
 into the lead subset. Lead subsets are keys of :data:`ecgqa.data.constants.LEAD_GROUPS`; the regexes that
 find them in questions and names are ``ecgqa/data/leads.py`` (shared with the LLM grounding).
 
-(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/se_wrn.py`` and ``ecgqa/models/resnet_attn.py``.)
+(This module converts questions into labels; the upperbound *classifiers* are ``ecgqa/models/se_wrn.py``
+and ``ecgqa/models/resnet_attn.py``.)
 
 Grounding classes whose name carries a lead group ("Broad R wave in lateral leads", "QRS changes in
 anteroseptal leads", both MIMIC-IV-ECG) keep their name and are labelled on that lead subset, as the
@@ -42,6 +45,7 @@ from typing import Any
 from ecgqa.data.constants import CHEST, LEAD_GROUPS, LEADS, LIMB
 from ecgqa.data.leads import question_lead_group, split_lead_location, trailing_lead_group
 from ecgqa.data.release import read_class_csv
+from ecgqa.sample import paths as sample_paths
 
 #: Without a grounding class list, these (PTB-XL) attributes lose their lead location to the lead subset.
 LOCATED_BASES = ("myocardial infarction", "ischemic", "subendocardial injury")
@@ -75,9 +79,7 @@ def read_grounding_classes(path: str | Path) -> list[str]:
 
 def bundled_grounding_classes(version: str) -> Path:
     """The grounding class list shipped with the bundled sample for ``version`` (83 PTB-XL / 164 MIMIC)."""
-    from ecgqa import sample
-
-    return sample.paths().grounding / version / "grounding_class.csv"
+    return sample_paths().grounding / version / "grounding_class.csv"
 
 
 def split_location(attribute: str, classes: Collection[str] | None = None) -> tuple[str, str]:

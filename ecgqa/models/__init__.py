@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from ecgqa.models.fusion import FusionConfig, FusionModel
 from ecgqa.models.fusion_prenorm import PreNormFusionConfig, PreNormFusionModel
-from ecgqa.models.layers import QAConfig, UpperboundConfig
+from ecgqa.models.layers import QAConfig, UpperboundConfig, attach_pretrained_text_encoder
 from ecgqa.models.m3ae import M3AEConfig, M3AEModel
 from ecgqa.models.resnet_attn import ResNetAttnConfig, ResNetAttnModel
 from ecgqa.models.resnet_lstm import ResNetLSTMConfig, ResNetLSTMModel
@@ -255,8 +256,6 @@ def create_model(name: str, *, text_encoder: str | None = None, **overrides: Any
             or isinstance(config, ResNetLSTMConfig)
         ):
             raise ValueError(f"--text-encoder applies to transformer QA models with a text side, not {name!r}")
-        from ecgqa.models.layers import attach_pretrained_text_encoder
-
         try:
             text_config = AutoConfig.from_pretrained(text_encoder).to_dict()
         except OSError as e:
@@ -285,9 +284,6 @@ def load_bert_embeddings(model: PreTrainedModel, path: str | Path) -> dict[str, 
     ValueError when ``path`` is not a local transformers BERT folder, when a table's shape differs (hidden
     size, vocabulary, positions), or when the model has no such tables.
     """
-    import torch
-    from transformers import AutoModel
-
     path = Path(path)
     tables = model.bert_embedding_tables() if hasattr(model, "bert_embedding_tables") else {}
     name = getattr(model.config, "model_name", type(model).__name__)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ecgqa.models.losses import labelled_bce, qa_bce
@@ -388,8 +388,6 @@ def build_text_encoder(config: PretrainedConfig) -> nn.Module | None:
     """The pretrained-encoder side from the stored ``text_config`` (weights are loaded by the caller)."""
     if not config.text_config:
         return None
-    from transformers import AutoConfig, AutoModel
-
     cfg = dict(config.text_config)
     text_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     return AutoModel.from_config(text_cfg)
@@ -430,8 +428,6 @@ class QuestionEmbedding(nn.Module):
 
 def attach_pretrained_text_encoder(model: PreTrainedModel, name_or_path: str) -> None:
     """Replace the model's text encoder by ``name_or_path``'s pretrained weights (AutoModel)."""
-    from transformers import AutoModel
-
     try:
         encoder = AutoModel.from_pretrained(name_or_path)
     except OSError as e:

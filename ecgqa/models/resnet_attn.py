@@ -18,7 +18,8 @@ The lead indicator (config ``lead_indicator``):
   real 16-bit recordings is nearly every lead: on the bundled PTB-XL sample 99.8 % of leads hold an
   exact zero, so the indicator is almost always all zeros (uninformative), as it was upstream.
 - ``"mask"`` (this project's alternative, ``--set lead_indicator=mask``): the batch's ``lead_mask``
-  (``ecgqa/data/torch_datasets.py``), 1 exactly for the leads of the question's subset. Not the same subset as upstream's.
+  (``ecgqa/data/torch_datasets.py``), 1 exactly for the leads of the question's subset. Not the same
+  subset as upstream's.
 """
 
 from __future__ import annotations

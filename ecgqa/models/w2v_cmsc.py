@@ -21,6 +21,7 @@ The encoder reproduces fairseq-signals' ``ECGTransformerModel`` / ``Wav2Vec2Mode
 
 from __future__ import annotations
 
+import ast
 import math
 from typing import Any
 
@@ -120,8 +121,6 @@ class W2VCMSCConfig(UpperboundConfig):
 def parse_conv_layers(spec: Any) -> list[tuple[int, int, int]]:
     """fairseq's ``conv_feature_layers`` ("[(512, 10, 5)] + [(512, 3, 2)] * 4", or a list) as a list of
     (dim, kernel, stride). The string is read with ``ast`` (literals, ``+`` and ``*`` only), never ``eval``."""
-    import ast
-
     if isinstance(spec, str):
 
         def value(node: ast.AST) -> Any:

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
     Wav2Vec2GumbelVectorQuantizer,
     _compute_mask_indices,
@@ -74,6 +74,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 from transformers.utils import ModelOutput
 
+from ecgqa.models import create_config, family_of
 from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VEncoder
 
 #: The yaml's model settings that differ from the fine-tuning config (``W2VCMSCConfig`` defaults are the
@@ -350,10 +351,6 @@ AutoConfig.register(W2VPretrainConfig.model_type, W2VPretrainConfig, exist_ok=Tr
 def pretrain_config(model: str, **overrides: Any) -> W2VPretrainConfig:
     """The pretraining config for encoder size ``model`` (a ``w2v-cmsc-rlm*`` registry name): its encoder
     fields, the yaml's pretraining dropouts, the size's objective settings, then ``overrides``."""
-    from transformers import PretrainedConfig
-
-    from ecgqa.models import create_config, family_of
-
     if model not in PRETRAIN_SIZES:
         family = family_of(model)  # "unknown model …" with the list
         raise ValueError(

@@ -14,7 +14,7 @@ number below is the reference config's, with the config file it comes from (Jwoo
 | resnet-lstm | …/resnet_lstm/deeper.yaml | 64 × 1 × 1 | 64 | 50 epochs | 5e-5 | 1e-4 (fixed lr) |
 | se-wrn | examples/scratch/ecg_classification/resnet/se_wrn_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 5e-4 |
 | resnet-attn | …/ecg_classification/resnet/nejedly2021_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 1e-4 |
-| w2v-cmsc-rlm | examples/w2v_cmsc/config/finetuning/ecg_transformer/grounding_classification/base_total.yaml | 64 × 1 × 1 | 64 | 100k | 5e-5 | 1e-4 |
+| w2v-cmsc-rlm | examples/w2v_cmsc/…/grounding_classification/base_total.yaml | 64 × 1 × 1 | 64 | 100k | 5e-5 | 1e-4 |
 
 All use Adam with betas (0.9, 0.98), eps 1e-8, and (except resnet-lstm's fixed rate) the tri-stage
 schedule with phase ratios 10/40/50 % of the updates: linear warmup from ``init_lr_scale`` = 0.01 × lr
@@ -31,9 +31,9 @@ The effective batch is reached on any number of devices: gradient accumulation =
 effective / (per-device batch × devices), see :func:`grad_accum_for`.
 
 ``quick`` (the default) is for the bundled sample and CPUs: AdamW (weight decay 0.01 except biases
-and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper recipe's 50k updates of 256
-samples are 12.8 M samples, days on a CPU; choose it explicitly on the full release. ``quick`` clips
-gradients at norm 1.0 (the transformers default it always used).
+and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper
+recipe's 50k updates of 256 samples are 12.8 M samples, days on a CPU; choose it explicitly on the full
+release. ``quick`` clips gradients at norm 1.0 (the transformers default it always used).
 """
 
 from __future__ import annotations

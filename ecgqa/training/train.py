@@ -1,4 +1,4 @@
-"""``ecgqa train --data PREPARED --model NAME --out CKPT [--recipe paper]``: train a QA model or an upperbound classifier.
+"""Train a QA model or an upperbound classifier (``ecgqa train --data PREPARED --model NAME --out CKPT``).
 
 Built on ``transformers.Trainer``, which brings the optimiser loop, gradient accumulation, bf16/fp16,
 checkpoint rotation, best-model selection and resuming, and runs unchanged under ``torchrun``
@@ -266,7 +266,8 @@ def dry_run(config: TrainConfig) -> str:
         f"recipe {config.recipe} for {config.model} ({recipe.source})",
         f"effective batch: {config.effective_batch} = batch {batch}",
         f"updates: {steps}" + ("" if config.max_steps else f" ({config.epochs:g} epochs)"),
-        f"samples seen: {steps * config.effective_batch} = {epochs:.2f} epochs of {n_train} {config.train_split} samples",
+        f"samples seen: {steps * config.effective_batch} = "
+        f"{epochs:.2f} epochs of {n_train} {config.train_split} samples",
         f"optimizer: {optimizer}, betas {recipe.betas}, eps {recipe.eps:g}, weight decay {config.weight_decay:g}",
         f"lr schedule: {describe_schedule(_schedule_view(config, recipe), steps)}",
         "gradient clipping: "

@@ -132,7 +132,9 @@ def _reference_index(data, store_ids: set[int]):
 
     cols = ("question", "question_type", "attribute_type", "template_id", "valid_classes", "ecg_id", "answer")
     by_split = {s: data.split(s).select_columns(list(cols)).to_dict() for s in data.splits}
-    rows = [dict(zip(cols, v, strict=False)) for t in by_split.values() for v in zip(*(t[c] for c in cols), strict=False)]
+    rows = [
+        dict(zip(cols, v, strict=False)) for t in by_split.values() for v in zip(*(t[c] for c in cols), strict=False)
+    ]
     counts: dict[int, int] = defaultdict(int)
     splits: dict[int, set[str]] = defaultdict(set)
     for split, table in by_split.items():

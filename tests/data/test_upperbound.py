@@ -1,4 +1,7 @@
-"""Upperbound conversion: hand-made template samples (from docs/benchmark.md) → (lead subset, attribute, yes/no) labels."""
+"""Upperbound conversion: hand-made template samples (from docs/benchmark.md) → labels.
+
+A label is (lead subset, attribute, yes/no).
+"""
 
 from __future__ import annotations
 

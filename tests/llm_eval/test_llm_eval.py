@@ -370,7 +370,8 @@ def test_each_ecg_subset_classified_once_and_cached_on_disk(tmp_path, signals, g
     interp = first[qs[0].sample_id][0]
     scores = g.scores(interp.reading)
     expect = sorted(
-        ((c, round(float(s), 3)) for c, s in zip(grounding_classes, scores, strict=False) if s > 0.5), key=lambda cs: (-cs[1], cs[0])
+        ((c, round(float(s), 3)) for c, s in zip(grounding_classes, scores, strict=False) if s > 0.5),
+        key=lambda cs: (-cs[1], cs[0]),
     )
     assert list(interp.findings) == expect and expect
 
@@ -856,7 +857,7 @@ def test_a_reply_matching_no_option_is_wrong_even_when_the_truth_is_none(tmp_pat
     assert t["status"] == "no-match" and t["correct"] is False and t["parsed"] == [] and t["true"] == []
 
 
-# ----------------------------------------------------------------------------- --input: image, features, none, combinations
+# ------------------------------------------------------------------ --input: image, features, none, combinations
 
 
 def _sources(inputs, tmp_path, signals, grounding_classes, *, dpi=30, layout="3x4", detail="auto"):

@@ -1,110 +1,24 @@
-"""Models: the registry, each reference model's structure pinned against the upstream configs
-(docs/models.md), shapes and gradients on real prepared batches, the loss each model returns, save/load
-round trips, padding really masked, and learning (loss down, 100 % train exact match on a tiny batch)."""
+"""Models: the registry, and each reference model's structure pinned against the upstream configs
+(docs/models.md): parameter counts, layers, heads, the fusion inputs."""
 
 from __future__ import annotations
 
-import json
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from ecgqa.data.prepared import PreparedData
-from ecgqa.data.torch_datasets import ECGQADataset, UpperboundDataset, collate_qa, collate_upperbound
-from ecgqa.evaluation.metrics import exact_match, upperbound_correct
 from ecgqa.models import (
     MODELS,
     create_config,
     create_model,
-    load_model,
     quick_variant,
     reference_models,
     task_of,
     variant_for_tests,
 )
-
-QA_MODELS = [
-    "fusion-test",
-    "blind-test",
-    "deaf-test",
-    "medvill-test",
-    "m3ae-test",
-    "resnet-lstm-test",
-    "fusion-prenorm-test",
-]
-UB_MODELS = ["se-wrn-test", "resnet-attn-test", "w2v-cmsc-rlm-test"]
-QA_INPUTS = ("ecg", "ecg_mask", "input_ids", "attention_mask")
-UB_INPUTS = ("ecg", "lead_mask")
-READS_ECG = {"fusion-test", "deaf-test", "medvill-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"}
-READS_TEXT = {"fusion-test", "blind-test", "medvill-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"}
-
-
-def _pick_distinct(table, n: int, text: str = "question", label: str | None = None) -> list[int]:
-    """Indices of n samples with pairwise different questions and first ECGs (so blind and deaf can fit them),
-    half of them from each of the two most common values of ``label`` (yes/no answers) when given."""
-    seen_q, seen_e, out = set(), set(), []
-    labels = [str(v) for v in table[label]] if label else [""] * len(table)
-    wanted = {v: n // 2 for v in sorted(set(labels), key=labels.count, reverse=True)[:2]} if label else {"": n}
-    for i, (q, rows, y) in enumerate(zip(table[text], table["ecg_rows"], labels, strict=False)):
-        if q not in seen_q and rows[0] not in seen_e and wanted.get(y, 0) > 0:
-            seen_q.add(q)
-            seen_e.add(rows[0])
-            wanted[y] -= 1
-            out.append(i)
-    assert len(out) == n, f"the sample holds fewer than {n} distinct samples"
-    return out[:n]
-
-
-@pytest.fixture(scope="module")
-def qa_data(prepared_qa) -> PreparedData:
-    return PreparedData(prepared_qa)
-
-
-@pytest.fixture(scope="module")
-def qa_batch(qa_data) -> dict[str, torch.Tensor]:
-    """6 single-ECG verify samples (train; 3 yes, 3 no) + 2 two-ECG comparison-query samples (valid), all distinct."""
-    train, valid = ECGQADataset(qa_data, "train"), ECGQADataset(qa_data, "valid")
-    items = [train[i] for i in _pick_distinct(train.table, 6, label="answer")]
-    items += [valid[i] for i in _pick_distinct(valid.table, 2)]
-    return collate_qa(items)
-
-
-@pytest.fixture(scope="module")
-def ub_batch(prepared_upperbound) -> dict[str, torch.Tensor]:
-    data = PreparedData(prepared_upperbound)
-    ds = UpperboundDataset(data, "train")
-    return collate_upperbound([ds[i] for i in _pick_distinct(ds.table, 8, text="sample_id", label="label_values")])
-
-
-def _inputs(batch: dict, name: str) -> dict:
-    keys = QA_INPUTS if task_of(name) == "qa" else UB_INPUTS
-    return {k: batch[k] for k in keys}
-
-
-def _make(name: str, data: PreparedData | None, **extra):
-    if task_of(name) == "qa":
-        tok = data.tokenizer
-        return create_model(
-            name,
-            classes=data.classes,
-            vocab_size=len(tok),
-            pad_token_id=tok.pad_token_id,
-            sep_token_id=tok.sep_token_id,
-            **extra,
-        )
-    return create_model(name, classes=[f"class {i}" for i in range(83)], **extra)
-
-
-def _with_labels(batch: dict, name: str) -> dict:
-    keys = QA_INPUTS + ("labels",) if task_of(name) == "qa" else UB_INPUTS + ("labels", "label_mask")
-    return {k: batch[k] for k in keys}
-
-
-def _word_embedding(model) -> torch.nn.Parameter:
-    return next(p for n, p in model.named_parameters() if "word_emb" in n)
-
+from tests.models.model_helpers import (
+    make_model,
+    model_inputs,
+)
 
 # ------------------------------------------------------------------------------------------ registry
 
@@ -292,12 +206,12 @@ def test_m3ae_structure():
 def test_m3ae_pools_the_first_token_of_each_stream(qa_batch, qa_data):
     """Upstream's Pooler: only position 0 of each fused stream reaches the head, through Linear + tanh."""
     torch.manual_seed(7)
-    model = _make("m3ae-test", qa_data).eval()
+    model = make_model("m3ae-test", qa_data).eval()
     seen = {}
     model.text_pooler.register_forward_hook(lambda m, i, o: seen.__setitem__("text", (i[0], o)))
     model.ecg_pooler.register_forward_hook(lambda m, i, o: seen.__setitem__("ecg", (i[0], o)))
     with torch.no_grad():
-        model(**_inputs(qa_batch, "m3ae-test"))
+        model(**model_inputs(qa_batch, "m3ae-test"))
     for name in ("text", "ecg"):
         x, out = seen[name]
         pooler = getattr(model, f"{name}_pooler")
@@ -429,8 +343,8 @@ def test_m3ae_head_is_bert_normal_initialised():
 
 def test_fusion_sep_is_the_sep_word_embedding(qa_batch, qa_data):
     torch.manual_seed(10)
-    model = _make("fusion-test", qa_data).eval()
-    inputs = _inputs(qa_batch, "fusion-test")
+    model = make_model("fusion-test", qa_data).eval()
+    inputs = model_inputs(qa_batch, "fusion-test")
     sep = qa_data.tokenizer.sep_token_id
     with torch.no_grad():
         ref = model(**inputs).logits
@@ -466,220 +380,3 @@ def test_post_norm_layer_output_is_normalised():
     y = layer(torch.randn(2, 5, 16) * 7 + 3, torch.ones(2, 5, dtype=torch.bool))
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.std(-1, unbiased=False), torch.ones(2, 5), atol=1e-3, rtol=0)
-
-
-# ------------------------------------------------------------------------------------- real batches
-
-
-def test_batch_is_what_the_contract_says(qa_batch, qa_data):
-    # The learning tests below rely on a mixed batch: single- and two-ECG questions, padded questions.
-    assert qa_batch["ecg"].shape == (8, 2, 12, qa_data.meta["signal_length"])
-    assert qa_batch["ecg_mask"].tolist() == [[True, False]] * 6 + [[True, True]] * 2
-    assert (qa_batch["attention_mask"] == 0).any(), "expected some question padding in the batch"
-
-
-@pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
-def test_forward_backward_and_loss(name, qa_batch, ub_batch, qa_data):
-    torch.manual_seed(0)
-    model = _make(name, qa_data)
-    qa = task_of(name) == "qa"
-    batch = qa_batch if qa else ub_batch
-    out = model(**_with_labels(batch, name))
-    n_classes = 103 if qa else 83
-    assert out.logits.shape == (8, n_classes)
-    # the returned loss equals an independent computation from the logits
-    x, y = out.logits.detach().double(), batch["labels"].double()
-    cell = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x)))
-    if qa:
-        expected = cell.mean()
-    else:
-        m = batch["label_mask"].double()
-        labelled = m.sum(0) > 0
-        expected = ((cell * m).sum(0)[labelled] / m.sum(0)[labelled]).mean()
-    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert model(**_inputs(batch, name)).loss is None  # no labels, no loss
-    out.loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
-    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
-    # every part of the input that the variant reads must reach the loss
-    if name in READS_ECG or not qa:
-        stem = next(p for n, p in model.named_parameters() if "extractor" in n or "stem" in n or "resnet" in n)
-        assert stem.grad.abs().sum() > 0
-    if name in READS_TEXT:
-        assert _word_embedding(model).grad.abs().sum() > 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
-def test_save_pretrained_round_trip(name, qa_batch, ub_batch, qa_data, tmp_path):
-    torch.manual_seed(1)
-    model = _make(name, qa_data).eval()
-    batch = qa_batch if task_of(name) == "qa" else ub_batch
-    model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_name"] == name and config["task"] == task_of(name)
-    assert config["rate"] == 500 and config["signal_length"] == 5000 and len(config["classes"]) in (83, 103)
-    loaded = load_model(tmp_path).eval()
-    assert type(loaded) is type(model)
-    saved, back = model.state_dict(), loaded.state_dict()
-    assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
-    with torch.no_grad():  # same weights; the LSTM's kernels may sum in another order (~1e-9)
-        torch.testing.assert_close(
-            loaded(**_inputs(batch, name)).logits, model(**_inputs(batch, name)).logits, rtol=1e-6, atol=1e-7
-        )
-
-
-def _fast_first(names: list[str]) -> list:
-    """The first model in the fast tier, the others marked slow (each runs several forward passes)."""
-    return [names[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in names[1:]]
-
-
-@pytest.mark.parametrize(
-    "name", _fast_first(["fusion-test", "blind-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"])
-)
-def test_text_padding_is_masked(name, qa_batch, qa_data):
-    torch.manual_seed(2)
-    model = _make(name, qa_data).eval()
-    inputs = _inputs(qa_batch, name)
-    pads = inputs["attention_mask"] == 0
-    assert pads.any()
-    changed = dict(inputs, input_ids=inputs["input_ids"].masked_fill(pads, 7))
-    # and longer padding: four more pad columns of arbitrary ids
-    B = inputs["input_ids"].shape[0]
-    longer = dict(
-        inputs,
-        input_ids=torch.cat([inputs["input_ids"], torch.full((B, 4), 11)], 1),
-        attention_mask=torch.cat([inputs["attention_mask"], torch.zeros(B, 4, dtype=torch.long)], 1),
-    )
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        torch.testing.assert_close(model(**changed).logits, ref, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(model(**longer).logits, ref, rtol=1e-5, atol=1e-6)
-        # ...while a real token does change the answer scores
-        real = dict(inputs, input_ids=inputs["input_ids"].masked_fill(~pads, 7))
-        assert not torch.allclose(model(**real).logits, ref)
-
-
-@pytest.mark.parametrize(
-    "name", _fast_first(["fusion-test", "deaf-test", "m3ae-test", "resnet-lstm-test", "fusion-prenorm-test"])
-)
-def test_missing_second_ecg_is_masked(name, qa_batch, qa_data):
-    torch.manual_seed(3)
-    model = _make(name, qa_data).eval()
-    inputs = _inputs(qa_batch, name)
-    noisy = inputs["ecg"].clone()
-    noisy[:6, 1] = torch.randn_like(noisy[:6, 1])  # slot 2 of the single-ECG questions: not a real ECG
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        out = model(**dict(inputs, ecg=noisy)).logits
-    torch.testing.assert_close(out[:6], ref[:6], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(model(**dict(inputs, ecg=inputs["ecg"] * 2)).logits, ref)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", QA_MODELS + UB_MODELS)
-def test_learns_a_tiny_batch(name, qa_batch, ub_batch, qa_data):
-    """At most 150 AdamW steps on 8 samples, on the model's own loss, drive it down and reach 100 % train
-    exact match. Proves learning, not just running: blind must memorise questions that differ in one word,
-    deaf the ECGs alone, and the comparison samples need both ECG slots."""
-    torch.manual_seed(4)
-    model = _make(name, qa_data)
-    qa = task_of(name) == "qa"
-    batch = qa_batch if qa else ub_batch
-    inputs = _inputs(batch, name)
-    labels = batch["labels"].numpy()
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-3, betas=(0.9, 0.98))
-    losses, correct = [], np.zeros(8, dtype=bool)
-    for step in range(150):
-        model.train()
-        loss = model(**_with_labels(batch, name)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 9:
-            model.eval()  # the upperbound models' batch norm: judge what inference would answer
-            with torch.no_grad():
-                probs = torch.sigmoid(model(**inputs).logits).numpy()
-            correct = (
-                exact_match(probs, labels, batch["valid_mask"].numpy())
-                if qa
-                else upperbound_correct(probs, labels, batch["label_mask"].numpy())
-            )
-            if correct.all():
-                break
-    assert math.isfinite(losses[-1]) and losses[-1] < 0.5 * losses[0], losses
-    assert correct.all(), (name, step + 1, correct, losses[-5:])
-
-
-def test_pretrained_text_encoder(tmp_path, qa_batch, qa_data):
-    """--text-encoder: weights come from the given transformers encoder, and the checkpoint reloads offline."""
-    from transformers import BertConfig, BertModel
-
-    enc_dir = tmp_path / "tiny-bert"
-    tok = qa_data.tokenizer
-    torch.manual_seed(5)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tok),
-            hidden_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=48,
-            max_position_embeddings=64,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
-    bert.save_pretrained(enc_dir)
-    tok.save_pretrained(enc_dir)
-    model = create_model(
-        "fusion-test",
-        text_encoder=str(enc_dir),
-        classes=qa_data.classes,
-        vocab_size=len(tok),
-        pad_token_id=tok.pad_token_id,
-        sep_token_id=tok.sep_token_id,
-    )
-    torch.testing.assert_close(
-        model.text_encoder.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight
-    )
-    model.eval()
-    inputs = _inputs(qa_batch, "fusion-test")
-    model.save_pretrained(tmp_path / "ckpt")
-    (enc_dir / "config.json").unlink()  # the checkpoint must not need the encoder folder any more
-    loaded = load_model(tmp_path / "ckpt").eval()
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        torch.testing.assert_close(loaded(**inputs).logits, ref, rtol=0, atol=0)
-        pads = inputs["attention_mask"] == 0
-        torch.testing.assert_close(
-            model(**dict(inputs, input_ids=inputs["input_ids"].masked_fill(pads, 9))).logits, ref, rtol=1e-5, atol=1e-6
-        )
-    with pytest.raises(ValueError, match="text side"):
-        create_model("se-wrn", text_encoder=str(enc_dir))
-    with pytest.raises(ValueError, match="text side"):
-        create_model("deaf", text_encoder=str(enc_dir))
-
-
-def test_predictor_inputs_match_the_data_loader(qa_data, qa_batch, tmp_path):
-    """ecgqa.load's tokenisation and ECG slots equal the training loader's, so scores are the same."""
-    import ecgqa
-
-    torch.manual_seed(6)
-    model = _make("fusion-test", qa_data).eval()
-    model.save_pretrained(tmp_path)
-    qa_data.tokenizer.save_pretrained(tmp_path / "tokenizer")
-    predictor = ecgqa.load(tmp_path, device="cpu")
-    with torch.no_grad():
-        probs = torch.sigmoid(model(**_inputs(qa_batch, "fusion-test")).logits).numpy()
-    items = []
-    for i in range(8):
-        ecgs = [qa_batch["ecg"][i, s].numpy() for s in range(2) if qa_batch["ecg_mask"][i, s]]
-        n = int(qa_batch["attention_mask"][i].sum())
-        question = qa_data.tokenizer.decode(qa_batch["input_ids"][i, :n], skip_special_tokens=True)
-        items.append((ecgs, question, np.flatnonzero(qa_batch["valid_mask"][i].numpy()).tolist()))
-    answers = predictor.answer_batch(items, batch_size=3)
-    for i, answer in enumerate(answers):
-        for name, score in answer.scores.items():
-            assert score == pytest.approx(probs[i, qa_data.classes.index(name)], abs=1e-5)
