@@ -57,6 +57,8 @@ UPLOAD_DOC = (
 )
 PNG = {"content": {"image/png": {}}, "description": "the 12-lead printout (ecgqa.render, 3x4 + lead II)"}
 
+PLOT_SECONDS = 10.0  # of paper, as printed ECGs are (ecgqa.render)
+
 router = APIRouter()
 
 
@@ -204,7 +206,10 @@ async def plot_upload(
     rate: Annotated[float | None, Form(description="sampling rate in Hz (.npy/.npz)")] = None,
 ) -> Response:
     ecg = (await _read_upload(files, rate))[0]
-    png = await run_in_threadpool(lambda: render_ecg(ecg.signal, ecg.fs, title=f"uploaded: {ecg.name}"))
+    first = ecg.signal[:, : int(PLOT_SECONDS * ecg.fs)]  # the printout shows 10 s: convert no more
+    png = await run_in_threadpool(
+        lambda: render_ecg(first, ecg.fs, title=f"uploaded: {ecg.name}", seconds=PLOT_SECONDS)
+    )
     return Response(png, media_type="image/png")
 
 
