@@ -214,6 +214,11 @@ def test_unrecognised_question_uses_every_class(client, direct, data):
     assert body["match"]["source"] == "fallback" and body["question_type"] is None
     assert_same_answer(body, direct.answer(store_signal(data, RECORD), q, None))
     assert len(body["valid_classes"]) == 103
+    # said plainly, and before the answer (issue 24: "no" to "Is there atrial fibrillation?" looked like a reply)
+    assert body["recognised"] is False and "not one the model was trained on" in body["warning"]
+    assert list(body).index("warning") < list(body).index("answer")
+    known = client.post("/api/answer", json={"ecg_ids": [RECORD], "question": "Does this ECG show baseline drift?"})
+    assert known.json()["recognised"] is True and known.json()["warning"] is None
 
 
 def test_concurrent_requests_are_batched_and_correct(predictor, data, direct, release, space):
@@ -906,3 +911,57 @@ def test_resampling_only_the_needed_head_gives_the_same_input(fs, rate):
     n = input_needed(fs, rate, length)
     assert n < fs * 11  # 10 s plus the filter's margin, not the whole 40 s
     np.testing.assert_array_equal(resample(x[:, :n], fs, rate)[:, :length], resample(x, fs, rate)[:, :length])
+
+
+# --------------------------------------------------------------------------- browser-facing safety (issue 24, item 14)
+
+
+def test_every_response_carries_the_security_headers(client):
+    for path in ("/", "/static/app.js", "/api/info", "/api/ecgs/424242", "/docs"):
+        r = client.get(path)
+        csp = r.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp, (path, csp)
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+    page_csp = client.get("/").headers["content-security-policy"]
+    assert "script-src 'self';" in page_csp and "unsafe-inline" not in page_csp
+    r = client.post("/api/answer", json={"ecg_ids": [], "question": "x"})  # an error response too
+    assert r.status_code == 422 and r.headers.get("x-content-type-options") == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "headers, allowed",
+    [
+        ({}, True),  # curl, scripts: no Origin
+        ({"Origin": "http://testserver"}, True),  # the demo's own page
+        ({"Origin": "http://testserver:80"}, True),
+        ({"Origin": "https://evil.example"}, False),
+        ({"Origin": "http://testserver.evil.example"}, False),
+        ({"Origin": "http://testserver:8001"}, False),
+        ({"Origin": "null"}, False),  # sandboxed frames, file:// pages
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, True),
+    ],
+)
+def test_cross_origin_writes_are_refused(client, sample_paths, headers, allowed):
+    sig, fs = wfdb_signal(sample_paths, RECORD)
+    requests = [
+        lambda: client.post("/api/answer", json={"ecg_ids": [RECORD], "question": "Any noise?"}, headers=headers),
+        lambda: client.post(
+            "/api/answer/upload",
+            files={"files": ("ecg.npy", _npy(sig))},
+            data={"question": "Any noise?", "rate": str(fs)},
+            headers=headers,
+        ),
+        lambda: client.post(
+            "/api/plot", files={"files": ("ecg.npy", _npy(sig))}, data={"rate": str(fs)}, headers=headers
+        ),
+    ]
+    for send in requests:
+        r = send()
+        if allowed:
+            assert r.status_code == 200, r.text
+        else:
+            assert r.status_code == 403, r.text
+            assert "cross-origin request refused" in r.json()["detail"]
+    # reading stays open to any client (GET changes nothing)
+    assert client.get("/api/info", headers=headers).status_code == 200
