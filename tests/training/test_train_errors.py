@@ -50,7 +50,7 @@ def _short_writes(real_save):
     return save
 
 
-@pytest.mark.parametrize("failure", ["short-write", "enospc"])
+@pytest.mark.parametrize("failure", [pytest.param("short-write", marks=pytest.mark.slow), "enospc"])
 def test_a_full_disk_while_saving_is_one_line_naming_the_folder(
     failure, prepared_upperbound, tmp_path, monkeypatch, capsys
 ):
