@@ -81,3 +81,23 @@ def test_a_refused_state_file_names_it_and_never_suggests_unsafe_loading(prepare
     assert "Traceback" not in err, err
     assert err.splitlines()[-1].startswith(f"error: {forged}: refused to load")
     assert "weights_only" not in err and "new --out" in err
+
+
+@pytest.mark.slow  # two pretraining runs
+def test_pretrain_names_a_refused_state_file_too(prepared_qa, tmp_path, capsys):
+    out = tmp_path / "pre"
+
+    def pretrain(*extra) -> int:
+        return main(
+            ["pretrain", "--data", str(prepared_qa), "--model", "w2v-cmsc-rlm-test", "--batch-size", "4"]
+            + ["--out", str(out), "-q", *extra]
+        )
+
+    assert pretrain("--max-steps", "2") == 0
+    forged = sorted((out / "checkpoints").glob("checkpoint-*/rng_state*.pth"))[-1]
+    torch.save({"python": argparse.Namespace(cmd="echo owned")}, forged)
+    capsys.readouterr()
+    assert pretrain("--max-steps", "4", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "weights_only" not in err, err
+    assert err.splitlines()[-1].startswith(f"error: {forged}: refused to load")
