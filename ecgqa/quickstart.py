@@ -414,6 +414,12 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+#: A class needs this many held-out positives and negatives for a per-class bootstrap interval: with 2 positives
+#: most replicates hold the same one or two positive ECGs and the interval collapses to a point (1.000–1.000),
+#: which reads as certainty where there is least of it. Such classes show their AUC with no interval.
+MIN_FOR_INTERVAL = 5
+
+
 def attribute_auc(
     checkpoint: Path,
     control: Path | None,
@@ -428,12 +434,31 @@ def attribute_auc(
     ``split``, the macro AUC, and the same for the label-shuffled ``control`` with the paired difference.
 
     Only classes with at least ``min_each`` positive and negative held-out ECGs are scored (others have
-    no defined AUC). Each bootstrap replicate resamples ECGs with replacement; a class missing one label
-    value in a replicate is left out of that replicate.
+    no defined AUC); a class with fewer than :data:`MIN_FOR_INTERVAL` of either gets ``ci95`` None. Each
+    bootstrap replicate resamples ECGs with replacement; a class missing one label value in a replicate is
+    left out of that replicate.
     """
     probs, labels, ecgs, classes = predict_rows(checkpoint, data_dir, split)
     cprobs = predict_rows(control, data_dir, split)[0] if control is not None else None
-    n = len(ecgs)
+    result = auc_result(probs, labels, classes, cprobs, n_boot=n_boot, seed=seed, min_each=min_each)
+    result = {"checkpoint": str(checkpoint), "split": split, **result}
+    if control is not None:
+        result["control_checkpoint"] = str(control)
+    return result
+
+
+def auc_result(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    cprobs: np.ndarray | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_each: int = 2,
+) -> dict[str, Any]:
+    """``attribute_auc``'s numbers from the scores ``probs`` (and the control's ``cprobs``) of ECGs x classes."""
+    n = len(probs)
     eligible = [
         j
         for j in range(len(classes))
@@ -458,10 +483,9 @@ def attribute_auc(
 
     point, boot = aucs(probs)
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "split": split,
         "n_ecgs": n,
         "n_boot": n_boot,
+        "min_for_interval": MIN_FOR_INTERVAL,
         "classes": [],
     }
     cpoint = cboot = None
@@ -470,12 +494,13 @@ def attribute_auc(
     for k, j in enumerate(eligible):
         known = ~np.isnan(labels[:, j])
         lo, hi = np.nanpercentile(boot[:, k], [2.5, 97.5])
+        n_pos, n_neg = int((labels[known, j] == 1).sum()), int((labels[known, j] == 0).sum())
         entry = {
             "class": classes[j],
             "auc": round(float(point[k]), 4),
-            "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "positives": int((labels[known, j] == 1).sum()),
-            "negatives": int((labels[known, j] == 0).sum()),
+            "ci95": [round(float(lo), 4), round(float(hi), 4)] if min(n_pos, n_neg) >= MIN_FOR_INTERVAL else None,
+            "positives": n_pos,
+            "negatives": n_neg,
         }
         if cpoint is not None:
             entry["control_auc"] = round(float(cpoint[k]), 4)
@@ -486,7 +511,6 @@ def attribute_auc(
     if cpoint is not None:
         cmacro_boot = np.nanmean(cboot, axis=1)
         diff = macro_boot - cmacro_boot
-        result["control_checkpoint"] = str(control)
         result["control_macro_auc"] = round(float(np.nanmean(cpoint)), 4)
         result["control_macro_ci95"] = [round(float(x), 4) for x in np.percentile(cmacro_boot, [2.5, 97.5])]
         result["difference_ci95"] = [round(float(x), 4) for x in np.percentile(diff, [2.5, 97.5])]
@@ -501,8 +525,14 @@ def auc_markdown(result: dict[str, Any]) -> str:
         "| class | AUC (95 % CI) | held-out +/− |" + (" shuffled control |" if has_control else ""),
         "|---|---|---|" + ("---|" if has_control else ""),
     ]
+    least = result.get("min_for_interval", MIN_FOR_INTERVAL)
+    few = 0
     for e in sorted(result["classes"], key=lambda e: -e["auc"]):
-        ci = f"{e['auc']:.3f} ({e['ci95'][0]:.3f}–{e['ci95'][1]:.3f})"
+        if e.get("ci95") is None:
+            few += 1
+            ci = f"{e['auc']:.3f} (too few for an interval: needs {least}+/{least}−)"
+        else:
+            ci = f"{e['auc']:.3f} ({e['ci95'][0]:.3f}–{e['ci95'][1]:.3f})"
         lines.append(
             f"| {e['class']} | {ci} | {e['positives']}/{e['negatives']} |"
             + (f" {e['control_auc']:.3f} |" if has_control else "")
@@ -513,6 +543,11 @@ def auc_markdown(result: dict[str, Any]) -> str:
         + (f" **{result['control_macro_auc']:.3f}** |" if has_control else "")
     )
     text = "\n".join(lines) + "\n"
+    if few:
+        text += (
+            f"\n{few} class{'es' if few > 1 else ''} with fewer than {least} held-out positives or negatives: "
+            "too few for an interval (the AUC is shown; the macro interval still covers every class).\n"
+        )
     if has_control:
         lo, hi = result["difference_ci95"]
         if result["learned"]:

@@ -81,6 +81,29 @@ def test_auc_markdown_says_plainly_whether_it_learned():
     assert "No evidence that the ECG side learned" in no
 
 
+def test_classes_with_too_few_labels_get_no_interval():
+    """Issue 24: 2 held-out positives printed a 1.000–1.000 interval; such classes are marked, with the minimum."""
+    import numpy as np
+
+    from ecgqa.quickstart import MIN_FOR_INTERVAL, auc_result
+
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = np.zeros((n, 3))
+    labels[:2, 0] = 1  # 2 positives: AUC defined, too few for an interval
+    labels[:MIN_FOR_INTERVAL, 1] = 1  # just enough
+    labels[:30, 2] = 1
+    probs = np.clip(labels * 0.6 + rng.random((n, 3)) * 0.5, 0, 1)  # the positives rank first
+    result = auc_result(probs, labels, ["rare", "few", "common"], n_boot=200)
+    by = {e["class"]: e for e in result["classes"]}
+    assert by["rare"]["positives"] == 2 and by["rare"]["ci95"] is None and by["rare"]["auc"] == 1.0
+    assert by["few"]["ci95"] is not None and by["common"]["ci95"] is not None
+    table = auc_markdown(result)
+    assert f"| rare | 1.000 (too few for an interval: needs {MIN_FOR_INTERVAL}+/{MIN_FOR_INTERVAL}−) | 2/58 |" in table
+    assert "1.000–1.000" not in table.split("| few")[0]
+    assert f"1 class with fewer than {MIN_FOR_INTERVAL} held-out positives or negatives" in table
+
+
 def test_ensure_demo_returns_existing_paths_without_training(tmp_path, prepared_qa):
     import shutil
 
@@ -171,7 +194,8 @@ def test_quickstart_fast_run(tmp_path, capsys):
     assert attr_ecgs["test"] <= set(split["ecgs"]["test"]) and not attr_ecgs["test"] & attr_ecgs["train"]
     result = json.loads((out / "attributes.json").read_text())
     assert result["n_ecgs"] == len(attr_ecgs["test"]) and len(result["classes"]) >= 20
-    assert all(0 <= e["ci95"][0] <= e["auc"] <= e["ci95"][1] <= 1 for e in result["classes"])
+    assert all(0 <= e["ci95"][0] <= e["auc"] <= e["ci95"][1] <= 1 for e in result["classes"] if e["ci95"])
+    assert all(e["ci95"] or min(e["positives"], e["negatives"]) < result["min_for_interval"] for e in result["classes"])
     assert "control_macro_auc" in result and isinstance(result["learned"], bool)
     md = (out / "attributes.md").read_text()
     assert md in printed and ("learned something" in md or "No evidence" in md)

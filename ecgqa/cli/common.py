@@ -7,7 +7,10 @@ Used by ``ecgqa`` (``ecgqa/cli/__init__.py``) and by the stages' own entry point
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+from pathlib import Path
 
 from ecgqa.files import disk_full
 
@@ -31,8 +34,25 @@ def dispatch(args: argparse.Namespace) -> int:
         if isinstance(e, FileNotFoundError):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:
+            print(f"error: {not_permitted(e)}", file=sys.stderr)
+            return 2
         raise
     except (ValueError, RuntimeError) as e:
         # Our errors name the file / record / sample at fault; a traceback adds nothing for users.
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def not_permitted(e: OSError) -> str:
+    """One line for a refused read or write (a read-only ``--out``, a folder of another user's): the path and
+    the fix. A path that does not exist yet, or exists and is readable, was being written."""
+    path = Path(os.fsdecode(e.filename))
+    reason = e.strerror or "permission denied"
+    if e.errno == errno.EROFS or not path.exists() or os.access(path, os.R_OK):
+        folder = next((p for p in (path, *path.parents) if p.exists()), path)
+        return (
+            f"cannot write {path} ({reason}; {folder} is not writable for this user); "
+            "choose an --out folder you can write to, or make this one writable"
+        )
+    return f"cannot read {path} ({reason}); give this user read access to it, or pass a copy"

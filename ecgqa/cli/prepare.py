@@ -1,7 +1,10 @@
 """``ecgqa prepare`` (command-line side): options, the bundled-sample default, the summary line.
 
-The library side (``ecgqa/data/prepare.py``) never maps anything itself; without an input folder this
-command maps the bundled sample into a temporary folder first (``mapping.mapper.map_bundled_sample``).
+The library side (``ecgqa/data/prepare.py``) never maps anything itself. Without an input folder this
+command takes what ``ecgqa map`` wrote by default (``mapped/ptbxl`` or ``mapped/mimic-iv-ecg``, see
+``ecgqa/cli/map.py``), or else maps the bundled sample into a temporary folder first
+(``mapping.mapper.map_bundled_sample``). ``--task attributes`` without ``--metadata`` reads the PTB-XL
+``ptbxl_database.csv`` beside the records the mapping used, when there is one. Each choice is printed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         nargs="?",
         type=Path,
         help="output of `ecgqa map` (holds template/ or paraphrased/ and mapping_report.json); "
-        "default: the bundled sample, mapped on the fly",
+        "default: what `ecgqa map` wrote by default (mapped/ptbxl or mapped/mimic-iv-ecg) if it exists, "
+        "else the bundled sample, mapped on the fly",
     )
     parser.add_argument(
         "--out",
@@ -62,7 +66,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--grounding-classes", type=Path, help="grounding_class.csv for --task upperbound (default: the bundled list)"
     )
     parser.add_argument(
-        "--metadata", type=Path, help="--task attributes: PTB-XL's ptbxl_database.csv (scp_statements.csv beside it)"
+        "--metadata",
+        type=Path,
+        help="--task attributes: PTB-XL's ptbxl_database.csv (scp_statements.csv beside it); default: the one in "
+        "the PTB-XL root the mapping read its records from (the bundled sample has one)",
     )
     parser.add_argument(
         "--version", dest="ecg_version", choices=["ptbxl", "mimic-iv-ecg"], help="default: from the mapping"
@@ -80,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     tmp = None
     try:
         if mapped is None:
+            mapped = default_mapped()
+            if mapped is not None:
+                print(f"using {mapped} (written by `ecgqa map`; name another folder to prepare that)", file=sys.stderr)
+        if mapped is None:
             from mapping.mapper import map_bundled_sample
 
             tmp = tempfile.TemporaryDirectory(prefix="ecgqa-mapped-")
@@ -87,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"using the bundled sample (mapped into {mapped})", file=sys.stderr)
         version = args.ecg_version or detect_version(mapped)
         out = args.out or default_out(version, args.variant, args.task)
+        metadata = args.metadata
+        if args.task == "attributes" and metadata is None:
+            metadata = metadata_beside_records(mapped)
+            if metadata is not None:
+                print(
+                    f"using the PTB-XL metadata {metadata} (beside the mapped records; --metadata to choose)",
+                    file=sys.stderr,
+                )
         meta = prepare(
             mapped,
             out,
@@ -98,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             num_proc=args.num_proc,
             drop_bad=args.drop_bad,
             grounding_classes=args.grounding_classes,
-            metadata=args.metadata,
+            metadata=metadata,
             version=version,
             tokenizer=args.tokenizer,
             force=args.force,
@@ -115,3 +134,29 @@ def run(args: argparse.Namespace) -> int:
     if meta["dropped"]:
         print(f"dropped: {json.dumps(meta['dropped'])[:500]}")
     return 0
+
+
+def default_mapped(root: Path = Path("mapped")) -> Path | None:
+    """``ecgqa map``'s default output (``mapped/<version>``) when exactly one exists, else None; both: an error."""
+    from mapping.mapper import REPORT
+    from mapping.sources import SOURCE_ALIASES
+
+    found = [root / v for v in sorted(set(SOURCE_ALIASES.values())) if (root / v / REPORT).is_file()]
+    if len(found) > 1:
+        raise ValueError(
+            f"both {' and '.join(str(f) for f in found)} hold a mapping (`ecgqa map`); name the one to prepare, "
+            f"e.g. `ecgqa prepare {found[0]}`"
+        )
+    return found[0] if found else None
+
+
+def metadata_beside_records(mapped: Path) -> Path | None:
+    """``ptbxl_database.csv`` in the PTB-XL root a mapping read its records from (its mapping_report.json)."""
+    from mapping.mapper import REPORT
+
+    try:
+        records = json.loads((Path(mapped) / REPORT).read_text()).get("records")
+    except (OSError, ValueError, AttributeError):
+        return None
+    candidate = Path(records) / "ptbxl_database.csv" if isinstance(records, str) else None
+    return candidate if candidate is not None and candidate.is_file() else None

@@ -117,6 +117,10 @@ class _ClassNames:
         )
 
 
+#: Longer than any id; also under Python's 4,300-digit limit on int(), whose error names no line.
+MAX_ID_DIGITS = 30
+
+
 def _sample_id(obj: dict[str, Any], where: str) -> int:
     if "sample_id" not in obj:
         raise ValueError(
@@ -124,8 +128,12 @@ def _sample_id(obj: dict[str, Any], where: str) -> int:
             '{"sample_id": N, "answer": ["class", ...]}'
         )
     sid = obj["sample_id"]
-    if isinstance(sid, str) and sid.strip().isdigit():
+    # ASCII digits only: str.isdigit() also takes "١٢٣" (Arabic-Indic, which int() reads as 123) and "²"
+    # (which int() refuses); ids are written by programs, and a reader must not guess what another meant.
+    if isinstance(sid, str) and sid.strip().isascii() and sid.strip().isdigit() and len(sid.strip()) <= MAX_ID_DIGITS:
         return int(sid)
+    if isinstance(sid, str) and sid.strip().isdigit():
+        raise ValueError(f"{where}: sample_id {sid[:40]!r} is not written in ASCII digits 0-9 (or is too long)")
     if not isinstance(sid, int) or isinstance(sid, bool):
         raise ValueError(f"{where}: sample_id must be an integer, not {sid!r}")  # noqa: TRY004 - a data error
     return sid
@@ -219,6 +227,8 @@ def read_answers(
                         yield n, json.loads(text)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+                    except ValueError:  # a number of over 4,300 digits: json gives no line of its own
+                        raise ValueError(f"{path}:{n}: not an answer line (a number of thousands of digits)") from None
                     except RecursionError:
                         raise ValueError(f"{path}:{n}: not an answer line (JSON nested too deeply)") from None
     else:

@@ -2,7 +2,8 @@
 
 - ``schemas``: request and response bodies; ``service``: the models, the ECG index and the
   batching of concurrent requests into one forward pass; ``routes``: the endpoints (an APIRouter);
-  ``middleware``: body limits, the loopback Host check and the error handlers; ``uploads``: turning
+  ``middleware``: body limits, the loopback Host check, the same-origin check for writes, the
+  security headers and the error handlers; ``uploads``: turning
   uploaded files into signals; ``questions``: matching a typed question to the dataset's.
 
 The caller loads the models (``ecgqa.load``) once and passes them in with the prepared data.
@@ -17,7 +18,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from ecgqa import __version__
-from ecgqa.serve.middleware import BODY_SECONDS, BodyLimit, LoopbackHostOnly, install_error_handlers
+from ecgqa.serve.middleware import (
+    BODY_SECONDS,
+    BodyLimit,
+    LoopbackHostOnly,
+    SameOriginWrites,
+    SecurityHeaders,
+    install_error_handlers,
+)
 from ecgqa.serve.routes import router
 from ecgqa.serve.service import Predictor, build_service
 
@@ -60,8 +68,10 @@ def create_app(
     app.state.service = service
     app.state.static = STATIC
     app.add_middleware(BodyLimit, body_seconds=body_seconds)
+    app.add_middleware(SameOriginWrites)  # before BodyLimit: a refused request's body is never read
     if loopback_only:
-        app.add_middleware(LoopbackHostOnly)  # added last: runs first
+        app.add_middleware(LoopbackHostOnly)
+    app.add_middleware(SecurityHeaders)  # added last: runs first, so every response (errors too) has the headers
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

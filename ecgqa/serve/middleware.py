@@ -8,6 +8,13 @@
 - :class:`LoopbackHostOnly` refuses requests whose ``Host`` is not a loopback name when the
   server listens on loopback, so a web page that rebinds its DNS name to 127.0.0.1 cannot read
   the served ECGs (S19).
+- :class:`SecurityHeaders` sends a Content-Security-Policy (the page loads only its own scripts,
+  styles and images; no framing: ``frame-ancestors 'none'``), ``X-Content-Type-Options: nosniff``
+  and ``Referrer-Policy: no-referrer`` with every response.
+- :class:`SameOriginWrites` refuses (403) state-changing requests (POST, PUT, PATCH, DELETE) that a
+  browser sends from another origin: any other web page could otherwise post ECGs and questions to
+  the demo with the visitor's browser (a "simple" multipart POST needs no CORS preflight). Clients
+  that send no ``Origin`` (curl, scripts) are not browsers acting for another site and pass.
 - :func:`install_error_handlers`: every error is ``{"detail": "one readable sentence"}``; 500s
   carry only an error id, the traceback goes to the log.
 """
@@ -20,6 +27,7 @@ import logging
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -141,6 +149,87 @@ class LoopbackHostOnly:
                     400,
                     "this demo listens on loopback only and answers requests for localhost / 127.0.0.1 / [::1]; "
                     "to reach it from other machines start it with --host 0.0.0.0",
+                )(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+#: The page (static/index.html) loads only its own script and style sheet; plots are same-origin PNGs or
+#: blob: URLs of uploaded plots; the favicon is ``data:,``. Nothing may frame it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+#: FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN and start them with an inline script.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_PATHS = ("/docs", "/redoc", "/docs/oauth2-redirect")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class SecurityHeaders:
+    """Add the CSP, ``nosniff``, ``X-Frame-Options`` and ``Referrer-Policy`` headers to every HTTP response."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        csp = (DOCS_CSP if scope.get("path") in DOCS_PATHS else PAGE_CSP).encode()
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                headers += [
+                    (b"content-security-policy", csp),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _netloc(host: str, scheme: str) -> str:
+    """``host[:port]`` lower-cased, without the scheme's default port."""
+    host = host.strip().lower().rstrip(".")
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return host[: -len(default)] if default and host.endswith(default) else host
+
+
+class SameOriginWrites:
+    """Refuse (403) POST/PUT/PATCH/DELETE whose ``Origin`` is not this server's (or that a browser marks as
+    cross-site with ``Sec-Fetch-Site``); requests without an ``Origin`` (curl, scripts) pass."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            headers = dict(scope.get("headers") or [])
+            origin = headers.get(b"origin", b"").decode("latin-1").strip()
+            fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+            host = headers.get(b"host", b"").decode("latin-1")
+            refused = fetch_site in ("cross-site", "same-site")
+            if origin:
+                parts = urlsplit(origin) if origin != "null" else None
+                refused = (
+                    refused
+                    or parts is None
+                    or not parts.netloc
+                    or (_netloc(parts.netloc, parts.scheme) != _netloc(host, parts.scheme))
+                )
+            if refused:
+                return await error_response(
+                    403,
+                    f"cross-origin request refused: this demo answers {scope['method']} requests only from its own "
+                    f"page (Origin {origin or fetch_site!r} is not http://{host})",
                 )(scope, receive, send)
         await self.app(scope, receive, send)
 

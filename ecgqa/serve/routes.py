@@ -57,6 +57,8 @@ UPLOAD_DOC = (
 )
 PNG = {"content": {"image/png": {}}, "description": "the 12-lead printout (ecgqa.render, 3x4 + lead II)"}
 
+PLOT_SECONDS = 10.0  # of paper, as printed ECGs are (ecgqa.render)
+
 router = APIRouter()
 
 
@@ -204,7 +206,10 @@ async def plot_upload(
     rate: Annotated[float | None, Form(description="sampling rate in Hz (.npy/.npz)")] = None,
 ) -> Response:
     ecg = (await _read_upload(files, rate))[0]
-    png = await run_in_threadpool(lambda: render_ecg(ecg.signal, ecg.fs, title=f"uploaded: {ecg.name}"))
+    first = ecg.signal[:, : int(PLOT_SECONDS * ecg.fs)]  # the printout shows 10 s: convert no more
+    png = await run_in_threadpool(
+        lambda: render_ecg(first, ecg.fs, title=f"uploaded: {ecg.name}", seconds=PLOT_SECONDS)
+    )
     return Response(png, media_type="image/png")
 
 
@@ -246,6 +251,14 @@ async def _answer(
     return _response(question, ecg_ids, ans, match, notes, t_start, queue_ms, infer_ms, batch)
 
 
+def unrecognised_warning(n_classes: int) -> str:
+    return (
+        "This question is not one the model was trained on: it matches none of the ECG-QA questions of the "
+        "prepared data, so the model does not know what it asks or which answers fit. The answer below scores "
+        f"all {n_classes} classes and is not a meaningful reply; rephrase it like one of the example questions."
+    )
+
+
 def _response(
     question: str,
     ecg_ids: list[int] | None,
@@ -259,9 +272,12 @@ def _response(
 ) -> AnswerResponse:
     chosen = set(ans.answer)
     scores = sorted(ans.scores.items(), key=lambda kv: -kv[1])
+    recognised = match.source != "fallback"
     return AnswerResponse(
         question=question,
         ecg_ids=ecg_ids,
+        recognised=recognised,
+        warning=None if recognised else unrecognised_warning(len(ans.valid_classes)),
         answer=list(ans.answer),
         scores=[ClassScore(name=k, score=float(v), selected=k in chosen) for k, v in scores],
         valid_classes=list(ans.valid_classes),

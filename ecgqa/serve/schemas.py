@@ -48,6 +48,13 @@ class Timing(BaseModel):
 class AnswerResponse(BaseModel):
     question: str
     ecg_ids: list[int] | None = Field(description="the ECGs answered about; null for uploads")
+    recognised: bool = Field(
+        description="whether the question is one of the prepared data's questions or close to one (a template "
+        "the model was trained on); when false the answer below is a guess over every class"
+    )
+    warning: str | None = Field(
+        None, description="set when the question is not one the model was trained on: read it before the answer"
+    )
     answer: list[str] = Field(description="the answer set; [] means none of the options")
     scores: list[ClassScore] = Field(description="every valid class, highest score first")
     valid_classes: list[str]

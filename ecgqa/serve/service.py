@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -46,6 +47,20 @@ class Predictor(Protocol):
     def answer(self, ecgs: Any, question: str, valid_classes: Any = None) -> Any: ...
 
     def answer_batch(self, items: list[tuple[Any, str, Any]], batch_size: int = 32) -> list[Any]: ...
+
+
+def input_needed(fs: int, rate: int, length: int) -> int:
+    """Input samples at ``fs`` that decide the first ``length`` samples of ``resample(x, fs, rate)``.
+
+    ``scipy.signal.resample_poly`` (up/down = rate/fs) filters with a window of ``10 * max(up, down)``
+    taps either side at the upsampled rate, so output sample n reads input up to ``(n * down + half) / up``.
+    Resampling only these samples gives the same first ``length`` outputs as resampling a whole
+    upload (tests/serve/test_serve_api.py checks this), in time and memory of the model's input only.
+    """
+    ratio = Fraction(int(rate), int(fs))
+    up, down = ratio.numerator, ratio.denominator
+    half = 10 * max(up, down)
+    return -(-((length - 1) * down + half) // up) + 2
 
 
 class ModelError(Exception):
@@ -185,10 +200,13 @@ class Service:
         notes = []
         rate, length = int(predictor.rate), int(predictor.signal_length)
         if fs != rate:
-            signal = resample(signal, fs, rate)
+            seconds = signal.shape[1] / fs
+            signal = resample(signal[:, : input_needed(fs, rate, length)], fs, rate)
             notes.append(f"{name}: resampled from {fs} Hz to the model's {rate} Hz")
-        if signal.shape[1] > length:
-            notes.append(f"{name}: used the first {length / rate:g} s of {signal.shape[1] / rate:.2f} s")
+        else:
+            seconds = signal.shape[1] / rate
+        if seconds * rate > length:
+            notes.append(f"{name}: used the first {length / rate:g} s of {seconds:.2f} s")
         elif signal.shape[1] < length:
             notes.append(f"{name}: {signal.shape[1] / rate:.2f} s zero-padded to the model's {length / rate:g} s")
         return np.ascontiguousarray(fit_length(signal, length), dtype=np.float32), notes

@@ -13,6 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,10 @@ from ecgqa.data.constants import LEADS
 
 MIN_RATE, MAX_RATE = 100, 2000  # Hz: what a diagnostic 12-lead ECG is sampled at in practice
 MIN_SECONDS = 2.0
+#: Longest accepted upload: a diagnostic 12-lead ECG is 10 s; the model reads its first ``signal_length``
+#: samples anyway. Checked from the array's header, before its data is decompressed or converted
+#: (issue 24: 33 kB of compressed zeros at 100 Hz, 7.75 hours, cost 16 s of CPU and 785 MB).
+MAX_SECONDS = 120.0
 MAX_ECGS = 2
 #: Decompressed size allowed for one .npz (12 leads x 2000 Hz x 2 min of float64 is 23 MB): a few MB of
 #: compressed zeros would otherwise inflate to gigabytes in memory, past the upload limit.
@@ -92,7 +97,43 @@ def check_signal(array: np.ndarray, fs: int, where: str) -> np.ndarray:
     return signal
 
 
+def check_duration(n_samples: int, fs: int | None, where: str) -> None:
+    """At most MAX_SECONDS of signal (at the highest accepted rate while the rate is not known yet)."""
+    limit = MAX_SECONDS * (fs or MAX_RATE)
+    if n_samples > limit:
+        length = f"{n_samples / fs:.0f} s" if fs else f"{n_samples} samples"
+        raise UploadError(
+            f"{where}: {length} of signal is too long; the limit is {MAX_SECONDS:g} s "
+            f"({int(limit)} samples at {fs or MAX_RATE} Hz); send only the first seconds of the record",
+            status=413,
+        )
+
+
+def check_array_header(fileobj: Any, where: str) -> tuple[int, ...]:
+    """The shape in a .npy header, checked (12 leads, at most MAX_SECONDS at MAX_RATE) before the data is read."""
+    from numpy.lib import format as npy_format
+
+    try:
+        major, _ = npy_format.read_magic(fileobj)
+        read = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+        shape, _, dtype = read(fileobj, max_header_size=2048)
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError/OSError/EOFError/… for junk
+        raise UploadError(f"{where}: not a readable .npy array ({type(e).__name__})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise UploadError(f"{where}: expected a numeric array, got {dtype}")
+    if len(shape) != 2 or shape[0] != len(LEADS):
+        hint = " (it looks transposed: save array.T)" if len(shape) == 2 and shape[1] == len(LEADS) else ""
+        raise UploadError(
+            f"{where}: wrong lead count: expected shape (12, T) with rows in lead order {', '.join(LEADS)}; "
+            f"got shape {tuple(shape)}{hint}"
+        )
+    check_duration(int(shape[1]), None, where)
+    return tuple(shape)
+
+
 def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
+    if not data.startswith(b"PK"):  # a .npy (a .npz is a zip file): check its header before loading it
+        check_array_header(io.BytesIO(data), name)
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError/OSError/EOFError/… for junk
@@ -117,17 +158,23 @@ def _load_array(name: str, data: bytes, rate: float | None) -> UploadedECG:
             if key is None:
                 raise UploadError(f"{name}: .npz holds {keys}; name the (12, T) array 'signal'")
             try:
-                array = loaded[key]
+                with loaded.zip.open(f"{key}.npy") as member:
+                    shape = check_array_header(member, name)
                 if rate is None:
                     rate_key = next((k for k in _RATE_KEYS if k in keys), None)
                     if rate_key is not None:
                         r = loaded[rate_key]
                         rate = r.item() if r.size == 1 and r.dtype.kind in "biuf" else str(r)
+                check_duration(shape[1], check_rate(rate, name), name)
+                array = loaded[key]
+            except UploadError:
+                raise
             except Exception as e:  # noqa: BLE001 - a corrupt member can raise anything zipfile/numpy has
                 raise UploadError(f"{name}: unreadable array in .npz ({type(e).__name__})") from None
     else:
         array = loaded
     fs = check_rate(rate, name)
+    check_duration(array.shape[1], fs, name)
     return UploadedECG(name, check_signal(array, fs, name), fs)
 
 
@@ -169,6 +216,8 @@ def check_header(header: str, text: bytes, uploaded: set[str]) -> int:
     except ValueError:
         raise UploadError(f"{header}: sampling rate {rate_text[:20]!r} is not a number") from None
     fs = check_rate(rate, header)
+    if len(fields) > 3 and fields[3].isdecimal() and fields[3].isascii():
+        check_duration(int(fields[3]), fs, header)  # the record line's sample count, before wfdb reads it
     for line in lines[1:]:
         fname = line.split()[0]
         # The header must name uploaded files only: never let it point at a file of the server's.
@@ -193,6 +242,7 @@ def _load_wfdb(header: str, files: dict[str, bytes]) -> UploadedECG:
             raise UploadError(str(e).replace(str(path.parent) + "/", "").replace(str(path), stem)) from None
         except Exception as e:  # noqa: BLE001 - and for bad signal files
             raise UploadError(f"{header}: unreadable WFDB record ({type(e).__name__})") from None
+    check_duration(rec.signal.shape[1], fs, header)
     return UploadedECG(stem, check_signal(rec.signal, fs, header), fs)
 
 

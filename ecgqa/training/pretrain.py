@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgqa.training.errors import clear_error
 from ecgqa.training.recipes import Recipe, describe_schedule
 from ecgqa.training.train import TrainConfig
 
@@ -608,7 +609,13 @@ def pretrain(config: PretrainConfig, *, stop_after: int | None = None) -> Path:
     )
     if config.quiet:
         trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
+        clear = clear_error(e, config.out, resume_from)
+        if clear is None:
+            raise
+        raise clear from e
     if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
         return config.out
     trainer.accelerator.wait_for_everyone()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.checkpoint import PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, data_task, save_checkpoint
+from ecgqa.training.errors import clear_error
 from ecgqa.training.recipes import (
     DEFAULT_RECIPE,
     describe_schedule,
@@ -865,7 +866,13 @@ def train(config: TrainConfig, *, stop_after: int | None = None, callbacks: list
     if int(os.environ.get("RANK", "0")) == 0:
         _write_marker(config)
     trainer = build_trainer(config, sets, model, stop_after=stop_after, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
+        clear = clear_error(e, config.out, resume_from)
+        if clear is None:
+            raise
+        raise clear from e
 
     if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
         return config.out  # interrupted on purpose: the resumable state is in out/checkpoints

@@ -265,10 +265,19 @@ def _bad_lines(ids: list[int]) -> list[tuple[list, int, str]]:
         ([good, {"sample_id": ids[1], "answer": [3]}], 2, "must be a list of class names"),
         ([good, {"sample_id": ids[1], "answer": ["none", "qt interval"]}], 2, "names none together with"),
         ([good, {"sample_id": ids[1], "text": "qt interval"}], 2, "no answer: expected"),
+        # issue 24: an existing id in Arabic-Indic digits was accepted (int() reads them); "²" and ids of
+        # thousands of digits failed with Python's own text and no FILE:N
+        ([good, {"sample_id": str(ids[1]).translate(ARABIC_INDIC), "reply": "yes"}], 2, "not written in ASCII digits"),
+        ([good, {"sample_id": "²", "reply": "yes"}], 2, "not written in ASCII digits"),
+        ([good, {"sample_id": "9" * 5000, "reply": "yes"}], 2, "or is too long"),
+        ([good, '{"sample_id": ' + "9" * 5000 + ', "reply": "yes"}'], 2, "not an answer line"),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+@pytest.mark.parametrize("case", range(16))
 def test_bad_lines_are_one_line_errors_naming_file_and_line(prepared_qa, valid_ids, tmp_path, capsys, case):
     rows, line, text = _bad_lines(valid_ids)[case]
     answers = _write(tmp_path / "answers.jsonl", rows)

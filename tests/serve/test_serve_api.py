@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,6 +214,11 @@ def test_unrecognised_question_uses_every_class(client, direct, data):
     assert body["match"]["source"] == "fallback" and body["question_type"] is None
     assert_same_answer(body, direct.answer(store_signal(data, RECORD), q, None))
     assert len(body["valid_classes"]) == 103
+    # said plainly, and before the answer (issue 24: "no" to "Is there atrial fibrillation?" looked like a reply)
+    assert body["recognised"] is False and "not one the model was trained on" in body["warning"]
+    assert list(body).index("warning") < list(body).index("answer")
+    known = client.post("/api/answer", json={"ecg_ids": [RECORD], "question": "Does this ECG show baseline drift?"})
+    assert known.json()["recognised"] is True and known.json()["warning"] is None
 
 
 def test_concurrent_requests_are_batched_and_correct(predictor, data, direct, release, space):
@@ -833,3 +839,129 @@ def test_findings_of_a_model_at_another_rate_resample_the_ecg(predictor, data, u
     with TestClient(create_app(predictor, data, attributes=At100Hz())) as c:
         assert c.get(f"/api/ecgs/{RECORD}/findings").status_code == 200
     assert seen == [(12, 1000)]
+
+
+# --------------------------------------------------------------------------- bounded uploads (issue 24, item 13)
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _upload_peak(client, files, data) -> tuple[Any, int]:
+    """The response to an upload and the peak of memory traced while serving it (numpy's buffers included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        r = client.post("/api/answer/upload", files=files, data=data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return r, peak
+
+
+def test_long_uploads_are_refused_from_their_header_and_cut_before_resampling(client, direct):
+    """33 kB of compressed zeros (7.75 h at 100 Hz) used to cost 16 s of CPU and +785 MB; the longest accepted
+    upload (120 s at 2000 Hz) is cut to the model's 10 s (plus the filter's margin) before it is resampled."""
+    from ecgqa.serve.uploads import MAX_RATE, MAX_SECONDS
+
+    q = {"question": "Does this ECG show baseline drift?"}
+    bomb = _npz(signal=np.zeros((12, 2_790_000), bool), fs=100)
+    assert len(bomb) < 40_000
+    r, peak = _upload_peak(client, {"files": ("bomb.npz", bomb)}, q)
+    assert r.status_code == 413, r.text
+    assert "bomb.npz" in r.json()["detail"] and f"limit is {MAX_SECONDS:g} s" in r.json()["detail"]
+    assert peak < 20 * 2**20, f"refusing a 33 kB upload held {peak / 2**20:.0f} MB"
+
+    longest = np.zeros((12, int(MAX_SECONDS * MAX_RATE)), np.float32)
+    longest[:, ::7] = 0.5  # not all zeros: the model must see the first 10 s of this, resampled
+    r, peak = _upload_peak(client, {"files": ("long.npz", _npz(signal=longest, fs=MAX_RATE))}, q)
+    assert r.status_code == 200, r.text
+    assert peak < 120 * 2**20, f"a {longest.nbytes / 2**20:.0f} MB upload held {peak / 2**20:.0f} MB"
+    assert any(f"first 10 s of {MAX_SECONDS:.2f} s" in n for n in r.json()["notes"])
+    from ecgqa.data.records import resample
+
+    expected = direct.answer(resample(longest, MAX_RATE, 500)[:, :5000], q["question"], r.json()["valid_classes"])
+    assert_same_answer(r.json(), expected)
+
+    # one sample more is refused, for .npy and .npz, and a WFDB header announcing more is refused before wfdb
+    over = np.zeros((12, int(MAX_SECONDS * 500) + 1), np.float32)
+    for files in (
+        {"files": ("over.npy", _npy(over))},
+        {"files": ("over.npz", _npz(signal=over, fs=500))},
+        [("files", ("r.hea", _header("r", "r.dat", n=over.shape[1]))), ("files", ("r.dat", b"\0" * 1000))],
+    ):
+        r = client.post("/api/answer/upload", files=files, data={**q, "rate": "500"})
+        assert r.status_code == 413, r.text
+        assert "too long" in r.json()["detail"] and "120 s" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("fs, rate", [(100, 500), (250, 500), (257, 500), (500, 100), (1000, 500), (360, 100)])
+def test_resampling_only_the_needed_head_gives_the_same_input(fs, rate):
+    from ecgqa.data.records import resample
+    from ecgqa.serve.service import input_needed
+
+    length = rate * 10
+    x = np.random.default_rng(fs).standard_normal((12, fs * 40)).astype(np.float32)
+    n = input_needed(fs, rate, length)
+    assert n < fs * 11  # 10 s plus the filter's margin, not the whole 40 s
+    np.testing.assert_array_equal(resample(x[:, :n], fs, rate)[:, :length], resample(x, fs, rate)[:, :length])
+
+
+# --------------------------------------------------------------------------- browser-facing safety (issue 24, item 14)
+
+
+def test_every_response_carries_the_security_headers(client):
+    for path in ("/", "/static/app.js", "/api/info", "/api/ecgs/424242", "/docs"):
+        r = client.get(path)
+        csp = r.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp, (path, csp)
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+    page_csp = client.get("/").headers["content-security-policy"]
+    assert "script-src 'self';" in page_csp and "unsafe-inline" not in page_csp
+    r = client.post("/api/answer", json={"ecg_ids": [], "question": "x"})  # an error response too
+    assert r.status_code == 422 and r.headers.get("x-content-type-options") == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "headers, allowed",
+    [
+        ({}, True),  # curl, scripts: no Origin
+        ({"Origin": "http://testserver"}, True),  # the demo's own page
+        ({"Origin": "http://testserver:80"}, True),
+        ({"Origin": "https://evil.example"}, False),
+        ({"Origin": "http://testserver.evil.example"}, False),
+        ({"Origin": "http://testserver:8001"}, False),
+        ({"Origin": "null"}, False),  # sandboxed frames, file:// pages
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, True),
+    ],
+)
+def test_cross_origin_writes_are_refused(client, sample_paths, headers, allowed):
+    sig, fs = wfdb_signal(sample_paths, RECORD)
+    requests = [
+        lambda: client.post("/api/answer", json={"ecg_ids": [RECORD], "question": "Any noise?"}, headers=headers),
+        lambda: client.post(
+            "/api/answer/upload",
+            files={"files": ("ecg.npy", _npy(sig))},
+            data={"question": "Any noise?", "rate": str(fs)},
+            headers=headers,
+        ),
+        lambda: client.post(
+            "/api/plot", files={"files": ("ecg.npy", _npy(sig))}, data={"rate": str(fs)}, headers=headers
+        ),
+    ]
+    for send in requests:
+        r = send()
+        if allowed:
+            assert r.status_code == 200, r.text
+        else:
+            assert r.status_code == 403, r.text
+            assert "cross-origin request refused" in r.json()["detail"]
+    # reading stays open to any client (GET changes nothing)
+    assert client.get("/api/info", headers=headers).status_code == 200

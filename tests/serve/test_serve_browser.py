@@ -101,9 +101,20 @@ def page(server):
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(server + "/")
+        # the page must work under its Content-Security-Policy: Chromium reports every blocked script,
+        # style or image on the console ("Refused to ... because it violates ...")
+        pg.on(
+            "console",
+            lambda m: errors.append(m.text) if "Content Security Policy" in m.text or "Refused to" in m.text else None,
+        )
+        pg.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation', "
+            "(e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+        response = pg.goto(server + "/")
         pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
         pg.js_errors = errors
+        pg.first_response = response
         yield pg
         browser.close()
 
@@ -124,8 +135,8 @@ def test_pick_ecg_ask_and_read_the_answer(page, qa_checkpoint, prepared_qa, arte
     ecg_id = 127
     question = "Does this ECG show static noise in lead aVL?"
     page.select_option("#ecg1", str(ecg_id))
-    page.wait_for_function(f"document.getElementById('plot1').src.endsWith('/api/ecgs/{ecg_id}/plot.png')")
-    page.wait_for_function("document.getElementById('plot1').naturalWidth > 0")
+    page.wait_for_function(f"() => document.getElementById('plot1').src.endsWith('/api/ecgs/{ecg_id}/plot.png')")
+    page.wait_for_function("() => document.getElementById('plot1').naturalWidth > 0")
     page.fill("#question", question)
     page.click("#ask")
     page.wait_for_selector("#answer:not([hidden])", timeout=30_000)
@@ -145,7 +156,9 @@ def test_pick_ecg_ask_and_read_the_answer(page, qa_checkpoint, prepared_qa, arte
     assert "single-verify" in page.inner_text("#answer-meta")
     # the attribute classifier's findings for this ECG, as the API gives them (issue 12)
     api = httpx.get(f"{page.url.rstrip('/')}/api/ecgs/{ecg_id}/findings").json()
-    page.wait_for_function("document.getElementById('findings-model').textContent.includes('ECG 127')", timeout=30_000)
+    page.wait_for_function(
+        "() => document.getElementById('findings-model').textContent.includes('ECG 127')", timeout=30_000
+    )
     assert page.locator("#findings-box").is_visible()
     if api["findings"]:
         shown_findings = [t.strip() for t in page.locator("#findings li .name").all_inner_texts()]
@@ -156,16 +169,36 @@ def test_pick_ecg_ask_and_read_the_answer(page, qa_checkpoint, prepared_qa, arte
     else:
         assert "no class above" in page.inner_text("#findings")
     assert page.locator("#error").is_hidden()
+    assert page.locator("#unrecognised").is_hidden()  # a dataset question: no warning
     page.screenshot(path=str(artefacts / "serve_answer.png"), full_page=True)
+    assert not page.js_errors
+    headers = page.first_response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert page.evaluate("window.__csp") == []
+
+
+def test_a_question_the_model_was_not_trained_on_is_flagged_before_the_answer(page, artefacts):
+    page.fill("#question", "Is the patient likely to enjoy jazz music?")
+    page.click("#ask")
+    page.wait_for_function("() => document.getElementById('answer-meta').textContent.includes('not recognised')")
+    warning = page.locator("#unrecognised")
+    assert warning.is_visible() and "not one the model was trained on" in warning.inner_text()
+    box, answer = warning.bounding_box(), page.locator("#answer-set").bounding_box()
+    assert box["y"] + box["height"] <= answer["y"]  # read before the answer
+    page.screenshot(path=str(artefacts / "serve_unrecognised.png"), full_page=True)
     assert not page.js_errors
 
 
 def test_example_click_and_visible_error(page, artefacts):
     comparison = page.locator("#examples li", has_text="second ECG").first
     comparison.click()
-    page.wait_for_function("document.getElementById('ecg2').value !== ''")
-    page.wait_for_function("document.getElementById('answer-meta').textContent.includes('comparison')", timeout=30_000)
+    page.wait_for_function("() => document.getElementById('ecg2').value !== ''")
+    page.wait_for_function(
+        "() => document.getElementById('answer-meta').textContent.includes('comparison')", timeout=30_000
+    )
     assert "comparison_irrelevant-query" in page.inner_text("#answer-meta")
+    assert page.locator("#unrecognised").is_hidden()
     assert page.locator("#answer").is_visible()
     assert page.locator("#bars li").count() > 2  # one confidence bar per option
     page.screenshot(path=str(artefacts / "serve_comparison.png"), full_page=True)
@@ -189,13 +222,47 @@ def test_upload_a_record_from_the_page(page, sample_paths, tmp_path):
         files.append(str(target))
     page.click("#upload-box summary")
     page.set_input_files("#upload", files)
-    page.wait_for_function("document.getElementById('cap1').textContent.includes('uploaded')", timeout=30_000)
-    page.wait_for_function("document.getElementById('plot1').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('cap1').textContent.includes('uploaded')", timeout=30_000)
+    page.wait_for_function("() => document.getElementById('plot1').naturalWidth > 0")
     assert page.locator("#ecg1").is_disabled()
     page.fill("#question", "Does this ECG show baseline drift?")
     page.click("#ask")
-    page.wait_for_function("document.getElementById('answer-meta').textContent.includes('noise')", timeout=30_000)
+    page.wait_for_function("() => document.getElementById('answer-meta').textContent.includes('noise')", timeout=30_000)
     assert sorted(t.strip() for t in page.locator("#bars li .name").all_inner_texts()) == ["no", "yes"]
     page.click("#clear-upload")
     assert page.locator("#ecg1").is_enabled()
     assert not page.js_errors
+    assert page.evaluate("window.__csp") == []  # the uploaded plot is a blob: image the CSP allows
+
+
+def test_another_origin_cannot_post_to_the_demo(page, server):
+    """A page of another origin (http://localhost:PORT, served by the browser itself, against the demo at
+    http://127.0.0.1:PORT) posts a CORS-simple multipart form, which needs no preflight: the demo refuses it
+    unread (403). Chromium's own Local Network Access check is turned off in this browser, as browsers without
+    it (and a demo reached on a public address) would send the request."""
+    other = server.replace("127.0.0.1", "localhost")
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    browser = page.context.browser.browser_type.launch(
+        executable_path=executable, args=[*FLAGS, "--disable-features=LocalNetworkAccessChecks"]
+    )
+    try:
+        foreign = browser.new_page()
+        foreign.route(other + "/elsewhere", lambda route: route.fulfill(body="<p>another site</p>"))
+        foreign.goto(other + "/elsewhere")
+        with foreign.expect_response(lambda r: r.url == server + "/api/plot") as caught:
+            foreign.evaluate(
+                """async (url) => {
+                    const form = new FormData();
+                    form.append("files", new Blob([new Uint8Array(16)]), "x.npy");
+                    try { await fetch(url, {method: "POST", body: form, mode: "no-cors"}); } catch (e) {}
+                }""",
+                server + "/api/plot",
+            )
+        assert caught.value.status == 403
+    finally:
+        browser.close()
+    same = page.evaluate(
+        "async () => (await fetch('/api/answer', {method: 'POST', headers: {'content-type': 'application/json'}, "
+        "body: JSON.stringify({ecg_ids: [127], question: 'Does this ECG show baseline drift?'})})).status"
+    )
+    assert same == 200  # the demo's own page still posts

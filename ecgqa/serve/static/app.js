@@ -198,6 +198,8 @@ function renderAnswer(r) {
   $("answer-empty").hidden = true;
   $("answer-empty").classList.remove("failed");
   $("answer").hidden = false;
+  $("unrecognised").hidden = r.recognised;  // said before the answer, never after it
+  $("unrecognised").textContent = r.warning || "";
   const set = $("answer-set");
   set.replaceChildren();
   if (r.answer.length) {
