@@ -14,7 +14,7 @@ number below is the reference config's, with the config file it comes from (Jwoo
 | resnet-lstm | …/resnet_lstm/deeper.yaml | 64 × 1 × 1 | 64 | 50 epochs | 5e-5 | 1e-4 (fixed lr) |
 | se-wrn | examples/scratch/ecg_classification/resnet/se_wrn_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 5e-4 |
 | resnet-attn | …/ecg_classification/resnet/nejedly2021_total.yaml | 128 × 1 × 1 | 128 | 100k | 1e-4 | 1e-4 |
-| w2v-cmsc-rlm | examples/w2v_cmsc/config/finetuning/ecg_transformer/grounding_classification/base_total.yaml | 64 × 1 × 1 | 64 | 100k | 5e-5 | 1e-4 |
+| w2v-cmsc-rlm | examples/w2v_cmsc/…/grounding_classification/base_total.yaml | 64 × 1 × 1 | 64 | 100k | 5e-5 | 1e-4 |
 
 All use Adam with betas (0.9, 0.98), eps 1e-8, and (except resnet-lstm's fixed rate) the tri-stage
 schedule with phase ratios 10/40/50 % of the updates: linear warmup from ``init_lr_scale`` = 0.01 × lr
@@ -31,9 +31,9 @@ The effective batch is reached on any number of devices: gradient accumulation =
 effective / (per-device batch × devices), see :func:`grad_accum_for`.
 
 ``quick`` (the default) is for the bundled sample and CPUs: AdamW (weight decay 0.01 except biases
-and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper recipe's 50k updates of 256
-samples are 12.8 M samples, days on a CPU; choose it explicitly on the full release. ``quick`` clips
-gradients at norm 1.0 (the transformers default it always used).
+and norms), 5 % warmup then cosine decay, batch 32 per device without accumulation, 3 epochs. The paper
+recipe's 50k updates of 256 samples are 12.8 M samples, days on a CPU; choose it explicitly on the full
+release. ``quick`` clips gradients at norm 1.0 (the transformers default it always used).
 """
 
 from __future__ import annotations
@@ -230,3 +230,45 @@ def describe_schedule(recipe_or_config: Recipe, total: int) -> str:
     warmup = r.warmup
     steps = math.ceil(warmup * total) if warmup < 1 else int(warmup)  # as transformers rounds a ratio
     return f"{r.schedule}: warmup {steps} updates to {lr:.3g}, then {r.schedule} decay"
+
+
+# ----------------------------------------------------------------------------------------------- pretraining
+
+#: encoder sizes that pretrain (``ecgqa.models`` registry names; their objective settings are
+#: ``ecgqa.models.w2v_pretrain.PRETRAIN_SIZES``)
+PRETRAIN_MODELS = ("w2v-cmsc-rlm", "w2v-cmsc-rlm-quick", "w2v-cmsc-rlm-test")
+SOURCE_YAML = "fairseq-signals examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml"
+
+#: ``--recipe``: the optimiser, schedule, batch and length of a pretraining run. "paper" is the yaml's
+#: (batch 64 CMSC pairs × update_freq 2 × 4 GPUs, 200 epochs, Adam (0.9, 0.98) eps 1e-6, decoupled
+#: weight decay 0.01, fixed lr 5e-5, no clipping); "quick" is this project's for the bundled sample.
+PRETRAIN_RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        source=f"{SOURCE_YAML}: batch_size 64 x update_freq 2 x distributed_world_size "
+        "4, max_epoch 200, adam (0.9, 0.98) eps 1e-06, weight_decay 0.01, lr 5e-05, lr_scheduler fixed",
+        lr=5e-5,
+        effective_batch=64 * 2 * 4,
+        batch_size=64,
+        epochs=200.0,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="constant",
+        max_grad_norm=0.0,
+    ),
+    "quick": Recipe(
+        name="quick",
+        source="this project's, for the bundled sample and CPUs: the yaml's Adam "
+        "with a higher lr (2e-3), 5% warmup and cosine decay, clipping at 1.0",
+        lr=2e-3,
+        effective_batch=None,
+        batch_size=16,
+        max_steps=400,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup=0.05,
+        max_grad_norm=1.0,
+    ),
+}
+DEFAULT_PRETRAIN_RECIPE = "quick"
