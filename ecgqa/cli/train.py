@@ -40,6 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="print the effective batch, updates, epochs on this data and the schedule, and the time per "
         "update and peak memory measured over a few updates on this device; keep no weights",
     )
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="with --dry-run: print the plan only, without timing updates on this device",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (ignored with --max-steps)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer updates to run (overrides --epochs)")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per device per step")
@@ -194,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     with torch_threads(args.threads):
         if args.dry_run:
-            print(stage.dry_run(config))
+            print(stage.dry_run(config, measure=not args.no_measure))
             return 0
         try:
             ckpt = stage.train(config)

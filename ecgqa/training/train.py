@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +56,11 @@ from ecgqa.training.trainer import (
     ResumeState,
     RunDisplay,
     RunLock,
+    StepTimer,
     TrainConfig,
     claim_run_dir,
     display_callbacks,
+    estimate_line,
     fill_from_recipe,
     final_options,
     find_resume_checkpoint,
@@ -152,8 +155,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     return fill_from_recipe(config, recipe)
 
 
-def dry_run(config: TrainConfig) -> str:
-    """What ``--recipe NAME`` amounts to on this data: effective batch, updates, epochs, schedule."""
+def dry_run(config: TrainConfig, *, measure: bool = True) -> str:
+    """What ``--recipe NAME`` amounts to on this data: effective batch, updates, epochs, schedule; with
+    ``measure``, the time per update and peak memory of a few real updates on this device (an hour or more
+    is warned about)."""
     config = check_config(config)
     recipe = recipe_for(config.recipe, config.model)
     data = PreparedData(config.data)
@@ -198,7 +203,46 @@ def dry_run(config: TrainConfig) -> str:
         lines.append(f"initialised from: {config.init_from} ({pre.source} checkpoint; {pre.keymap.summary()})")
     if family_of(config.model) == "w2v-cmsc-rlm":
         lines.append(_w2v_model_line(config, pre))
+    if measure:
+        lines.append(measure_updates(config, data, steps))
     return "\n".join(lines)
+
+
+#: batches timed by the dry run (after a first, warm-up one; fewer when the first took a minute)
+MEASURED_BATCHES = 2
+
+
+def measure_updates(config: TrainConfig, data: Any, steps: int) -> str:
+    """Time a few real updates of ``config``'s model on this device (one batch each, in a temporary folder:
+    nothing is kept) and extrapolate to ``steps`` updates of ``grad_accum`` batches: the estimate line."""
+    if world_size() > 1:
+        return "estimate: not measured under torchrun (a dry run times one process; run it without torchrun)"
+    with tempfile.TemporaryDirectory(prefix="ecgqa-dry-run-") as tmp, library_output(verbose=config.verbose):
+        probe = replace(
+            config,
+            out=Path(tmp) / "run",
+            max_steps=MEASURED_BATCHES + 1,
+            epochs=None,
+            grad_accum=1,
+            eval_split=None,
+            resume=False,
+            quiet=True,
+            logging_steps=MEASURED_BATCHES + 1,
+        )
+        sets = load_datasets(probe, data)
+        set_seed(config.seed)
+        timer = StepTimer()
+        trainer = build_trainer(probe, sets, build_model(probe, sets), callbacks=[timer])
+        trainer.args.save_strategy = "no"
+        trainer.train()
+    done = len(timer.times) - 1  # updates made (the first is the warm-up)
+    timed = done - 1 if done >= 2 else 1
+    how = f"{timed} batch{'es' if timed > 1 else ''} of {config.batch_size}" + (
+        ", its warm-up included" if done < 2 else ""
+    )
+    if config.grad_accum > 1:
+        how += f", x grad-accum {config.grad_accum}"
+    return estimate_line(steps, timer.per_step * config.grad_accum, how)
 
 
 def _w2v_model_line(config: TrainConfig, pre: Any) -> str:
@@ -294,9 +338,10 @@ def resolve_splits(config: TrainConfig, data: Any) -> None:
             )
 
 
-def load_datasets(config: TrainConfig, data: Any, tokenizer: Any = None) -> Datasets:
-    """The prepared splits of ``data`` as torch datasets; QA questions are tokenized with ``tokenizer``
-    (default: the text encoder's, else the prepared data's)."""
+def load_datasets(config: TrainConfig, data: Any = None, tokenizer: Any = None) -> Datasets:
+    """The prepared splits of ``data`` (default: read ``config.data``) as torch datasets; QA questions are
+    tokenized with ``tokenizer`` (default: the text encoder's, else the prepared data's)."""
+    data = data if data is not None else PreparedData(config.data)
     task = check_task(config, data)
     resolve_splits(config, data)
     eval_split = config.eval_split

@@ -565,12 +565,13 @@ def describe_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_line(steps: int, per_step: float, measured: int) -> str:
-    """``estimate: N steps x T s/step = D; peak memory M`` (+ a warning beyond :data:`LONG_RUN_SECONDS`)."""
+def estimate_line(steps: int, per_step: float, measured: str) -> str:
+    """``estimate: N steps x T s/step (measured over ...) = D; peak memory M`` (+ a warning beyond
+    :data:`LONG_RUN_SECONDS`); evaluations and saves come on top."""
     total = steps * per_step
     line = (
-        f"estimate: {steps} steps x {per_step:.3g} s/step (measured over {measured} step"
-        f"{'s' if measured != 1 else ''}) = {describe_duration(total)}; peak memory {peak_memory()}"
+        f"estimate: {steps} steps x {per_step:.3g} s/step (measured over {measured}) = "
+        f"{describe_duration(total)}; peak memory {peak_memory()}"
     )
     if total > LONG_RUN_SECONDS:
         line += (
@@ -615,7 +616,7 @@ class RunDisplay(TrainerCallback):
             per_step = (time.perf_counter() - self._t0) / (done - 1)
             self._t0 = None
             if self._show(state):
-                self.write(estimate_line(state.max_steps, per_step, done - 1), err=True)
+                self.write(estimate_line(state.max_steps, per_step, f"{done - 1} steps"), err=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -650,6 +651,32 @@ class RunDisplay(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class StepTimer(TrainerCallback):
+    """Times each update after the first (warm-up) one: :attr:`per_step` is their mean in seconds (the first
+    update's own time when only it ran). Stops the run once ``budget`` seconds are spent: a dry run of a
+    model that takes minutes per update measures one update, not three."""
+
+    def __init__(self, budget: float = 60.0) -> None:
+        self.budget = budget
+        self.times: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.times = [time.perf_counter()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+        if self.times[-1] - self.times[0] > self.budget:
+            control.should_training_stop = True
+        return control
+
+    @property
+    def per_step(self) -> float:
+        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:], strict=False)]
+        if not gaps:
+            gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+        return sum(gaps) / len(gaps) if gaps else float("nan")
 
 
 def display_callbacks(trainer: Trainer, display: RunDisplay) -> None:
@@ -788,6 +815,7 @@ __all__ = [
     "RunDisplay",
     "RunLock",
     "RunLockedError",
+    "StepTimer",
     "StopAfter",
     "TrainConfig",
     "UmaskModes",

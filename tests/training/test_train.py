@@ -80,6 +80,7 @@ def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 2
@@ -455,6 +456,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -488,6 +490,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
                 "--batch-size",
                 "32",
             ]
@@ -513,6 +516,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--epochs",
                 "2",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -532,6 +536,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -636,6 +641,7 @@ def test_bert_embeddings_initialise_the_reference_tables(prepared_qa, tmp_path, 
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
                 "--bert-embeddings",
                 str(tmp_path / "bert"),
             ]
