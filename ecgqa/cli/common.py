@@ -32,16 +32,25 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if threads < 1:
-        raise ValueError(f"--threads {threads}: must be a positive integer")
     import torch  # the command runs: its stage imports torch anyway
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N`` for the rest of the process (see :func:`torch_threads`)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: must be a positive integer")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -50,3 +50,20 @@ def test_dry_run_measures_time_per_update_and_warns_about_a_long_run(prepared_qa
     assert found and float(found[2]) == pytest.approx(1e7 * float(found[1]) / 3600, rel=0.01), estimate
     assert lines[-1].startswith(f"warning: this run will take about {found[2]} h on this device")
     assert not (tmp_path / "run").exists()  # nothing kept
+
+
+@pytest.mark.slow  # trains the qa_checkpoint fixture
+def test_evaluate_defaults_to_the_split_there_is_and_takes_threads(qa_checkpoint, prepared_qa, tmp_path, capsys):
+    """The bundled sample has no test split: evaluate used to fail on its default --split test."""
+    import torch
+
+    before = torch.get_num_threads()
+    argv = ["evaluate", "--checkpoint", str(qa_checkpoint), "--data", str(prepared_qa), "--limit", "4"]
+    assert main([*argv, "--out", str(tmp_path / "r"), "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "has no 'test' split (it holds train, valid): using 'valid'" in err
+    assert " on valid (4 samples): EM " in out
+    torch.set_num_threads(before)
+    for command in (argv, ["train", "--data", str(prepared_qa), "--model", "blind"]):
+        assert main([*command, "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
+        assert "error: --threads 0: must be a positive integer" in capsys.readouterr().err
