@@ -3,13 +3,14 @@
 A run folder (``--out``) and its life:
 
 1. :func:`claim_run_dir` — ``--out`` is absent, empty, or holds :data:`RUN_MARKER` with our format (written
-   only by this module, first thing after the claim): never a user's folder, and never a symlink to one;
+   only by :func:`start_run_dir`, before any other file of the run): never a user's folder (a ``checkpoints/``
+   or ``train_options.json`` proves nothing), and never a symlink to one;
 2. :class:`RunLock` — one run per folder: a second one is refused naming the first's pid (a lock left by a
    dead process is taken over: the kernel releases ``flock`` locks when a process dies);
 3. :func:`resume_state` — ``--resume``: the newest complete ``checkpoint-N`` (torn ones skipped), checked
    against the run's model and the data (``ecgqa.checkpoint.check_compatible``: task, classes, rate,
    length) *before* anything is changed; ``metrics.jsonl`` is trimmed to the resumed step only once the
-   Trainer has loaded that state (:class:`JsonlLog`); a finished run (:attr:`ResumeState.finished`) is not
+   Trainer has loaded that state (:class:`JsonlLog`); a finished run (:meth:`ResumeState.finished`) is not
    trained again, only its final output rewritten (:func:`restore_finished`);
 4. the Trainer: :class:`RecipeTrainer` (upstream Adam and fairseq's tri-stage schedule from the recipe,
    ``ecgqa/training/recipes.py``), the callbacks (:class:`JsonlLog`, :class:`UmaskModes`,
