@@ -57,6 +57,9 @@ def test_a_users_folder_with_checkpoints_is_not_a_run(prepared_qa, tmp_path, cap
         assert main(_train(prepared_qa, out, "--max-steps", "1")) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --out {out} ") and "Traceback" not in err, err
+        pretrain = ["pretrain", "--data", str(prepared_qa), "--model", "w2v-cmsc-rlm-test", "--out", str(out)]
+        assert main([*pretrain, "--max-steps", "1", "-q"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {out} ")
     assert (mine / "checkpoints" / "epoch-10.ckpt").read_text() == "x" and (mine / "config.json").read_text() == "{}"
     assert (mine / "tokenizer").is_dir() and (forged / "train_options.json").is_file()
 
