@@ -617,7 +617,9 @@ class RunDisplay(TrainerCallback):
             per_step = (time.perf_counter() - self._t0) / (done - 1)
             self._t0 = None
             if self._show(state):
-                self.write(estimate_line(state.max_steps, per_step, f"{done - 1} steps"), err=True)
+                self.write(
+                    estimate_line(state.max_steps, per_step, f"{done - 1} step{'s' if done > 2 else ''}"), err=True
+                )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
