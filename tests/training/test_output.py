@@ -67,3 +67,24 @@ def test_evaluate_defaults_to_the_split_there_is_and_takes_threads(qa_checkpoint
     for command in (argv, ["train", "--data", str(prepared_qa), "--model", "blind"]):
         assert main([*command, "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
         assert "error: --threads 0: must be a positive integer" in capsys.readouterr().err
+
+
+def test_default_splits_follow_the_data(tmp_path, capsys):
+    """--train-split / --eval-split defaults against the splits a prepared folder has (said on stderr)."""
+    from types import SimpleNamespace
+
+    from ecgqa.training.train import resolve_splits
+    from ecgqa.training.trainer import TrainConfig
+
+    def resolved(splits, **kw):
+        config = TrainConfig(data=tmp_path, model="se-wrn", out=tmp_path / "o", **kw)
+        resolve_splits(config, SimpleNamespace(splits=splits))
+        return config.train_split, config.eval_split, capsys.readouterr().err
+
+    assert resolved(["train", "valid", "test"])[:2] == ("train", "valid")
+    train, valid, err = resolved(["train", "test"])
+    assert (train, valid) == ("train", None) and "no 'valid' split; training without periodic evaluation" in err
+    train, valid, err = resolved(["valid"])
+    assert (train, valid) == ("valid", None) and "has one split, 'valid': training on it" in err
+    with pytest.raises(ValueError, match=r"has no split 'dev'; it holds \['train', 'valid'\]"):
+        resolved(["train", "valid"], eval_split="dev")
