@@ -8,7 +8,7 @@ Layout of ``CKPT`` (nothing else names these files):
 - ``prepared_meta.json``: the prepared data's meta it was trained on (content hash, release version);
 - ``train_options.json``: how it was trained (written last: a folder holding it is a finished run);
 - ``checkpoints/checkpoint-N`` and ``metrics.jsonl``: the resumable Trainer states and the log, see
-  ``ecgqa/training/train.py``; ``train_run.json`` marks a folder as a training run this tool started.
+  ``ecgqa/training/trainer.py``; ``train_run.json`` marks a folder as a training run this tool started.
 
 **Rate policy (one for every consumer).** Prepared data is compared with the checkpoint by
 :func:`check_compatible`: a different task, answer space / grounding classes, sampling rate or signal

@@ -18,3 +18,22 @@ def test_building_the_parser_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == str(sorted(SUBCOMMANDS))
     assert out[1] == "False", "a subcommand module imports torch at the top"
+
+
+def test_every_subcommand_takes_quiet_and_verbose():
+    """-q and -v are accepted by every subcommand (score and report included), short and long."""
+    from ecgqa.cli import build_parser
+
+    parser = build_parser()
+    subparsers = parser._subparsers._group_actions[0].choices
+    for name, sub in subparsers.items():
+        argv = [name]
+        for action in sub._actions:
+            if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
+                value = str(action.choices[0]) if action.choices else "1"
+                argv += [action.option_strings[0], value] if action.option_strings else [value]
+        for flags in (["-q", "-v"], ["--quiet", "--verbose"]):
+            args = parser.parse_args(argv + flags)
+            assert args.quiet is True and args.verbose is True, name
+        args = parser.parse_args(argv)
+        assert args.quiet is False and args.verbose is False, name

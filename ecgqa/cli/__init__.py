@@ -8,7 +8,7 @@ import argparse
 import importlib
 
 from ecgqa import __version__
-from ecgqa.cli.common import dispatch
+from ecgqa.cli.common import add_output_flags, dispatch
 
 #: name → (module, one-line help). Adding a stage means adding one row here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).configure(sp)
+        add_output_flags(sp)
     return parser
 
 

@@ -7,12 +7,53 @@ Used by ``ecgqa`` (``ecgqa/cli/__init__.py``) and by the stages' own entry point
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ecgqa.files import disk_full
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose`` on every subcommand (kept where a command defines its own)."""
+    have = parser._option_string_actions
+    if "-q" not in have and "--quiet" not in have:
+        parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    if "-v" not in have and "--verbose" not in have:
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
+        )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``--threads N``: torch's CPU threads for the command (as ``ecgqa quickstart``; on a shared machine one
+    thread is often fastest), restored afterwards; None leaves torch's default."""
+    if threads is None:
+        yield
+        return
+    import torch  # the command runs: its stage imports torch anyway
+
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N`` for the rest of the process (see :func:`torch_threads`)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: must be a positive integer")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -5,19 +5,31 @@ The library side is ``ecgqa.evaluation.evaluate``."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ecgqa.cli.common import set_threads
 from ecgqa.evaluation.report import paper_table
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder written by `ecgqa train`")
     parser.add_argument("--data", type=Path, required=True, help="prepared folder written by `ecgqa prepare`")
-    parser.add_argument("--split", default="test", help="which split of the prepared data (default: test)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="which split of the prepared data (default: test; without one, valid or the only split, said on stderr)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default 32)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples of the split (smoke runs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -29,10 +41,18 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise ValueError(f"{option} {value}: must be a positive integer")
+    split = args.split
+    if split is None:
+        from ecgqa.data.prepared import default_split, is_prepared
+
+        split, why = default_split(args.data) if is_prepared(args.data) else ("test", None)
+        if why and not args.quiet:
+            print(f"note: {why}", file=sys.stderr)
+    set_threads(args.threads)
     report = stage.evaluate(
         args.checkpoint,
         args.data,
-        args.split,
+        split,
         args.out,
         batch_size=args.batch_size,
         device=args.device,

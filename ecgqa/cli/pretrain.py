@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ecgqa.training.pretrain import DEFAULT_PRETRAIN_RECIPE, PRETRAIN_MODELS, PRETRAIN_RECIPES, SOURCE_YAML
+from ecgqa.cli.common import torch_threads
+from ecgqa.training.recipes import DEFAULT_PRETRAIN_RECIPE, PRETRAIN_MODELS, PRETRAIN_RECIPES, SOURCE_YAML
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
     from ecgqa.training.pretrain import PretrainConfig
@@ -88,7 +89,16 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -113,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         logging_steps=args.logging_steps,
         num_workers=args.workers,
         quiet=args.quiet,
+        verbose=args.verbose,
         segment_seconds=args.segment_seconds,
         split=args.split,
         patients=args.patients,
@@ -128,15 +139,16 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.training import pretrain as stage  # the stage, imported only when the command runs
 
     config = config_from_args(args)
-    if args.dry_run:
-        print(stage.dry_run(config))
-        return 0
-    try:
-        out = stage.pretrain(config)
-    except KeyboardInterrupt:
-        from ecgqa.training.train import interrupted
+    with torch_threads(args.threads):
+        if args.dry_run:
+            print(stage.dry_run(config))
+            return 0
+        try:
+            out = stage.pretrain(config)
+        except KeyboardInterrupt:
+            from ecgqa.training.trainer import interrupted
 
-        return interrupted(config.out)
+            return interrupted(config.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {out} (fine-tune it with `ecgqa train --model {config.model} --init-from {out}`)")
     return 0

@@ -10,13 +10,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecgqa.training.recipes import (
-    DEFAULT_RECIPE,
-    RECIPES,
-)
+from ecgqa.cli.common import torch_threads
+from ecgqa.training.recipes import DEFAULT_RECIPE, RECIPES
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
-    from ecgqa.training.train import TrainConfig
+    from ecgqa.training.trainer import TrainConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,7 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the effective batch, updates, epochs on this data and the schedule; train nothing",
+        help="print the effective batch, updates, epochs on this data and the schedule, and the time per "
+        "update and peak memory measured over a few updates on this device; keep no weights",
+    )
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="with --dry-run: print the plan only, without timing updates on this device",
     )
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (ignored with --max-steps)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer updates to run (overrides --epochs)")
@@ -64,11 +68,14 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="mixed precision")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-split", default="train")
+    parser.add_argument(
+        "--train-split", default="train", help="split to train on (default train; data with one split: that one)"
+    )
     parser.add_argument(
         "--eval-split",
         default="valid",
-        help="split for periodic EM evaluation and best-checkpoint choice ('none' to skip)",
+        help="split for periodic EM evaluation and best-checkpoint choice ('none' to skip; default valid, "
+        "skipped with a note when the data has none)",
     )
     parser.add_argument("--eval-steps", type=int, default=None, help="evaluate/save every N steps (default: per epoch)")
     parser.add_argument("--save-total-limit", type=int, default=2, help="Trainer checkpoints kept")
@@ -117,7 +124,16 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="train the -test size of the model's family (ecgqa.models.variant_for_tests, e.g. "
         "fusion-small -> fusion-test) for smoke runs and CI; --set fields still apply",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, table or notes")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -136,7 +152,7 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from ecgqa.training import train as stage  # the stage, imported only when the command runs
+    from ecgqa.training.trainer import TrainConfig  # the stage, imported only when the command runs
 
     overrides = _parse_overrides(args.set)
     model = args.model
@@ -144,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from ecgqa.models import variant_for_tests
 
         model = variant_for_tests(args.model)
-    return stage.TrainConfig(
+    return TrainConfig(
         data=args.data,
         model=model,
         out=args.out,
@@ -173,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         logging_steps=args.logging_steps,
         overrides=overrides,
         quiet=args.quiet,
+        verbose=args.verbose,
     )
 
 
@@ -180,13 +197,14 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.training import train as stage  # the stage, imported only when the command runs
 
     config = config_from_args(args)
-    if args.dry_run:
-        print(stage.dry_run(config))
-        return 0
-    try:
-        ckpt = stage.train(config)
-    except KeyboardInterrupt:
-        return stage.interrupted(config.out)
+    with torch_threads(args.threads):
+        if args.dry_run:
+            print(stage.dry_run(config, measure=not args.no_measure))
+            return 0
+        try:
+            ckpt = stage.train(config)
+        except KeyboardInterrupt:
+            return stage.interrupted(config.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {ckpt} (load it with ecgqa.load({str(ckpt)!r}))")
     return 0

@@ -115,6 +115,20 @@ def read_meta(path: str | Path) -> PreparedMeta:
         raise PreparedDataError(f"{meta_path}: not a valid prepared meta ({e.error_count()} errors: {e})") from e
 
 
+def default_split(path: str | Path, preferred: str = "test") -> tuple[str, str | None]:
+    """(split to read, why it is not ``preferred`` or None): ``preferred`` when ``path`` has it, else the held-out
+    split it has (``valid``; the bundled sample has no ``test``), else its only split; ``preferred`` otherwise
+    (the reader then names the splits there are)."""
+    splits = list(read_meta(path).splits)
+    if preferred in splits:
+        return preferred, None
+    usual = [s for s in ("train", "valid", "test") if s in splits]
+    chosen = "valid" if "valid" in splits else usual[0] if len(usual) == 1 else splits[0] if len(splits) == 1 else None
+    if chosen is None:
+        return preferred, None
+    return chosen, f"{path} has no {preferred!r} split (it holds {', '.join(splits)}): using {chosen!r}"
+
+
 def is_prepared(path: str | Path) -> bool:
     """Whether ``path`` holds a complete prepared directory of the current format."""
     try:
@@ -345,6 +359,7 @@ def bad_records_path(out: str | Path) -> Path:
 
 
 __all__ = [
+    "default_split",
     "BAD_RECORDS_SUFFIX",
     "DROPPED",
     "ECG_IDS",

@@ -169,3 +169,16 @@ def resample(signal: np.ndarray, fs: int, target_fs: int) -> np.ndarray:
 
     out = sps.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32, copy=False)
+
+
+def read_header_rate(header: str | Path) -> float:
+    """The sampling rate on line 1 of a WFDB header (``NAME NSIG FS[/COUNTER][(BASE)] NSAMP ...``); 0.0
+    when the line names none. A rate that is not a number is an error naming the file."""
+    header = Path(header)
+    fields = header.read_text(errors="replace").split("\n", 1)[0].split()
+    if len(fields) < 3:
+        return 0.0
+    try:
+        return float(fields[2].split("/")[0].split("(")[0])
+    except ValueError:
+        raise RecordError(f"{header}: line 1 has no sampling rate ({' '.join(fields)!r})") from None

@@ -53,7 +53,7 @@ average is over all tokens (upstream divides by the non-zero count per channel: 
 output is exactly zero); the quick and test sizes scale ``mask_length``, ``num_negatives``, the codebook and
 ``final_dim`` down with their shorter token sequences (``PRETRAIN_SIZES``; the published size keeps the
 yaml's). The run machinery (``--out`` claim, resume, ``metrics.jsonl``, Trainer arguments) is
-``ecgqa/training/train.py``'s. The output folder's ``w2v.*`` weights initialise ``ecgqa train --model w2v-cmsc-rlm*
+``ecgqa/training/trainer.py``'s. The output folder's ``w2v.*`` weights initialise ``ecgqa train --model w2v-cmsc-rlm*
 --init-from DIR``.
 """
 

@@ -35,6 +35,7 @@ an error naming it; so is a missing or mis-shaped one.
 
 from __future__ import annotations
 
+import collections
 import json
 import pickle
 import re
@@ -42,12 +43,17 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
-if TYPE_CHECKING:  # torch is imported where it runs: `ecgqa --help` and every other command stay torch-free
-    import torch
+from ecgqa.checkpoint import TRAIN_OPTIONS, save_checkpoint
+from ecgqa.files import claim_output_dir
+from ecgqa.models import family_of
+from ecgqa.models.fusion import FusionModel
+from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VCMSCRLMModel, parse_conv_layers
 
 # ---------------------------------------------------------------------------------------------------
 # safe loading
@@ -120,7 +126,6 @@ def _numpy_reconstruct_function(full_name: str) -> Any:
 
 
 def _safe_globals() -> list[Any]:
-    import collections
 
     allowed: list[Any] = list(_STAND_INS.values())
     allowed += [
@@ -149,7 +154,6 @@ class FairseqCheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict with ``cfg`` / ``args`` as plain dicts and lists (see the module docstring)."""
-    import torch
 
     path = Path(path)
     if path.is_dir():
@@ -289,7 +293,6 @@ def model_cfg(state: Mapping[str, Any], path: str | Path = "checkpoint") -> dict
 def encoder_fields(cfg: Mapping[str, Any], *, training: bool = True) -> dict[str, Any]:
     """W2VCMSCConfig fields from a fairseq ``cfg.model`` (architecture, and the regularisation with
     ``training``); absent fields take fairseq-signals' defaults."""
-    from ecgqa.models.w2v_cmsc import parse_conv_layers
 
     names = ARCHITECTURE_FIELDS + (TRAINING_FIELDS if training else ())
     fields = {n: cfg.get(n, FAIRSEQ_DEFAULTS[n]) for n in names}
@@ -409,7 +412,6 @@ def check_and_load(
     """Copy ``tensors`` (module-relative names under ``prefix``) into ``module`` after checking that every
     parameter under ``prefix`` gets one of its exact shape; an error names the first missing / extra /
     mis-shaped key, and the module is untouched then."""
-    import torch
 
     target = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
     missing = [k for k in target if k not in tensors]
@@ -478,7 +480,6 @@ def _twelve_leads(pre: Pretrained) -> Pretrained:
 
 
 def _read_folder(path: Path) -> Pretrained:
-    from safetensors.torch import load_file
 
     weights = sorted(path.glob("*.safetensors"))
     config = path / "config.json"
@@ -540,7 +541,6 @@ def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) ->
     shapes (conv layers, width, depth, heads, positional conv): the registry size gives the rest
     (dropouts, feature_grad_mult: the fine-tuning recipe). A ``--set`` of one of them to another value is
     an error; other families take nothing (their shapes are checked when loading)."""
-    from ecgqa.models import family_of
 
     if family_of(model_name) != "w2v-cmsc-rlm":
         return {}
@@ -569,8 +569,6 @@ def _classes_of(pre: Pretrained) -> int | None:
 def init_model(model: torch.nn.Module, pre: Pretrained) -> str:
     """Load ``pre``'s encoder into ``model`` (a ``w2v-cmsc-rlm-*`` classifier, or the ECG side of a
     ``fusion-*`` / ``medvill`` / ``deaf`` QA model); returns a one-line summary of what was loaded."""
-    from ecgqa.models.fusion import FusionModel
-    from ecgqa.models.w2v_cmsc import W2VCMSCRLMModel
 
     if isinstance(model, W2VCMSCRLMModel):
         tensors = pre.encoder_tensors()
@@ -625,7 +623,6 @@ def fusion_key_map(model: torch.nn.Module) -> dict[str, str]:
 
 
 def _init_fusion(model: torch.nn.Module, pre: Pretrained) -> str:
-    import torch
 
     c = model.config
     if not c.use_ecg:
@@ -670,9 +667,6 @@ def convert(path: str | Path, out: str | Path, *, classes: list[str] | None = No
     """Write ``path`` (a fairseq .pt) as a ``w2v-cmsc-rlm`` checkpoint folder: config from ``cfg.model``
     (architecture and regularisation), encoder weights, and the fine-tuned head when there is one (its
     classes named by ``classes`` when given, else ``label_0`` ...)."""
-    from ecgqa.checkpoint import TRAIN_OPTIONS, save_checkpoint
-    from ecgqa.files import claim_output_dir
-    from ecgqa.models.w2v_cmsc import W2VCMSCConfig, W2VCMSCRLMModel
 
     path = Path(path)
     # before any work: only an earlier conversion is replaced, never a user's folder or a trained checkpoint

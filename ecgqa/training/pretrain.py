@@ -2,97 +2,65 @@
 ``w2v-cmsc-rlm`` encoder, whose ``w2v.*`` weights then start ``ecgqa train --model w2v-cmsc-rlm* --init-from DIR``.
 
 The objective (masked contrastive loss over Gumbel-quantized targets, diversity and feature penalties,
-CMSC, random lead masking) is the model's own loss, ``ecgqa/models/w2v_pretrain.py``; this module is the
-stage: the recipes (``PRETRAIN_RECIPES``, ``paper`` = fairseq-signals'
-``examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml``), the CMSC pairs read from a prepared
-directory's signal store (every ECG once, whatever task it was prepared for), and the run, on
-``ecgqa/training/train.py``'s machinery: the ``--out`` claim, resume from the newest complete ``checkpoint-N``,
-``metrics.jsonl`` (with every loss part, the code perplexity and the Gumbel temperature), Trainer
-arguments. Heavy imports stay inside the functions (the CLI imports every stage).
-
-The model classes are importable from here too (``from ecgqa.training.pretrain import W2VPretrainModel``).
+CMSC, random lead masking) is the model's own loss, ``ecgqa/models/w2v_pretrain.py``; the recipes
+(``PRETRAIN_RECIPES``, ``paper`` = fairseq-signals' ``examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml``)
+are ``ecgqa/training/recipes.py``'s. This module is the stage: the CMSC pairs read from a prepared
+directory's signal store (every ECG once, whatever task it was prepared for) or a folder of WFDB records,
+and the run, on ``ecgqa/training/trainer.py``'s machinery: the ``--out`` claim and lock, resume from the
+newest complete ``checkpoint-N`` (checked against the data's rate and length), ``metrics.jsonl`` (with every
+loss part, the code perplexity and the Gumbel temperature), Trainer arguments, the upstream Adam.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import PretrainedConfig, set_seed
 
+from ecgqa.checkpoint import save_checkpoint
+from ecgqa.data.prepared import PreparedData, is_prepared
+from ecgqa.data.records import RecordError, fit_length, read_header_rate, read_record
+from ecgqa.models.w2v_pretrain import W2VPretrainConfig, W2VPretrainModel, compute_mask, pretrain_config
+from ecgqa.training import fairseq_import
 from ecgqa.training.errors import clear_error
-from ecgqa.training.recipes import Recipe, describe_schedule
-from ecgqa.training.train import TrainConfig
-
-_MODEL_NAMES = (
-    "W2VPretrainConfig",
-    "W2VPretrainModel",
-    "W2VPretrainOutput",
-    "GumbelVectorQuantizer",
-    "PRETRAIN_SIZES",
-    "PRETRAIN_ENCODER",
-    "cmsc_loss",
-    "compute_mask",
-    "pretrain_config",
+from ecgqa.training.recipes import (
+    DEFAULT_PRETRAIN_RECIPE,
+    PRETRAIN_MODELS,
+    PRETRAIN_RECIPES,
+    SOURCE_YAML,
+    Recipe,
+    describe_schedule,
 )
-#: encoder sizes that pretrain (``ecgqa.models`` registry names; their objective settings are
-#: ``ecgqa.models.w2v_pretrain.PRETRAIN_SIZES``)
-PRETRAIN_MODELS = ("w2v-cmsc-rlm", "w2v-cmsc-rlm-quick", "w2v-cmsc-rlm-test")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MODEL_NAMES:
-        from ecgqa.models import w2v_pretrain
-
-        return getattr(w2v_pretrain, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ----------------------------------------------------------------------------------------------- recipes
-
-SOURCE_YAML = "fairseq-signals examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml"
-
-# ----------------------------------------------------------------------------------------------- recipes
-
-#: ``--recipe``: the optimiser, schedule, batch and length of a pretraining run. "paper" is the yaml's
-#: (batch 64 CMSC pairs × update_freq 2 × 4 GPUs, 200 epochs, Adam (0.9, 0.98) eps 1e-6, decoupled
-#: weight decay 0.01, fixed lr 5e-5, no clipping); "quick" is this project's for the bundled sample.
-PRETRAIN_RECIPES: dict[str, Recipe] = {
-    "paper": Recipe(
-        name="paper",
-        source=f"{SOURCE_YAML}: batch_size 64 x update_freq 2 x distributed_world_size "
-        "4, max_epoch 200, adam (0.9, 0.98) eps 1e-06, weight_decay 0.01, lr 5e-05, lr_scheduler fixed",
-        lr=5e-5,
-        effective_batch=64 * 2 * 4,
-        batch_size=64,
-        epochs=200.0,
-        eps=1e-6,
-        weight_decay=0.01,
-        schedule="constant",
-        max_grad_norm=0.0,
-    ),
-    "quick": Recipe(
-        name="quick",
-        source="this project's, for the bundled sample and CPUs: the yaml's Adam "
-        "with a higher lr (2e-3), 5% warmup and cosine decay, clipping at 1.0",
-        lr=2e-3,
-        effective_batch=None,
-        batch_size=16,
-        max_steps=400,
-        eps=1e-6,
-        weight_decay=0.01,
-        schedule="cosine",
-        warmup=0.05,
-        max_grad_norm=1.0,
-    ),
-}
-DEFAULT_PRETRAIN_RECIPE = "quick"
-
+from ecgqa.training.trainer import (
+    METRICS_LOG,
+    RecipeTrainer,
+    RunDisplay,
+    RunLock,
+    TrainConfig,
+    claim_run_dir,
+    display_callbacks,
+    fill_from_recipe,
+    final_options,
+    library_output,
+    planned_steps,
+    positive,
+    restore_finished,
+    resume_state,
+    run_callbacks,
+    say,
+    start_run_dir,
+    training_arguments,
+    world_size,
+)
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -105,12 +73,6 @@ class RecordsFolder:
     large sets, ``ecgqa prepare`` once and pretrain on the prepared directory (a memory-mapped store)."""
 
     def __init__(self, folder: Path, rate: int, seconds: float, progress: bool = True) -> None:
-        import re
-
-        from tqdm.auto import tqdm
-
-        from ecgqa.data.records import RecordError, fit_length, read_record
-
         self.path, self.rate, self.signal_length = folder, int(rate), round(seconds * rate)
         chosen: dict[int, tuple[float, Path]] = {}
         for header in sorted(folder.rglob("*.hea")):
@@ -120,11 +82,7 @@ class RecordsFolder:
                     f"record {header.with_suffix('')}: its name has no leading number to use as the "
                     "ECG id (PTB-XL 00002_hr, MIMIC-IV-ECG 40689238); prepare the folder instead"
                 )
-            fields = header.read_text(errors="replace").split("\n", 1)[0].split()
-            try:
-                fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 0.0
-            except ValueError:
-                raise ValueError(f"{header}: line 1 has no sampling rate ({' '.join(fields)!r})") from None
+            fs = read_header_rate(header)
             ecg = int(found.group())
             if ecg not in chosen or fs > chosen[ecg][0]:
                 chosen[ecg] = (fs, header.with_suffix(""))
@@ -171,8 +129,6 @@ class SegmentPairs:
 
 def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     """(B pairs) → source (2B, 12, S) ordered pair by pair, segment 0,1,0,1…, patient_id per segment."""
-    import torch
-
     source = torch.from_numpy(np.stack([it["source"] for it in items])).flatten(0, 1)
     patient = torch.tensor([it["patient_id"] for it in items], dtype=torch.long).repeat_interleave(2)
     segment = torch.arange(source.shape[0], dtype=torch.long) % 2
@@ -182,8 +138,6 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
 def read_patients(path: str | Path, ecg_ids: np.ndarray) -> np.ndarray:
     """Patient id of each of ``ecg_ids`` from a CSV with ecg_id/patient_id columns (PTB-XL's
     ``ptbxl_database.csv``) or study_id/subject_id (MIMIC-IV-ECG's ``record_list.csv``)."""
-    import pandas as pd
-
     path = Path(path)
     try:
         head = pd.read_csv(path, nrows=0).columns
@@ -250,10 +204,6 @@ RESERVED_FIELDS = frozenset(
 
 def check_overrides(overrides: dict[str, Any]) -> None:
     """``--set FIELD=VALUE``: a field of the pretraining config (encoder or objective) of the default's type."""
-    from transformers import PretrainedConfig
-
-    from ecgqa.models.w2v_pretrain import W2VPretrainConfig
-
     generic = set(PretrainedConfig().to_dict())
     defaults = {k: v for k, v in W2VPretrainConfig().to_dict().items() if k not in generic}
     for key, value in overrides.items():
@@ -282,13 +232,9 @@ def check_overrides(overrides: dict[str, Any]) -> None:
 
 def check_config(config: PretrainConfig) -> PretrainConfig:
     """Resolve the recipe into the fields left None and check every option (one-line errors)."""
-    from ecgqa.training.train import _positive, fill_from_recipe
-
     config.data, config.out = Path(config.data), Path(config.out)
     if config.recipe not in PRETRAIN_RECIPES:
         raise ValueError(f"unknown recipe {config.recipe!r}; choose one of {', '.join(PRETRAIN_RECIPES)}")
-    from ecgqa.models.w2v_pretrain import pretrain_config
-
     check_overrides(config.overrides)
     pretrain_config(config.model, **config.overrides)  # unknown model / impossible values fail here
     recipe = PRETRAIN_RECIPES[config.recipe]
@@ -298,13 +244,13 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
         (config.grad_accum, "--grad-accum"),
         (config.save_steps, "--save-steps"),
     ):
-        _positive(value, option)
-    _positive(config.epochs, "--epochs", integer=False)
-    _positive(config.lr, "--lr", integer=False)
-    _positive(config.segment_seconds, "--segment-seconds", allow_none=False, integer=False)
-    _positive(config.rate, "--rate", allow_none=False)
-    _positive(config.seconds, "--seconds", allow_none=False, integer=False)
-    _positive(config.logging_steps, "--logging-steps", allow_none=False)
+        positive(value, option)
+    positive(config.epochs, "--epochs", integer=False)
+    positive(config.lr, "--lr", integer=False)
+    positive(config.segment_seconds, "--segment-seconds", allow_none=False, integer=False)
+    positive(config.rate, "--rate", allow_none=False)
+    positive(config.seconds, "--seconds", allow_none=False, integer=False)
+    positive(config.logging_steps, "--logging-steps", allow_none=False)
     if config.init_from is not None and not Path(config.init_from).exists():
         raise ValueError(
             f"--init-from {config.init_from}: not found; give a fairseq-signals / ECG-FM .pt file or a "
@@ -320,8 +266,6 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
 def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
     """The ECGs (a prepared directory, or a folder of WFDB records) and their CMSC pairs (every ECG once,
     or those of ``--split``)."""
-    from ecgqa.data.prepared import PreparedData, is_prepared
-
     folder = Path(config.data)
     if not folder.is_dir():
         raise ValueError(
@@ -359,12 +303,7 @@ def dry_run(config: PretrainConfig) -> str:
     config = check_config(config)
     recipe = PRETRAIN_RECIPES[config.recipe]
     data, pairs = load_pairs(config)
-    from ecgqa.training.train import _world_size
-
-    per_epoch = max(math.ceil(math.ceil(len(pairs) / _world_size()) / config.batch_size / config.grad_accum), 1)
-    steps = config.max_steps or math.ceil((config.epochs or 0) * per_epoch)
-    from ecgqa.models.w2v_pretrain import pretrain_config
-
+    steps = planned_steps(config, len(pairs))
     pre, fields = init_source(config)
     model_config = pretrain_config(config.model, segment_length=pairs.segment, **fields, **config.overrides)
     view = Recipe(
@@ -384,7 +323,7 @@ def dry_run(config: PretrainConfig) -> str:
         + (f"; patients from {config.patients}" if config.patients else "; positives: the same ECG"),
         (
             f"effective batch: {config.effective_batch} pairs ({2 * config.effective_batch} segments) = batch "
-            f"{config.batch_size} x grad-accum {config.grad_accum} x {_world_size()} device(s)"
+            f"{config.batch_size} x grad-accum {config.grad_accum} x {world_size()} device(s)"
         ),
         f"updates: {steps}" + ("" if config.max_steps else f" ({config.epochs:g} epochs)"),
         *(
@@ -439,10 +378,8 @@ def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
     projection sizes. A ``--set`` contradicting one of them is an error naming both values."""
     if config.init_from is None:
         return None, {}
-    from ecgqa.training.fairseq_import import init_overrides, read_pretrained
-
-    pre = read_pretrained(config.init_from)
-    fields = init_overrides(config.model, pre, config.overrides)
+    pre = fairseq_import.read_pretrained(config.init_from)
+    fields = fairseq_import.init_overrides(config.model, pre, config.overrides)
     unsupported = sorted(k for k in pre.keymap.extras if not k.startswith(PRETRAINING_PARTS))
     if unsupported:
         raise ValueError(
@@ -476,8 +413,7 @@ def init_source(config: PretrainConfig) -> tuple[Any, dict[str, Any]]:
 def load_init(model: Any, pre: Any) -> str:
     """Load ``pre``'s encoder (and its pretraining parts, when it has them) into the pretraining model;
     every tensor shape-checked first (an error names the key; the model is untouched then)."""
-    from ecgqa.training.fairseq_import import check_and_load
-
+    check_and_load = fairseq_import.check_and_load
     encoder = pre.encoder_tensors()
     check_and_load(model, encoder, pre.path, prefix="w2v.", what="pretrained encoder")
     extras = _pretraining_extras(pre)
@@ -509,141 +445,118 @@ LOGGED_PARTS = (
 )
 
 
-def _pretrain_trainer_class() -> type:
-    import torch
-    from transformers import Trainer
+class PretrainTrainer(RecipeTrainer):
+    """The recipe's Trainer (upstream Adam) with the objective's parts logged beside the loss."""
 
-    class PretrainTrainer(Trainer):
-        loss_is_scaled_for_ga = False  # per-batch means; the Trainer divides for accumulation
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: dict[str, Any] = {}  # summed as tensors: no device sync per step, only per log
+        self._count = 0
 
-        def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.recipe = recipe
-            self._parts: dict[str, Any] = {}  # summed as tensors: no device sync per step, only per log
-            self._count = 0
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped.set_num_updates(self.state.global_step)
+        outputs = model(**inputs)
+        if model.training:
+            for name in LOGGED_PARTS:
+                value = getattr(outputs, name)
+                if value is not None:
+                    self._parts[name] = self._parts.get(name, 0.0) + value.detach().float()
+            self._count += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            unwrapped = self.accelerator.unwrap_model(model)
-            unwrapped.set_num_updates(self.state.global_step)
-            outputs = model(**inputs)
-            if model.training:
-                for name in LOGGED_PARTS:
-                    value = getattr(outputs, name)
-                    if value is not None:
-                        self._parts[name] = self._parts.get(name, 0.0) + value.detach().float()
-                self._count += 1
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._count:
-                logs.update({k: round(float(v) / self._count, 5) for k, v in self._parts.items()})
-                self._parts, self._count = {}, 0
-            super().log(logs, start_time)
-
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:  # upstream Adam: decoupled decay on every parameter
-                params = [p for p in self.model.parameters() if p.requires_grad]
-                self.optimizer = torch.optim.AdamW(
-                    params,
-                    lr=self.args.learning_rate,
-                    betas=self.recipe.betas,
-                    eps=self.recipe.eps,
-                    weight_decay=self.args.weight_decay,
-                )
-            return self.optimizer
-
-    return PretrainTrainer
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._count:
+            logs.update({k: round(float(v) / self._count, 5) for k, v in self._parts.items()})
+            self._parts, self._count = {}, 0
+        super().log(logs, start_time)
 
 
 def pretrain(config: PretrainConfig, *, stop_after: int | None = None) -> Path:
     """Pretrain ``config.model``'s encoder on ``config.data`` and write the checkpoint ``config.out``.
 
     ``resume`` continues from the newest complete ``checkpoint-N`` (same data order, masks, schedule and
-    temperature as an uninterrupted run); ``stop_after`` ends early after N updates with a resumable state.
+    temperature as an uninterrupted run; the data must have the checkpoint's rate and length); a run already
+    at its last step is not trained again, its final output is only rewritten. ``stop_after`` ends early
+    after N updates with a resumable state.
     """
-    import torch
-    from transformers import PrinterCallback, set_seed
-
-    from ecgqa.checkpoint import save_checkpoint
-    from ecgqa.models.w2v_pretrain import W2VPretrainModel, compute_mask, pretrain_config
-    from ecgqa.training.train import _resume_state, _trainer_classes, _training_arguments, _write_marker, claim_run_dir
-
     config = check_config(config)
-    if config.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     data, pairs = load_pairs(config)
     claim_run_dir(config)
-    resume_from, _ = _resume_state(config)
-    set_seed(config.seed)
-    pre, fields = init_source(config)
-    model = W2VPretrainModel(
-        pretrain_config(
-            config.model,
-            rate=int(data.rate),
-            signal_length=int(data.signal_length),
-            segment_length=pairs.segment,
-            **fields,
-            **config.overrides,
+    with RunLock(config.out), library_output(verbose=config.verbose):
+        resume = resume_state(config, data, signal_only=True)  # every check before anything changes
+        if resume is not None:
+            say(config, f"resuming from {resume.path} (step {resume.step})")
+        set_seed(config.seed)
+        pre, fields = init_source(config)
+        model = W2VPretrainModel(
+            pretrain_config(
+                config.model,
+                rate=int(data.rate),
+                signal_length=int(data.signal_length),
+                segment_length=pairs.segment,
+                **fields,
+                **config.overrides,
+            )
         )
-    )
-    if pre is not None and not resume_from:
-        summary = load_init(model, pre)
-        if not config.quiet and int(os.environ.get("RANK", "0")) == 0:
-            print(summary, file=sys.stderr)
-    tokens = int(model.w2v.feature_extractor.output_lengths(torch.tensor([pairs.segment]))[0])
-    compute_mask((1, tokens), model.config.mask_prob, model.config.mask_length)  # too few tokens: says so now
-    if int(os.environ.get("RANK", "0")) == 0:
-        _write_marker(config)
-    args = _training_arguments(config, False, [])
-    _, JsonlLog, StopAfter, UmaskModes = _trainer_classes()
-    callbacks = [JsonlLog(config.out / "metrics.jsonl"), UmaskModes()] + ([StopAfter(stop_after)] if stop_after else [])
-    trainer = _pretrain_trainer_class()(
-        model=model,
-        args=args,
-        data_collator=collate_pairs,
-        train_dataset=pairs,
-        callbacks=callbacks,
-        recipe=PRETRAIN_RECIPES[config.recipe],
-    )
-    if config.quiet:
-        trainer.remove_callback(PrinterCallback)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
-        clear = clear_error(e, config.out, resume_from)
-        if clear is None:
-            raise
-        raise clear from e
-    if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
-        return config.out
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-        save_checkpoint(
-            config.out,
-            trainer.model,
-            None,
-            data.meta,
-            train_options={
-                **options,
-                "objective": "w2v+cmsc+rlm",
-                "global_step": trainer.state.global_step,
-                "epoch": trainer.state.epoch,
-                "world_size": trainer.args.world_size,
-                "pairs": len(pairs),
-                "ecgs": len(pairs.rows),
-            },
+        if pre is not None and resume is None:
+            say(config, load_init(model, pre))
+        tokens = int(model.w2v.feature_extractor.output_lengths(torch.tensor([pairs.segment]))[0])
+        compute_mask((1, tokens), model.config.mask_prob, model.config.mask_length)  # too few tokens: says so now
+        start_run_dir(config)  # the options, data and model are good: clear an earlier run, write the marker
+        trainer = PretrainTrainer(
+            model=model,
+            args=training_arguments(config, False, []),
+            data_collator=collate_pairs,
+            train_dataset=pairs,
+            callbacks=run_callbacks(config, resume, stop_after),
+            recipe=PRETRAIN_RECIPES[config.recipe],
+            schedule=config.schedule,
         )
-    trainer.accelerator.wait_for_everyone()
+        display_callbacks(trainer, RunDisplay(quiet=config.quiet, desc=f"pretrain {config.model}"))
+        planned = planned_steps(config, len(pairs))
+        if resume is not None and resume.finished(planned):
+            say(
+                config, f"{config.out}: the run is finished (step {resume.step} of {planned}); writing its final output"
+            )
+            restore_finished(trainer, resume, best=False, log=config.out / METRICS_LOG)
+        else:
+            resume_from = str(resume.path) if resume else None
+            try:
+                trainer.train(resume_from_checkpoint=resume_from)
+            except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
+                clear = clear_error(e, config.out, resume_from)
+                if clear is None:
+                    raise
+                raise clear from e
+            if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
+                return config.out
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            save_checkpoint(
+                config.out,
+                trainer.model,
+                None,
+                data.meta,
+                train_options={
+                    **final_options(config, trainer),
+                    "objective": "w2v+cmsc+rlm",
+                    "pairs": len(pairs),
+                    "ecgs": len(pairs.rows),
+                },
+            )
+        trainer.accelerator.wait_for_everyone()
     return config.out
 
 
 __all__ = [
+    "DEFAULT_PRETRAIN_RECIPE",
     "PRETRAIN_MODELS",
     "PRETRAIN_RECIPES",
+    "SOURCE_YAML",
     "PretrainConfig",
+    "PretrainTrainer",
+    "RecordsFolder",
     "SegmentPairs",
     "collate_pairs",
     "dry_run",

@@ -230,3 +230,45 @@ def describe_schedule(recipe_or_config: Recipe, total: int) -> str:
     warmup = r.warmup
     steps = math.ceil(warmup * total) if warmup < 1 else int(warmup)  # as transformers rounds a ratio
     return f"{r.schedule}: warmup {steps} updates to {lr:.3g}, then {r.schedule} decay"
+
+
+# ----------------------------------------------------------------------------------------------- pretraining
+
+#: encoder sizes that pretrain (``ecgqa.models`` registry names; their objective settings are
+#: ``ecgqa.models.w2v_pretrain.PRETRAIN_SIZES``)
+PRETRAIN_MODELS = ("w2v-cmsc-rlm", "w2v-cmsc-rlm-quick", "w2v-cmsc-rlm-test")
+SOURCE_YAML = "fairseq-signals examples/w2v_cmsc/config/pretraining/w2v_cmsc_rlm.yaml"
+
+#: ``--recipe``: the optimiser, schedule, batch and length of a pretraining run. "paper" is the yaml's
+#: (batch 64 CMSC pairs × update_freq 2 × 4 GPUs, 200 epochs, Adam (0.9, 0.98) eps 1e-6, decoupled
+#: weight decay 0.01, fixed lr 5e-5, no clipping); "quick" is this project's for the bundled sample.
+PRETRAIN_RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        source=f"{SOURCE_YAML}: batch_size 64 x update_freq 2 x distributed_world_size "
+        "4, max_epoch 200, adam (0.9, 0.98) eps 1e-06, weight_decay 0.01, lr 5e-05, lr_scheduler fixed",
+        lr=5e-5,
+        effective_batch=64 * 2 * 4,
+        batch_size=64,
+        epochs=200.0,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="constant",
+        max_grad_norm=0.0,
+    ),
+    "quick": Recipe(
+        name="quick",
+        source="this project's, for the bundled sample and CPUs: the yaml's Adam "
+        "with a higher lr (2e-3), 5% warmup and cosine decay, clipping at 1.0",
+        lr=2e-3,
+        effective_batch=None,
+        batch_size=16,
+        max_steps=400,
+        eps=1e-6,
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup=0.05,
+        max_grad_norm=1.0,
+    ),
+}
+DEFAULT_PRETRAIN_RECIPE = "quick"

@@ -474,6 +474,12 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared_attributes_50
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [r["loss"] for r in _log(tmp_path / "whole")] == [r["loss"] for r in _log(tmp_path / "cut")]
+    # a finished run resumed makes no update (it made checkpoint-7, -8 with a climbing lr): only its final output
+    _pretrain(prepared_attributes_500, tmp_path / "whole", resume=True, **kw)
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert json.loads((tmp_path / "whole" / "train_options.json").read_text())["global_step"] == 6
+    c = load_file(tmp_path / "whole" / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.slow

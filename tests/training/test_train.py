@@ -80,6 +80,7 @@ def test_task_mismatch_is_refused(prepared_upperbound, tmp_path):
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 2
@@ -455,6 +456,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -488,6 +490,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
                 "--batch-size",
                 "32",
             ]
@@ -513,6 +516,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--epochs",
                 "2",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -532,6 +536,7 @@ def test_dry_run_prints_batch_steps_epochs_and_schedule(prepared_qa, prepared_up
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
             ]
         )
         == 0
@@ -548,7 +553,8 @@ def test_paper_recipe_does_not_clip_gradients(tmp_path):
     """Upstream clip_norm 0.0: the paper recipe's TrainingArguments have max_grad_norm 0 (no clipping);
     quick keeps the transformers default 1.0; --max-grad-norm overrides either."""
     from ecgqa.training.recipes import PAPER, QUICK
-    from ecgqa.training.train import _training_arguments, check_config
+    from ecgqa.training.train import check_config
+    from ecgqa.training.trainer import training_arguments
 
     assert all(r.max_grad_norm == 0 for r in PAPER.values()) and QUICK.max_grad_norm == 1.0
     for recipe, extra, want in (("paper", {}, 0.0), ("quick", {}, 1.0), ("paper", {"max_grad_norm": 2.5}, 2.5)):
@@ -556,7 +562,7 @@ def test_paper_recipe_does_not_clip_gradients(tmp_path):
             TrainConfig(data=tmp_path, model="fusion-test", out=tmp_path / "o", recipe=recipe, **extra)
         )
         assert config.max_grad_norm == want
-        assert _training_arguments(config, False, ["labels"]).max_grad_norm == want
+        assert training_arguments(config, False, ["labels"]).max_grad_norm == want
     with pytest.raises(ValueError, match="--max-grad-norm -1"):
         check_config(TrainConfig(data=tmp_path, model="fusion-test", out=tmp_path / "o", max_grad_norm=-1))
 
@@ -635,6 +641,7 @@ def test_bert_embeddings_initialise_the_reference_tables(prepared_qa, tmp_path, 
                 "--recipe",
                 "paper",
                 "--dry-run",
+                "--no-measure",
                 "--bert-embeddings",
                 str(tmp_path / "bert"),
             ]
@@ -750,12 +757,12 @@ def test_dry_run_updates_equal_the_trainers(prepared_qa, tmp_path, capsys):
 
 def test_metrics_log_trimmed_to_the_resumed_step(tmp_path):
     """T3: lines of steps after the resumed checkpoint (and a line torn by the kill) are dropped."""
-    from ecgqa.training.train import _trim_log
+    from ecgqa.training.trainer import trim_log
 
     log = tmp_path / "metrics.jsonl"
     lines = [{"step": s, "loss": 1.0 / s} for s in (2, 4, 6, 8)] + [{"step": 6, "eval_em": 0.5}]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 9, "lo')
-    _trim_log(log, 6)
+    trim_log(log, 6)
     assert [json.loads(x) for x in log.read_text().splitlines()] == [x for x in lines if x["step"] <= 6]
 
 

@@ -439,6 +439,7 @@ def test_dry_run_prints_the_paper_recipe(tmp_path, prepared_upperbound, capsys):
             "--recipe",
             "paper",
             "--dry-run",
+            "--no-measure",
             "--data",
             str(prepared_upperbound),
             "--out",

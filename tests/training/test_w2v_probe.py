@@ -151,12 +151,15 @@ def test_resume_with_another_model_is_one_error_naming_both(tmp_path):
     """Without the check, the state dict of the -test run fails to load into -quick in a many-line error."""
     from types import SimpleNamespace
 
-    from ecgqa.training.train import _resume_state
+    from ecgqa.training.trainer import resume_state
 
     out = tmp_path / "run"
     state = out / "checkpoints" / "checkpoint-20"
     state.mkdir(parents=True)
     (state / "trainer_state.json").write_text(json.dumps({"global_step": 20}))
+    signal = {"rate": 500, "signal_length": 5000}
+    (state / "config.json").write_text(json.dumps({"model_name": "w2v-cmsc-rlm-test", "task": "pretrain", **signal}))
+    data = SimpleNamespace(meta=signal, path=tmp_path / "data")
     (out / "train_run.json").write_text(json.dumps({"format": "ecgqa-train-run", "model": "w2v-cmsc-rlm-test"}))
     config = SimpleNamespace(out=out, resume=True, model="w2v-cmsc-rlm-quick", quiet=True)
     with pytest.raises(
@@ -164,9 +167,9 @@ def test_resume_with_another_model_is_one_error_naming_both(tmp_path):
         match=rf"^--resume: {out} is a run of --model w2v-cmsc-rlm-test, not "
         "w2v-cmsc-rlm-quick; resume it with --model w2v-cmsc-rlm-test",
     ):
-        _resume_state(config)
+        resume_state(config, data, signal_only=True)
     config.model = "w2v-cmsc-rlm-test"
-    assert _resume_state(config)[0] == str(state)
+    assert resume_state(config, data, signal_only=True).path == state
 
 
 def test_classes_neither_a_file_nor_a_bundled_list_is_named(tmp_path, capsys):
