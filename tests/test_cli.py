@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -26,12 +27,20 @@ def test_every_subcommand_takes_quiet_and_verbose():
 
     parser = build_parser()
     subparsers = parser._subparsers._group_actions[0].choices
-    for name, sub in subparsers.items():
-        argv = [name]
+
+    def required_argv(sub):
+        argv = []
         for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):  # nested subcommand (export hub): its first one
+                name = next(iter(action.choices))
+                return argv + [name] + required_argv(action.choices[name])
             if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
-                value = str(action.choices[0]) if action.choices else "1"
+                value = str(next(iter(action.choices))) if action.choices else "1"
                 argv += [action.option_strings[0], value] if action.option_strings else [value]
+        return argv
+
+    for name, sub in subparsers.items():
+        argv = [name] + required_argv(sub)
         for flags in (["-q", "-v"], ["--quiet", "--verbose"]):
             args = parser.parse_args(argv + flags)
             assert args.quiet is True and args.verbose is True, name

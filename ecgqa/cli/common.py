@@ -26,6 +26,10 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
         )
+    for action in parser._actions:  # nested subcommands (``ecgqa export hub``) take them too
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                add_output_flags(nested)
 
 
 @contextlib.contextmanager
