@@ -261,19 +261,38 @@ def iter_samples(result: dict[str, Any]) -> Iterator[tuple[str, dict]]:
             yield split, s
 
 
-def generate(inp: GenerationInput, out: str | Path, **kw: Any) -> dict[str, Any]:
-    """Generate and write the release folder ``out`` (see ``writer.py``); returns generation.json's content."""
+def generate(
+    source: GenerationInput | str,
+    out: str | Path,
+    *,
+    records: str | Path | None = None,
+    metadata: str | Path | None = None,
+    seed: int = 42,
+    caps: str = "release",
+    balanced: bool = False,
+    split_of: dict[int, str] | None = None,
+    measure: bool = True,
+    version: str = "ptbxl",
+    progress: bool = True,
+    left_out: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate ECG-QA questions and write them to ``out`` in the release's layout (``ecgqa.generate``).
+
+    ``source``: a :class:`GenerationInput` (any dataset), or ``"ptbxl"`` with ``records`` (a PTB-XL root) and
+    optionally ``metadata``. Returns the content of ``out/generation.json``.
+    """
     from ecgqa.generation.writer import write_release
 
-    progress = kw.get("progress", True)
-    result = run(inp, **kw)
+    if isinstance(source, str):
+        if source != "ptbxl":
+            raise ValueError(f"source {source!r}: pass 'ptbxl' or a GenerationInput (see ecgqa.generation.datasets)")
+        if records is None:
+            raise ValueError("generate('ptbxl', ...) needs records= (a PTB-XL root)")
+        from ecgqa.generation.ptbxl import read_ptbxl
+
+        source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress)
+    result = run(source, version=version, seed=seed, caps=caps, balanced=balanced, split_of=split_of, progress=progress)
+    result["left_out"] = left_out or {}
     return write_release(
-        inp,
-        result,
-        out,
-        seed=kw.get("seed", 42),
-        caps=kw.get("caps", "release"),
-        balanced=kw.get("balanced", False),
-        version=kw.get("version", "ptbxl"),
-        progress=progress,
+        source, result, out, seed=seed, caps=caps, balanced=balanced, version=version, progress=progress
     )
