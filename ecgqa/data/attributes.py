@@ -373,9 +373,9 @@ def derive(
     axis = record.get("heart_axis")
     if release_rules:
         degrees = getattr(measurements, "qrs_axis", None)
-        if degrees is not None:
+        if measurements is not None:
             for cls in AXIS_CLASSES:
-                entire[cls] = int(axis_class(degrees) == cls)
+                entire[cls] = None if degrees is None else int(axis_class(degrees) == cls)
     elif isinstance(axis, str) and axis.strip() in AXIS:
         for cls in AXIS_CLASSES:
             entire[cls] = int(AXIS[axis.strip()] == cls)
