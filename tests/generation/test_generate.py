@@ -243,3 +243,25 @@ def test_generated_release_goes_through_map_and_prepare(tmp_path, generated, sub
     report = json.loads((generated / "generation.json").read_text())
     assert data.info.splits == {k: v for k, v in report["n_samples"].items() if v}
     assert data.info.n_ecgs == sum(report["n_ecgs"].values())
+
+
+def _numeric_rows(abnormal: set[str], unknown: set[str] = frozenset()) -> dict:
+    entire = {}
+    for f in A.NUMERIC:
+        entire[f"within the normal range of {f}"] = None if f in unknown else int(f not in abnormal)
+    return {"entire": entire}
+
+
+def test_numeric_comparison_answers_follow_the_transitions():
+    t = load_templates()
+    first = _numeric_rows({"qt interval", "rr interval"}, unknown={"pr interval"})
+    second = _numeric_rows({"rr interval", "qrs duration"})
+    rows = [first, second]
+    assert A.answer(t[68], (), None, rows) == ["qt interval"]  # abnormal → normal
+    assert A.answer(t[69], (), None, rows) == ["qrs duration"]  # normal → abnormal
+    assert A.answer(t[70], (), None, rows) == ["rr interval"]  # abnormal in both
+    assert A.answer(t[64], ("qt interval",), None, rows) == ["yes"]
+    assert A.answer(t[67], ("p duration",), None, rows) == ["yes"]  # normal in both
+    assert A.answer(t[66], ("pr interval",), None, rows) is None  # not measurable in the first: not asked
+    nothing = [_numeric_rows(set(), unknown=set(A.NUMERIC))] * 2
+    assert A.answer(t[68], (), None, nothing) is None
