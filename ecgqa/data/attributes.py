@@ -44,9 +44,10 @@ any kind of noises                any of the four noise columns (entire and per 
                                   any kind of extra systoles; empty → all no
 ``pacemaker``                     not a class of its own: "normal functioning artificial pacemaker" comes
                                   from the PACE statement (the column is only a cross-check)
-measured intervals                "above / within / below the normal range of <interval>" from
-                                  ``ecgqa.data.measure`` (:data:`ecgqa.data.measure.NORMAL_RANGES`); not measurable
-                                  → unknown. Only with signals (``prepare`` passes them)
+measured intervals                "above / within / below the normal range of <interval>" by ECG-QA's own
+                                  method (:mod:`ecgqa.data.features`: NeuroKit2 DWT on lead II, median
+                                  over beats, :data:`ecgqa.data.features.RANGES`); not measurable →
+                                  unknown. Only with signals (``prepare`` passes them)
 ================================  ==========================================================================
 
 Rows: ``entire`` (every class), each of the twelve single leads (the noise classes, which the release
@@ -511,7 +512,8 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
 
 
 def measure_record(path: str | Path) -> Any:
-    """Measurements of a record at its own rate (``ecgqa.data.measure``); None when it cannot be read."""
+    """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
+    status by ECG-QA's method, ``ecgqa.data.features``); None when it cannot be read."""
     from ecgqa.data.measure import measure_ecg
     from ecgqa.data.records import RecordError, read_record
 
