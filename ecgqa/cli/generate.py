@@ -95,6 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
         caps=args.caps,
         balanced=args.balanced,
         split_of=split_of,
+        measure=not args.no_measure,
         progress=progress,
         left_out=left_out,
     )

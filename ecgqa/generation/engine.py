@@ -94,6 +94,12 @@ def questions(t: Template, templates: dict[int, Template], classes: frozenset[st
     def ok(v: str) -> bool:
         return classes is None or v in classes or v in RANGES
 
+    if classes is not None and t.attribute_type != "numeric_feature":
+        fixed = "any kind of noises" if t.id == 28 else A.FIXED_VERIFY.get(t.id)
+        if fixed is not None and fixed not in classes:
+            return []
+        if t.kind == "query" and not t.value_tokens and not any(o in classes for o in t.options):
+            return []
     out = []
     for values in slot_values(t, templates):
         if t.id == 40 or t.id == 39 or t.attribute_type == "numeric_feature":
@@ -119,6 +125,7 @@ def run(
     caps: str = "release",
     balanced: bool = False,
     split_of: dict[int, str] | None = None,
+    measure: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate every split's samples. Returns {"samples": {split: [sample, …]}, "counts", "skipped", "splits"}.
@@ -127,6 +134,8 @@ def run(
     """
     if caps not in sampling.CAPS:
         raise ValueError(f"--caps {caps!r}: expected one of {', '.join(sampling.CAPS)}")
+    if measure:
+        add_signal_labels(inp, progress=progress)
     templates = load_templates(version)
     rng = random.Random(seed)
     split_of = split_of or inp.split_of or sampling.split_by_patient(inp.ecgs, seed)
@@ -145,6 +154,13 @@ def run(
     entire = [inp.labels[int(e)].get("entire", {}) for e in inp.ecgs.index]
     has_numeric = any("within the normal range of rr interval" in r for r in entire)
     has_axis = any("normal heart axis" in r for r in entire)
+    if classes is not None and has_axis:  # the axis comes from the signal, whatever the dataset labels
+        classes = classes | {
+            "normal heart axis",
+            "left axis deviation",
+            "right axis deviation",
+            "extreme axis deviation",
+        }
     for tid, t in templates.items():
         if t.attribute_type == "numeric_feature" and not has_numeric:
             skipped[str(tid)] = "no numeric features (signals not measured)"
@@ -234,6 +250,36 @@ def run(
     }
 
 
+def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
+    """Numeric-feature and heart-axis labels from each record's signal, for ECGs whose labels lack them.
+
+    The classes are those :func:`ecgqa.data.attributes.derive` gives (``release_rules=True``) for the
+    record's :func:`~ecgqa.data.attributes.measure_record`; an unreadable record gets them unknown.
+    Returns how many ECGs were measured.
+    """
+    from ecgqa.data.attributes import AXIS_CLASSES, Statements, derive, measure_record
+
+    todo = [
+        int(e) for e in inp.ecgs.index if "within the normal range of rr interval" not in inp.labels[int(e)]["entire"]
+    ]
+    if inp.dataset == "ptbxl" or not todo:
+        return 0  # the PTB-XL reader measures while it derives (or was told not to)
+    nothing = Statements(frozenset(), frozenset(), frozenset(), {})
+    for e in tqdm(todo, desc="measure", unit="ECG", disable=not progress):
+        m = measure_record(inp.ecgs.at[e, "record"])
+        entire = derive({}, nothing, m, release_rules=True)["entire"] if m is not None else {}
+        signal = {k: v for k, v in entire.items() if " the normal range of " in k or k in AXIS_CLASSES}
+        if m is None:
+            signal = {f"{w} the normal range of {f}": None for f in A.NUMERIC for w in ("below", "within", "above")}
+            signal |= dict.fromkeys(AXIS_CLASSES)
+        keep_axis = any(c in inp.labels[e]["entire"] for c in AXIS_CLASSES)  # the dataset's own axis label wins
+        for k, v in signal.items():
+            if keep_axis and k in AXIS_CLASSES:
+                continue
+            inp.labels[e]["entire"][k] = v
+    return len(todo)
+
+
 def _maybe_swap(t: Template, q: Question, rng: random.Random) -> tuple[str, list[str]]:
     """A choose question's text and attribute order: swapped half the time, with the release's word swap."""
     if t.id == 40:
@@ -291,7 +337,16 @@ def generate(
         from ecgqa.generation.ptbxl import read_ptbxl
 
         source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress)
-    result = run(source, version=version, seed=seed, caps=caps, balanced=balanced, split_of=split_of, progress=progress)
+    result = run(
+        source,
+        version=version,
+        seed=seed,
+        caps=caps,
+        balanced=balanced,
+        split_of=split_of,
+        measure=measure,
+        progress=progress,
+    )
     result["left_out"] = left_out or {}
     return write_release(
         source, result, out, seed=seed, caps=caps, balanced=balanced, version=version, progress=progress

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -70,7 +71,7 @@ def write_release(
             rows = result["samples"][split]
             if inp.mapped:
                 for s in rows:
-                    s["ecg_path"] = [str(inp.ecgs.at[e, "record"]) for e in s["ecg_id"]]
+                    s["ecg_path"] = [os.path.abspath(inp.ecgs.at[e, "record"]) for e in s["ecg_id"]]
             para_rows = []
             for s in rows:
                 patterns = para.get(s["template_id"])

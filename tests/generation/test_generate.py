@@ -265,3 +265,39 @@ def test_numeric_comparison_answers_follow_the_transitions():
     assert A.answer(t[66], ("pr interval",), None, rows) is None  # not measurable in the first: not asked
     nothing = [_numeric_rows(set(), unknown=set(A.NUMERIC))] * 2
     assert A.answer(t[68], (), None, nothing) is None
+
+
+@pytest.mark.slow
+def test_a_mapped_dataset_goes_straight_to_prepare(tmp_path, subset):
+    """A non-PTB-XL GenerationInput (few classes, no likelihoods, no lead labels): ecg_path in every sample,
+    record names in generation.json, and ``prepare`` reads the output without ``map``."""
+    from ecgqa.data.prepared import PreparedData
+    from ecgqa.generation.engine import generate
+    from ecgqa.generation.source import GenerationInput
+
+    inp, _ = read_ptbxl(subset, measure=False, progress=False)
+    keep = {"sinus rhythm", "atrial fibrillation", "complete right bundle branch block", "normal ecg"}
+    labels = {
+        e: {"entire": {c: (1 if v is None else v) for c, v in rows["entire"].items() if c in keep}}
+        for e, rows in inp.labels.items()
+    }
+    ecgs = inp.ecgs.assign(record_name=[f"rec-{e}" for e in inp.ecgs.index])
+    table = GenerationInput(
+        "table", ecgs, labels, frozenset(keep), has_likelihood=False, lead_labels=False, mapped=True
+    )
+    out = tmp_path / "table"
+    report = generate(table, out, measure=False, progress=False)
+    assert report["record_names"]["2"] == "rec-2"
+    assert {"5", "9", "14", "26", "34"} <= set(report["skipped_templates"])
+    samples = [s for rows in _load(out).values() for s in rows]
+    assert samples
+    for s in samples:
+        assert len(s["ecg_path"]) == len(s["ecg_id"])
+        assert all(Path(p).with_suffix(".hea").is_file() for p in s["ecg_path"])
+        assert "not sure" not in s["answer"]
+        if s["template_id"] == 1:
+            assert s["attribute"][0] in keep
+    prepared = tmp_path / "prepared"
+    r = _run("prepare", str(out), "--out", str(prepared), "-q")
+    assert r.returncode == 0, r.stderr
+    assert PreparedData(prepared).info.splits == {k: v for k, v in report["n_samples"].items() if v}
