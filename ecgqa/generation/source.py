@@ -4,6 +4,13 @@ A reader (``ecgqa/generation/ptbxl.py`` for PTB-XL, ``ecgqa/generation/datasets.
 Challenge headers, CODE-15% and generic tables) turns a dataset into a :class:`GenerationInput`;
 :func:`ecgqa.generation.engine.generate` turns that into an ECG-QA release folder. The generator never
 looks at a dataset's own files: everything it needs is here.
+
+Contract with the CLI (``ecgqa/cli/generate.py``): ``ecgqa generate physionet|code15|table`` calls
+``ecgqa.generation.datasets.read(args) -> (GenerationInput, left_out)`` where ``args`` is the parsed
+namespace (``args.dataset``, ``args.records`` / ``args.table`` / ``args.label_map``, ``args.quiet``) and
+``left_out`` is ``{reason: [ecg_id, …]}`` (written to generation.json). ``generate`` then measures every
+record whose labels lack the numeric classes (:func:`ecgqa.generation.engine.add_signal_labels`: numeric
+features and, unless the dataset labels it, the heart axis, through ``measure_record``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ class GenerationInput:
     returns them (``"entire"``, the twelve single leads, the located lead groups). Numeric classes
     ("within the normal range of qt interval", …) and signal-derived classes (heart axis, when the dataset
     has no axis label) may be absent here: ``generate`` adds them from
-    :func:`ecgqa.data.attributes.measure_record` when it asks numeric / axis templates.
+    :func:`ecgqa.data.attributes.measure_record` (unless ``measure=False`` / ``--no-measure``). Class names
+    are ECG-QA's, located statements in full ("myocardial infarction in inferior leads" is read from the
+    row ``"inferior"``, class ``"myocardial infarction"``, as ``derive`` lays it out).
 
     ``classes``: the classes this dataset labels exhaustively (a missing label means "no"). Only these
     are asked; a template whose options contain none of them is skipped (and listed in generation.json).
