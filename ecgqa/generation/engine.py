@@ -24,11 +24,11 @@ from ecgqa.generation.templates import LEAD_NAMES, NONE, Template, load_template
 
 GENERATOR_VERSION = 1
 #: Templates not generated, and why (listed in generation.json).
-NOT_IMPLEMENTED = {
-    17: "needs the report text's lead of each form statement (report parsing not implemented)",
-    18: "needs the report text's lead of each form statement (report parsing not implemented)",
-    19: "needs the report text's lead of each form statement (report parsing not implemented)",
-}
+_REPORT_LEADS = (
+    "needs the lead of each form statement from the report text; the authors parsed an English translation "
+    "of PTB-XL's reports (never published; most reports are German), so it is not generated"
+)
+NOT_IMPLEMENTED = {17: _REPORT_LEADS, 18: _REPORT_LEADS, 19: _REPORT_LEADS}
 #: Without likelihoods these ask the same as 4, 8, 13.
 UNCERTAIN_TWINS = {5: 4, 9: 8, 14: 13}
 RANGES = ("below the normal range", "within the normal range", "above the normal range")
