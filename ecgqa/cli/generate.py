@@ -64,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.files import OutputDirError
     from ecgqa.generation.answers import AnswerError
     from ecgqa.generation.ptbxl import InputError
+    from ecgqa.generation.sampling import SplitError
 
     try:
         if args.dataset == "check":
             return _check(args)
         return _generate(args)
-    except (AttributesError, ReleaseError, OutputDirError, AnswerError, InputError, FileNotFoundError) as e:
+    except (AttributesError, ReleaseError, OutputDirError, AnswerError, InputError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

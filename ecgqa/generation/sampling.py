@@ -39,6 +39,10 @@ IRRELEVANT_PER_ECG = 10
 CAPS = ("release", "none")
 
 
+class SplitError(ValueError):
+    """A ``--splits`` folder that is not a release's split files; the message names the file and line."""
+
+
 def split_by_patient(ecgs: pd.DataFrame, seed: int = 42) -> dict[int, str]:
     """ecg_id → split: patients (order of first appearance) shuffled with ``seed``, 80 / 10 / 10."""
     patients = list(dict.fromkeys(ecgs["patient_id"].tolist()))
@@ -58,7 +62,7 @@ def read_release_split(folder: str | Path) -> dict[int, str]:
     for split in SPLITS:
         path = folder / f"{split}_ecgs.tsv"
         if not path.is_file():
-            raise FileNotFoundError(f"--splits {folder}: no {path.name} (expected the release's *_ecgs.tsv files)")
+            raise SplitError(f"--splits {folder}: no {path.name} (expected the release's *_ecgs.tsv files)")
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -66,7 +70,7 @@ def read_release_split(folder: str | Path) -> dict[int, str]:
             try:
                 out[int(parts[-1])] = split
             except ValueError:
-                raise ValueError(f"{path}, line {n}: {line!r} is not 'index<TAB>ecg_id'") from None
+                raise SplitError(f"{path}, line {n}: {line!r} is not 'index<TAB>ecg_id'") from None
     return out
 
 

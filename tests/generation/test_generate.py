@@ -219,6 +219,14 @@ def test_foreign_output_folder_is_refused(tmp_path, subset):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_bad_split_folder_is_one_line(tmp_path, subset):
+    (tmp_path / "train_ecgs.tsv").write_text("0\t1\n1\tabc\n")
+    r = _run("generate", "ptbxl", "--records", str(subset), "--out", str(tmp_path / "o"), "--no-measure", "-q",
+             "--splits", str(tmp_path))  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "valid_ecgs.tsv" in r.stderr or "line 2" in r.stderr
+
+
 def test_missing_label_is_an_error_naming_ecg_and_template():
     t = load_templates()[27]
     with pytest.raises(A.AnswerError, match=r"ECG 7, template 27.*'static noise'"):

@@ -95,3 +95,12 @@ def test_paraphrases_are_harvested_not_invented(sample_paths):
     harvested = harvest_paraphrases(triples, templates)
     for tid, patterns in harvested.items():
         assert set(patterns) <= set(shipped[tid])
+
+
+def test_python_api_and_cli_row():
+    import ecgqa
+    from ecgqa.cli import SUBCOMMANDS
+    from ecgqa.generation.engine import generate
+
+    assert ecgqa.generate is generate
+    assert SUBCOMMANDS["generate"][0] == "ecgqa.cli.generate"
