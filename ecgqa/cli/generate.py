@@ -36,6 +36,14 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("ptbxl", help="PTB-XL (faithful to the ECG-QA release)")
     p.add_argument("--records", type=Path, required=True, help="PTB-XL root (records500/, ptbxl_database.csv)")
     p.add_argument("--metadata", type=Path, help="ptbxl_database.csv (default: ROOT/ptbxl_database.csv)")
+    p.add_argument(
+        "--statuses",
+        choices=["measured", "release"],
+        default="measured",
+        help="numeric normal/abnormal statuses: measured (default) or, where --release covers an ECG, the "
+        "statuses its comparison questions imply (counted apart in generation.json, left_out.release_statuses)",
+    )
+    p.add_argument("--release", type=Path, help="ECG-QA version folder (ecgqa/ptbxl) for --statuses release")
     _common(p)
     p = sub.add_parser("physionet", help="PhysioNet Challenge 2020/2021 WFDB records (# Dx: SNOMED CT codes)")
     p.add_argument("--records", type=Path, required=True, help="folder of WFDB records (.hea with # Dx: lines)")
@@ -64,13 +72,22 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.files import OutputDirError
     from ecgqa.generation.answers import AnswerError
     from ecgqa.generation.ptbxl import InputError
+    from ecgqa.generation.release_statuses import ReleaseStatusError
     from ecgqa.generation.sampling import SplitError
 
     try:
         if args.dataset == "check":
             return _check(args)
         return _generate(args)
-    except (AttributesError, ReleaseError, OutputDirError, AnswerError, InputError, SplitError) as e:
+    except (
+        AttributesError,
+        ReleaseError,
+        OutputDirError,
+        AnswerError,
+        InputError,
+        SplitError,
+        ReleaseStatusError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -81,9 +98,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     if args.dataset == "ptbxl":
-        from ecgqa.generation.ptbxl import read_ptbxl
+        from ecgqa.generation.ptbxl import InputError, read_ptbxl
 
         inp, left_out = read_ptbxl(args.records, args.metadata, measure=not args.no_measure, progress=progress)
+        if args.statuses == "release":
+            from ecgqa.generation.release_statuses import use_release_statuses
+
+            if args.release is None:
+                raise InputError("--statuses release needs --release (the ECG-QA version folder, e.g. ecgqa/ptbxl)")
+            left_out = {**left_out, "release_statuses": use_release_statuses(inp, args.release)}
     else:
         from ecgqa.generation import datasets  # the other datasets' readers
 

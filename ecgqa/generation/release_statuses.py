@@ -17,8 +17,13 @@ Used two ways:
 
 Signatures for the generator::
 
+    report = use_release_statuses(inp, release_dir)  # edits inp.labels in place; report → generation.json
     statuses = load(release_dir)             # {ecg_id: {feature: True normal / False abnormal}}
     changed = apply(labels, statuses[ecg])   # edits one ECG's derive()-shaped labels in place
+
+(G1: ``ecgqa generate ptbxl --statuses release --release DIR`` calls :func:`use_release_statuses` after
+reading the input (the PTB-XL reader has measured by then) and writes its report under ``"statuses"`` in
+``generation.json``, apart from the measured ones.)
 """
 
 from __future__ import annotations
@@ -220,4 +225,32 @@ def agreement(found: Harvest, measured: Mapping[int, Any], ecg_ids: Iterable[int
         "rate": agree / total if total else None,
         "per_feature": per,
         "disagreements": disagreements,
+    }
+
+
+def use_release_statuses(inp: Any, release: str | Path, variant: str = "template") -> dict[str, Any]:
+    """Where the release at ``release`` implies a status for one of ``inp``'s ECGs, use it (:func:`apply`).
+
+    ``inp`` is a :class:`ecgqa.generation.source.GenerationInput` whose labels already hold the measured
+    range classes. Returns what ``generation.json`` reports under ``"statuses"``: the release folder, how many
+    ECGs and (ECG, feature) statuses came from the release, how many of those differed from the measured
+    status, and the contradictions the release holds (none in the public shards).
+    """
+    found = load(release, variant)
+    ecgs = statuses = changed = 0
+    for ecg_id, values in found.statuses.items():
+        if ecg_id not in inp.labels:
+            continue
+        ecgs += 1
+        statuses += len(values)
+        changed += apply(inp.labels[ecg_id], values)
+    return {
+        "source": "release",
+        "release": str(release),
+        "release_questions": found.questions,
+        "ecgs_from_release": ecgs,
+        "statuses_from_release": statuses,
+        "statuses_changed_from_measured": changed,
+        "ecgs_measured_only": len(inp.labels) - ecgs,
+        "contradictions": found.contradictions[:20],
     }

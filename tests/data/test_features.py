@@ -189,3 +189,25 @@ def test_agreement_with_four_public_shards(sample_paths):
     assert (result["agree"], result["total"]) == (606, 607), result["disagreements"]
     assert {f for f, p in result["per_feature"].items() if p["agree"] < p["total"]} <= {"qrs duration"}
     assert set(result["per_feature"]) == set(FEATURES)
+
+
+def test_use_release_statuses_on_the_bundled_shard(sample_paths):
+    """--statuses release: the bundled shard's statuses replace measured ones, counted apart."""
+    from types import SimpleNamespace
+
+    from ecgqa.generation.release_statuses import use_release_statuses
+
+    found = load(sample_paths.ptbxl_release)
+    measured_within = {
+        f"{w} the normal range of {f}": int(w == "within") for f in FEATURES for w in ("above", "within", "below")
+    }
+    inp = SimpleNamespace(labels={2: {"entire": dict(measured_within)}, 5: {"entire": dict(measured_within)}, 1: {}})
+    report = use_release_statuses(inp, sample_paths.ptbxl_release)
+    assert report["ecgs_from_release"] == 2 and report["ecgs_measured_only"] == 1
+    assert report["statuses_from_release"] == len(found.statuses[2]) + len(found.statuses[5])
+    abnormal = sum(not v for e in (2, 5) for v in found.statuses[e].values())
+    assert report["statuses_changed_from_measured"] == abnormal > 0
+    for e in (2, 5):
+        for feature, normal in found.statuses[e].items():
+            assert inp.labels[e]["entire"][f"within the normal range of {feature}"] == int(normal)
+    assert inp.labels[1] == {}

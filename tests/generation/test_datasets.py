@@ -217,48 +217,81 @@ def _samples(out: Path) -> list[dict]:
     return [s for p in sorted((out / "template").glob("*/*.json")) for s in json.loads(p.read_text())]
 
 
-@pytest.mark.slow  # measures 2 x 40 records, generates, prepares, trains a few steps
+@pytest.mark.slow  # measures 40 records, generates, prepares, reads batches (~1 min per dataset)
 @pytest.mark.parametrize("dataset", ["physionet", "code15"])
-def test_end_to_end_generate_prepare_train(dataset, physionet, code15, tmp_path):
-    """``ecgqa generate physionet|code15`` → ``prepare`` (no ``map``: the output carries ecg_path) → ``train``.
-    Numeric answers are checked against ``ecgqa.data.features`` on the written record."""
+def test_end_to_end_generate_prepare_consume(dataset, physionet, code15, tmp_path):
+    """``ecgqa generate physionet|code15`` → ``prepare`` (no ``map``: the output carries ecg_path) → the QA
+    dataset's batches hold the records' signals. Numeric answers are re-derived with ``ecgqa.data.features``."""
+    import torch
+
     from ecgqa.data.features import record_features
     from ecgqa.data.prepared import PreparedData
+    from ecgqa.data.records import fit_length, read_record
+    from ecgqa.data.torch_datasets import ECGQADataset, collate_qa
 
     out = tmp_path / "gen"
     records = physionet if dataset == "physionet" else code15
-    r = _run("generate", dataset, "--records", str(records), "--out", str(out), "--caps", "none", "-q")
+    r = _run("generate", dataset, "--records", str(records), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "generation.json").read_text())
     samples = _samples(out)
     assert samples and all(len(s["ecg_path"]) == len(s["ecg_id"]) for s in samples)
     assert not any("not sure" in s["answer"] for s in samples)
+    assert {s["attribute_type"] for s in samples} >= {"scp_code", "numeric_feature", "heart_axis"}
     numeric = [s for s in samples if s["template_id"] == 39]
     assert numeric, sorted({s["template_id"] for s in samples})
-    for s in numeric[:20]:
+    for s in numeric[:15]:
         f = record_features(s["ecg_path"][0])
         feature = next(n for n in f.values if f" {n} " in s["question"])
-        within = " within " in s["question"]
-        status = f.status(feature)
-        expected = (status == "within") if within else (status == ("above" if " above " in s["question"] else "below"))
-        assert s["answer"] == ["yes" if expected else "no"], s
-    assert report["record_names"]
+        where = next(w for w in ("above", "within", "below") if f" {w} " in s["question"])
+        assert s["answer"] == ["yes" if f.status(feature) == where else "no"], s
+    names = report["record_names"]
+    for s in samples[:200]:
+        for e, p in zip(s["ecg_id"], s["ecg_path"], strict=True):
+            assert Path(p).name == Path(names[str(e)]).name  # record names map back to the written records
     prepared = tmp_path / "prepared"
-    r = _run("prepare", str(out), "--out", str(prepared), "-q")
+    r = _run("prepare", str(out), "--out", str(prepared), "--splits", "test", "-q")
     assert r.returncode == 0, r.stderr
-    assert PreparedData(prepared).info.splits == {k: v for k, v in report["n_samples"].items() if v}
-    run = tmp_path / "run"
-    r = _run(
-        "train",
-        "--data",
-        str(prepared),
-        "--model",
-        "fusion-test",
-        "--out",
-        str(run),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    data = PreparedData(prepared)
+    assert data.info.splits == {"test": report["n_samples"]["test"]}
+    ds = ECGQADataset(data, "test")
+    batch = collate_qa([ds[0], ds[len(ds) - 1]])
+    assert batch["ecg"].shape[-2:] == (12, 5000) and torch.isfinite(batch["ecg"]).all()
+    row = data.split("test")[0]
+    path = next(s["ecg_path"][0] for s in samples if s["ecg_id"][0] == row["ecg_id"][0])
+    want = fit_length(read_record(path, fs=500).signal, 5000)  # code15: 400 Hz, resampled by prepare
+    assert np.allclose(batch["ecg"][0, 0].numpy(), want, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------- --statuses release
+
+
+@pytest.mark.slow  # measures 12 records
+def test_statuses_release_uses_the_release_where_it_covers_an_ecg(tmp_path, sample_paths):
+    """``generate ptbxl --statuses release``: the bundled shard's implied statuses replace the measured ones
+    of its 12 first ECGs, counted apart in generation.json; comparison answers follow them."""
+    from ecgqa.generation.release_statuses import load
+
+    found = load(sample_paths.ptbxl_release)
+    ids = sorted(found.statuses)[:12]
+    root = tmp_path / "ptbxl"
+    root.mkdir()
+    db = pd.read_csv(sample_paths.ptbxl_records / "ptbxl_database.csv")
+    db[db["ecg_id"].isin(ids)].to_csv(root / "ptbxl_database.csv", index=False)
+    for name in ("scp_statements.csv", "records500"):
+        (root / name).symlink_to(sample_paths.ptbxl_records / name)
+    out = tmp_path / "gen"
+    args = ["generate", "ptbxl", "--records", str(root), "--out", str(out), "-q"]
+    r = _run(*args, "--statuses", "release")
+    assert r.returncode == 1 and "--statuses release needs --release" in r.stderr
+    r = _run(*args, "--statuses", "release", "--release", str(sample_paths.ptbxl_release))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "generation.json").read_text())["left_out"]["release_statuses"]
+    assert report["ecgs_from_release"] == 12 and report["ecgs_measured_only"] == 0
+    assert report["statuses_from_release"] == sum(len(found.statuses[e]) for e in ids)
+    became_normal = [s for s in _samples(out) if s["template_id"] == 68]
+    assert became_normal
+    for s in became_normal:
+        first, second = (found.statuses[e] for e in s["ecg_id"])
+        want = {f for f in first if f in second and not first[f] and second[f]}
+        assert set(s["answer"]) - {"none"} <= want
