@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecgqa.evaluation.report_folder import CONTROLS_DIR, PREDICTIONS, prediction_line, read_lines, write_report
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
 from llm_eval.client import FatalEndpointError
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
@@ -265,6 +266,29 @@ def score_items(
     return out
 
 
+def _card(report: dict[str, Any], lines: list[dict[str, Any]], sources: Sources) -> dict[str, Any]:
+    """The protocol card of an LLM run (``ecgqa.evaluation.protocol``)."""
+    from ecgqa.evaluation.protocol import card, sample_card
+
+    s = report.get("sampling") or {}
+    kind = {"paper": "paper", "draw": "draw", "ids-file": "ids-file"}.get(s.get("sample"), str(s.get("sample")))
+    extra = {k: s[k] for k in ("seed", "fraction") if k in s}
+    scored = [int(x["sample_id"]) for x in lines if x["correct"] is not None]
+    return card(
+        version=str(report["version"]),
+        variant=report.get("variant"),
+        data_content_hash=report.get("data_content_hash"),
+        split=str(report.get("split")),
+        sample=sample_card(kind, scored, int(s.get("n_in_split") or len(lines)), **extra),
+        per_question_type=report["per_question_type"],
+        model=str(report["llm"]),
+        input=sources.name,
+        reply_rule=sources.style,
+        prompt_style=sources.style,
+        control=report.get("control"),
+    )
+
+
 def paper_columns(report: dict[str, Any]) -> str:
     """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... CI-Query, the macros."""
     from ecgqa.evaluation.metrics import paper_row
@@ -277,9 +301,8 @@ def paper_columns(report: dict[str, Any]) -> str:
 
 
 def render_report_md(report: dict[str, Any]) -> str:
-    from ecgqa.evaluation.report import render_markdown
-
-    lines = [render_markdown(report), "## LLM run", ""]
+    """report.md's own section of an LLM run (after the shared page of ``ecgqa.evaluation.report_folder``)."""
+    lines = ["## LLM run", ""]
     lines.append(
         f"- input: {report['input']}; prompt: {report.get('prompt_style', 'ecgqa-v2')} "
         f"(version {report['prompt_version']}); grounding: `{report['grounding']}`"
@@ -359,10 +382,13 @@ def evaluate(
     dry_run: bool = False,
     report_meta: dict[str, Any] | None = None,
     progress: bool = True,
+    original_ecg_ids: dict[int, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate already-selected questions; returns report.json's content (or the dry-run summary).
 
     ``sources`` may be a bare Grounder: the classifier input alone (the paper's protocol).
+    ``original_ecg_ids`` (the shuffled-ECG control): sample id → the question's own ECG ids, written as
+    ``ecg_id`` of each prediction line while the ECGs the model was shown go to ``shown_ecg_id``.
     """
     from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
@@ -437,25 +463,27 @@ def evaluate(
         store.close()
 
     write_transcripts(out, scored)
-    with AtomicLines(out / "predictions.jsonl") as write:
-        for row, transcript in scored:
-            write.write_line(
-                json.dumps(
-                    {
-                        "sample_id": row.sample_id,
-                        "question_type": row.question_type,
-                        "attribute_type": row.attribute_type,
-                        "predicted": row.predicted,
-                        "true": row.true,
-                        "valid": row.valid,
-                        "scores": {},
-                        "correct": row.correct,
-                        "status": row.status,
-                        "reply": transcript["reply"],
-                    },
-                    ensure_ascii=False,
-                )
+    lines = []
+    for row, transcript in scored:
+        real = (original_ecg_ids or {}).get(row.sample_id)
+        extra = {"shown_ecg_id": transcript["ecg_id"]} if real is not None else {}
+        lines.append(
+            prediction_line(
+                row.sample_id,
+                row.question_type,
+                row.attribute_type,
+                row.predicted,
+                row.true,
+                row.valid,
+                row.correct,
+                question=transcript["question"],
+                ecg_id=real if real is not None else transcript["ecg_id"],
+                scores={},
+                status=row.status,
+                reply=transcript["reply"],
+                **extra,
             )
+        )
 
     request = {
         "temperature": None if omit_temperature else 0,
@@ -480,8 +508,10 @@ def evaluate(
         }
     )
     report.setdefault("grounding", None)
-    atomic_write_json(out / "report.json", report, indent=2)
-    atomic_write(out / "report.md", render_report_md(report))
+    report.setdefault("controls", None)
+    if report.get("version"):
+        report["protocol"] = _card(report, lines, sources)
+    write_report(out, report, lines, render_report_md(report))
     run_log = {
         "requests_sent": client.requests_sent,
         "prompts_answered_before": cached,
@@ -526,6 +556,8 @@ def run_llm_eval(
     layout: str = "3x4",
     dpi: int = 100,
     progress: bool = True,
+    controls: tuple[str, ...] = (),
+    control_seed: int = 0,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``).
@@ -594,7 +626,15 @@ def run_llm_eval(
     sampling.update({"n_selected": len(chosen), "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)})
     if style == "paper-as-published":  # its readings depend on the questions asked before (defect D2)
         chosen, sampling["plan_order"] = harness_order(questions, selection, fraction, seed)
-    meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
+    meta: dict[str, Any] = {
+        "grounding": None,
+        "data": str(data),
+        "version": version,
+        "variant": prepared.meta.get("variant"),
+        "data_content_hash": data_hash,
+        "split": split,
+        "sampling": sampling,
+    }
     if "classifier" in inputs:
         if grounding is None:
             raise ValueError("--input classifier needs --grounding CKPT (an upperbound checkpoint from `ecgqa train`)")
@@ -609,7 +649,74 @@ def run_llm_eval(
         sources.options.update({"layout": layout, "dpi": dpi, "image_detail": image_detail})
     if "features" in inputs:
         sources.features = FeatureCache(cache_root, signal_by_id, rate, data_hash)
-    return evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
+    report = evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
+    if controls and not kwargs.get("dry_run"):
+        report = _run_controls(
+            report, chosen, sources, model, out, prepared, meta, controls, control_seed, progress, kwargs
+        )
+    return report
+
+
+def _run_controls(
+    report: dict[str, Any],
+    chosen: list[Question],
+    sources: Sources,
+    model: str,
+    out: Path,
+    prepared: Any,
+    meta: dict[str, Any],
+    controls: tuple[str, ...],
+    seed: int,
+    progress: bool,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """Ask the same questions again as controls (``OUT/controls/<name>/``: full llm-eval folders, resumable)
+    and put the model beside them (``ecgqa.evaluation.controls.compare``), paired by sample."""
+    from dataclasses import replace
+
+    from ecgqa.evaluation.controls import CONTROL_HOW, QUESTION_ONLY, SHUFFLED_ECG, compare, shuffled_ecg_map
+
+    unknown = sorted(set(controls) - {SHUFFLED_ECG, QUESTION_ONLY})
+    if unknown:
+        raise ValueError(f"--control {unknown}: expected {SHUFFLED_ECG} or {QUESTION_ONLY}")
+    lines: dict[str, list[dict[str, Any]]] = {}
+    how: dict[str, str] = {}
+    for name in dict.fromkeys(controls):
+        cmeta = {**meta, "control": name}
+        if name == SHUFFLED_ECG:
+            shown = shuffled_ecg_map([e for q in chosen for e in q.ecg_ids], seed)
+            questions = [
+                replace(
+                    q,
+                    ecg_ids=tuple(shown[e] for e in q.ecg_ids),
+                    ecg_rows=None if q.ecg_rows is None else tuple(prepared.row_of(shown[e]) for e in q.ecg_ids),
+                )
+                for q in chosen
+            ]
+            csources, original = sources, {q.sample_id: list(q.ecg_ids) for q in chosen}
+            how[name] = (
+                f"the same model and input ({sources.name}), each question asked about another ECG (seed {seed})"
+            )
+        else:
+            questions, original = chosen, None
+            csources = Sources(("none",))
+            how[name] = f"the same model given the question and its options only ({CONTROL_HOW[name]})"
+        evaluate(
+            questions,
+            csources,
+            model,
+            out / CONTROLS_DIR / name,
+            report_meta=cmeta,
+            progress=progress,
+            original_ecg_ids=original,
+            **kwargs,
+        )
+        lines[name] = read_lines(out / CONTROLS_DIR / name / PREDICTIONS)
+    report["controls"] = compare(read_lines(out / PREDICTIONS), lines, how=how, seed=seed)
+    write_report(out, report, None, render_report_md(report))
+    if progress:
+        print(report["controls"]["verdict"]["sentence"], file=sys.stderr)
+    return report
 
 
 def _grounder(

@@ -1,7 +1,7 @@
 """The benchmark's metrics, in plain numpy (plus scikit-learn for precision/recall/AUC).
 
-Exact match (docs/benchmark.md, "The metric: exact match"): a QA sample is correct only when, over its ``valid_classes``,
-the set of classes with sigmoid > 0.5 equals the set of true classes (``none`` = the empty set).
+Exact match (docs/benchmark.md, "The metric: exact match"): a QA sample is correct only when, over its
+``valid_classes``, the set of classes with sigmoid > 0.5 equals the set of true classes (``none`` = the empty set).
 Classes outside ``valid_classes`` never count, whatever the model scores them: a verify question can
 only be answered yes/no, so a confident "lead V2" on it is not an error of that question.
 

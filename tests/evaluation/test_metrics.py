@@ -10,7 +10,8 @@ import pytest
 
 from ecgqa.cli import main
 from ecgqa.evaluation import metrics
-from ecgqa.evaluation.report import compare_table, load_report, render_markdown
+from ecgqa.evaluation.report import compare_table, load_report
+from ecgqa.evaluation.report_folder import render_markdown
 
 
 def test_exact_match_hand_cases():
