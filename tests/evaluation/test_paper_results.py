@@ -87,9 +87,31 @@ def _report(tmp_path: Path, name: str, **extra) -> Path:
     return tmp_path / name
 
 
+def _card(kind: str, n_per_type: dict[str, int], **over) -> dict:
+    from ecgqa.evaluation.protocol import card
+
+    ids = list(range(sum(n_per_type.values())))
+    fields = {
+        "version": "ptbxl",
+        "variant": "template",
+        "data_content_hash": "x",
+        "split": "test",
+        "sample": {"kind": kind, "n": len(ids), "n_in_split": 82146, "sha256": "y"},
+        "per_question_type": {k: {"n": v} for k, v in n_per_type.items()},
+        "model": "m",
+        "input": "i",
+        **over,
+    }
+    return card(**fields)
+
+
+FULL_SINGLE = {"single-verify": 20000, "single-choose": 10000, "single-query": 11093}  # 41,093 as Med-Gemini's
+
+
 def test_report_paper_prints_comparable_rows_with_test_sets_and_the_others_apart(tmp_path, capsys):
-    full = _report(tmp_path, "mine")
-    sample = _report(tmp_path, "llm", sampling={"sample": "paper"})
+    full = _report(tmp_path, "mine", protocol=_card("full", FULL_SINGLE))
+    paper_n = {"single-verify": 4000, "single-choose": 2000, "single-query": 2154}  # 8,154 ids, all present
+    sample = _report(tmp_path, "llm", sampling={"sample": "paper"}, protocol=_card("paper", paper_n))
     assert main(["report", str(full), str(sample), "--paper", "--out", str(tmp_path / "t.md")]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "t.md").read_text() == printed
@@ -102,14 +124,57 @@ def test_report_paper_prints_comparable_rows_with_test_sets_and_the_others_apart
     assert next(line for line in rows if line.startswith("| llm |")).endswith(
         "this run (test, the paper's 10 % LLM sample) |"
     )
+    placed_beside = {
+        "GPT-4 grounded in SE-WRN upperbound": "llm",
+        "Med-Gemini-S 1.0, Gemini frozen": "mine",
+        "Med-Gemini-S 1.0, Gemini unfrozen": "mine",
+    }
     for model, (value, test_set) in COMPARABLE.items():
+        if model not in placed_beside:  # M3AE: its source states no test set, so no run matches it
+            assert not any(line.startswith(f"| {model} (PTB-XL, published) |") for line in rows)
+            refusal = table[table.index(f"- {model} (Macro (single) {value:.1f}") :]
+            assert "does not state its test questions" in refusal.split("\n- ")[0]
+            continue
         row = next(line for line in rows if line.startswith(f"| {model} (PTB-XL, published) |"))
         cells = row.split(" | ")
         assert cells[8] == f"{value:.1f}" and all(c == "–" for c in cells[1:8])  # no per-type figure invented
-        assert f"test set: {test_set};" in row
+        assert f"test set: comparable with {placed_beside[model]}; " not in row  # the test set comes first
+        assert f"test set: {test_set}; comparable with {placed_beside[model]};" in row
         note = next(line for line in table.splitlines() if line.startswith(f"- {model} (Macro (single) {value:.1f}):"))
         assert all(words in note for words in NOTES[model]), note
     for other in OTHER:  # only below the heading, never among the paper's rows
         assert other not in table
         assert any(line.startswith(f"| {other}") for line in rest.splitlines())
     assert "do not rank them" in rest and "Not found:" in rest and "per-question-type tables" in rest
+
+
+@pytest.mark.parametrize(
+    ("kind", "n_per_type", "over", "model", "reason"),
+    [
+        ("draw", {"single-verify": 4000, "single-choose": 2000, "single-query": 2154}, {}, "GPT-4", "a seeded draw"),
+        ("paper", {"single-verify": 4000, "single-choose": 2000, "single-query": 2000}, {}, "GPT-4", "8,154 LLM ids"),
+        ("full", {"single-verify": 20000, "single-query": 21093}, {}, "Med-Gemini-S 1.0, Gemini frozen", "none of"),
+        ("full", FULL_SINGLE, {"split": "valid"}, "Med-Gemini-S 1.0, Gemini frozen", "not the test split"),
+        ("full", FULL_SINGLE, {"version": "mimic-iv-ecg"}, "Med-Gemini-S 1.0, Gemini frozen", "not the published PTB"),
+        ("full", FULL_SINGLE, {"control": "shuffled-ecg"}, "Med-Gemini-S 1.0, Gemini frozen", "control"),
+        ("first-n", FULL_SINGLE, {}, "Med-Gemini-S 1.0, Gemini frozen", "--limit"),
+        ("full", FULL_SINGLE, {"training_split_scored": True}, "Med-Gemini-S 1.0, Gemini frozen", "training split"),
+    ],
+)
+def test_report_paper_refuses_a_row_whose_card_does_not_match_and_says_why(
+    tmp_path, capsys, kind, n_per_type, over, model, reason
+):
+    run = _report(tmp_path, "run", protocol=_card(kind, n_per_type, **over))
+    assert main(["report", str(run), "--paper"]) == 0
+    table = capsys.readouterr().out.partition("## Other splits")[0]
+    assert not any(line.startswith(f"| {model}") for line in table.splitlines())
+    refusal = table[table.index(f"- {model}") :].split("\n- ")[0]
+    assert reason in refusal, refusal
+
+
+def test_report_paper_refuses_every_row_beside_a_report_without_a_card(tmp_path, capsys):
+    run = _report(tmp_path, "old")
+    assert main(["report", str(run), "--paper"]) == 0
+    table = capsys.readouterr().out.partition("## Other splits")[0]
+    assert "(PTB-XL, published)" not in table
+    assert table.count("no protocol card") == len(COMPARABLE)
