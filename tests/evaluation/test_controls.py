@@ -163,7 +163,6 @@ def _questions(prepared_qa):
             }
             for r in t
         ],
-        load_from_disk,
     )
 
 
