@@ -68,7 +68,7 @@ def measurement_throughput(record_paths: list[Path]) -> dict[str, float]:
 def range_agreement(release_dirs: list[Path], records: dict[int, Path]) -> dict[str, object]:
     """Release answers of templates 68–70 vs the sets the measured ranges give."""
     from ecgqa.data.attributes import measure_record
-    from ecgqa.data.measure import NORMAL_RANGES
+    from ecgqa.data.features import FEATURES as NORMAL_RANGES
     from ecgqa.data.release import load_shard
 
     cache: dict[int, dict] = {}

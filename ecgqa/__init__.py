@@ -72,4 +72,8 @@ def __getattr__(name: str) -> Any:
         from ecgqa.evaluation.score import score
 
         return score
+    if name == "generate":  # ecgqa.generation.engine.generate; pandas/tqdm load only when it is used
+        from ecgqa.generation.engine import generate
+
+        return generate
     raise AttributeError(f"module 'ecgqa' has no attribute {name!r}")

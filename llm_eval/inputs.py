@@ -3,14 +3,17 @@
 - ``classifier``: an upperbound classifier's findings as text (the paper's protocol, :mod:`llm_eval.grounding`);
 - ``image``: the ECG drawn as a 12-lead paper printout by ``ecgqa.render.render_ecg`` and sent as an
   ``image_url`` part holding a base64 PNG data URL (the format OpenAI-compatible vision servers accept);
-- ``features``: measured intervals, axes and amplitudes from ``ecgqa.data.measure.measure_ecg``, as text;
+- ``features``: measured intervals, axes and amplitudes from ``ecgqa.data.measure.measure_ecg``, as text; the
+  intervals (RR, P, PR, QRS, QT, QTc) are ECG-QA's own method (``ecgqa.data.features``), the one the
+  benchmark's numeric answers were computed with;
 - ``none``: the question and its options only (the blind baseline).
 
 Inputs combine (``image,classifier``); ``none`` stands alone. Every ECG is rendered and measured once:
 the PNGs and the measurements are cached on disk beside the grounding cache, keyed by the prepared
 data's content hash, the rendering options and the code that made them (``ecgqa/render.py`` or
-``ecgqa/data/measure.py`` source, matplotlib's version), so a re-run (or a resumed run) renders and measures
-nothing and sends byte-identical prompts, and a changed renderer never serves old pictures.
+``ecgqa/data/measure.py`` and ``ecgqa/data/features.py`` sources, matplotlib's version), so a re-run (or a
+resumed run) renders and measures nothing and sends byte-identical prompts, and a changed renderer never
+serves old pictures.
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, signal_of: Callable[[int], np.ndarray], fs: float, data_hash: str):
         self.signal_of, self.fs = signal_of, float(fs)
-        key = hashlib.sha256(json.dumps([data_hash, fs, code_hash("ecgqa.data.measure")]).encode()).hexdigest()[:16]
+        code = [code_hash("ecgqa.data.measure"), code_hash("ecgqa.data.features")]
+        key = hashlib.sha256(json.dumps([data_hash, fs, *code]).encode()).hexdigest()[:16]
         self.path = Path(root) / "features" / f"{key}.jsonl"
         self.values: dict[int, dict[str, Any]] = {}
         self.n_measured = 0

@@ -13,6 +13,7 @@ from ecgqa.cli.common import dispatch
 #: name → (module, one-line help). Adding a stage means adding one row here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ecgqa.cli.quickstart", "run the main job on the bundled sample"),
+    "generate": ("ecgqa.cli.generate", "generate ECG-QA questions from ECG labels, or check a release's answers"),
     "map": ("ecgqa.cli.map", "join ECG-QA questions to local PTB-XL / MIMIC-IV-ECG records"),
     "prepare": (
         "ecgqa.cli.prepare",

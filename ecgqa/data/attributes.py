@@ -44,9 +44,10 @@ any kind of noises                any of the four noise columns (entire and per 
                                   any kind of extra systoles; empty → all no
 ``pacemaker``                     not a class of its own: "normal functioning artificial pacemaker" comes
                                   from the PACE statement (the column is only a cross-check)
-measured intervals                "above / within / below the normal range of <interval>" from
-                                  ``ecgqa.data.measure`` (:data:`ecgqa.data.measure.NORMAL_RANGES`); not measurable
-                                  → unknown. Only with signals (``prepare`` passes them)
+measured intervals                "above / within / below the normal range of <interval>" by ECG-QA's own
+                                  method (:mod:`ecgqa.data.features`: NeuroKit2 DWT on lead II, median
+                                  over beats, :data:`ecgqa.data.features.RANGES`); not measurable →
+                                  unknown. Only with signals (``prepare`` passes them)
 ================================  ==========================================================================
 
 Rows: ``entire`` (every class), each of the twelve single leads (the noise classes, which the release
@@ -292,11 +293,23 @@ def _set(labels: Labels, cls: str, value: int | None) -> None:
         labels[cls] = 0
 
 
-def derive(record: Mapping[str, Any], statements: Statements, measurements: Any = None) -> dict[str, Labels]:
+def derive(
+    record: Mapping[str, Any],
+    statements: Statements,
+    measurements: Any = None,
+    *,
+    release_rules: bool = False,
+) -> dict[str, Labels]:
     """All labels of one ECG (a ``ptbxl_database.csv`` row) → {lead subset: {class: 1/0/None}}.
 
     ``measurements`` (an :class:`ecgqa.data.measure.Measurements`) adds the normal-range classes; without it
     they are absent (unknown). Classes are named as ECG-QA names them; :func:`rows` orders them.
+
+    ``release_rules`` (``ecgqa generate``): the ECG-QA authors' generator's rules where they differ from
+    PTB-XL's documentation (docs/generate.md, "Answer rules"): a diagnostic statement of likelihood 0 is
+    certain (as 100), and the heart axis comes from the signal (``measurements.qrs_axis``: normal
+    [−30°, 90°), left [−90°, −30°), right [90°, 180°], extreme otherwise; unknown when not measurable)
+    instead of the ``heart_axis`` column.
     """
     entire: Labels = {}
     located: dict[str, Labels] = {}
@@ -315,7 +328,7 @@ def derive(record: Mapping[str, Any], statements: Statements, measurements: Any 
         located[g] = {base: 0 for base in LOCATED_BASES}
 
     for code, likelihood in codes.items():
-        certain = code not in statements.diagnostic or likelihood >= 100
+        certain = code not in statements.diagnostic or likelihood >= 100 or (release_rules and likelihood == 0)
         value = 1 if certain else None
         if code in SCP_CLASS:
             cls, group = SCP_CLASS[code]
@@ -361,7 +374,12 @@ def derive(record: Mapping[str, Any], statements: Statements, measurements: Any 
 
     # heart axis
     axis = record.get("heart_axis")
-    if isinstance(axis, str) and axis.strip() in AXIS:
+    if release_rules:
+        degrees = getattr(measurements, "qrs_axis", None)
+        if measurements is not None:
+            for cls in AXIS_CLASSES:
+                entire[cls] = None if degrees is None else int(axis_class(degrees) == cls)
+    elif isinstance(axis, str) and axis.strip() in AXIS:
         for cls in AXIS_CLASSES:
             entire[cls] = int(AXIS[axis.strip()] == cls)
 
@@ -399,6 +417,20 @@ def derive(record: Mapping[str, Any], statements: Statements, measurements: Any 
     out = {"entire": entire, **{lead: per_lead[lead] for lead in LEADS}}
     out.update(located)
     return out
+
+
+def axis_class(degrees: float) -> str:
+    """A frontal QRS axis in degrees → its ECG-QA class, binned as the authors' generator bins it."""
+    d = (float(degrees) + 180.0) % 360.0 - 180.0  # (−180, 180]
+    if d == -180.0:
+        d = 180.0
+    if -30.0 <= d < 90.0:
+        return "normal heart axis"
+    if -90.0 <= d < -30.0:
+        return "left axis deviation"
+    if 90.0 <= d <= 180.0:
+        return "right axis deviation"
+    return "extreme axis deviation"
 
 
 def rows(ecg_id: int, labels: Mapping[str, Labels], classes: list[str]) -> Iterator[dict[str, Any]]:
@@ -482,7 +514,8 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
 
 
 def measure_record(path: str | Path) -> Any:
-    """Measurements of a record at its own rate (``ecgqa.data.measure``); None when it cannot be read."""
+    """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
+    status by ECG-QA's method, ``ecgqa.data.features``); None when it cannot be read."""
     from ecgqa.data.measure import measure_ecg
     from ecgqa.data.records import RecordError, read_record
 

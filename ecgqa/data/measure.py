@@ -1,10 +1,16 @@
-"""ECG measurements: rate, intervals, axes and amplitudes of a 12-lead ECG, and ECG-QA's normal-range attributes.
+"""ECG measurements: rate, intervals, axes and amplitudes of a 12-lead ECG (what ``llm-eval --input features`` shows).
 
 One function, :func:`measure_ecg`, turns a ``(12, T)`` signal in mV (lead order I, II, III, aVR, aVL, aVF,
 V1–V6) into a :class:`Measurements`. Every value is ``None`` when it cannot be measured (NaN or flat leads,
 a record shorter than :data:`MIN_SECONDS`, too few beats, no P wave, a value outside its physiological
 bounds): the caller sees "not measurable", never an exception. Used by the ``attributes`` task
 (``ecgqa/data/attributes.py``) and the ``features`` input of ``llm_eval``.
+
+**Intervals and their normal-range status come from** :mod:`ecgqa.data.features` (ECG-QA's own method:
+NeuroKit2 DWT delineation of lead II, median over beats), the one implementation of the benchmark's
+numeric features; this module adds what that method does not give (axes, amplitudes, ST level, RR
+variability) from a median beat over all twelve leads, whose fiducial points (steps 3–4 below) only place
+the amplitude and axis windows.
 
 How (and why this way):
 
@@ -14,19 +20,17 @@ How (and why this way):
    (Makowski et al., Behav Res 2021). R peaks come from the rhythm lead: the first usable lead of II, I,
    V5, V2, aVF, V1 … (a lead is usable when it is finite and not flat).
 2. **Median beat.** Each lead is cut around every R peak and the median over beats is taken: one clean
-   12-lead beat, the way clinical measurement programs (GE 12SL, Philips DXL) work. NeuroKit2's own
-   wave delineators (``ecg_delineate``: dwt/cwt/peak) were tried on the bundled PTB-XL records and
-   gave QRS durations of 190–210 ms on ECGs with a normal QRS and no R onsets at all with the default
-   method, so fiducial points are found on the median beat instead, across all leads at once:
+   12-lead beat, the way clinical measurement programs (GE 12SL, Philips DXL) work; fiducial points are
+   found on it across all leads at once:
 3. **Fiducial points on the median beat.** QRS onset/offset: where the spatial velocity (sum over leads of
    ``|d/dt|``, 10 ms smoothed) stays below 10 % of its QRS peak for 10 ms, searching out from the R peak.
    T end: tangent method on the vector magnitude (root sum of squares over leads, baseline removed):
    the steepest descent after the T peak, extended to the baseline. P wave: the vector-magnitude peak in
-   the 60–300 ms before QRS onset (not before the previous beat's T end); onset/offset where it falls to 20 % of the way from the lowest level on
-   that side up to the peak; no P wave (e.g.
-   atrial fibrillation) when the peak is not 3× the residual noise.
-4. **Intervals.** PR = QRS onset − P onset; QRS = offset − onset; QT = T end − QRS onset;
-   **QTc by Bazett** (QT / √RR, RR in seconds), the formula clinical reports and PTB-XL's statements use.
+   the 60–300 ms before QRS onset (not before the previous beat's T end); onset/offset where it falls to
+   20 % of the way from the lowest level on that side up to the peak; no P wave (e.g. atrial fibrillation)
+   when the peak is not 3× the residual noise.
+4. **Windows.** QRS (onset → offset) for R/S amplitudes and the QRS axis; QRS offset → T end for the T axis;
+   P onset → offset for the P axis.
 5. **Amplitudes and axes** relative to the PR-segment baseline of each lead. R amplitude: the largest
    positive QRS deflection; S amplitude: depth of the most negative deflection after the R peak (positive
    mV). ST level at J+60 ms. Frontal axes from the net areas of the wave in leads I and aVF:
@@ -34,9 +38,7 @@ How (and why this way):
    perpendicular in the frontal plane, so this is the angle of the mean vector.
 
 Normal-range attributes ("above/within/below the normal range of <interval>", ECG-QA's numeric_feature
-classes) use :data:`NORMAL_RANGES`. The ECG-QA release and paper do not publish the thresholds or the tool
-behind them, so these are common adult clinical reference values (see the table's comments);
-``benchmarks/attributes.py`` measures how often they reproduce the release's numeric-feature answers.
+classes) are :class:`ecgqa.data.features.NumericFeatures` statuses, copied into :attr:`Measurements.status`.
 """
 
 from __future__ import annotations
@@ -47,39 +49,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecgqa.data.features import FEATURES, numeric_features
+
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 #: Shortest record measured at all: fewer seconds than this give too few beats for a median beat.
 MIN_SECONDS = 4.0
 #: Rhythm-lead preference for R-peak detection (indices into LEADS).
 RHYTHM_LEADS = (1, 0, 10, 7, 5, 6, 2, 8, 9, 11, 4, 3)
-#: Plausible bounds (ms); a delineation outside them is a failure and reads "not measurable".
-BOUNDS = {"p_duration": (40, 200), "pr": (60, 400), "qrs": (40, 220), "qt": (200, 700), "qtc": (250, 750)}
-
-#: ECG-QA numeric feature → (measurement field, lower limit ms or None, upper limit ms).
-#: The release does not state its limits; these are common adult reference values:
-#: RR 600–1000 ms (heart rate 60–100 /min), P wave < 120 ms, PR 120–200 ms, QRS 80–120 ms,
-#: QT 300–450 ms, QTc (Bazett) 350–450 ms.
-NORMAL_RANGES: dict[str, tuple[str, float | None, float]] = {
-    "rr interval": ("rr_mean", 600.0, 1000.0),
-    "p duration": ("p_duration", None, 120.0),
-    "pr interval": ("pr", 120.0, 200.0),
-    "qrs duration": ("qrs", 80.0, 120.0),
-    "qt interval": ("qt", 300.0, 450.0),
-    "qt corrected": ("qtc", 350.0, 450.0),
-}
+#: Plausible bounds (ms) of the median-beat windows; outside them the window is not used.
+BOUNDS = {"p_duration": (40, 200), "qrs": (40, 220), "qt": (200, 700)}
 
 
 @dataclass
 class Measurements:
     """One ECG's measurements; ``None`` = not measurable. Times in ms, amplitudes in mV, axes in degrees."""
 
-    heart_rate: float | None = None  # beats per minute, from the mean RR
-    rr_mean: float | None = None
+    heart_rate: float | None = None  # beats per minute, from the median RR
+    rr: float | None = None  # median RR (ECG-QA's "rr interval")
     rr_sd: float | None = None
     p_duration: float | None = None
     pr: float | None = None
-    qrs: float | None = None
-    qt: float | None = None
+    qrs: float | None = None  # S peak - Q peak, ECG-QA's "qrs duration"
+    qt: float | None = None  # T offset - Q peak
     qtc: float | None = None  # Bazett
     p_axis: float | None = None
     qrs_axis: float | None = None
@@ -88,6 +79,8 @@ class Measurements:
     s_amp: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(LEADS))
     st_j60: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(LEADS))
     n_beats: int = 0
+    #: ECG-QA numeric feature → "above" / "within" / "below" / None, from :mod:`ecgqa.data.features`
+    status: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(FEATURES))
 
     def as_dict(self) -> dict:
         """JSON-ready dict (floats rounded: 1 ms / 0.01 mV / 1 degree resolution is what the method gives)."""
@@ -99,7 +92,7 @@ class Measurements:
             k: r(getattr(self, k), 1)
             for k in (
                 "heart_rate",
-                "rr_mean",
+                "rr",
                 "rr_sd",
                 "p_duration",
                 "pr",
@@ -114,12 +107,12 @@ class Measurements:
         for k in ("r_amp", "s_amp", "st_j60"):
             out[k] = {lead: r(v, 3) for lead, v in getattr(self, k).items()}
         out["n_beats"] = self.n_beats
-        out["ranges"] = self.ranges()
+        out["status"] = dict(self.status)
         return out
 
     def ranges(self) -> dict[str, str | None]:
         """ECG-QA numeric feature → "above" / "within" / "below" (``None`` when not measurable)."""
-        return {name: range_label(getattr(self, fld), lo, hi) for name, (fld, lo, hi) in NORMAL_RANGES.items()}
+        return {name: self.status.get(name) for name in FEATURES}
 
     def range_attributes(self) -> list[str]:
         """The ECG-QA class names that hold, e.g. ``"above the normal range of qt interval"``."""
@@ -133,7 +126,7 @@ class Measurements:
 
         lines = [
             f"Heart rate: {f(self.heart_rate, 'bpm')}",
-            f"RR interval: mean {f(self.rr_mean, 'ms')}, SD {f(self.rr_sd, 'ms')}",
+            f"RR interval: median {f(self.rr, 'ms')}, SD {f(self.rr_sd, 'ms')}",
             f"P wave duration: {f(self.p_duration, 'ms')}",
             f"PR interval: {f(self.pr, 'ms')}",
             f"QRS duration: {f(self.qrs, 'ms')}",
@@ -152,15 +145,6 @@ class Measurements:
                 + ", ".join(f"{lead} {'n/a' if v is None else format(v, '.2f')}" for lead, v in vals.items())
             )
         return "\n".join(lines)
-
-
-def range_label(value: float | None, lo: float | None, hi: float) -> str | None:
-    """ "below" / "within" / "above" the range [lo, hi] (limits inclusive are "within")."""
-    if value is None:
-        return None
-    if lo is not None and value < lo:
-        return "below"
-    return "above" if value > hi else "within"
 
 
 def measure_ecg(signal, fs: float) -> Measurements:
@@ -182,6 +166,12 @@ def measure_ecg(signal, fs: float) -> Measurements:
             _measure(x, float(fs), out)
     except Exception:  # noqa: BLE001, S110 - a delineation failure on a pathological signal = "not measurable"
         pass
+    # intervals and their status: ECG-QA's method, the one the benchmark's answers come from
+    nf = numeric_features(x, fs)
+    out.rr, out.p_duration, out.pr = nf.ms("rr interval"), nf.ms("p duration"), nf.ms("pr interval")
+    out.qrs, out.qt, out.qtc = nf.ms("qrs duration"), nf.ms("qt interval"), nf.ms("qt corrected")
+    out.heart_rate = None if out.rr is None else 60000.0 / out.rr
+    out.status = nf.statuses()
     return out
 
 
@@ -222,9 +212,7 @@ def _measure(x: np.ndarray, fs: float, out: Measurements) -> None:
     rr = np.diff(peaks) * 1000.0 / fs
     if not (200 <= np.median(rr) <= 3000):
         return
-    out.rr_mean = float(rr.mean())
     out.rr_sd = float(rr.std(ddof=1)) if len(rr) > 1 else None
-    out.heart_rate = 60000.0 / out.rr_mean
 
     # median beat: 400 ms before to 700 ms after each R peak (shorter when the rhythm is fast)
     rr_s = float(np.median(np.diff(peaks)))
@@ -274,7 +262,6 @@ def _delineate(tpl: np.ndarray, ok: np.ndarray, r: int, fs: float, rr_s: float, 
     if on is None or off is None:
         return
     qrs = _bounded("qrs", _ms(off - on, fs))
-    out.qrs = qrs
 
     # per-lead baseline: the PR segment just before QRS onset (10–30 ms before it)
     b0, b1 = max(0, on - int(0.03 * fs)), max(1, on - int(0.01 * fs))
@@ -309,9 +296,7 @@ def _delineate(tpl: np.ndarray, ok: np.ndarray, r: int, fs: float, rr_s: float, 
             slope = d[ts]
             if slope < 0:
                 t_end = ts + (vm[ts] - floor) / (-slope)
-                out.qt = _bounded("qt", _ms(t_end - on, fs))
-                if out.qt is not None:
-                    out.qtc = _bounded("qtc", out.qt / math.sqrt(rr_s / fs))
+                if _bounded("qt", _ms(t_end - on, fs)) is not None:
                     te = round(min(t_end, n - 1))
                     if ok[0] and ok[5]:
                         out.t_axis = _axis(y[0, off : te + 1].sum(), y[5, off : te + 1].sum())
@@ -335,9 +320,7 @@ def _delineate(tpl: np.ndarray, ok: np.ndarray, r: int, fs: float, rr_s: float, 
     p_off = _first_run_below(vm, pp, on, 1, right.min() + 0.2 * (vm[pp] - right.min()), run)
     if p_on is None or p_off is None:
         return
-    out.p_duration = _bounded("p_duration", _ms(p_off - p_on, fs))
-    if out.p_duration is not None:
-        out.pr = _bounded("pr", _ms(on - p_on, fs))
+    if _bounded("p_duration", _ms(p_off - p_on, fs)) is not None:
         if ok[0] and ok[5]:
             out.p_axis = _axis(y[0, p_on : p_off + 1].sum(), y[5, p_on : p_off + 1].sum())
 

@@ -138,7 +138,8 @@ def test_rows_follow_the_grounding_class_order(statements, classes):
 def test_measurements_add_range_classes(statements, classes):
     from ecgqa.data.measure import Measurements
 
-    m = Measurements(rr_mean=1100.0, pr=150.0, qrs=None, qt=400.0, qtc=420.0, p_duration=100.0)
+    status = {"rr interval": "above", "pr interval": "within", "qrs duration": None}
+    m = Measurements(status=status | {"qt interval": "within", "qt corrected": "within", "p duration": "within"})
     e = A.derive(_record(), statements, m)["entire"]
     assert e["above the normal range of rr interval"] == 1 and e["within the normal range of rr interval"] == 0
     assert e["within the normal range of pr interval"] == 1 and e["above the normal range of qrs duration"] is None

@@ -1,0 +1,150 @@
+"""Splits, ECG pairs and the per-question caps of ``ecgqa generate`` — seeded and deterministic.
+
+- **Split by patient** (:func:`split_by_patient`): the patients in order of first appearance, shuffled with
+  ``random.Random(seed)``, the first 80 % train, the next 10 % valid, the rest test (the authors' rule; seed
+  42). With the release's ``*_ecgs.tsv`` (``--splits DIR``) their split is used instead.
+- **Pairs**: consecutive = every (earlier, later) pair of ECGs of one patient (by ``recorded_at``), not only
+  adjacent ones; irrelevant = ordered pairs of two ECGs of different patients drawn at random
+  (:data:`IRRELEVANT_PER_ECG` per ECG of the split, distinct).
+- **Caps** (:func:`pick`): ECGs (or pairs) are grouped by answer; a question is kept when at least 2 groups
+  (train) or 1 (valid/test) are non-empty, and each group is sampled up to its cap:
+
+  ========  ============================================  ===================================
+  caps      verify                                        choose / query
+  ========  ============================================  ===================================
+  release   train: ≤ 100 yes / not sure, ≤ 200 no;        ≤ 50 per answer set (train),
+            valid/test: ≤ 50 / ≤ 100                      ≤ 25 (valid/test); ``none`` double
+  none      every ECG                                     every ECG
+  balanced  yes = no = the smaller group (not sure        each answer set ≤ the second-largest
+            dropped); kept only with both                 set's size; kept with ≥ 2 sets
+  ========  ============================================  ===================================
+
+  The release caps are those measured on the release (verify ≤ 100 yes / ≤ 200 no per question text,
+  query ≤ 50 / ≤ 25 per answer set, ``none`` double); the valid/test verify caps and the choose caps are
+  not visible in the shards at hand and follow the query rule (half in valid/test). Choose questions
+  exclude ECGs already used by an earlier question of the same template (the authors' rule).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "valid", "test")
+FRACTIONS = (0.8, 0.1, 0.1)
+IRRELEVANT_PER_ECG = 10
+CAPS = ("release", "none")
+
+
+class SplitError(ValueError):
+    """A ``--splits`` folder that is not a release's split files; the message names the file and line."""
+
+
+def split_by_patient(ecgs: pd.DataFrame, seed: int = 42) -> dict[int, str]:
+    """ecg_id → split: patients (order of first appearance) shuffled with ``seed``, 80 / 10 / 10."""
+    patients = list(dict.fromkeys(ecgs["patient_id"].tolist()))
+    random.Random(seed).shuffle(patients)
+    n_train = int(len(patients) * FRACTIONS[0])
+    n_valid = int(len(patients) * FRACTIONS[1])
+    split_of_patient = {p: "train" for p in patients[:n_train]}
+    split_of_patient.update({p: "valid" for p in patients[n_train : n_train + n_valid]})
+    split_of_patient.update({p: "test" for p in patients[n_train + n_valid :]})
+    return {int(e): split_of_patient[p] for e, p in zip(ecgs.index, ecgs["patient_id"], strict=True)}
+
+
+def read_release_split(folder: str | Path) -> dict[int, str]:
+    """ecg_id → split from a release's ``{train,valid,test}_ecgs.tsv`` (``index<TAB>ecg_id`` lines)."""
+    folder = Path(folder)
+    out: dict[int, str] = {}
+    for split in SPLITS:
+        path = folder / f"{split}_ecgs.tsv"
+        if not path.is_file():
+            raise SplitError(f"--splits {folder}: no {path.name} (expected the release's *_ecgs.tsv files)")
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            try:
+                out[int(parts[-1])] = split
+            except ValueError:
+                raise SplitError(f"{path}, line {n}: {line!r} is not 'index<TAB>ecg_id'") from None
+    return out
+
+
+def consecutive_pairs(ecgs: pd.DataFrame, ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Every (earlier, later) pair of one patient's ECGs among ``ids``; ECGs without a time take no part."""
+    sub = ecgs.loc[list(ids)]
+    sub = sub[sub["recorded_at"].notna()]
+    out = []
+    for _, group in sub.groupby("patient_id", sort=True):
+        order = group.sort_values("recorded_at", kind="stable").index.tolist()
+        out.extend((int(a), int(b)) for i, a in enumerate(order) for b in order[i + 1 :])
+    return out
+
+
+def irrelevant_pairs(ecgs: pd.DataFrame, ids: Sequence[int], rng: random.Random) -> list[tuple[int, int]]:
+    """Distinct ordered pairs of ECGs of two different patients, drawn at random."""
+    ids = sorted(int(i) for i in ids)
+    patient = ecgs["patient_id"].to_dict()
+    n = len(ids)
+    want = min(IRRELEVANT_PER_ECG * n, n * (n - 1))
+    seen: set[tuple[int, int]] = set()
+    out = []
+    tries = 0
+    while len(out) < want and tries < 20 * want:
+        tries += 1
+        a, b = rng.sample(ids, 2)
+        if patient[a] == patient[b] or (a, b) in seen:
+            continue
+        seen.add((a, b))
+        out.append((a, b))
+    return out
+
+
+def cap_of(kind: str, split: str, answer: tuple[str, ...], caps: str) -> int | None:
+    """The release cap of one answer group (None = no cap)."""
+    if caps == "none":
+        return None
+    held_out = split != "train"
+    if kind == "verify":
+        cap = 200 if answer == ("no",) else 100
+    else:
+        cap = 50
+        if answer == ("none",):
+            cap *= 2
+    return cap // 2 if held_out else cap
+
+
+def pick(
+    groups: dict[tuple[str, ...], list[Hashable]],
+    *,
+    kind: str,
+    split: str,
+    caps: str,
+    balanced: bool,
+    rng: random.Random,
+) -> dict[tuple[str, ...], list[Hashable]] | None:
+    """Sample each answer group under the caps; None when the question is not kept."""
+    groups = {k: v for k, v in groups.items() if v}
+    if balanced:
+        if kind == "verify":
+            yes, no = groups.get(("yes",), []), groups.get(("no",), [])
+            if not yes or not no:
+                return None
+            n = min(len(yes), len(no))
+            return {("yes",): rng.sample(yes, n), ("no",): rng.sample(no, n)}
+        if len(groups) < 2:
+            return None
+        cap = sorted((len(v) for v in groups.values()), reverse=True)[1]
+        return {k: rng.sample(v, min(cap, len(v))) for k, v in sorted(groups.items())}
+    need = 2 if (split == "train" and caps == "release") else 1
+    if len(groups) < need:
+        return None
+    out = {}
+    for k, v in sorted(groups.items()):
+        cap = cap_of(kind, split, k, caps)
+        out[k] = v if cap is None or cap >= len(v) else rng.sample(v, cap)
+    return out
