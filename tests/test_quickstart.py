@@ -115,6 +115,50 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert sorted(p.name for p in forged.iterdir()) == ["keep.txt", "quickstart.json"]
 
 
+def _check_qa_learning(out, printed: str) -> None:
+    """QA learning: balanced generated questions, patients held out, and the verdict re-derived from the saved
+    predictions of the model and of both controls (never taken from the report)."""
+    from collections import Counter
+
+    import pandas as pd
+
+    from ecgqa import sample
+    from ecgqa.data.prepared import PreparedData
+    from ecgqa.evaluation.controls import compare
+
+    data = PreparedData(out / "prepared" / "ptbxl-generated-balanced-qa")
+    assert data.rate == 100 and sorted(data.splits) == ["test", "train"]
+    train, test = data.split("train"), data.split("test")
+    assert {t for t in train["question_type"]} <= {"single-verify", "single-choose", "single-query"}
+    meta = pd.read_csv(sample.paths().ptbxl_records / "ptbxl_database.csv").set_index("ecg_id")
+    patients = {
+        name: {meta.at[e, "patient_id"] for ids in t["ecg_id"] for e in ids}
+        for name, t in (("train", train), ("test", test))
+    }
+    assert patients["test"] and not patients["test"] & patients["train"]  # split by patient
+    yes_no = Counter()
+    for q, qt, a in zip(train["question"], train["question_type"], train["answer"], strict=True):
+        if qt == "single-verify":
+            yes_no[(q, data.classes[a[0]])] += 1
+    texts = {q for q, _ in yes_no}
+    assert texts and all(yes_no[(q, "yes")] == yes_no[(q, "no")] for q in texts)  # --balanced
+
+    folder = out / "reports" / "qa-learning"
+
+    def lines(path):
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    model = lines(folder / "predictions.jsonl")
+    controls = {n: lines(folder / "controls" / f"{n}.jsonl") for n in ("shuffled-ecg", "question-only")}
+    saved = json.loads((out / "qa_learning.json").read_text())["controls"]
+    again = compare(model, controls, n_bootstrap=50, seed=0)
+    assert again["verdict"] == saved["verdict"] and again["differences"] == saved["differences"]
+    assert saved["verdict"]["sentence"] in printed
+    assert ("Target not reached" in printed) == (not saved["verdict"]["above_all"])
+    report = json.loads((folder / "report.json").read_text())
+    assert "blind-quick" in report["controls"]["how"]["question-only"]
+
+
 @pytest.mark.slow
 def test_quickstart_fast_run(tmp_path, capsys):
     from ecgqa.data.prepared import PreparedData
@@ -134,12 +178,15 @@ def test_quickstart_fast_run(tmp_path, capsys):
                 "4",
                 "--bootstrap",
                 "50",
+                "--qa-steps",
+                "3",
                 "-q",
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
+    _check_qa_learning(out, printed)
 
     release = out / "release" / "ptbxl"
     split = json.loads((release / "split_report.json").read_text())
