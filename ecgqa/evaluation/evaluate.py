@@ -70,6 +70,7 @@ def evaluate(
     blind: str | Path | None = None,
     control_seed: int = SEED,
     n_bootstrap: int = N_BOOTSTRAP,
+    questions: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data``/``split`` and write the report folder ``out``; returns report.json.
 
@@ -77,6 +78,7 @@ def evaluate(
     each ECG of the split replaced by another: ``ecgqa.evaluation.controls.shuffled_ecg_map`` seeded by
     ``control_seed``) and a question-only reference: the ``blind`` checkpoint when given, else the majority
     answer per question text of the prepared data's ``train`` split. Their lines go to ``controls/*.jsonl``.
+    ``questions``: say in the protocol card where the questions come from when not from the ECG-QA release.
     """
     import ecgqa
     from ecgqa.checkpoint import check_compatible
@@ -158,6 +160,7 @@ def evaluate(
         model=f"{predictor.model_name} ({checkpoint})",
         input=f"the ECG signal(s), {prepared.rate} Hz, {prepared.signal_length} samples x 12 leads",
         training_split_scored=bool(seen),
+        questions=questions,
     )
     return write_report(out, report)
 
