@@ -41,7 +41,7 @@ HAND_MADE = [
         41,
         "single-choose",
         "numeric_feature",
-        "Is the qt interval of this ECG below the normal range of qt interval or within the normal range of qt interval?",
+        "Is the qt interval of this ECG below the normal range of qt interval or within the normal range of qt interval?",  # noqa: E501 - the release text
         ["below the normal range of qt interval", "within the normal range of qt interval"],
         ["below the normal range"],
         1,
