@@ -45,6 +45,10 @@ ATTRIBUTE_MODEL = "se-wrn-quick"
 ATTRIBUTE_RATE = 100
 QA_DATA = Path("prepared") / "ptbxl-template-qa"
 ATTRIBUTE_DATA = Path("prepared") / "ptbxl-attributes"
+#: QA learning: balanced generated questions (``ecgqa generate --balanced``), single-ECG types, at 100 Hz.
+QA_LEARNING_DATA = Path("prepared") / "ptbxl-generated-balanced-qa"
+QA_LEARNING_RATE = 100
+QA_LEARNING_REPORT = Path("reports") / "qa-learning"
 
 #: The options' defaults: ``ecgqa quickstart``'s command line (ecgqa/cli/quickstart.py) and ``ensure_demo`` share them.
 DEFAULTS: dict[str, Any] = {
@@ -59,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "models": list(MODELS),
     "attribute_steps": 300,
     "bootstrap": 1000,
+    "qa_steps": 300,
     "quiet": False,
 }
 
@@ -228,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
     claim_quickstart_out(out)
     progress = not args.quiet
     with_attributes = args.attribute_steps > 0
-    steps = 4 + len(args.models) * 2 + (4 if with_attributes else 0)
+    with_qa_learning = getattr(args, "qa_steps", 0) > 0
+    steps = 4 + len(args.models) * 2 + (4 if with_attributes else 0) + (5 if with_qa_learning else 0)
     step = 0
 
     def say(text: str) -> None:
@@ -296,23 +302,121 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write(out / "attributes.md", attribute_text)
         atomic_write(out / "attributes.json", json.dumps(result, indent=1) + "\n")
 
+    qa_text = None
+    if with_qa_learning:
+        qa_text = qa_learning(out, args, paths, say, progress)
+
     say("done")
     print("\nExact match (%) on the held-out test split (no test ECG was seen in training):\n")
     print(table)
     if attribute_text:
         print("\nAttribute classifier on the held-out ECGs (dense labels from PTB-XL metadata):\n")
         print(attribute_text)
+    if qa_text:
+        print("\nQA learning: does the fusion model use the ECG? (balanced generated questions, held-out patients)\n")
+        print(qa_text)
     print(f"mapped release:   {mapped}\nre-split release: {release} (split_report.json)\nprepared data:    {prepared}")
     for name in args.models:
         print(f"{name + ':':17s} checkpoint {out / 'checkpoints' / name}, report {out / 'reports' / name}/report.md")
-    print(
-        f"comparison:       {out / 'comparison.md'}  "
-        f"(ecgqa report {' '.join(str(out / 'reports' / n) for n in args.models)})"
-    )
+    runs = " ".join(str(out / "reports" / n) for n in args.models)
+    print(f"comparison:       {out / 'comparison.md'}  (ecgqa report {runs})")
+    if qa_text:
+        print(f"QA learning:      {out / 'qa_learning.md'}, report {out / QA_LEARNING_REPORT}/report.md")
     if attribute_text:
         print(f"attributes:       {out / 'attributes.md'}, checkpoint {out / 'checkpoints' / ATTRIBUTE_MODEL}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
+
+
+# ------------------------------------------------------------------------------------------ QA learning
+
+
+def patient_split(metadata: Path, ecg_ids: list[int], test_fraction: float, seed: int) -> dict[int, str]:
+    """ecg_id → "train" / "test": a seeded ``test_fraction`` of the PATIENTS (PTB-XL ``patient_id``) is held out,
+    so no held-out ECG, nor another ECG of its patient, is seen in training."""
+    import pandas as pd
+
+    meta = pd.read_csv(metadata, usecols=["ecg_id", "patient_id"]).set_index("ecg_id")
+    wanted = sorted(set(ecg_ids) & set(meta.index))
+    patients = sorted({float(meta.at[e, "patient_id"]) for e in wanted})
+    random.Random(seed).shuffle(patients)
+    held = set(patients[: max(1, round(test_fraction * len(patients)))])
+    return {int(e): "test" if float(meta.at[e, "patient_id"]) in held else "train" for e in wanted}
+
+
+def _single_only(release: Path) -> dict[str, int]:
+    """Keep the single-ECG questions of a generated release (the verify texts balanced accuracy is about, and
+    a third of the questions to score three times); returns the kept counts per split."""
+    from ecgqa.data.release import load_shard, shards
+
+    kept: dict[str, int] = {}
+    for shard in shards(release):
+        rows = [s for s in load_shard(shard) if s["question_type"].startswith("single")]
+        shard.write_text(json.dumps(rows))
+        if shard.parent.parent.name == "template":
+            kept[shard.parent.name] = kept.get(shard.parent.name, 0) + len(rows)
+    return kept
+
+
+def qa_learning(out: Path, args: argparse.Namespace, paths: Any, say: Any, progress: bool) -> str:
+    """Generate balanced questions over the bundled records (``ecgqa generate --balanced``; yes = no per verify
+    question text), hold out a share of the patients, train the fusion model and the blind baseline on the
+    rest, and score the fusion model on the held-out ECGs beside its controls: the blind model (question
+    only) and itself with the ECGs shuffled (``ecgqa evaluate --blind``). Returns the Markdown written to
+    ``OUT/qa_learning.md``; the verdict is the one ``ecgqa.evaluation.controls`` derives from the CI.
+    """
+    from ecgqa.data.prepare import prepare
+    from ecgqa.evaluation.evaluate import evaluate
+    from ecgqa.evaluation.report_folder import controls_markdown
+    from ecgqa.files import atomic_write
+    from ecgqa.generation.engine import generate
+    from mapping.mapper import map_release
+
+    generated = out / "generated" / "ptbxl-balanced"
+    metadata = paths.ptbxl_records / "ptbxl_database.csv"
+    records = sorted(int(p.stem.split("_")[0]) for p in (paths.ptbxl_records / "records500").rglob("*_hr.hea"))
+    split = patient_split(metadata, records, args.test_fraction, args.seed)
+    say(f"generating balanced questions over the {len(records)} bundled records (held-out patients: test)")
+    if generated.exists():
+        shutil.rmtree(generated)
+    generate("ptbxl", generated, records=paths.ptbxl_records, balanced=True, measure=False, split_of=split,
+             seed=args.seed, progress=progress)  # fmt: skip
+    kept = _single_only(generated)
+    mapped = out / "mapped" / "ptbxl-generated"
+    map_release("ptbxl", generated, paths.ptbxl_records, mapped, progress=progress)
+    data = out / QA_LEARNING_DATA
+    say(f"preparing {data} ({QA_LEARNING_RATE} Hz; single-ECG questions: {kept})")
+    prepare(mapped, data, variant="template", task="qa", rate=QA_LEARNING_RATE, progress=progress)
+    ckpts = {}
+    for name in MODELS:
+        ckpts[name] = out / "checkpoints" / f"{name}-generated"
+        say(f"training {name} on the generated questions (at most {args.qa_steps} steps) into {ckpts[name]}")
+        _train(data, name, ckpts[name], max_steps=args.qa_steps, args=args)
+    report_dir = out / QA_LEARNING_REPORT
+    say(f"scoring {MODELS[0]} on the held-out patients beside its controls into {report_dir}")
+    report = evaluate(ckpts[MODELS[0]], data, "test", report_dir, blind=ckpts[MODELS[1]], progress=progress,
+                      control_seed=args.seed, n_bootstrap=args.bootstrap,
+                      questions="generated by `ecgqa generate --balanced` over the bundled records")  # fmt: skip
+    c = report["controls"]
+    held = sorted({e for e, s in split.items() if s == "test"})
+    text = (
+        f"Held out: {len(held)} ECGs of {round(args.test_fraction * 100)} % of the patients; "
+        f"{c['n_paired']} questions ("
+        + ", ".join(f"{k} {v['n']}" for k, v in report["per_question_type"].items())
+        + ").\n\n"
+        + controls_markdown(c)
+    )
+    if not c["verdict"]["above_all"]:
+        text += (
+            f"\nTarget not reached: the fusion model is not above both controls with a CI excluding 0 after "
+            f"{args.qa_steps} steps at most (--qa-steps, --minutes); the figures above are what was measured.\n"
+        )
+    atomic_write(out / "qa_learning.md", text)
+    atomic_write(
+        out / "qa_learning.json",
+        json.dumps({"report": str(report_dir), "held_out_ecgs": held, "kept": kept, "controls": c}, indent=1) + "\n",
+    )
+    return text
 
 
 # ------------------------------------------------------------------------------ the attribute classifier

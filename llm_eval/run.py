@@ -9,7 +9,7 @@ or one this command wrote, marked by ``llm_eval_run.json``; re-using it resumes)
 - ``responses.sqlite``: the durable response store (or ``--store``), keyed by (model, prompt hash);
 - ``transcripts/<sample_id>.json``: input, prompt, reply, parsed answer, truth, score, usage, per question;
 - ``predictions.jsonl``, ``report.json``, ``report.md``, ``charts/``: the same shape and charts as
-  ``ecgqa evaluate``'s and ``ecgqa score``'s (``ecgqa.evaluation.evaluate._charts``), so
+  ``ecgqa evaluate``'s and ``ecgqa score``'s (``ecgqa.evaluation.report_folder.make_charts``), so
   ``ecgqa report`` tabulates LLMs (one column per model and input) next to trained models;
 - ``run_log.json``: what this particular run did (requests sent, ECGs rendered and measured, wall time)
   — kept out of the report so that a resumed run and an uninterrupted one write identical reports.
@@ -26,6 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from ecgqa.evaluation.report_folder import (
+    CONTROLS_DIR,
+    PREDICTIONS,
+    nested_em,
+    prediction_line,
+    read_lines,
+    write_report,
+)
 from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
 from llm_eval.client import FatalEndpointError, check_request_options, parse_base_url, resolve_base_url
 from llm_eval.grounding import Grounder, ecg_labels, fingerprint, prepared_signal_of
@@ -288,6 +296,29 @@ def dry_run_line(summary: dict[str, Any], price_in: float | None, out: Path) -> 
     )
 
 
+def _card(report: dict[str, Any], lines: list[dict[str, Any]], sources: Sources) -> dict[str, Any]:
+    """The protocol card of an LLM run (``ecgqa.evaluation.protocol``)."""
+    from ecgqa.evaluation.protocol import card, sample_card
+
+    s = report.get("sampling") or {}
+    kind = {"paper": "paper", "draw": "draw", "ids-file": "ids-file"}.get(s.get("sample"), str(s.get("sample")))
+    extra = {k: s[k] for k in ("seed", "fraction") if k in s}
+    scored = [int(x["sample_id"]) for x in lines if x["correct"] is not None]
+    return card(
+        version=str(report["version"]),
+        variant=report.get("variant"),
+        data_content_hash=report.get("data_content_hash"),
+        split=str(report.get("split")),
+        sample=sample_card(kind, scored, int(s.get("n_in_split") or len(lines)), **extra),
+        per_question_type=report["per_question_type"],
+        model=str(report["llm"]),
+        input=sources.name,
+        reply_rule=sources.style,
+        prompt_style=sources.style,
+        control=report.get("control"),
+    )
+
+
 def paper_columns(report: dict[str, Any]) -> str:
     """One line of EM in the paper's columns (``ecgqa.evaluation.metrics.paper_row``): S-Verify ... the macros."""
     from ecgqa.evaluation.metrics import paper_row
@@ -300,9 +331,8 @@ def paper_columns(report: dict[str, Any]) -> str:
 
 
 def render_report_md(report: dict[str, Any]) -> str:
-    from ecgqa.evaluation.report import render_markdown
-
-    lines = [render_markdown(report), "## LLM run", ""]
+    """report.md's own section of an LLM run (after the shared page of ``ecgqa.evaluation.report_folder``)."""
+    lines = ["## LLM run", ""]
     lines.append(
         f"- input: {report['input']}; prompt: {report.get('prompt_style', 'ecgqa-v2')} "
         f"(version {report['prompt_version']}); grounding: `{report['grounding']}`"
@@ -382,10 +412,13 @@ def evaluate(
     dry_run: bool = False,
     report_meta: dict[str, Any] | None = None,
     progress: bool = True,
+    original_ecg_ids: dict[int, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate already-selected questions; returns report.json's content (or the dry-run summary).
 
     ``sources`` may be a bare Grounder: the classifier input alone (the paper's protocol).
+    ``original_ecg_ids`` (the shuffled-ECG control): sample id → the question's own ECG ids, written as
+    ``ecg_id`` of each prediction line while the ECGs the model was shown go to ``shown_ecg_id``.
     """
     from llm_eval.client import ChatClient, api_key_from_env, ask_all, safe_url
     from llm_eval.store import ResponseStore
@@ -468,25 +501,27 @@ def evaluate(
         store.close()
 
     write_transcripts(out, scored)
-    with AtomicLines(out / "predictions.jsonl") as write:
-        for row, transcript in scored:
-            write.write_line(
-                json.dumps(
-                    {
-                        "sample_id": row.sample_id,
-                        "question_type": row.question_type,
-                        "attribute_type": row.attribute_type,
-                        "predicted": row.predicted,
-                        "true": row.true,
-                        "valid": row.valid,
-                        "scores": {},
-                        "correct": row.correct,
-                        "status": row.status,
-                        "reply": transcript["reply"],
-                    },
-                    ensure_ascii=False,
-                )
+    lines = []
+    for row, transcript in scored:
+        real = (original_ecg_ids or {}).get(row.sample_id)
+        extra = {"shown_ecg_id": transcript["ecg_id"]} if real is not None else {}
+        lines.append(
+            prediction_line(
+                row.sample_id,
+                row.question_type,
+                row.attribute_type,
+                row.predicted,
+                row.true,
+                row.valid,
+                row.correct,
+                question=transcript["question"],
+                ecg_id=real if real is not None else transcript["ecg_id"],
+                scores={},
+                status=row.status,
+                reply=transcript["reply"],
+                **extra,
             )
+        )
 
     request = {
         "temperature": None if omit_temperature else 0,
@@ -511,18 +546,18 @@ def evaluate(
         }
     )
     report.setdefault("grounding", None)
-    # The same nested EM block and charts as `ecgqa evaluate` and `ecgqa score` write (one chart writer).
-    from ecgqa.evaluation.evaluate import _charts, _nested_em
-
+    # The same nested EM block and charts as `ecgqa evaluate` and `ecgqa score` write (one writer).
     answered = [r for r, _ in scored if r.correct is not None]
-    report["per_question_attribute_type"] = _nested_em(
+    report["per_question_attribute_type"] = nested_em(
         np.array([bool(r.correct) for r in answered], dtype=bool),
         [r.question_type for r in answered],
         [r.attribute_type for r in answered],
     )
-    report["charts"] = _charts(report, out) if answered else []
-    atomic_write_json(out / "report.json", report, indent=2)
-    atomic_write(out / "report.md", render_report_md(report))
+    report.setdefault("controls", None)
+    if report.get("version"):
+        report["protocol"] = _card(report, lines, sources)
+    report["charts"] = []  # none without an answered question
+    write_report(out, report, lines, render_report_md(report), charts=bool(answered))
     run_log = {
         "requests_sent": client.requests_sent,
         "prompts_answered_before": cached,
@@ -576,6 +611,8 @@ def run_llm_eval(
     layout: str = "3x4",
     dpi: int = 100,
     progress: bool = True,
+    controls: tuple[str, ...] = (),
+    control_seed: int = 0,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The ``ecgqa llm-eval`` job on a prepared QA directory (and an upperbound checkpoint for ``classifier``).
@@ -647,7 +684,15 @@ def run_llm_eval(
     sampling.update({"n_selected": len(chosen), "n_in_split": len(questions), "n_dropped_by_prepare": len(dropped)})
     if style == "paper-as-published":  # its readings depend on the questions asked before (defect D2)
         chosen, sampling["plan_order"] = harness_order(questions, selection, fraction, seed)
-    meta: dict[str, Any] = {"grounding": None, "data": str(data), "split": split, "sampling": sampling}
+    meta: dict[str, Any] = {
+        "grounding": None,
+        "data": str(data),
+        "version": version,
+        "variant": prepared.meta.get("variant"),
+        "data_content_hash": data_hash,
+        "split": split,
+        "sampling": sampling,
+    }
     if style != "ecgqa-v2":
         known = template_classes_of(prepared.meta) is not None
         meta["option_order"] = "harness (template lists)" if known else "class index (template lists unknown)"
@@ -672,7 +717,74 @@ def run_llm_eval(
         sources.options.update({"layout": layout, "dpi": dpi, "image_detail": image_detail})
     if "features" in inputs:
         sources.features = FeatureCache(cache_root, signal_by_id, rate, data_hash)
-    return evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
+    report = evaluate(chosen, sources, model, out, report_meta=meta, progress=progress, **kwargs)
+    if controls and not kwargs.get("dry_run"):
+        report = _run_controls(
+            report, chosen, sources, model, out, prepared, meta, controls, control_seed, progress, kwargs
+        )
+    return report
+
+
+def _run_controls(
+    report: dict[str, Any],
+    chosen: list[Question],
+    sources: Sources,
+    model: str,
+    out: Path,
+    prepared: Any,
+    meta: dict[str, Any],
+    controls: tuple[str, ...],
+    seed: int,
+    progress: bool,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """Ask the same questions again as controls (``OUT/controls/<name>/``: full llm-eval folders, resumable)
+    and put the model beside them (``ecgqa.evaluation.controls.compare``), paired by sample."""
+    from dataclasses import replace
+
+    from ecgqa.evaluation.controls import CONTROL_HOW, QUESTION_ONLY, SHUFFLED_ECG, compare, shuffled_ecg_map
+
+    unknown = sorted(set(controls) - {SHUFFLED_ECG, QUESTION_ONLY})
+    if unknown:
+        raise ValueError(f"--control {unknown}: expected {SHUFFLED_ECG} or {QUESTION_ONLY}")
+    lines: dict[str, list[dict[str, Any]]] = {}
+    how: dict[str, str] = {}
+    for name in dict.fromkeys(controls):
+        cmeta = {**meta, "control": name}
+        if name == SHUFFLED_ECG:
+            shown = shuffled_ecg_map([e for q in chosen for e in q.ecg_ids], seed)
+            questions = [
+                replace(
+                    q,
+                    ecg_ids=tuple(shown[e] for e in q.ecg_ids),
+                    ecg_rows=None if q.ecg_rows is None else tuple(prepared.row_of(shown[e]) for e in q.ecg_ids),
+                )
+                for q in chosen
+            ]
+            csources, original = sources, {q.sample_id: list(q.ecg_ids) for q in chosen}
+            how[name] = (
+                f"the same model and input ({sources.name}), each question asked about another ECG (seed {seed})"
+            )
+        else:
+            questions, original = chosen, None
+            csources = Sources(("none",))
+            how[name] = f"the same model given the question and its options only ({CONTROL_HOW[name]})"
+        evaluate(
+            questions,
+            csources,
+            model,
+            out / CONTROLS_DIR / name,
+            report_meta=cmeta,
+            progress=progress,
+            original_ecg_ids=original,
+            **kwargs,
+        )
+        lines[name] = read_lines(out / CONTROLS_DIR / name / PREDICTIONS)
+    report["controls"] = compare(read_lines(out / PREDICTIONS), lines, how=how, seed=seed)
+    write_report(out, report, None, render_report_md(report))
+    if progress:
+        print(report["controls"]["verdict"]["sentence"], file=sys.stderr)
+    return report
 
 
 def _grounder(

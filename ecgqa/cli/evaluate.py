@@ -30,6 +30,20 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
     )
+    )
+    parser.add_argument(
+        "--blind",
+        type=Path,
+        metavar="CKPT",
+        help="a blind (question-only) checkpoint as the question-only control (default: the majority answer per "
+        "question text of the prepared data's train split)",
+    )
+    parser.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="skip the shuffled-ECG and question-only controls (they double the evaluation time)",
+    )
+    parser.add_argument("--control-seed", type=int, default=0, help="seed of the ECG permutation and the bootstrap")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -58,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         limit=args.limit,
         progress=not args.quiet,
+        controls=not args.no_controls,
+        blind=args.blind,
+        control_seed=args.control_seed,
     )
     print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
     print(paper_table([report], [report["model"]]), end="")
+    if report.get("controls"):
+        print(report["controls"]["verdict"]["sentence"])
     print(f"written: {args.out}")
     return 0

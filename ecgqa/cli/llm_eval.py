@@ -169,6 +169,16 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="write every message exactly as it would be sent (OUT/prompts.jsonl, images included) and a "
         "token/cost estimate (OUT/dry_run.json); call no model",
     )
+    p.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        choices=("shuffled-ecg", "question-only"),
+        help="also ask the same questions as a control (repeatable; into OUT/controls/NAME/): shuffled-ecg = each "
+        "question with another sample's ECG input (findings, features or image), question-only = --input none; "
+        "the report pairs them with the model by sample (EM, balanced accuracy, bootstrap CI over ECGs, verdict)",
+    )
+    p.add_argument("--control-seed", type=int, default=0, help="seed of the ECG permutation and the bootstrap")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
     return p
@@ -198,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         grounding_cache=args.grounding_cache,
         progress=not args.quiet,
+        controls=tuple(args.control),
+        control_seed=args.control_seed,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         concurrency=args.concurrency,

@@ -56,6 +56,14 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=DEFAULTS["bootstrap"],
         help="bootstrap replicates for the AUC intervals (default %(default)s)",
     )
+    parser.add_argument(
+        "--qa-steps",
+        type=int,
+        default=DEFAULTS["qa_steps"],
+        help="QA learning: optimizer updates of the fusion model and the blind baseline on balanced questions "
+        "`ecgqa generate --balanced` writes over the bundled records, scored on held-out patients beside the "
+        "shuffled-ECG and question-only controls (default 300; 0 skips it)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser

@@ -16,8 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--paper",
         action="store_true",
-        help="print the paper's table layout with the published results (ecgqa/paper_results.json) "
-        "as reference rows, each with its test set and source; figures on other splits apart",
+        help="print the paper's table layout with the published results (ecgqa/paper_results.json) as reference "
+        "rows, each only beside the runs whose protocol card matches it (same test questions and metric), and "
+        "why not otherwise; figures on other splits apart",
     )
     parser.set_defaults(func=run)
     return parser
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     reports = [stage.load_report(p) for p in args.reports]
     table = stage.compare_table(reports, args.names)
+    if any(r.get("controls") for r in reports):
+        table += "\n" + stage.controls_section(reports, args.names)
     if args.paper:
         table += "\n" + stage.paper_section(reports, args.names)
     if args.out:

@@ -34,6 +34,15 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "wrong (count them as wrong); the report counts them either way",
     )
     parser.add_argument("--name", help="the model's name in the report (default: the answers file's name)")
+    parser.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="a control's answers in the same formats (repeatable), e.g. shuffled-ecg=FILE (the same model asked "
+        "each question about another ECG) or question-only=FILE (no ECG); the report compares the model with "
+        "each by sample: EM, balanced accuracy, paired bootstrap 95%% CI over ECGs and a verdict",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -42,8 +51,25 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.evaluation import score as stage  # the stage, imported only when the command runs
     from ecgqa.evaluation.report import paper_table
 
+    controls = {}
+    for spec in args.control:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            name, file = Path(spec).stem, spec
+        if not name or not file:
+            raise ValueError(f"--control {spec!r}: expected NAME=FILE or FILE")
+        if name in controls:
+            raise ValueError(f"--control {name!r} given twice")
+        controls[name] = Path(file)
     report = stage.score(
-        args.data, args.split, args.answers, args.out, sample=args.sample, missing=args.missing, name=args.name
+        args.data,
+        args.split,
+        args.answers,
+        args.out,
+        sample=args.sample,
+        missing=args.missing,
+        name=args.name,
+        controls=controls,
     )
     print(
         f"{report['model']} on {report['split']} ({report['sampling']['sample']}): EM {100 * report['em']:.1f} % over "
@@ -52,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
         f"{report['n_no_match']} replies matched no option"
     )
     print(paper_table([report], [report["model"]]), end="")
+    if report.get("controls"):
+        print(report["controls"]["verdict"]["sentence"])
     print(f"written: {args.out}")
     return 0

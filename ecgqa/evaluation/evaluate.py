@@ -19,44 +19,41 @@ command wrote (``ecgqa.files.claim_output_dir``).
 from __future__ import annotations
 
 import json
-import os
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ecgqa.data.constants import ATTRIBUTE_TYPES, LEAD_GROUPS, QUESTION_TYPES
+from ecgqa.data.constants import LEAD_GROUPS
 from ecgqa.data.leads import group_mask
+from ecgqa.evaluation.controls import (
+    N_BOOTSTRAP,
+    QUESTION_ONLY,
+    SEED,
+    SHUFFLED_ECG,
+    MajorityAnswers,
+    compare,
+    shuffled_ecg_map,
+)
 from ecgqa.evaluation.metrics import THRESHOLD, decide
-from ecgqa.evaluation.report import render_markdown
-from ecgqa.files import AtomicLines, atomic_write, claim_output_dir
+from ecgqa.evaluation.protocol import card, sample_card
+from ecgqa.evaluation.report_folder import (
+    CONTROLS_DIR,
+    OUTPUTS,
+    PREDICTIONS,
+    REPORT_JSON,
+    claim_report_dir,
+    nested_em,
+    prediction_line,
+    write_report,
+)
+from ecgqa.files import AtomicLines
 
-REPORT_JSON = "report.json"
-#: everything an evaluation writes into --out (a folder holding only these is ours to replace)
-OUTPUTS = ("predictions.jsonl", REPORT_JSON, "report.md", "charts")
+__all__ = ["OUTPUTS", "REPORT_JSON", "claim_report_dir", "evaluate"]
 
 CHUNK = 256  # samples read from the store per step: bounds memory on the full test split
-
-
-def _is_our_report(marker: Path) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("kind") in ("qa", "upperbound")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def claim_report_dir(out: Path) -> None:
-    """Refuse an ``--out`` this command did not write (see ``ecgqa.files.claim_output_dir``)."""
-    if (
-        out.is_dir()
-        and not out.is_symlink()
-        and all(p.name in OUTPUTS or p.name.startswith(".") for p in out.iterdir())
-    ):
-        return  # only our own outputs (perhaps of an interrupted run)
-    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=_is_our_report)
 
 
 def evaluate(
@@ -69,8 +66,20 @@ def evaluate(
     device: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    controls: bool = True,
+    blind: str | Path | None = None,
+    control_seed: int = SEED,
+    n_bootstrap: int = N_BOOTSTRAP,
+    questions: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``data``/``split`` and write the report folder ``out``; returns report.json."""
+    """Evaluate ``checkpoint`` on ``data``/``split`` and write the report folder ``out``; returns report.json.
+
+    For a QA checkpoint, ``controls`` (the default) also scores the shuffled-ECG control (the same checkpoint,
+    each ECG of the split replaced by another: ``ecgqa.evaluation.controls.shuffled_ecg_map`` seeded by
+    ``control_seed``) and a question-only reference: the ``blind`` checkpoint when given, else the majority
+    answer per question text of the prepared data's ``train`` split. Their lines go to ``controls/*.jsonl``.
+    ``questions``: say in the protocol card where the questions come from when not from the ECG-QA release.
+    """
     import ecgqa
     from ecgqa.checkpoint import check_compatible
     from ecgqa.data.prepared import PreparedData
@@ -82,7 +91,12 @@ def evaluate(
     check_compatible(predictor, prepared)
     if split not in prepared.splits:
         raise ValueError(f"{data_path} has no split {split!r}; it holds {prepared.splits}")
+    blind_predictor = None
+    if blind is not None and predictor.task == "qa" and controls:
+        blind_predictor = ecgqa.load(blind, device=device)
+        check_compatible(blind_predictor, prepared)
     table = prepared.split(split)
+    n_in_split = len(table)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     if len(table) == 0:
@@ -102,13 +116,159 @@ def evaluate(
         base["note"] = seen
         print(f"warning: {seen}", file=sys.stderr)
     run_split = _evaluate_qa if predictor.task == "qa" else _evaluate_upperbound
-    with AtomicLines(out / "predictions.jsonl") as write_line:
-        extra = run_split(predictor, prepared, table, write_line, batch_size=batch_size, progress=progress)
+    records: list[dict[str, Any]] = []
+    with AtomicLines(out / PREDICTIONS) as write_line:
+        extra = run_split(
+            predictor, prepared, table, write_line, batch_size=batch_size, progress=progress, records=records
+        )
     report = {**base, **extra}
-    report["charts"] = _charts(report, out)
-    atomic_write(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    atomic_write(out / "report.md", render_markdown(report))
-    return report
+    if predictor.task == "qa" and controls:
+        report["controls"], note = _controls(
+            predictor,
+            blind_predictor,
+            blind,
+            prepared,
+            table,
+            split,
+            out,
+            records,
+            batch_size=batch_size,
+            progress=progress,
+            seed=control_seed,
+            n_bootstrap=n_bootstrap,
+        )
+        if note:
+            report["controls_note"] = note
+            print(f"note: {note}", file=sys.stderr)
+    elif predictor.task == "qa":
+        report["controls"] = None
+        report["controls_note"] = "not run (--no-controls)"
+    else:
+        report["controls"] = None
+        report["controls_note"] = (
+            "an upperbound classifier answers attribute labels, not questions: question-only and shuffled-ECG "
+            "controls apply to QA models"
+        )
+    ids = [r["sample_id"] for r in records]
+    report["protocol"] = card(
+        version=str(prepared.meta.get("version")),
+        variant=prepared.meta.get("variant"),
+        data_content_hash=prepared.meta.get("content_hash"),
+        split=split,
+        sample=sample_card("full" if len(ids) == n_in_split else "first-n", ids, n_in_split),
+        per_question_type=report["per_question_type"],
+        model=f"{predictor.model_name} ({checkpoint})",
+        input=f"the ECG signal(s), {prepared.rate} Hz, {prepared.signal_length} samples x 12 leads",
+        training_split_scored=bool(seen),
+        questions=questions,
+    )
+    return write_report(out, report)
+
+
+def _controls(
+    predictor, blind_predictor, blind, prepared, table, split, out, records, *, batch_size, progress, seed, n_bootstrap
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Score the shuffled-ECG control and the question-only reference and compare them with the model;
+    returns (the controls block, a note on any control that could not be made)."""
+    folder = out / CONTROLS_DIR
+    folder.mkdir(exist_ok=True)
+    lines: dict[str, list[dict[str, Any]]] = {}
+    how: dict[str, str] = {}
+    notes: list[str] = []
+    rows = sorted({int(r) for rs in table["ecg_rows"] for r in rs})
+    if len(rows) >= 2:
+        lines[SHUFFLED_ECG] = []
+        with AtomicLines(folder / f"{SHUFFLED_ECG}.jsonl") as write_line:
+            _evaluate_qa(
+                predictor,
+                prepared,
+                table,
+                write_line,
+                batch_size=batch_size,
+                progress=progress,
+                records=lines[SHUFFLED_ECG],
+                remap=shuffled_ecg_map(rows, seed),
+                desc="shuffled-ECG control",
+            )
+        how[SHUFFLED_ECG] = f"same checkpoint, each ECG of the split replaced by another ECG of it (seed {seed})"
+    else:
+        notes.append(f"no shuffled-ECG control: the questions scored use {len(rows)} ECG")
+    if blind_predictor is not None:
+        lines[QUESTION_ONLY] = []
+        with AtomicLines(folder / f"{QUESTION_ONLY}.jsonl") as write_line:
+            _evaluate_qa(
+                blind_predictor,
+                prepared,
+                table,
+                write_line,
+                batch_size=batch_size,
+                progress=progress,
+                records=lines[QUESTION_ONLY],
+                desc="question-only (blind)",
+            )
+        how[QUESTION_ONLY] = f"blind checkpoint {blind} ({blind_predictor.model_name}): the question alone"
+    elif "train" in prepared.splits:
+        lines[QUESTION_ONLY] = []
+        with AtomicLines(folder / f"{QUESTION_ONLY}.jsonl") as write_line:
+            how[QUESTION_ONLY] = _majority(prepared, table, split, write_line, lines[QUESTION_ONLY])
+    else:
+        notes.append(
+            f"no question-only reference: {prepared.path} has no train split to learn the majority answers from "
+            "(give a blind checkpoint with --blind CKPT)"
+        )
+    note = "; ".join(notes) or None
+    if not lines:
+        return None, note
+    return compare(records, lines, how=how, n_bootstrap=n_bootstrap, seed=seed), note
+
+
+def _majority(prepared, table, split, write_line, records) -> str:
+    """The question-only reference from the prepared data's train split: the majority answer per question text."""
+    if "train" not in prepared.splits:
+        raise ValueError(
+            f"{prepared.path} has no train split to learn the question-only reference from; give a blind "
+            "checkpoint (--blind CKPT) or --no-controls"
+        )
+    train = prepared.split("train").select_columns(["question", "template_id", "question_type", "answer"]).to_dict()
+    baseline = MajorityAnswers(
+        {"question": q, "template_id": t, "question_type": qt, "answer": a}
+        for q, t, qt, a in zip(
+            train["question"], train["template_id"], train["question_type"], train["answer"], strict=True
+        )
+    )
+    classes = list(prepared.classes)
+    cols = table.select_columns(
+        ["sample_id", "template_id", "question", "question_type", "attribute_type", "ecg_id", "answer", "valid_classes"]
+    ).to_dict()
+    for i, sid in enumerate(cols["sample_id"]):
+        valid = [int(c) for c in cols["valid_classes"][i]]
+        chosen = set(baseline.answer(cols["question"][i], cols["template_id"][i], cols["question_type"][i]))
+        pred = [c for c in valid if c in chosen]
+        true = [c for c in valid if c in set(cols["answer"][i])]
+        line = prediction_line(
+            sid,
+            cols["question_type"][i],
+            cols["attribute_type"][i],
+            [classes[c] for c in pred],
+            [classes[c] for c in true],
+            [classes[c] for c in valid],
+            set(pred) == set(true),
+            question=cols["question"][i],
+            ecg_id=cols["ecg_id"][i],
+        )
+        write_line(line)
+        records.append(_record(line))
+    f = baseline.fallbacks
+    note = "" if split != "train" else " (the split scored IS the train split: a training-fold reference)"
+    return (
+        f"majority answer per question text of the train split ({baseline.n_train} questions); "
+        f"{f['question']} questions by their text, {f['template']} by template, {f['type']} by question type{note}"
+    )
+
+
+def _record(line: dict[str, Any]) -> dict[str, Any]:
+    """What the controls need of a prediction line."""
+    return {k: line[k] for k in ("sample_id", "question_type", "question", "true", "ecg_id", "correct")}
 
 
 def _trained_on(checkpoint: Path, predictor: Any, prepared: Any, split: str) -> str | None:
@@ -138,16 +298,31 @@ def _chunks(table: Any, progress: bool, what: str) -> Iterator[dict[str, list]]:
             bar.update(len(chunk["sample_id"]))
 
 
-def _evaluate_qa(predictor, prepared, table, write_line, *, batch_size: int, progress: bool) -> dict[str, Any]:
+def _evaluate_qa(
+    predictor,
+    prepared,
+    table,
+    write_line,
+    *,
+    batch_size: int,
+    progress: bool,
+    records: list[dict[str, Any]],
+    remap: dict[int, int] | None = None,
+    desc: str = "evaluate",
+) -> dict[str, Any]:
+    """Answer every question of ``table``; ``remap`` (signal row → row shown instead) makes the shuffled-ECG
+    control. Appends each question's :func:`_record` to ``records``."""
     from ecgqa.evaluation.metrics import em_summary, exact_match, label_metrics, predict
 
     classes = list(predictor.classes)
     index = {c: i for i, c in enumerate(classes)}
+    ecg_id_of = prepared.ecg_ids
     probs, labels, valid, qtypes, atypes = [], [], [], [], []
-    for chunk in _chunks(table, progress, "evaluate"):
+    for chunk in _chunks(table, progress, desc):
+        shown = [[remap[int(r)] for r in rows] if remap else list(rows) for rows in chunk["ecg_rows"]]
         items = [
             ([np.asarray(prepared.signals[r], dtype=np.float32) for r in rows], question, list(vc))
-            for rows, question, vc in zip(chunk["ecg_rows"], chunk["question"], chunk["valid_classes"], strict=False)
+            for rows, question, vc in zip(shown, chunk["question"], chunk["valid_classes"], strict=False)
         ]
         answers = predictor.answer_batch(items, batch_size=batch_size)
         p = np.zeros((len(answers), len(classes)))
@@ -162,20 +337,22 @@ def _evaluate_qa(predictor, prepared, table, write_line, *, batch_size: int, pro
         pred = predict(p, v)
         correct = exact_match(p, y, v)
         for i, answer in enumerate(answers):
-            write_line(
-                {
-                    "sample_id": int(chunk["sample_id"][i]),
-                    "question_type": chunk["question_type"][i],
-                    "attribute_type": chunk["attribute_type"][i],
-                    "question": chunk["question"][i],
-                    "ecg_id": [int(e) for e in chunk["ecg_id"][i]],
-                    "predicted": [classes[c] for c in np.flatnonzero(pred[i])],
-                    "true": [classes[c] for c in chunk["answer"][i]],
-                    "valid": [classes[c] for c in chunk["valid_classes"][i]],
-                    "scores": {name: float(s) for name, s in answer.scores.items()},
-                    "correct": bool(correct[i]),
-                }
+            extra = {"shown_ecg_id": [int(ecg_id_of[r]) for r in shown[i]]} if remap else {}
+            line = prediction_line(
+                chunk["sample_id"][i],
+                chunk["question_type"][i],
+                chunk["attribute_type"][i],
+                [classes[c] for c in np.flatnonzero(pred[i])],
+                [classes[c] for c in chunk["answer"][i]],
+                [classes[c] for c in chunk["valid_classes"][i]],
+                bool(correct[i]),
+                question=chunk["question"][i],
+                ecg_id=chunk["ecg_id"][i],
+                scores=answer.scores,
+                **extra,
             )
+            write_line(line)
+            records.append(_record(line))
         probs.append(p)
         valid.append(v)
         labels.append(y)
@@ -184,24 +361,14 @@ def _evaluate_qa(predictor, prepared, table, write_line, *, batch_size: int, pro
     probs_a, labels_a, valid_a = np.concatenate(probs), np.concatenate(labels), np.concatenate(valid)
     correct = exact_match(probs_a, labels_a, valid_a)
     report = em_summary(correct, qtypes, atypes)
-    report["per_question_attribute_type"] = _nested_em(correct, qtypes, atypes)
+    report["per_question_attribute_type"] = nested_em(correct, qtypes, atypes)
     report["label_metrics"] = label_metrics(probs_a, labels_a, valid_a)
     return report
 
 
-def _nested_em(correct: np.ndarray, qtypes: list[str], atypes: list[str]) -> dict[str, dict[str, dict]]:
-    from ecgqa.evaluation.metrics import group_em, ordered
-
-    q = np.asarray(qtypes, dtype=object)
-    a = np.asarray(atypes, dtype=object)
-    out = {}
-    for qt in ordered(qtypes, QUESTION_TYPES):
-        m = q == qt
-        out[qt] = group_em(correct[m], a[m].tolist(), ATTRIBUTE_TYPES)
-    return out
-
-
-def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: int, progress: bool) -> dict:
+def _evaluate_upperbound(
+    predictor, prepared, table, write_line, *, batch_size: int, progress: bool, records: list[dict[str, Any]]
+) -> dict:
     from ecgqa.evaluation.metrics import em_summary, upperbound_correct, upperbound_metrics
 
     classes = list(predictor.classes)
@@ -238,6 +405,7 @@ def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: 
                     "correct": bool(correct[i]),
                 }
             )
+            records.append({"sample_id": int(chunk["sample_id"][i])})
         probs.append(p)
         labels.append(y)
         masks.append(m)
@@ -248,49 +416,3 @@ def _evaluate_upperbound(predictor, prepared, table, write_line, *, batch_size: 
     report = em_summary(correct, qtypes, atypes)
     report.update(upperbound_metrics(probs_a, labels_a, masks_a, classes))
     return report
-
-
-def _charts(report: dict[str, Any], out: Path) -> list[str]:
-    """Bar charts (PNG, Agg backend): EM per question type, EM per attribute type within each one,
-    and per-class AUC for upperbound reports. Returns paths relative to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = out / "charts"
-    folder.mkdir(exist_ok=True)
-    written = []
-
-    def bars(name: str, title: str, blocks: dict[str, dict], value: str = "em", ylabel: str = "exact match (%)"):
-        keys = [k for k, b in blocks.items() if b.get(value) is not None]
-        if not keys:
-            return
-        values = [100 * blocks[k][value] for k in keys]
-        width = max(4.0, 0.55 * len(keys) + 2)
-        fig, ax = plt.subplots(figsize=(width, 4.2))
-        rects = ax.bar(range(len(keys)), values, width=0.6, color="#4C72B0")
-        ax.set_xlim(-0.7, len(keys) - 0.3)
-        ax.bar_label(
-            rects, labels=[f"{v:.0f}\nn={blocks[k]['n']}" for k, v in zip(keys, values, strict=False)], fontsize=7
-        )
-        ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
-        ax.set_ylim(0, 115)
-        ax.set_ylabel(ylabel)
-        # Wrapped to the figure (~10 characters per inch at 10 pt): a long model name is never cut off.
-        ax.set_title("\n".join(textwrap.wrap(title, int(width * 10))), fontsize=10)
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
-        written.append(str(path.relative_to(out)))
-
-    label = f"{report['model']} on {report['split']}" if report.get("split") else str(report["model"])
-    bars("question_types", f"{label}: EM per question type", report["per_question_type"])
-    for qt, blocks in report.get("per_question_attribute_type", {}).items():
-        bars(qt, f"{label}: {qt}, EM per attribute type", blocks)
-    if report.get("per_class"):
-        bars("per_class_auc", f"{label}: AUC per grounding class", report["per_class"], "auc", "AUC (%)")
-    return written

@@ -125,6 +125,8 @@ def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None
         # whose replies match no option can score alike. Counts per run; "–" where the kind has none.
         row("replies matching no option (scored wrong)", [_count_cell(r, NO_MATCH) for r in reports])
         row("failed or missing (not scored)", [_count_cell(r, NOT_SCORED) for r in reports])
+    if any(r.get("controls") for r in reports):
+        row("**above its controls?**", [_verdict_cell(r) for r in reports])
     macros = [paper_row(r) for r in reports]
     row("**EM, macro over single-ECG types** (paper headline)", [f"**{_pct(m['em_macro_single'])}**" for m in macros])
     row("EM, macro over all question types", [_pct(m["em_macro_all"]) for m in macros])
@@ -139,6 +141,36 @@ def compare_table(reports: Sequence[dict[str, Any]], names: Sequence[str] | None
         for g in groups:
             row(g, [_cell(b.get(g)) for b in blocks])
     return "\n".join(rows) + "\n"
+
+
+def _verdict_cell(report: dict[str, Any]) -> str:
+    c = report.get("controls")
+    if not c:
+        return "no controls"
+    v = c["verdict"]
+    metric = {"balanced_accuracy_macro": "bal. acc.", "em": "EM"}.get(v["metric"], v["metric"])
+    parts = []
+    for name, d in c["differences"].items():
+        x = d[v["metric"]]
+        ci = f" [{100 * x['ci'][0]:+.1f}, {100 * x['ci'][1]:+.1f}]" if x.get("ci") else ""
+        diff = "–" if x.get("diff") is None else f"{100 * x['diff']:+.1f}"
+        parts.append(f"{name} {diff}{ci}")
+    return f"{'**yes**' if v['above_all'] else 'no'} ({metric} Δ: {'; '.join(parts)})"
+
+
+def controls_section(reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> str:
+    """Each report's model beside its controls (``ecgqa.evaluation.report_folder.controls_markdown``)."""
+    from ecgqa.evaluation.report_folder import controls_markdown
+
+    names = list(names) if names else [report_name(r) for r in reports]
+    parts = []
+    for name, r in zip(names, reports, strict=True):
+        if r.get("controls"):
+            parts.append(controls_markdown(r["controls"]).replace("## Controls:", f"## {name} — controls:", 1))
+        else:
+            note = r.get("controls_note") or "the report has no controls (written before controls existed?)"
+            parts.append(f"## {name} — controls\n\nNone: {note}.\n")
+    return "\n".join(parts)
 
 
 PAPER_RESULTS = Path(__file__).parent.parent / "paper_results.json"
@@ -258,10 +290,31 @@ def not_comparable_table(rows: Sequence[dict[str, Any]]) -> str:
 def paper_section(
     reports: Sequence[dict[str, Any]], names: Sequence[str] | None = None, path: str | Path = PAPER_RESULTS
 ) -> str:
-    """``ecgqa report --paper``: the paper's table with the comparable published rows and their test sets,
-    then the not-comparable figures apart, then what could not be found."""
+    """``ecgqa report --paper``: the paper's table with each published row placed only beside the runs whose
+    protocol card matches it (same dataset, test questions and metric: ``ecgqa.evaluation.protocol.match``);
+    for every row placed nowhere, why not. Then the not-comparable figures apart, then what could not be found."""
+    from ecgqa.evaluation.protocol import match
+
     doc = published(path)
-    parts = [paper_table(reports, names, doc["results"]), published_notes(doc["results"])]
+    names = list(names) if names else [report_name(r) for r in reports]
+    placed, refused = [], []
+    for ref in doc["results"]:
+        verdicts = [(n, *match(r.get("protocol"), ref)) for n, r in zip(names, reports, strict=True)]
+        ok = [n for n, good, _ in verdicts if good]
+        if ok:
+            placed.append({**ref, "source": f"comparable with {', '.join(ok)}; {ref['source']}"})
+        else:
+            refused.append((ref, verdicts))
+    parts = [paper_table(reports, names, placed)]
+    if placed:
+        parts.append(published_notes(placed))
+    if refused:
+        lines = ["Published rows not placed beside these runs (their protocol cards do not match):", ""]
+        for ref, verdicts in refused:
+            figures = ", ".join(f"{k} {_num(v)}" for k, v in ref.get("em", {}).items())
+            lines.append(f"- {ref['model']} ({figures}; test set: {ref['test_set']}):")
+            lines += [f"  - {n}: {why}" for n, _, why in verdicts]
+        parts.append("\n".join(lines) + "\n")
     if doc.get("not_comparable"):
         parts.append(not_comparable_table(doc["not_comparable"]))
     if doc.get("not_found"):
@@ -271,54 +324,3 @@ def paper_section(
 
 def _num(value: Any) -> str:
     return "–" if value is None else f"{float(value):.1f}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md of one report: where it came from, the EM table, and whatever extra blocks it has."""
-    what = next((k for k in ("checkpoint", "llm", "answers") if report.get(k)), "llm")
-    source = report.get(what) or "?"
-    lines = [
-        f"# ECG-QA evaluation: {report.get('model', '?')} on {report.get('split', '?')}",
-        "",
-        f"- kind: {report.get('kind', '?')}",
-        f"- {what}: `{source}`",
-        f"- data: `{report.get('data', '?')}`",
-        f"- samples: {report.get('n', '?')}",
-        "",
-        "Exact match (EM): a sample counts only when its predicted set equals its true set over its valid classes.",
-        "",
-        compare_table([report], [report.get("model", "EM")]),
-        "## As the paper tabulates (EM %)",
-        "",
-        paper_table([report], [report.get("model", "EM")]),
-    ]
-    labels = report.get("label_metrics")
-    if labels:
-        lines += [
-            "## Label-level (every valid class of every sample is one decision)",
-            "",
-            "| precision | recall | AUC (micro) | AUC (macro over classes) |",
-            "|---:|---:|---:|---:|",
-            "| " + " | ".join(_pct(labels.get(k)) for k in ("precision", "recall", "auc_micro", "auc_macro")) + " |",
-            "",
-        ]
-    per_class = report.get("per_class")
-    if per_class:
-        lines += [
-            "## Per grounding class (on the samples that label it)",
-            "",
-            (
-                f"AUC macro {_pct(report.get('auc_macro'))}, accuracy macro {_pct(report.get('accuracy_macro'))}, "
-                f"accuracy micro {_pct(report.get('accuracy_micro'))}."
-            ),
-            "",
-            "| class | n | positives | accuracy | AUC |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, c in per_class.items():
-            lines.append(f"| {name} | {c['n']} | {c['n_positive']} | {_pct(c['accuracy'])} | {_pct(c['auc'])} |")
-        lines.append("")
-    charts = report.get("charts")
-    if charts:
-        lines += ["## Charts", ""] + [f"![{Path(c).stem}]({c})" for c in charts] + [""]
-    return "\n".join(lines)

@@ -48,11 +48,19 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.evaluation.replies import NONE_OPTION, valid_text
-from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir, sha256_file
+from ecgqa.evaluation.report_folder import (
+    CONTROLS_DIR,
+    REPORT_JSON,
+    nested_em,
+    prediction_line,
+    write_lines,
+    write_report,
+)
+from ecgqa.files import atomic_write_json, claim_output_dir, sha256_file
 
 #: Written first into every score output folder: proof that the folder is ours to replace.
 MARKER = "score_run.json"
-REPORT_JSON = "report.json"
+__all__ = ["MARKER", "REPORT_JSON", "read_answers", "score"]
 REPLY_RULE = "paper"
 SAMPLES = ("all", "paper")
 MISSING = ("error", "skip", "wrong")
@@ -349,13 +357,21 @@ def score(
     sample: str = "all",
     missing: str = "error",
     name: str | None = None,
+    controls: Mapping[str, str | Path | Iterable[Mapping[str, Any]]] | None = None,
+    control_seed: int | None = None,
 ) -> dict[str, Any]:
     """Score ``answers`` on ``data``/``split``; returns report.json's content, and writes the report folder
-    ``out`` when given (claimed first: absent, empty, or one this command wrote)."""
+    ``out`` when given (claimed first: absent, empty, or one this command wrote).
+
+    ``controls``: name → a control's answers (same formats: e.g. the model's replies with each question asked
+    about another ECG, or a question-only model's), scored the same way and compared with the model's by
+    ``sample_id`` (``ecgqa.evaluation.controls.compare``: EM, balanced accuracy, paired bootstrap CI over ECGs).
+    """
     from ecgqa.data.prepared import PreparedData
-    from ecgqa.evaluation.evaluate import _charts, _nested_em  # the same charts and nested block as `ecgqa evaluate`
+    from ecgqa.evaluation.controls import SEED, compare
     from ecgqa.evaluation.metrics import em_summary
     from ecgqa.evaluation.paper_sample import ids_sha256
+    from ecgqa.evaluation.protocol import card, sample_card
 
     if missing not in MISSING:
         raise ValueError(f"--missing {missing!r}: expected one of {', '.join(MISSING)}")
@@ -445,7 +461,7 @@ def score(
         "sampling": sampling,
         "missing_policy": missing,
         **em_summary(correct, qtypes, atypes),
-        "per_question_attribute_type": _nested_em(correct, qtypes, atypes),
+        "per_question_attribute_type": nested_em(correct, qtypes, atypes),
         "n_questions": len(chosen),
         "n_answered": len(chosen) - len(lost),
         "n_missing": len(lost),
@@ -458,6 +474,41 @@ def score(
         "n_ignored_dropped_by_prepare": n_dropped,
         "scored_ids_sha256": ids_sha256(sorted(q.sample_id for q, _ in rows)),
     }
+    lines = [_line(q, r) for q, r in rows]
+    control_lines: dict[str, list[dict[str, Any]]] = {}
+    for cname, cfile in (controls or {}).items():
+        cgiven = read_answers(
+            cfile, {q.sample_id for q in questions}, classes, data=str(data_path), split=split, dropped=dropped
+        )
+        control_lines[cname] = [
+            _line(q, _score_one(q, cgiven[q.sample_id]))
+            for q in chosen
+            if q.sample_id in cgiven and cgiven[q.sample_id].status not in (*UNANSWERED, "dropped")
+        ]
+        if not control_lines[cname]:
+            raise ValueError(f"--control {cname}={cfile}: answers none of the questions scored")
+    if control_lines:
+        how = {c: f"answers of {f}" for c, f in (controls or {}).items()}
+        report["controls"] = compare(lines, control_lines, how=how, seed=SEED if control_seed is None else control_seed)
+    else:
+        report["controls"] = None
+        report["controls_note"] = (
+            "none given: pass --control NAME=FILE (e.g. the same model with shuffled ECGs, or a question-only model)"
+        )
+    kind = {"all": "full", "paper": "paper"}[sampling["sample"]]
+    if len(rows) < len(chosen) and sampling["sample"] == "all":
+        kind = "subset"
+    report["protocol"] = card(
+        version=str(prepared.meta["version"]),
+        variant=prepared.meta.get("variant"),
+        data_content_hash=prepared.meta.get("content_hash"),
+        split=split,
+        sample=sample_card(kind, [q.sample_id for q, _ in rows], len(questions)),
+        per_question_type=report["per_question_type"],
+        model=model,
+        input=f"unknown to ecgqa score (answers file {label})",
+        reply_rule=REPLY_RULE if report["n_replies"] else None,
+    )
     if out is None:
         return report
 
@@ -465,29 +516,32 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
         atomic_write_json(out / MARKER, {"tool": "ecgqa score"})
-    with AtomicLines(out / "predictions.jsonl") as write_line:
-        for q, r in rows:
-            line = {
-                "sample_id": q.sample_id,
-                "question_type": q.question_type,
-                "attribute_type": q.attribute_type,
-                "question": q.question,
-                "ecg_id": q.ecg_id,
-                "predicted": r["predicted"],
-                "true": list(q.true),
-                "valid": list(q.valid),
-                "scores": {},
-                "correct": bool(r["correct"]),
-                "status": r["status"],
-                "reply": r["reply"],
-            }
-            if r["outside_options"]:
-                line["outside_options"] = r["outside_options"]
-            write_line.write_line(json.dumps(line, ensure_ascii=False))
-    report["charts"] = _charts(report, out)
-    atomic_write_json(out / REPORT_JSON, report, indent=2)
-    atomic_write(out / "report.md", render_report_md(report))
-    return report
+    if control_lines:
+        (out / CONTROLS_DIR).mkdir(exist_ok=True)
+        for cname, clines in control_lines.items():
+            write_lines(out / CONTROLS_DIR / f"{cname}.jsonl", clines)
+    return write_report(out, report, lines, render_report_md(report))
+
+
+def _line(q: _Question, r: dict[str, Any]) -> dict[str, Any]:
+    extra = {"outside_options": r["outside_options"]} if r["outside_options"] else {}
+    return dict(
+        prediction_line(
+            q.sample_id,
+            q.question_type,
+            q.attribute_type,
+            r["predicted"],
+            q.true,
+            q.valid,
+            bool(r["correct"]),
+            question=q.question,
+            ecg_id=q.ecg_id,
+            scores={},
+            status=r["status"],
+            reply=r["reply"],
+            **extra,
+        )
+    )
 
 
 def _dropped_ids(data: Path, split: str) -> set[int]:
@@ -513,11 +567,9 @@ def _default_name(answers: Any) -> str:
 
 
 def render_report_md(report: dict[str, Any]) -> str:
-    """report.md: the shared evaluation page, then what was scored and what was not."""
-    from ecgqa.evaluation.report import render_markdown
-
+    """report.md's own section (after the shared page): what was scored and what was not."""
     s = report["sampling"]
-    lines = [render_markdown(report), "## Answers scored", ""]
+    lines = ["## Answers scored", ""]
     lines.append(f"- answers: `{report['answers']}` (sha256 {report['answers_sha256']})")
     if s["sample"] == "paper":
         lines.append(

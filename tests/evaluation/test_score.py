@@ -238,7 +238,11 @@ def test_score_round_trips_evaluate_predictions(qa_checkpoint, prepared_qa, tmp_
     assert {k: (x["predicted"], x["correct"]) for k, x in pa.items()} == {
         k: (x["predicted"], x["correct"]) for k, x in pb.items()
     }
-    assert [c.split("/")[-1] for c in b["charts"]] == [c.split("/")[-1] for c in a["charts"]]
+    # the same charts, but for the controls' (evaluate ran its controls; this score run was given none)
+    assert [c.split("/")[-1] for c in b["charts"]] == [
+        c.split("/")[-1] for c in a["charts"] if not c.split("/")[-1].startswith("controls_")
+    ]
+    assert a["controls"] and b["controls"] is None and "--control" in b["controls_note"]
 
 
 # ------------------------------------------------------------------------------------ bad input
