@@ -30,7 +30,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
     )
-    )
     parser.add_argument(
         "--blind",
         type=Path,
