@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -288,6 +289,10 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
     folder.mkdir(exist_ok=True)
     written: list[str] = []
 
+    def title(ax: Any, fig: Any, text: str) -> None:
+        # Wrapped to the figure (~10 characters per inch at 10 pt): a long model name is never cut off.
+        ax.set_title("\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 10))), fontsize=10)
+
     def save(fig: Any, name: str) -> None:
         path = folder / f"{name}.png"
         tmp = folder / f".{name}.tmp.png"
@@ -296,7 +301,9 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
         os.replace(tmp, path)
         written.append(str(path.relative_to(out)))
 
-    def bars(name: str, title: str, blocks: Mapping[str, Mapping], value: str = "em", ylabel: str = "exact match (%)"):
+    def bars(
+        name: str, heading: str, blocks: Mapping[str, Mapping], value: str = "em", ylabel: str = "exact match (%)"
+    ):
         keys = [k for k, b in blocks.items() if b.get(value) is not None]
         if not keys:
             return
@@ -310,11 +317,11 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
         ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 115)
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
+        title(ax, fig, heading)
         fig.tight_layout()
         save(fig, name)
 
-    label = f"{report.get('model', '?')} on {report.get('split', '?')}"
+    label = f"{report.get('model', '?')} on {report['split']}" if report.get("split") else str(report.get("model", "?"))
     bars("question_types", f"{label}: EM per question type", report.get("per_question_type") or {})
     controls = report.get("controls")
     if controls:
@@ -337,7 +344,7 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
             ax.set_ylim(0, 115)
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7, loc="upper right")
-            ax.set_title(f"{label}: model vs controls per question type", fontsize=10)
+            title(ax, fig, f"{label}: model vs controls per question type")
             fig.tight_layout()
             save(fig, name)
     for qt, blocks in (report.get("per_question_attribute_type") or {}).items():
