@@ -17,6 +17,18 @@ from pathlib import Path
 from ecgqa.files import disk_full
 
 
+def add_threads_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads N``: torch's CPU threads for the command (train, pretrain, evaluate, quickstart)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help="torch CPU threads (default: "
+        + ("torch's, one per core" if default is None else str(default))
+        + "; on a shared CPU 1 is often faster)",
+    )
+
+
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """``-q/--quiet`` and ``-v/--verbose`` on every subcommand (kept where a command defines its own)."""
     have = parser._option_string_actions

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ecgqa.cli.common import set_threads
+from ecgqa.cli.common import add_threads_option, set_threads
 from ecgqa.evaluation.report import paper_table
 
 
@@ -24,12 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default 32)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples of the split (smoke runs)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
-    )
+    add_threads_option(parser)
     parser.add_argument(
         "--blind",
         type=Path,

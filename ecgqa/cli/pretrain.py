@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ecgqa.cli.common import torch_threads
+from ecgqa.cli.common import add_threads_option, torch_threads
 from ecgqa.training.recipes import DEFAULT_PRETRAIN_RECIPE, PRETRAIN_MODELS, PRETRAIN_RECIPES, SOURCE_YAML
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
@@ -89,16 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
-    )
+    add_threads_option(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
-    )
     parser.set_defaults(func=run)
     return parser
 

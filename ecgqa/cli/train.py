@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecgqa.cli.common import torch_threads
+from ecgqa.cli.common import add_threads_option, torch_threads
 from ecgqa.training.recipes import DEFAULT_RECIPE, RECIPES
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
@@ -124,16 +124,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="train the -test size of the model's family (ecgqa.models.variant_for_tests, e.g. "
         "fusion-small -> fusion-test) for smoke runs and CI; --set fields still apply",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's, one per core; on a shared CPU 1 is often faster)",
-    )
+    add_threads_option(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, table or notes")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also show the libraries' logging, warnings and progress bars"
-    )
     parser.set_defaults(func=run)
     return parser
 
