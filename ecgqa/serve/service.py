@@ -55,7 +55,7 @@ def input_needed(fs: int, rate: int, length: int) -> int:
     ``scipy.signal.resample_poly`` (up/down = rate/fs) filters with a window of ``10 * max(up, down)``
     taps either side at the upsampled rate, so output sample n reads input up to ``(n * down + half) / up``.
     Resampling only these samples gives the same first ``length`` outputs as resampling a whole
-    upload (tests/serve/test_serve_api.py checks this), in time and memory of the model's input only.
+    upload (tests/serve/test_serve_uploads.py checks this), in time and memory of the model's input only.
     """
     ratio = Fraction(int(rate), int(fs))
     up, down = ratio.numerator, ratio.denominator

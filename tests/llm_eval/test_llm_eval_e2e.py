@@ -119,7 +119,7 @@ def test_llm_eval_on_the_prepared_sample(
         for t in transcripts:
             text = t["messages"][0]["content"]
             q = release_answers[t["sample_id"]]
-            # the default for --input classifier: the paper's prompt (tests/llm_eval/test_llm_eval_paper.py pins it)
+            # the default for --input classifier: the paper's prompt (test_llm_eval_paper_prompt.py pins it)
             assert report["prompt_style"] == "paper"
             assert text.startswith("These are the interpretations of each ECG along with their scores. ")
             assert text.endswith("\n\nOnly answer based on the given Options without any explanation.")

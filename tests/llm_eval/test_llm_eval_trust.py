@@ -26,16 +26,11 @@ from llm_eval.grounding import Grounder
 from llm_eval.run import evaluate
 from llm_eval.store import APPLICATION_ID, Response, ResponseStore
 from tests.fake_llm_server import FakeLLM, FakeServer
-from tests.llm_eval import test_llm_eval as _base
+from tests.llm_eval.llm_eval_helpers import StandInClassifier
 
 KEY = "sk-trust-NEVER-WRITE-ME-0123456789"
 QUERY_SECRET = "qs-SECRET-4242-in-the-url"
-# The harness tests' fixtures: the bundled sample's grounding classes, records read with wfdb, train questions.
-StandInClassifier = _base.StandInClassifier
-grounding_classes = _base.grounding_classes
-signals = _base.signals
-train_questions = _base.train_questions
-valid_questions = _base.valid_questions
+# The harness tests' fixtures (grounding_classes, signals, train_questions) come from tests/llm_eval/conftest.py.
 # A 1x1 PNG.
 PNG = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="

@@ -1,0 +1,55 @@
+"""Helpers of the LLM harness tests (tests/llm_eval/test_llm_eval_*.py): the key the local server expects, a
+stand-in grounding classifier, synthetic questions and a store that closes on leaving a `with` block."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgqa.data.constants import QUESTION_TYPES, question_codes
+from llm_eval.sampling import Question
+
+KEY = "sk-test-DO-NOT-LEAK-0123456789"
+
+
+class StandInClassifier:
+    """A deterministic function of the (masked) signal, with the upperbound predictor's interface."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.W = np.random.default_rng(0).normal(size=(len(classes), 24))
+        self.rows = 0
+
+    def classify(self, ecgs: np.ndarray, lead_masks: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        x = np.array(ecgs, dtype=np.float64)
+        if lead_masks is not None:
+            x[~np.asarray(lead_masks, bool)] = 0.0
+        self.rows += len(x)
+        feats = np.concatenate([x.std(-1), np.abs(np.diff(x, axis=-1)).mean(-1) * 10], axis=1)
+        return 1 / (1 + np.exp(-(feats @ self.W.T * 4 - 0.3)))
+
+
+def synthetic(qtype: str, question: str, options: list[str], answer: list[str], ecg_ids=(16,), attribute_type="noise"):
+    return Question(
+        sample_id=900000 + QUESTION_TYPES.index(qtype),
+        question=question,
+        question_type=qtype,
+        attribute_type=attribute_type,
+        qt3=question_codes(qtype, attribute_type)[2],
+        answer=tuple(answer),
+        options=tuple(options),
+        ecg_ids=tuple(ecg_ids),
+    )
+
+
+LEAD_OPTIONS = [f"lead {x}" for x in ("I", "II", "III", "V1", "V2", "V3", "V4", "V5", "V6", "aVF", "aVL", "aVR")]
+
+
+class _closing:
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        self.store.close()
