@@ -798,10 +798,10 @@ def _grounder(
     progress: bool,
 ) -> tuple[Grounder, str]:
     """The classifier input: an upperbound checkpoint checked against the prepared data, with its score cache."""
-    import ecgqa
     from ecgqa.checkpoint import check_compatible
+    from ecgqa.predictor import load
 
-    predictor = ecgqa.load(grounding, device=device)
+    predictor = load(grounding, device=device)
     if predictor.task != "upperbound":
         raise ValueError(
             f"--grounding {grounding} is a {predictor.task!r} checkpoint; it must be an upperbound one "

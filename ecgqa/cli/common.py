@@ -29,6 +29,21 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = No
     )
 
 
+def resolve_split(args: argparse.Namespace, preferred: str = "test") -> str:
+    """``--split`` left out: ``preferred`` when the prepared folder ``args.data`` has it, else the held-out split
+    it has (the bundled sample has no ``test``), said on stderr (``ecgqa.data.prepared.default_split``)."""
+    if args.split is not None:
+        return args.split
+    from ecgqa.data.prepared import default_split, is_prepared
+
+    if not is_prepared(args.data):
+        return preferred  # the stage names what is wrong with --data
+    split, why = default_split(args.data, preferred)
+    if why and not getattr(args, "quiet", False):
+        print(f"note: {why}", file=sys.stderr)
+    return split
+
+
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """``-q/--quiet`` and ``-v/--verbose`` on every subcommand (kept where a command defines its own)."""
     have = parser._option_string_actions

@@ -5,10 +5,9 @@ The library side is ``ecgqa.evaluation.evaluate``."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ecgqa.cli.common import add_threads_option, set_threads
+from ecgqa.cli.common import add_threads_option, resolve_split, set_threads
 from ecgqa.evaluation.report import paper_table
 
 
@@ -49,13 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise ValueError(f"{option} {value}: must be a positive integer")
-    split = args.split
-    if split is None:
-        from ecgqa.data.prepared import default_split, is_prepared
-
-        split, why = default_split(args.data) if is_prepared(args.data) else ("test", None)
-        if why and not args.quiet:
-            print(f"note: {why}", file=sys.stderr)
+    split = resolve_split(args)
     set_threads(args.threads)
     report = stage.evaluate(
         args.checkpoint,

@@ -15,7 +15,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ecgqa.cli.common import dispatch
+from ecgqa.cli.common import dispatch, resolve_split
 
 HELP = (
     "evaluate any OpenAI-compatible (vision) model on sampled ECG-QA questions: classifier findings, images, features"
@@ -83,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model name sent to the endpoint (e.g. gpt-4o)")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
-    p.add_argument("--split", default="test", help="split to sample from (default: test)")
+    p.add_argument("--split", help="split to sample from (default: test, else the held-out split the data has)")
     p.add_argument("--out", type=Path, required=True, help="output folder (re-use it to resume)")
     p.add_argument(
         "--sample",
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.out,
         inputs=args.input,
-        split=args.split,
+        split=resolve_split(args),
         fraction=args.fraction,
         seed=args.seed,
         image_detail=args.image_detail,

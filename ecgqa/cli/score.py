@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ecgqa.cli.common import resolve_split
 from ecgqa.evaluation.score import MISSING, SAMPLES
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="prepared QA folder written by `ecgqa prepare`")
-    parser.add_argument("--split", default="test", help="which split the answers are for (default: test)")
+    parser.add_argument(
+        "--split", help="which split the answers are for (default: test, else the held-out split the data has)"
+    )
     parser.add_argument(
         "--answers",
         type=Path,
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         controls[name] = Path(file)
     report = stage.score(
         args.data,
-        args.split,
+        resolve_split(args),
         args.answers,
         args.out,
         sample=args.sample,

@@ -80,20 +80,20 @@ def evaluate(
     answer per question text of the prepared data's ``train`` split. Their lines go to ``controls/*.jsonl``.
     ``questions``: say in the protocol card where the questions come from when not from the ECG-QA release.
     """
-    import ecgqa
     from ecgqa.checkpoint import check_compatible
     from ecgqa.data.prepared import PreparedData
+    from ecgqa.predictor import load
 
     checkpoint, data_path, out = Path(checkpoint), Path(data), Path(out)
     claim_report_dir(out)
-    predictor = ecgqa.load(checkpoint, device=device)
+    predictor = load(checkpoint, device=device)
     prepared = PreparedData(data_path)
     check_compatible(predictor, prepared)
     if split not in prepared.splits:
         raise ValueError(f"{data_path} has no split {split!r}; it holds {prepared.splits}")
     blind_predictor = None
     if blind is not None and predictor.task == "qa" and controls:
-        blind_predictor = ecgqa.load(blind, device=device)
+        blind_predictor = load(blind, device=device)
         check_compatible(blind_predictor, prepared)
     table = prepared.split(split)
     n_in_split = len(table)
