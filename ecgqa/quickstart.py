@@ -152,7 +152,9 @@ def _time_limit(seconds: float):
     return TimeLimit()
 
 
-def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse.Namespace) -> None:
+def _train(
+    data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse.Namespace, init_from: Path | None = None
+) -> None:
     """One quickstart training run: fresh folder, no evaluation during training, capped by --minutes."""
     from ecgqa.training.train import TrainConfig, train
 
@@ -173,6 +175,7 @@ def _train(data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse
             logging_steps=50,
             quiet=args.quiet,
             save_steps=max_steps,
+            init_from=init_from,
         ),  # no resumable Trainer state mid-run: each run starts fresh
         callbacks=[limit],
     )

@@ -118,6 +118,14 @@ MODELS: dict[str, Variant] = {
     "fusion-base": Variant(FusionConfig, {"num_layers": 12}, "fusion"),
     "fusion-test": Variant(FusionConfig, _TEST_FUSION, "fusion", "test"),
     "fusion-quick": Variant(FusionConfig, _QUICK_FUSION, "fusion", "quick"),
+    # fusion-quick reading each ECG with se-wrn-quick's backbone (the quickstart starts it from its attribute
+    # classifier: ecgqa/quickstart.py)
+    "fusion-sewrn-quick": Variant(
+        FusionConfig,
+        dict(_QUICK_FUSION, ecg_encoder="se-wrn", se_wrn_widths=[8, 8, 16, 32, 64], se_wrn_blocks=1),
+        "fusion",
+        "extra",
+    ),
     "medvill": Variant(FusionConfig, {"num_layers": 12, "feature_grad_mult": 0.1}, "medvill"),
     "medvill-test": Variant(FusionConfig, dict(_TEST_FUSION, feature_grad_mult=0.1), "medvill", "test"),
     "blind": Variant(FusionConfig, {"num_layers": 12, "use_ecg": False}, "blind"),

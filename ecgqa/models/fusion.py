@@ -43,6 +43,7 @@ from ecgqa.models.layers import (
     masked_mean,
     xavier_head_,
 )
+from ecgqa.models.se_wrn import SEWRNFeatures
 
 
 class FusionConfig(QAConfig):
@@ -70,6 +71,9 @@ class FusionConfig(QAConfig):
         feature_grad_mult: float = 1.0,
         use_ecg: bool = True,
         use_text: bool = True,
+        ecg_encoder: str = "conv",
+        se_wrn_widths: tuple[int, ...] | list[int] = (8, 8, 16, 32, 64),
+        se_wrn_blocks: int = 1,
         model_name: str = "fusion-small",
         **kwargs: Any,
     ) -> None:
@@ -92,6 +96,11 @@ class FusionConfig(QAConfig):
         self.feature_grad_mult = feature_grad_mult
         self.use_ecg = use_ecg
         self.use_text = use_text
+        if ecg_encoder not in ("conv", "se-wrn"):
+            raise ValueError(f"ecg_encoder {ecg_encoder!r}: give 'conv' (upstream's) or 'se-wrn'")
+        self.ecg_encoder = ecg_encoder
+        self.se_wrn_widths = list(se_wrn_widths)
+        self.se_wrn_blocks = se_wrn_blocks
         super().__init__(model_name=model_name, **kwargs)
 
 
@@ -111,9 +120,14 @@ class FusionModel(QAPreTrainedModel):
             else None
         )
         if c.use_ecg:
-            self.extractor = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride)
-            self.feature_norm = nn.LayerNorm(c.conv_channels)
-            self.feature_proj = nn.Linear(c.conv_channels, D) if c.conv_channels != D else None
+            if c.ecg_encoder == "se-wrn":  # the attribute classifier's backbone: its last width is the channels
+                self.extractor = SEWRNFeatures(c.se_wrn_widths, c.se_wrn_blocks)
+                channels = c.se_wrn_widths[-1]
+            else:
+                self.extractor = ConvFeatureExtractor(c.conv_channels, c.conv_layers, c.conv_kernel, c.conv_stride)
+                channels = c.conv_channels
+            self.feature_norm = nn.LayerNorm(channels)
+            self.feature_proj = nn.Linear(channels, D) if channels != D else None
             self.pos_conv = ConvPositionalEncoding(D, c.pos_conv_kernel, c.pos_conv_groups)
             self.sep = None if c.use_text else nn.Parameter(torch.rand(D))  # deaf: learned, uniform [0, 1)
         if c.use_text:

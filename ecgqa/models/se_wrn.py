@@ -90,29 +90,51 @@ class SEWideBlock(nn.Module):
         return self.se(out) + identity
 
 
+def se_wrn_backbone(config_widths: list[int], blocks_per_stage: int, kernel: int, widen: int, dropout: float,
+                    se_ratio: int) -> tuple[nn.Sequential, nn.Sequential, list[int]]:  # fmt: skip
+    """The stem and the residual blocks of an SE-WRN, and its stage widths."""
+    k, w = kernel, [config_widths[0]] + [x * widen for x in config_widths[1:]]
+    stem = nn.Sequential(nn.Conv1d(12, w[0], k, 1, (k - 1) // 2, bias=False), nn.BatchNorm1d(w[0]), nn.ReLU())
+    blocks = []
+    for stage in range(len(w) - 1):
+        for i in range(blocks_per_stage):
+            blocks.append(
+                SEWideBlock(
+                    w[stage] if i == 0 else w[stage + 1],
+                    w[stage + 1],
+                    k,
+                    downsample=i == 0,
+                    first=stage == 0 and i == 0,
+                    dropout=dropout,
+                    se_ratio=se_ratio,
+                )
+            )
+    return stem, nn.Sequential(*blocks), w
+
+
+class SEWRNFeatures(nn.Module):
+    """An SE-WRN without its pool and head, as an ECG encoder (``fusion``'s ``ecg_encoder="se-wrn"``):
+    (B, 12, T) → (B, C, T / 2**stages), ReLU(BN(blocks(stem))). Its parameter names are ``SEWRNModel``'s
+    (``stem.*``, ``blocks.*``, ``final_norm.*``), so a trained attribute classifier's weights load into it."""
+
+    def __init__(self, widths: list[int], blocks_per_stage: int, kernel: int = 11, se_ratio: int = 8) -> None:
+        super().__init__()
+        self.stem, self.blocks, w = se_wrn_backbone(list(widths), blocks_per_stage, kernel, 1, 0.0, se_ratio)
+        self.final_norm = nn.BatchNorm1d(w[-1])
+
+    def forward(self, ecg: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.final_norm(self.blocks(self.stem(ecg))))
+
+
 class SEWRNModel(UpperboundPreTrainedModel):
     config_class = SEWRNConfig
 
     def __init__(self, config: SEWRNConfig) -> None:
         super().__init__(config)
         c = config
-        k, w = c.kernel_size, [c.widths[0]] + [x * c.widen for x in c.widths[1:]]
-        self.stem = nn.Sequential(nn.Conv1d(12, w[0], k, 1, (k - 1) // 2, bias=False), nn.BatchNorm1d(w[0]), nn.ReLU())
-        blocks = []
-        for stage in range(len(w) - 1):
-            for i in range(c.blocks_per_stage):
-                blocks.append(
-                    SEWideBlock(
-                        w[stage] if i == 0 else w[stage + 1],
-                        w[stage + 1],
-                        k,
-                        downsample=i == 0,
-                        first=stage == 0 and i == 0,
-                        dropout=c.block_dropout,
-                        se_ratio=c.se_ratio,
-                    )
-                )
-        self.blocks = nn.Sequential(*blocks)
+        self.stem, self.blocks, w = se_wrn_backbone(
+            c.widths, c.blocks_per_stage, c.kernel_size, c.widen, c.block_dropout, c.se_ratio
+        )
         self.final_norm = nn.BatchNorm1d(w[-1])
         self.final_drop = nn.Dropout(c.final_dropout)
         self.head = xavier_head_(nn.Linear(w[-1], c.num_classes))

@@ -501,6 +501,8 @@ def _read_folder(path: Path) -> Pretrained:
         meta = json.loads(config.read_text())
     except ValueError as e:
         raise FairseqCheckpointError(f"{config}: not valid JSON ({e}); write the folder again") from e
+    if meta.get("model_type") == "ecgqa-se-wrn":
+        return _read_se_wrn(path, meta, tensors)
     w2v = {k: v for k, v in tensors.items() if k.startswith("w2v.")}
     if not w2v:
         raise FairseqCheckpointError(
@@ -527,6 +529,50 @@ def _read_folder(path: Path) -> Pretrained:
     return Pretrained(path, "ecgqa", fields, keymap, classes=list(meta.get("classes") or []))
 
 
+#: an SE-WRN checkpoint's backbone (what a ``fusion`` model with ``ecg_encoder="se-wrn"`` takes as its extractor)
+SE_WRN_BACKBONE = ("stem.", "blocks.", "final_norm.")
+#: the SE-WRN fields its backbone's shapes depend on, and the fusion config fields that must match them
+SE_WRN_FIELDS = {"widths": "se_wrn_widths", "blocks_per_stage": "se_wrn_blocks"}
+
+
+def _read_se_wrn(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Pretrained:
+    """An ``se-wrn*`` folder (e.g. the quickstart's attribute classifier): its backbone, for the ECG side of a
+    fusion model whose ``ecg_encoder`` is ``"se-wrn"``; its head (the attribute classes) is not used."""
+    if meta.get("kernel_size", 11) != 11 or meta.get("widen", 1) != 1:
+        raise FairseqCheckpointError(
+            f"{path}: an SE-WRN of kernel {meta.get('kernel_size')} / widen {meta.get('widen')}; the fusion "
+            "models' se-wrn encoder has kernel 11 and widen 1"
+        )
+    keymap = KeyMap()
+    for k, v in tensors.items():
+        if k.startswith(SE_WRN_BACKBONE):
+            keymap.tensors[f"extractor.{k}"], keymap.mapped[f"extractor.{k}"] = v, k
+        else:
+            keymap.dropped[k] = "the classifier head (not part of the ECG encoder)"
+    fields = {n: meta[n] for n in SE_WRN_FIELDS if n in meta}
+    return Pretrained(path, "ecgqa-se-wrn", fields, keymap, classes=list(meta.get("classes") or []))
+
+
+def _init_fusion_se_wrn(model: torch.nn.Module, pre: Pretrained) -> str:
+    c = model.config
+    if c.ecg_encoder != "se-wrn":
+        raise FairseqCheckpointError(
+            f"--init-from {pre.path}: an SE-WRN classifier initialises a fusion model whose ECG encoder is "
+            f"an SE-WRN (fusion-sewrn-quick), not {c.model_name} (ecg_encoder {c.ecg_encoder!r})"
+        )
+    for theirs, ours in SE_WRN_FIELDS.items():
+        if pre.fields.get(theirs) != getattr(c, ours):
+            raise FairseqCheckpointError(
+                f"--init-from {pre.path}: its {theirs} {pre.fields.get(theirs)!r} differs from "
+                f"{c.model_name}'s {ours} {getattr(c, ours)!r}"
+            )
+    check_and_load(model, pre.keymap.tensors, pre.path, prefix="extractor.", what="SE-WRN backbone")
+    return (
+        f"--init-from {pre.path}: {len(pre.keymap.tensors)} SE-WRN backbone tensors loaded into {c.model_name}'s "
+        f"ECG encoder; {len(pre.keymap.dropped)} not used (the classifier head)"
+    )
+
+
 #: model families ``--init-from`` initialises: the W2V classifier, and the ECG side of the fusion transformers
 INIT_FAMILIES = ("w2v-cmsc-rlm", "fusion", "medvill", "deaf")
 #: architecture fields no tensor shape reveals. A fine-tuned fairseq-signals checkpoint's ``cfg.model`` is
@@ -542,8 +588,8 @@ def init_overrides(model_name: str, pre: Pretrained, user: Mapping[str, Any]) ->
     (dropouts, feature_grad_mult: the fine-tuning recipe). A ``--set`` of one of them to another value is
     an error; other families take nothing (their shapes are checked when loading)."""
 
-    if family_of(model_name) != "w2v-cmsc-rlm":
-        return {}
+    if family_of(model_name) != "w2v-cmsc-rlm" or pre.source == "ecgqa-se-wrn":
+        return {}  # an SE-WRN folder initialises only fusion-sewrn-quick (init_model says so otherwise)
     out = {}
     finetuned = pre.source == "fairseq" and pre.keymap.prefix != ""
     for name, value in pre.fields.items():
@@ -570,6 +616,11 @@ def init_model(model: torch.nn.Module, pre: Pretrained) -> str:
     """Load ``pre``'s encoder into ``model`` (a ``w2v-cmsc-rlm-*`` classifier, or the ECG side of a
     ``fusion-*`` / ``medvill`` / ``deaf`` QA model); returns a one-line summary of what was loaded."""
 
+    if pre.source == "ecgqa-se-wrn" and not isinstance(model, FusionModel):
+        raise FairseqCheckpointError(
+            f"--init-from {pre.path}: an SE-WRN classifier initialises the ECG side of fusion-sewrn-quick, "
+            f"not {getattr(model.config, 'model_name', type(model).__name__)}"
+        )
     if isinstance(model, W2VCMSCRLMModel):
         tensors = pre.encoder_tensors()
         check_and_load(model, tensors, pre.path, prefix="w2v.", what="pretrained encoder")
@@ -595,6 +646,8 @@ def init_model(model: torch.nn.Module, pre: Pretrained) -> str:
                     f"{len(ours)} classes (proj starts from its init)"
                 )
         return f"--init-from {pre.path}: {len(tensors)} encoder tensors loaded into w2v{head}"
+    if isinstance(model, FusionModel) and pre.source == "ecgqa-se-wrn":
+        return _init_fusion_se_wrn(model, pre)
     if isinstance(model, FusionModel):
         return _init_fusion(model, pre)
     raise FairseqCheckpointError(
