@@ -129,6 +129,11 @@ def _generate(args: argparse.Namespace) -> int:
         f"{sum(report['n_ecgs'].values())} ECGs into {args.out}; "
         f"{len(report['skipped_templates'])} templates skipped (see generation.json)"
     )
+    for reason, ids in (report.get("left_out") or {}).items():  # never a silent skip: say it, even under -q
+        if isinstance(ids, list) and ids:
+            shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+            ecgs = "ECG" if len(ids) == 1 else "ECGs"
+            print(f"left out {len(ids)} {ecgs} ({reason}): {shown}; see generation.json", file=sys.stderr)
     return 0
 
 

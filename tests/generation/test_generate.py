@@ -325,3 +325,17 @@ def test_a_metadata_row_without_patient_id_is_an_error_naming_it(tmp_path, subse
     ecgs = pd.DataFrame({"patient_id": [1.0, float("nan")]}, index=pd.Index([3, 9], name="ecg_id"))
     with pytest.raises(sampling.SplitError, match="ecg_id 9: no patient_id"):
         sampling.split_by_patient(ecgs)
+
+
+def test_ecgs_left_out_are_said_on_stderr(tmp_path, subset):
+    """A metadata row whose record is absent is left out, and the run says so (not only in generation.json)."""
+    db = pd.read_csv(subset / "ptbxl_database.csv")
+    extra = db.iloc[[0]].assign(ecg_id=21799)  # a real PTB-XL id whose record the bundled sample lacks
+    meta = tmp_path / "ptbxl_database.csv"
+    pd.concat([db, extra]).to_csv(meta, index=False)
+    out = tmp_path / "out"
+    r = _run("generate", "ptbxl", "--records", str(subset), "--metadata", str(meta), "--out", str(out), "-q",
+             "--no-measure")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "left out 1 ECG (no_record): 21799" in r.stderr
+    assert json.loads((out / "generation.json").read_text())["left_out"]["no_record"] == [21799]
