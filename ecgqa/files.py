@@ -198,6 +198,11 @@ def staging_dir(out: str | Path, tag: str = "build") -> Path:
     file system as ``out`` so ``swap_dir`` is one rename.
     """
     out = Path(out)
+    if out.is_dir() and os.path.ismount(out):  # checked before the work, not at the final rename (EBUSY)
+        raise OutputDirError(
+            f"--out {out} is a mount point: the output is built beside it and renamed into place, which a "
+            f"mount point cannot take; give a new folder inside it instead (e.g. {out / 'run'})"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     build = out.parent / f".{out.name}.{tag}-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)

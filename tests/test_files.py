@@ -172,3 +172,13 @@ def test_recover_output_puts_back_an_output_a_killed_swap_moved_aside(tmp_path):
     aside.mkdir()
     recover_output(tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staging_refuses_a_mount_point_before_any_work():
+    """An output folder is built beside ``--out`` and renamed onto it; a mount point (a Docker volume, a
+    mounted disk) cannot take that rename (EBUSY), so it is refused up front with a subfolder to use."""
+    from ecgqa.files import OutputDirError, staging_dir
+
+    assert os.path.ismount("/proc")
+    with pytest.raises(OutputDirError, match=r"--out /proc is a mount point.*/proc/run"):
+        staging_dir("/proc")

@@ -109,6 +109,9 @@ def dispatch(args: argparse.Namespace) -> int:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:
             print(f"error: {not_permitted(e)}", file=sys.stderr)
             return 2
+        if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EBUSY) and e.filename:
+            print(f"error: {wrong_kind(e)}", file=sys.stderr)
+            return 2
         raise
     except (ValueError, RuntimeError) as e:
         # Our errors name the file / record / sample at fault; a traceback adds nothing for users.
@@ -128,3 +131,20 @@ def not_permitted(e: OSError) -> str:
             "choose an --out folder you can write to, or make this one writable"
         )
     return f"cannot read {path} ({reason}); give this user read access to it, or pass a copy"
+
+
+def wrong_kind(e: OSError) -> str:
+    """One line for a path of the wrong kind: a folder where a file is written (``report --out DIR``), a file
+    where a folder is needed (``--out FILE/sub``), or a mount point an output folder cannot be renamed onto."""
+    path = Path(os.fsdecode(e.filename2 or e.filename))  # a rename names its target second
+    if e.errno == errno.EISDIR:
+        return f"cannot write {path}: it is a folder; give the name of a file (e.g. one inside that folder)"
+    if e.errno == errno.EBUSY:
+        return (
+            f"cannot replace {path} ({e.strerror}): it is a mount point or in use; "
+            f"give a new folder inside it instead (e.g. {path / 'run'})"
+        )
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"cannot write under {blocker}: it is a file, not a folder; choose an --out under a folder"
+    return f"cannot write {path} ({e.strerror}); choose another --out"

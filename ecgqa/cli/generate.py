@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ecgqa.generation.engine import generate
+    from ecgqa.generation.engine import generate, left_out_lines
     from ecgqa.generation.sampling import read_release_split
 
     progress = not args.quiet
@@ -129,6 +129,8 @@ def _generate(args: argparse.Namespace) -> int:
         f"{sum(report['n_ecgs'].values())} ECGs into {args.out}; "
         f"{len(report['skipped_templates'])} templates skipped (see generation.json)"
     )
+    for line in left_out_lines(report.get("left_out")):  # never a silent skip: said even under -q
+        print(line, file=sys.stderr)
     return 0
 
 

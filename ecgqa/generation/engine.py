@@ -351,3 +351,14 @@ def generate(
     return write_release(
         source, result, out, seed=seed, caps=caps, balanced=balanced, version=version, progress=progress
     )
+
+
+def left_out_lines(left_out: dict[str, Any] | None) -> list[str]:
+    """One line per reason ECGs were left out (``generation.json``'s ``left_out``), for stderr."""
+    lines = []
+    for reason, ids in (left_out or {}).items():
+        if isinstance(ids, list) and ids:
+            shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+            ecgs = "ECG" if len(ids) == 1 else "ECGs"
+            lines.append(f"left out {len(ids)} {ecgs} ({reason}): {shown}; see generation.json")
+    return lines

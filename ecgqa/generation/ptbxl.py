@@ -46,6 +46,10 @@ def read_ptbxl(
         keep = db["validated_by_human"].astype(str).str.lower().isin(["true", "1"])
         left_out["not_validated_by_human"] = [int(i) for i in db.index[~keep]]
         db = db[keep]
+    if "patient_id" not in db.columns or db["patient_id"].isna().any():
+        missing = [int(i) for i in db.index[db["patient_id"].isna()]] if "patient_id" in db.columns else []
+        listed = f"ecg_id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}: " if missing else ""
+        raise InputError(f"{metadata}: {listed}no patient_id (the split is by patient, so every ECG needs one)")
     rows, labels = [], {}
     for ecg_id, rec in tqdm(db.iterrows(), total=len(db), desc="read PTB-XL", unit="ECG", disable=not progress):
         ecg_id = int(ecg_id)

@@ -45,6 +45,12 @@ class SplitError(ValueError):
 
 def split_by_patient(ecgs: pd.DataFrame, seed: int = 42) -> dict[int, str]:
     """ecg_id → split: patients (order of first appearance) shuffled with ``seed``, 80 / 10 / 10."""
+    if ecgs["patient_id"].isna().any():
+        missing = [int(i) for i in ecgs.index[ecgs["patient_id"].isna()]]
+        raise SplitError(
+            f"ecg_id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}: no patient_id "
+            "(the split is by patient, so every ECG needs one; or give the split with --splits)"
+        )
     patients = list(dict.fromkeys(ecgs["patient_id"].tolist()))
     random.Random(seed).shuffle(patients)
     n_train = int(len(patients) * FRACTIONS[0])

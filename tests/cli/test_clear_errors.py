@@ -98,3 +98,30 @@ def test_a_refused_read_says_read(tmp_path, capsys):
     error = PermissionError(errno.EACCES, "Permission denied", str(secret))
     assert dispatch(argparse.Namespace(func=_raise(error))) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_paths_of_the_wrong_kind_are_one_line(tmp_path, prepared_qa, sample_paths, monkeypatch, capsys):
+    """A folder where a file goes, a file where a folder goes, a mount point an output is renamed onto: each
+    is one line naming the path, never a traceback (found by trying the commands: records-needed / report
+    --out DIR, --out FILE/sub, map --out MOUNT)."""
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        ("records-needed", "ptbxl", str(sample_paths.release), "--out", "a_folder", "-q"): (
+            "cannot write a_folder: it is a folder"
+        ),
+        ("map", "ptbxl", "--out", "a_file/mapped", "-q"): "cannot write under a_file: it is a file, not a folder",
+        ("render", "--data", str(prepared_qa), "--ecg-id", "2", "--out", "a_file/x.png"): "a_file: it is a file",
+    }
+    for argv, words in cases.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err) and words in err[-1], err
+    assert (tmp_path / "a_file").read_text() == "x" and not any((tmp_path / "a_folder").iterdir())
+    busy = OSError(errno.EBUSY, "Device or resource busy", "/mnt/volume")
+    assert dispatch(argparse.Namespace(func=_raise(busy))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "/mnt/volume (Device or resource busy): it is a mount point" in err, err

@@ -314,3 +314,12 @@ def test_unreadable_metadata_is_one_clear_error(sample_paths, tmp_path, kind):
     with pytest.raises(A.AttributesError, match=match) as e:
         A.read_metadata(path)
     assert str(path) in str(e.value)
+
+
+def test_measuring_shows_a_progress_bar(tmp_path, mapped_sample, sample_paths, capfd):
+    """Measuring is the long step of --task attributes (~20 min on all of PTB-XL): it shows a bar per split."""
+    from ecgqa.data.prepare import prepare
+
+    metadata = sample_paths.ptbxl_records / "ptbxl_database.csv"
+    prepare(mapped_sample, tmp_path / "out", task="attributes", splits=["valid"], metadata=metadata, progress=True)
+    assert "measure ECGs (valid)" in capfd.readouterr().err

@@ -309,3 +309,33 @@ def test_a_mapped_dataset_goes_straight_to_prepare(tmp_path, subset):
     r = _run("prepare", str(out), "--out", str(prepared), "-q")
     assert r.returncode == 0, r.stderr
     assert PreparedData(prepared).info.splits == {k: v for k, v in report["n_samples"].items() if v}
+
+
+def test_a_metadata_row_without_patient_id_is_an_error_naming_it(tmp_path, subset):
+    """A PTB-XL row with no patient_id (the split is by patient) is one line naming the file and the ECG."""
+    db = pd.read_csv(subset / "ptbxl_database.csv")
+    db.loc[4, "patient_id"] = None
+    bad = tmp_path / "ptbxl_database.csv"
+    db.to_csv(bad, index=False)
+    out = tmp_path / "out"
+    r = _run("generate", "ptbxl", "--records", str(subset), "--metadata", str(bad), "--out", str(out), "--no-measure")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"{bad}: ecg_id {int(db.loc[4, 'ecg_id'])}: no patient_id" in r.stderr
+    assert not out.exists()
+    ecgs = pd.DataFrame({"patient_id": [1.0, float("nan")]}, index=pd.Index([3, 9], name="ecg_id"))
+    with pytest.raises(sampling.SplitError, match="ecg_id 9: no patient_id"):
+        sampling.split_by_patient(ecgs)
+
+
+def test_ecgs_left_out_are_said_on_stderr(tmp_path, subset):
+    """A metadata row whose record is absent is left out, and the run says so (not only in generation.json)."""
+    db = pd.read_csv(subset / "ptbxl_database.csv")
+    extra = db.iloc[[0]].assign(ecg_id=21799)  # a real PTB-XL id whose record the bundled sample lacks
+    meta = tmp_path / "ptbxl_database.csv"
+    pd.concat([db, extra]).to_csv(meta, index=False)
+    out = tmp_path / "out"
+    r = _run("generate", "ptbxl", "--records", str(subset), "--metadata", str(meta), "--out", str(out), "-q",
+             "--no-measure")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "left out 1 ECG (no_record): 21799" in r.stderr
+    assert json.loads((out / "generation.json").read_text())["left_out"]["no_record"] == [21799]
