@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         ReleaseStatusError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every command answers it (ecgqa/cli/common.py)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -283,7 +283,7 @@ def test_statuses_release_uses_the_release_where_it_covers_an_ecg(tmp_path, samp
     out = tmp_path / "gen"
     args = ["generate", "ptbxl", "--records", str(root), "--out", str(out), "-q"]
     r = _run(*args, "--statuses", "release")
-    assert r.returncode == 1 and "--statuses release needs --release" in r.stderr
+    assert r.returncode == 2 and "--statuses release needs --release" in r.stderr
     r = _run(*args, "--statuses", "release", "--release", str(sample_paths.ptbxl_release))
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "generation.json").read_text())["left_out"]["release_statuses"]

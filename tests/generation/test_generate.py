@@ -215,7 +215,7 @@ def test_foreign_output_folder_is_refused(tmp_path, subset):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     r = _run("generate", "ptbxl", "--records", str(subset), "--out", str(out), "--no-measure", "-q")
-    assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -223,7 +223,7 @@ def test_bad_split_folder_is_one_line(tmp_path, subset):
     (tmp_path / "train_ecgs.tsv").write_text("0\t1\n1\tabc\n")
     r = _run("generate", "ptbxl", "--records", str(subset), "--out", str(tmp_path / "o"), "--no-measure", "-q",
              "--splits", str(tmp_path))  # fmt: skip
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "valid_ecgs.tsv" in r.stderr or "line 2" in r.stderr
 
 
