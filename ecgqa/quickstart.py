@@ -50,6 +50,68 @@ QA_LEARNING_DATA = Path("prepared") / "ptbxl-generated-balanced-qa"
 QA_LEARNING_RATE = 100
 QA_LEARNING_REPORT = Path("reports") / "qa-learning"
 
+
+@dataclass(frozen=True)
+class QAModel:
+    """How QA learning trains one choice of ``--qa-model`` (docs/controls.md, "The quickstart")."""
+
+    steps: int  # --qa-steps when not given
+    lr: float | None  # None: the quickstart's --lr
+    minutes: float | None  # time cap per QA model (and for the ECG side's classifier); None: --minutes
+    overrides: dict[str, Any]  # --set values of the fusion model
+    init_steps: int = 0  # > 0: train ATTRIBUTE_MODEL leak-free first; the ECG side starts from it
+    init_lr: float = 1e-3
+
+
+#: ``--qa-model`` choices. ``fusion-sewrn-quick`` is run C of docs/controls.md: its ECG side starts from an
+#: ``se-wrn-quick`` attribute classifier trained on the training patients' entire-ECG rows (300 steps, lr 1e-3),
+#: frozen (``feature_grad_mult`` 0), lr 3e-3, 1,200 steps; its cap (8 min) lets it run all of them.
+QA_MODELS: dict[str, QAModel] = {
+    "fusion-quick": QAModel(steps=300, lr=None, minutes=None, overrides={}),
+    "fusion-sewrn-quick": QAModel(
+        steps=1200, lr=3e-3, minutes=8.0, overrides={"feature_grad_mult": 0.0}, init_steps=300, init_lr=1e-3
+    ),
+}
+QA_BLIND = "blind-quick"
+
+
+@dataclass(frozen=True)
+class QAPlan:
+    """QA learning as ``args`` ask for it (``qa_plan``): the model and what its training uses."""
+
+    model: str
+    steps: int
+    lr: float
+    minutes: float
+    overrides: dict[str, Any]
+    init_steps: int
+    init_lr: float
+
+
+def qa_plan(args: argparse.Namespace) -> QAPlan | None:
+    """The QA-learning run ``args`` ask for (``--qa-model``, ``--qa-steps``, ``--qa-minutes``); None when
+    ``--qa-steps 0`` skips it. Unset options take the chosen model's defaults (``QA_MODELS``)."""
+    name = getattr(args, "qa_model", None) or "fusion-quick"
+    if name not in QA_MODELS:
+        raise ValueError(f"--qa-model {name}: choose one of {', '.join(QA_MODELS)}")
+    spec = QA_MODELS[name]
+    steps = getattr(args, "qa_steps", None)
+    steps = spec.steps if steps is None else steps
+    if steps <= 0:
+        return None
+    minutes = getattr(args, "qa_minutes", None)
+    minutes = minutes if minutes is not None else spec.minutes if spec.minutes is not None else args.minutes
+    return QAPlan(
+        model=name,
+        steps=steps,
+        lr=spec.lr if spec.lr is not None else args.lr,
+        minutes=minutes,
+        overrides=dict(spec.overrides),
+        init_steps=spec.init_steps,
+        init_lr=spec.init_lr,
+    )
+
+
 #: The options' defaults: ``ecgqa quickstart``'s command line (ecgqa/cli/quickstart.py) and ``ensure_demo`` share them.
 DEFAULTS: dict[str, Any] = {
     "out": Path("runs/quickstart"),
@@ -63,7 +125,9 @@ DEFAULTS: dict[str, Any] = {
     "models": list(MODELS),
     "attribute_steps": 300,
     "bootstrap": 1000,
-    "qa_steps": 300,
+    "qa_steps": None,  # None: the --qa-model's own default (QA_MODELS)
+    "qa_model": "fusion-quick",
+    "qa_minutes": None,  # None: the --qa-model's own cap, else --minutes
     "quiet": False,
 }
 
@@ -153,12 +217,22 @@ def _time_limit(seconds: float):
 
 
 def _train(
-    data: Path, model: str, ckpt: Path, *, max_steps: int, args: argparse.Namespace, init_from: Path | None = None
+    data: Path,
+    model: str,
+    ckpt: Path,
+    *,
+    max_steps: int,
+    args: argparse.Namespace,
+    init_from: Path | None = None,
+    lr: float | None = None,
+    minutes: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
-    """One quickstart training run: fresh folder, no evaluation during training, capped by --minutes."""
+    """One quickstart training run: fresh folder, no evaluation during training, capped by ``minutes``
+    (default --minutes), at ``lr`` (default --lr), with ``overrides`` as ``--set`` values."""
     from ecgqa.training.train import TrainConfig, train
 
-    limit = _time_limit(60 * args.minutes)
+    limit = _time_limit(60 * (args.minutes if minutes is None else minutes))
     if ckpt.exists():
         shutil.rmtree(ckpt)  # a fresh run each time: an old Trainer state would be resumed otherwise
     train(
@@ -168,14 +242,15 @@ def _train(
             out=ckpt,
             max_steps=max_steps,
             batch_size=args.batch_size,
-            lr=args.lr,
+            lr=args.lr if lr is None else lr,
             warmup=0.05,
             seed=args.seed,
             eval_split=None,
             logging_steps=50,
             quiet=args.quiet,
             save_steps=max_steps,
-            init_from=init_from,
+            init_from=str(init_from) if init_from is not None else None,
+            overrides=dict(overrides or {}),
         ),  # no resumable Trainer state mid-run: each run starts fresh
         callbacks=[limit],
     )
@@ -236,8 +311,10 @@ def _run(args: argparse.Namespace) -> int:
     claim_quickstart_out(out)
     progress = not args.quiet
     with_attributes = args.attribute_steps > 0
-    with_qa_learning = getattr(args, "qa_steps", 0) > 0
-    steps = 4 + len(args.models) * 2 + (4 if with_attributes else 0) + (5 if with_qa_learning else 0)
+    plan = qa_plan(args)
+    with_qa_learning = plan is not None
+    qa_stages = 0 if plan is None else 5 + (2 if plan.init_steps else 0)
+    steps = 4 + len(args.models) * 2 + (4 if with_attributes else 0) + qa_stages
     step = 0
 
     def say(text: str) -> None:
@@ -307,7 +384,7 @@ def _run(args: argparse.Namespace) -> int:
 
     qa_text = None
     if with_qa_learning:
-        qa_text = qa_learning(out, args, paths, say, progress)
+        qa_text = qa_learning(out, args, paths, say, progress, plan)
 
     say("done")
     print("\nExact match (%) on the held-out test split (no test ECG was seen in training):\n")
@@ -316,7 +393,10 @@ def _run(args: argparse.Namespace) -> int:
         print("\nAttribute classifier on the held-out ECGs (dense labels from PTB-XL metadata):\n")
         print(attribute_text)
     if qa_text:
-        print("\nQA learning: does the fusion model use the ECG? (balanced generated questions, held-out patients)\n")
+        print(
+            f"\nQA learning: does {plan.model} use the ECG? ({plan.steps} steps at most, lr {plan.lr:g}; "
+            "balanced generated questions, held-out patients)\n"
+        )
         print(qa_text)
     print(f"mapped release:   {mapped}\nre-split release: {release} (split_report.json)\nprepared data:    {prepared}")
     for name in args.models:
@@ -325,6 +405,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"comparison:       {out / 'comparison.md'}  (ecgqa report {runs})")
     if qa_text:
         print(f"QA learning:      {out / 'qa_learning.md'}, report {out / QA_LEARNING_REPORT}/report.md")
+        print(f"{plan.model + ':':17s} checkpoint {out / 'checkpoints' / (plan.model + '-generated')}")
     if attribute_text:
         print(f"attributes:       {out / 'attributes.md'}, checkpoint {out / 'checkpoints' / ATTRIBUTE_MODEL}")
     print(f"total {time.perf_counter() - start:.0f} s")
@@ -361,13 +442,21 @@ def _single_only(release: Path) -> dict[str, int]:
     return kept
 
 
-def qa_learning(out: Path, args: argparse.Namespace, paths: Any, say: Any, progress: bool) -> str:
+def qa_learning(
+    out: Path, args: argparse.Namespace, paths: Any, say: Any, progress: bool, plan: QAPlan | None = None
+) -> str:
     """Generate balanced questions over the bundled records (``ecgqa generate --balanced``; yes = no per verify
-    question text), hold out a share of the patients, train the fusion model and the blind baseline on the
-    rest, and score the fusion model on the held-out ECGs beside its controls: the blind model (question
-    only) and itself with the ECGs shuffled (``ecgqa evaluate --blind``). Returns the Markdown written to
-    ``OUT/qa_learning.md``; the verdict is the one ``ecgqa.evaluation.controls`` derives from the CI.
+    question text), hold out a share of the patients, train the fusion model (``plan.model``) and the blind
+    baseline on the rest, and score the fusion model on the held-out ECGs beside its controls: the blind model
+    (question only) and itself with the ECGs shuffled (``ecgqa evaluate --blind``). Returns the Markdown
+    written to ``OUT/qa_learning.md``; the verdict is the one ``ecgqa.evaluation.controls`` derives from the CI.
+
+    With ``plan.init_steps`` (``--qa-model fusion-sewrn-quick``), the ECG side first learns the attributes:
+    ``ATTRIBUTE_MODEL`` is trained on the dense labels of the same generated release's **train** patients only
+    (entire-ECG rows), and the fusion model starts its ECG encoder from it (``init_from``).
     """
+    plan = plan or qa_plan(args)
+    assert plan is not None, "qa_learning needs --qa-steps > 0"
     from ecgqa.data.prepare import prepare
     from ecgqa.evaluation.evaluate import evaluate
     from ecgqa.evaluation.report_folder import controls_markdown
@@ -390,14 +479,35 @@ def qa_learning(out: Path, args: argparse.Namespace, paths: Any, say: Any, progr
     data = out / QA_LEARNING_DATA
     say(f"preparing {data} ({QA_LEARNING_RATE} Hz; single-ECG questions: {kept})")
     prepare(mapped, data, variant="template", task="qa", rate=QA_LEARNING_RATE, progress=progress)
+    init_from = None
+    if plan.init_steps:
+        attrs = out / "prepared" / "ptbxl-generated-attributes"
+        say(f"preparing dense attribute labels of the generated release's ECGs into {attrs} ({ATTRIBUTE_RATE} Hz)")
+        prepare(mapped, attrs, variant="template", task="attributes", rate=ATTRIBUTE_RATE, metadata=metadata,
+                progress=progress)  # fmt: skip
+        # the train split only (rows_copy keeps "train" and nothing else is trained on): no held-out patient's ECG
+        entire = rows_copy(attrs, out / "prepared" / "ptbxl-generated-attributes-entire", groups=("entire",))
+        init_from = out / "checkpoints" / f"{ATTRIBUTE_MODEL}-generated"
+        say(
+            f"training {ATTRIBUTE_MODEL} on the training patients' dense labels ({plan.init_steps} steps, "
+            f"lr {plan.init_lr:g}) into {init_from}: {plan.model}'s ECG side starts from it"
+        )
+        _train(entire, ATTRIBUTE_MODEL, init_from, max_steps=plan.init_steps, args=args, lr=plan.init_lr,
+               minutes=plan.minutes)  # fmt: skip
     ckpts = {}
-    for name in MODELS:
+    for name in (plan.model, QA_BLIND):
         ckpts[name] = out / "checkpoints" / f"{name}-generated"
-        say(f"training {name} on the generated questions (at most {args.qa_steps} steps) into {ckpts[name]}")
-        _train(data, name, ckpts[name], max_steps=args.qa_steps, args=args)
+        fusion = name == plan.model
+        settings = f"at most {plan.steps} steps or {plan.minutes:g} min, lr {plan.lr if fusion else args.lr:g}"
+        if fusion and plan.overrides:
+            settings += ", " + ", ".join(f"{k} {v:g}" for k, v in plan.overrides.items())
+        say(f"training {name} on the generated questions ({settings}) into {ckpts[name]}")
+        _train(data, name, ckpts[name], max_steps=plan.steps, args=args, minutes=plan.minutes,
+               lr=plan.lr if fusion else None, overrides=plan.overrides if fusion else None,
+               init_from=init_from if fusion else None)  # fmt: skip
     report_dir = out / QA_LEARNING_REPORT
-    say(f"scoring {MODELS[0]} on the held-out patients beside its controls into {report_dir}")
-    report = evaluate(ckpts[MODELS[0]], data, "test", report_dir, blind=ckpts[MODELS[1]], progress=progress,
+    say(f"scoring {plan.model} on the held-out patients beside its controls into {report_dir}")
+    report = evaluate(ckpts[plan.model], data, "test", report_dir, blind=ckpts[QA_BLIND], progress=progress,
                       control_seed=args.seed, n_bootstrap=args.bootstrap,
                       questions="generated by `ecgqa generate --balanced` over the bundled records")  # fmt: skip
     c = report["controls"]
@@ -412,12 +522,27 @@ def qa_learning(out: Path, args: argparse.Namespace, paths: Any, say: Any, progr
     if not c["verdict"]["above_all"]:
         text += (
             f"\nTarget not reached: the fusion model is not above both controls with a CI excluding 0 after "
-            f"{args.qa_steps} steps at most (--qa-steps, --minutes); the figures above are what was measured.\n"
+            f"{plan.steps} steps at most (--qa-steps, --qa-minutes); the figures above are what was measured.\n"
         )
     atomic_write(out / "qa_learning.md", text)
     atomic_write(
         out / "qa_learning.json",
-        json.dumps({"report": str(report_dir), "held_out_ecgs": held, "kept": kept, "controls": c}, indent=1) + "\n",
+        json.dumps(
+            {
+                "report": str(report_dir),
+                "model": plan.model,
+                "checkpoint": str(ckpts[plan.model]),
+                "init_from": str(init_from) if init_from else None,
+                "steps": plan.steps,
+                "lr": plan.lr,
+                "overrides": plan.overrides,
+                "held_out_ecgs": held,
+                "kept": kept,
+                "controls": c,
+            },
+            indent=1,
+        )
+        + "\n",
     )
     return text
 

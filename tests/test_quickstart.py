@@ -138,6 +138,37 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert sorted(p.name for p in forged.iterdir()) == ["keep.txt", "quickstart.json"]
 
 
+def test_qa_model_option_picks_the_model_and_its_steps(capsys):
+    """--qa-model fusion-sewrn-quick: run C of docs/controls.md (1200 steps, lr 3e-3, frozen ECG side started from a
+    300-step se-wrn-quick classifier, a cap that lets it finish); the default stays fusion-quick's budget."""
+    import argparse
+
+    from ecgqa.cli import build_parser
+    from ecgqa.quickstart import DEFAULTS, qa_plan
+
+    def plan(*argv):
+        return qa_plan(build_parser().parse_args(["quickstart", *argv]))
+
+    default = plan()
+    assert (default.model, default.steps, default.lr, default.minutes) == ("fusion-quick", 300, 1e-3, 0.8)
+    assert default.overrides == {} and default.init_steps == 0
+    assert qa_plan(argparse.Namespace(**DEFAULTS)) == default  # ensure_demo's defaults agree
+
+    sewrn = plan("--qa-model", "fusion-sewrn-quick")
+    assert (sewrn.model, sewrn.steps, sewrn.lr) == ("fusion-sewrn-quick", 1200, 3e-3)
+    assert sewrn.overrides == {"feature_grad_mult": 0.0} and (sewrn.init_steps, sewrn.init_lr) == (300, 1e-3)
+    assert sewrn.minutes >= 5  # the 0.8-minute --minutes cap stopped it near 300 steps
+    assert plan("--qa-model", "fusion-sewrn-quick", "--minutes", "0.1").minutes == sewrn.minutes
+    mine = plan("--qa-model", "fusion-sewrn-quick", "--qa-steps", "600", "--qa-minutes", "2", "--lr", "5e-4")
+    assert (mine.steps, mine.minutes, mine.lr) == (600, 2.0, 3e-3)  # --lr is the other models'; 3e-3 is the run's
+    assert plan("--qa-model", "fusion-sewrn-quick", "--qa-steps", "0") is None
+    assert plan("--qa-steps", "50", "--lr", "5e-4").steps == 50 and plan("--lr", "5e-4").lr == 5e-4
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["quickstart", "--qa-model", "fusion-base"])
+    assert exit_.value.code == 2 and "fusion-sewrn-quick" in capsys.readouterr().err
+
+
 def _check_qa_learning(out, printed: str) -> None:
     """QA learning: balanced generated questions, patients held out, and the verdict re-derived from the saved
     predictions of the model and of both controls (never taken from the report)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgqa.quickstart import DEFAULTS, MODELS
+from ecgqa.quickstart import DEFAULTS, MODELS, QA_MODELS
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -62,7 +62,25 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=DEFAULTS["qa_steps"],
         help="QA learning: optimizer updates of the fusion model and the blind baseline on balanced questions "
         "`ecgqa generate --balanced` writes over the bundled records, scored on held-out patients beside the "
-        "shuffled-ECG and question-only controls (default 300; 0 skips it)",
+        "shuffled-ECG and question-only controls (default: "
+        + ", ".join(f"{q.steps} for {name}" for name, q in QA_MODELS.items())
+        + "; 0 skips it)",
+    )
+    parser.add_argument(
+        "--qa-model",
+        choices=list(QA_MODELS),
+        default=DEFAULTS["qa_model"],
+        help="QA learning's fusion model (default %(default)s, from scratch). fusion-sewrn-quick first trains "
+        "se-wrn-quick on the training patients' attribute labels (300 steps), then starts its ECG side from it, "
+        "frozen, lr 3e-3, 1200 steps: the run that uses the ECG (docs/controls.md); a few more minutes on 2 cores",
+    )
+    parser.add_argument(
+        "--qa-minutes",
+        type=float,
+        default=DEFAULTS["qa_minutes"],
+        help="time cap per QA-learning model in minutes (default: --minutes for fusion-quick, "
+        + ", ".join(f"{q.minutes:g} for {n}" for n, q in QA_MODELS.items() if q.minutes is not None)
+        + ")",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
