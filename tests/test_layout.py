@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 import ecgqa
+import llm_eval
+import mapping
 from ecgqa.cli import SUBCOMMANDS, build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "ecgqa"
+# The installed packages, not the checkout: scripts/check_wheel.sh runs these tests against the wheel.
+PACKAGE = Path(ecgqa.__file__).resolve().parent
+ROOT = PACKAGE.parent
 ROOMS = {"cli", "data", "models", "training", "evaluation", "serve"}
 
 
@@ -104,7 +107,11 @@ def test_cli_module_is_configure_and_run(path):
 def test_no_library_module_imports_the_cli():
     """Imports run down the pipeline: only the CLI itself and the `python -m` aliases reach into ecgqa.cli."""
     offenders = []
-    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "mapping").glob("*.py"), *(ROOT / "llm_eval").glob("*.py")]:
+    for path in [
+        *PACKAGE.rglob("*.py"),
+        *Path(mapping.__file__).parent.glob("*.py"),
+        *Path(llm_eval.__file__).parent.glob("*.py"),
+    ]:
         if (PACKAGE / "cli") in path.parents or path.name == "__main__.py":
             continue
         for node in ast.walk(_top_level(path)):
