@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ecgqa.data.constants import LEADS
 from ecgqa.data.prepared import PreparedData, PreparedDataError
 from ecgqa.evaluation.paper_sample import PAPER_SAMPLE_SPLIT, PAPER_SAMPLE_VERSION, paper_sample_ids
 from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, staging_dir, swap_dir
@@ -375,7 +374,6 @@ def _describe(d: PreparedData) -> dict[str, Any]:
 
 __all__ = [
     "CARD",
-    "LEADS",
     "MARKER",
     "PAPER_IDS_CONFIG",
     "QUESTION_COLUMNS",

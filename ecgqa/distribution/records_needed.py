@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ecgqa.data.release import SPLITS, VARIANTS, ReleaseError, find_version_dir, load_shard
+from ecgqa.data.release import SPLITS, VARIANTS, ReleaseError, find_version_dir, load_shard, shards
 from mapping.sources import mimic_record_paths, ptbxl_record_path
 
 #: the PhysioNet file roots (a record path is appended to them)
@@ -62,9 +62,6 @@ class RecordsNeeded:
         """Every file to fetch, root-relative: the root files, then ``.hea`` and ``.dat`` of each record."""
         return list(self.root_files) + [f"{r}.{ext}" for r in self.records for ext in ("hea", "dat")]
 
-    def urls(self) -> list[str]:
-        return [PHYSIONET_BASE[self.version] + f for f in self.files()]
-
     def estimated_bytes(self) -> int:
         """Records only: 12 leads × samples × 2 bytes per ``.dat`` (format 16) + an estimated header each."""
         dat = 12 * SAMPLES[(self.version, self.rate)] * 2
@@ -106,10 +103,7 @@ def question_files(release: str | Path, version: str, splits: Sequence[str] | No
         version_dir = release if any((release / v).is_dir() for v in VARIANTS) else None
     if version_dir is not None:
         for variant in VARIANTS:
-            files = [
-                p for split in splits if (version_dir / variant / split).is_dir()
-                for p in sorted((version_dir / variant / split).glob("*.json"), key=lambda p: p.name)
-            ]  # fmt: skip
+            files = shards(version_dir, (variant,), splits)
             if files:
                 return files
         raise RecordsNeededError(f"{version_dir}: no question shards for the splits {', '.join(splits)}")
@@ -233,8 +227,8 @@ def check(root: str | Path, needed: RecordsNeeded, progress: bool = False) -> Ch
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
