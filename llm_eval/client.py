@@ -446,7 +446,7 @@ class ChatClient:
                         ),
                         self.timeout,
                     )
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise RequestDeadline(self.endpoint, self.timeout) from None
                 self._contact()
                 response = read_completion(raw, self.endpoint)

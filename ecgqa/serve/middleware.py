@@ -82,7 +82,7 @@ class BodyLimit:
             while True:
                 try:
                     message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     return await error_response(
                         408,
                         f"the request body did not arrive within {self.body_seconds:g} s",
