@@ -58,8 +58,6 @@ SIGNAL_POLICY: dict[str, tuple[bool, str]] = {
     ),
 }
 
-SOURCE_NAMES = {"ptbxl": "PTB-XL v1.0.3", "mimic-iv-ecg": "MIMIC-IV-ECG v1.0"}
-
 QUESTION_COLUMNS = (
     "sample_id",
     "template_id",
@@ -150,14 +148,15 @@ def _records(version: str, ids: list[int]) -> list[str] | None:
 def _write_shards(
     folder: Path, split: str, schema: pa.Schema, rows: Sequence[dict[str, Any]], per_shard: int
 ) -> list[str]:
-    """Write ``rows`` as ``<split>-NNNNN-of-NNNNN.parquet`` files; returns their names."""
+    """Write ``rows`` (question or id rows; signals go through ``_write_signals``) as
+    ``<split>-NNNNN-of-NNNNN.parquet`` files; returns their names."""
     n = max(1, math.ceil(len(rows) / per_shard))
     names = []
     for k in range(n):
         name = f"{split}-{k:05d}-of-{n:05d}.parquet"
         chunk = rows[k * per_shard : (k + 1) * per_shard]
         table = pa.Table.from_pylist(list(chunk), schema=schema)
-        pq.write_table(table, folder / name, row_group_size=1000 if "signal" in schema.names else 50_000)
+        pq.write_table(table, folder / name, row_group_size=50_000)
         names.append(name)
     return names
 
