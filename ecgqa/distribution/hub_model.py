@@ -126,9 +126,9 @@ def export_checkpoint(
     meta = json.loads((src / PREPARED_META).read_text()) if (src / PREPARED_META).is_file() else {}
     options = json.loads((src / TRAIN_OPTIONS).read_text()) if (src / TRAIN_OPTIONS).is_file() else {}
     rep = read_report(report)
-    out = claim_output_dir(out, marker=MARKER, what="Hub checkpoint", is_ours=_is_ours)
-    if out.resolve() == src.resolve():
+    if Path(out).resolve() == src.resolve():  # before the claim, whose refusal would not say why
         raise ValueError(f"--out {out} is the checkpoint itself; choose a new folder")
+    out = claim_output_dir(out, marker=MARKER, what="Hub checkpoint", is_ours=_is_ours)
     build = staging_dir(out, "export")
     try:
         for name in COPIED:
