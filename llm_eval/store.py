@@ -10,7 +10,6 @@ SQLite database, anything else) is refused before anything touches it (:func:`ch
 
 from __future__ import annotations
 
-import errno
 import json
 import sqlite3
 import threading
@@ -18,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ecgqa.files import disk_full
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -98,7 +99,7 @@ def _is_full(e: sqlite3.Error) -> bool:
 def _is_disk_full(e: BaseException) -> bool:
     """SQLITE_FULL, "database or disk is full" or ENOSPC: the disk is full, not the store broken."""
     if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None))
+        return disk_full(e)
     return getattr(e, "sqlite_errorcode", None) == getattr(
         sqlite3, "SQLITE_FULL", 13
     ) or "database or disk is full" in str(e)
