@@ -21,8 +21,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ecgqa.checkpoint import CONFIG, PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, WEIGHTS, CheckpointError
 from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, staging_dir, swap_dir
 
@@ -154,7 +152,15 @@ def model_card(
     repo_id: str | None = None,
 ) -> str:
     """The model card: YAML (licence, tags, model-index with the report's metrics) + what, how, how well, for what."""
-    from ecgqa.distribution.cards import BIBTEX_ECGQA, BIBTEX_MIMIC, BIBTEX_PTBXL, BIBTEX_TOOLKIT, DISPLAY, PROTOCOL
+    from ecgqa.distribution.cards import (
+        BIBTEX_ECGQA,
+        BIBTEX_MIMIC,
+        BIBTEX_PTBXL,
+        BIBTEX_TOOLKIT,
+        DISPLAY,
+        PROTOCOL,
+        _front_matter,
+    )
 
     task = config.get("task", "?")
     name = config.get("model_name", config.get("model_type", "?"))
@@ -193,7 +199,7 @@ def model_card(
             }
         ]  # fmt: skip
     ref = repo_id or "PATH_OR_REPO_ID"
-    lines = ["---\n" + yaml.safe_dump(front, sort_keys=False, width=1000) + "---\n"]
+    lines = [_front_matter(front)]
     kind = "question-answering model" if task == "qa" else "upperbound attribute classifier"
     lines.append(f"# {name}: ECG-QA {kind}\n")
     lines.append(
