@@ -175,7 +175,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume,
         text_encoder=args.text_encoder,
         bert_embeddings=args.bert_embeddings,
-        init_from=getattr(args, "init_from", None),
+        init_from=args.init_from,
         max_question_len=args.max_question_len,
         num_workers=args.workers,
         logging_steps=args.logging_steps,
