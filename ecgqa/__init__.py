@@ -69,9 +69,8 @@ def __getattr__(name: str) -> Any:
         from ecgqa.predictor import load
 
         return load
-    if (
-        name == "score"
-    ):  # the function (ecgqa.evaluation.score.score); the module is not named `score` so it cannot shadow it
+    # the function (ecgqa.evaluation.score.score); the module is not named `score` so it cannot shadow it
+    if name == "score":
         from ecgqa.evaluation.score import score
 
         return score

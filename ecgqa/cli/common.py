@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ecgqa.files import disk_full
 
@@ -42,6 +44,20 @@ def resolve_split(args: argparse.Namespace, preferred: str = "test") -> str:
     if why and not getattr(args, "quiet", False):
         print(f"note: {why}", file=sys.stderr)
     return split
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` (train, pretrain) as a dict: a VALUE that parses as JSON is taken so, else as text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set hidden_size=256")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ecgqa.cli.common import add_threads_option, torch_threads
+from ecgqa.cli.common import add_threads_option, parse_overrides, torch_threads
 from ecgqa.training.recipes import DEFAULT_PRETRAIN_RECIPE, PRETRAIN_MODELS, PRETRAIN_RECIPES, SOURCE_YAML
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
@@ -96,7 +96,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    from ecgqa.cli.train import _parse_overrides
     from ecgqa.training import pretrain as stage  # the stage, imported only when the command runs
 
     return stage.PretrainConfig(
@@ -123,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         seconds=args.seconds,
         init_from=args.init_from,
         precision=args.precision,
-        overrides=_parse_overrides(args.set),
+        overrides=parse_overrides(args.set),
     )
 
 

@@ -5,12 +5,11 @@ The library side is ``ecgqa.training.train``."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ecgqa.cli.common import add_threads_option, torch_threads
+from ecgqa.cli.common import add_threads_option, parse_overrides, torch_threads
 from ecgqa.training.recipes import DEFAULT_RECIPE, RECIPES
 
 if TYPE_CHECKING:  # annotations only: the stage is imported when the command runs
@@ -130,23 +129,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set hidden_size=256")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from ecgqa.training.trainer import TrainConfig  # the stage, imported only when the command runs
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     model = args.model
     if args.tiny:
         from ecgqa.models import variant_for_tests
@@ -175,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume,
         text_encoder=args.text_encoder,
         bert_embeddings=args.bert_embeddings,
-        init_from=getattr(args, "init_from", None),
+        init_from=args.init_from,
         max_question_len=args.max_question_len,
         num_workers=args.workers,
         logging_steps=args.logging_steps,

@@ -246,7 +246,7 @@ class FusionModel(QAPreTrainedModel):
         for layer in self.layers:
             x = layer(x, mask)
         pooled, start = [], 0
-        for p, m in zip(parts, masks, strict=False):
+        for p, m in zip(parts, masks, strict=True):  # appended together above
             pooled.append(masked_mean(x[:, start : start + p.shape[1]], m))
             start += p.shape[1]
         logits = self.head(torch.cat(pooled, -1))

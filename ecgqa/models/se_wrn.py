@@ -90,8 +90,9 @@ class SEWideBlock(nn.Module):
         return self.se(out) + identity
 
 
-def se_wrn_backbone(config_widths: list[int], blocks_per_stage: int, kernel: int, widen: int, dropout: float,
-                    se_ratio: int) -> tuple[nn.Sequential, nn.Sequential, list[int]]:  # fmt: skip
+def se_wrn_backbone(
+    config_widths: list[int], blocks_per_stage: int, kernel: int, widen: int, dropout: float, se_ratio: int
+) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
     """The stem and the residual blocks of an SE-WRN, and its stage widths."""
     k, w = kernel, [config_widths[0]] + [x * widen for x in config_widths[1:]]
     stem = nn.Sequential(nn.Conv1d(12, w[0], k, 1, (k - 1) // 2, bias=False), nn.BatchNorm1d(w[0]), nn.ReLU())

@@ -4,7 +4,8 @@
 are cryptic for a full disk (``[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``) and,
 for a state file the safe loader refuses, suggest loading it with ``weights_only=False`` — which would run
 whatever code the file holds. :func:`clear_error` turns both into one line naming the folder or file and the
-fix; ``ecgqa train`` (``ecgqa/training/train.py``) raises it in place of the original.
+fix; ``run_or_restore`` in ``ecgqa/training/trainer.py`` (``ecgqa train`` and ``ecgqa pretrain``) raises it in
+place of the original.
 """
 
 from __future__ import annotations

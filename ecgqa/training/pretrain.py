@@ -31,7 +31,6 @@ from ecgqa.data.prepared import PreparedData, is_prepared
 from ecgqa.data.records import RecordError, fit_length, read_header_rate, read_record
 from ecgqa.models.w2v_pretrain import W2VPretrainConfig, W2VPretrainModel, compute_mask, pretrain_config
 from ecgqa.training import fairseq_import
-from ecgqa.training.errors import clear_error
 from ecgqa.training.recipes import (
     DEFAULT_PRETRAIN_RECIPE,
     PRETRAIN_MODELS,
@@ -41,7 +40,6 @@ from ecgqa.training.recipes import (
     describe_schedule,
 )
 from ecgqa.training.trainer import (
-    METRICS_LOG,
     RecipeTrainer,
     RunDisplay,
     RunLock,
@@ -53,9 +51,9 @@ from ecgqa.training.trainer import (
     library_output,
     planned_steps,
     positive,
-    restore_finished,
     resume_state,
     run_callbacks,
+    run_or_restore,
     say,
     start_run_dir,
     training_arguments,
@@ -515,22 +513,8 @@ def pretrain(config: PretrainConfig, *, stop_after: int | None = None) -> Path:
         )
         display_callbacks(trainer, RunDisplay(quiet=config.quiet, desc=f"pretrain {config.model}"))
         planned = planned_steps(config, len(pairs))
-        if resume is not None and resume.finished(planned):
-            say(
-                config, f"{config.out}: the run is finished (step {resume.step} of {planned}); writing its final output"
-            )
-            restore_finished(trainer, resume, best=False, log=config.out / METRICS_LOG)
-        else:
-            resume_from = str(resume.path) if resume else None
-            try:
-                trainer.train(resume_from_checkpoint=resume_from)
-            except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
-                clear = clear_error(e, config.out, resume_from)
-                if clear is None:
-                    raise
-                raise clear from e
-            if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
-                return config.out
+        if not run_or_restore(config, trainer, resume, planned, best=False, stop_after=stop_after):
+            return config.out  # interrupted on purpose: the resumable state is in out/checkpoints
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             save_checkpoint(

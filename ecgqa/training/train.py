@@ -45,7 +45,6 @@ from ecgqa.models import (
     task_of,
 )
 from ecgqa.training import fairseq_import
-from ecgqa.training.errors import clear_error
 from ecgqa.training.recipes import describe_schedule, recipe_for
 from ecgqa.training.trainer import (
     COMPLETE_FILES,
@@ -71,9 +70,9 @@ from ecgqa.training.trainer import (
     library_output,
     planned_steps,
     positive,
-    restore_finished,
     resume_state,
     run_callbacks,
+    run_or_restore,
     say,
     start_run_dir,
     training_arguments,
@@ -524,22 +523,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None, callbacks: list
         start_run_dir(config)  # the options, data and model are good: clear an earlier run, write the marker
         trainer = build_trainer(config, sets, model, resume=resume, stop_after=stop_after, callbacks=callbacks)
         planned = planned_steps(config, len(sets.train))
-        if resume is not None and resume.finished(planned):
-            say(
-                config, f"{config.out}: the run is finished (step {resume.step} of {planned}); writing its final output"
-            )
-            restore_finished(trainer, resume, best=sets.eval is not None, log=config.out / METRICS_LOG)
-        else:
-            resume_from = str(resume.path) if resume else None
-            try:
-                trainer.train(resume_from_checkpoint=resume_from)
-            except Exception as e:  # a full disk, a refused state file: one line (ecgqa/training/errors.py)
-                clear = clear_error(e, config.out, resume_from)
-                if clear is None:
-                    raise
-                raise clear from e
-            if stop_after and trainer.state.global_step < (trainer.state.max_steps or 0):
-                return config.out  # interrupted on purpose: the resumable state is in out/checkpoints
+        if not run_or_restore(config, trainer, resume, planned, best=sets.eval is not None, stop_after=stop_after):
+            return config.out  # interrupted on purpose: the resumable state is in out/checkpoints
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             save_checkpoint(

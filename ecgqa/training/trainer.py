@@ -46,6 +46,7 @@ from transformers.utils import logging as hf_logging
 
 from ecgqa.checkpoint import PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, CheckpointError, check_compatible
 from ecgqa.files import OutputDirError, apply_umask, atomic_write, atomic_write_json, claim_output_dir
+from ecgqa.training.errors import clear_error
 from ecgqa.training.recipes import DEFAULT_RECIPE, Recipe, tri_stage_factor
 
 TRAINER_DIR = "checkpoints"
@@ -423,6 +424,33 @@ def restore_finished(trainer: Trainer, resume: ResumeState, *, best: bool, log: 
     trainer._load_from_checkpoint(str(source))  # the Trainer's own loader (safetensors, tied weights)
     if trainer.is_world_process_zero():
         trim_log(log, resume.step)
+
+
+def run_or_restore(
+    config: TrainConfig,
+    trainer: Trainer,
+    resume: ResumeState | None,
+    planned: int,
+    *,
+    best: bool,
+    stop_after: int | None,
+) -> bool:
+    """``trainer.train`` (from ``resume``), or for a resumed run already at its ``planned`` last step only
+    :func:`restore_finished`; a full disk or a refused state file becomes one line (``ecgqa/training/errors.py``).
+    Returns False when ``stop_after`` ended the run early (its resumable state is in ``out/checkpoints``)."""
+    if resume is not None and resume.finished(planned):
+        say(config, f"{config.out}: the run is finished (step {resume.step} of {planned}); writing its final output")
+        restore_finished(trainer, resume, best=best, log=config.out / METRICS_LOG)
+        return True
+    resume_from = str(resume.path) if resume else None
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as e:
+        clear = clear_error(e, config.out, resume_from)
+        if clear is None:
+            raise
+        raise clear from e
+    return not (stop_after and trainer.state.global_step < (trainer.state.max_steps or 0))
 
 
 def interrupted(out: Path) -> int:
@@ -833,6 +861,7 @@ __all__ = [
     "positive",
     "restore_finished",
     "resume_state",
+    "run_or_restore",
     "start_run_dir",
     "step_of",
     "training_arguments",

@@ -280,16 +280,16 @@ def test_torchrun_two_processes_cli(prepared_qa, tmp_path):
 
 
 def test_set_overrides_parse_json_values():
-    from ecgqa.cli.train import _parse_overrides
+    from ecgqa.cli.common import parse_overrides
 
-    assert _parse_overrides(["hidden_size=64", "use_ecg=false", "dropout=0.2", "text_encoder=bert"]) == {
+    assert parse_overrides(["hidden_size=64", "use_ecg=false", "dropout=0.2", "text_encoder=bert"]) == {
         "hidden_size": 64,
         "use_ecg": False,
         "dropout": 0.2,
         "text_encoder": "bert",
     }
     with pytest.raises(ValueError, match="FIELD=VALUE"):
-        _parse_overrides(["hidden_size"])
+        parse_overrides(["hidden_size"])
 
 
 # ------------------------------------------------------------------------------------------ options (fast)
