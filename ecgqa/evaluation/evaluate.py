@@ -223,12 +223,8 @@ def _controls(
 
 
 def _majority(prepared, table, split, write_line, records) -> str:
-    """The question-only reference from the prepared data's train split: the majority answer per question text."""
-    if "train" not in prepared.splits:
-        raise ValueError(
-            f"{prepared.path} has no train split to learn the question-only reference from; give a blind "
-            "checkpoint (--blind CKPT) or --no-controls"
-        )
+    """The question-only reference from the prepared data's train split (the caller checked it is there): the
+    majority answer per question text."""
     train = prepared.split("train").select_columns(["question", "template_id", "question_type", "answer"]).to_dict()
     baseline = MajorityAnswers(
         {"question": q, "template_id": t, "question_type": qt, "answer": a}
@@ -392,18 +388,18 @@ def _evaluate_upperbound(
         for i in range(len(groups)):
             labelled = np.flatnonzero(m[i])
             write_line(
-                {
-                    "sample_id": int(chunk["sample_id"][i]),
-                    "question_type": chunk["question_type"][i],
-                    "attribute_type": chunk["attribute_type"][i],
-                    "ecg_id": [int(e) for e in chunk["ecg_id"][i]],
-                    "lead_group": groups[i],
-                    "predicted": [classes[c] for c in labelled if chosen[i, c]],
-                    "true": [classes[c] for c in labelled if y[i, c]],
-                    "valid": [classes[c] for c in labelled],
-                    "scores": {classes[c]: float(p[i, c]) for c in labelled},
-                    "correct": bool(correct[i]),
-                }
+                prediction_line(
+                    chunk["sample_id"][i],
+                    chunk["question_type"][i],
+                    chunk["attribute_type"][i],
+                    [classes[c] for c in labelled if chosen[i, c]],
+                    [classes[c] for c in labelled if y[i, c]],
+                    [classes[c] for c in labelled],
+                    bool(correct[i]),
+                    ecg_id=chunk["ecg_id"][i],
+                    scores={classes[c]: p[i, c] for c in labelled},
+                    lead_group=groups[i],
+                )
             )
             records.append({"sample_id": int(chunk["sample_id"][i])})
         probs.append(p)
