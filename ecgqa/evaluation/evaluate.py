@@ -313,7 +313,7 @@ def _evaluate_qa(
     classes = list(predictor.classes)
     index = {c: i for i, c in enumerate(classes)}
     ecg_id_of = prepared.ecg_ids
-    probs, labels, valid, qtypes, atypes = [], [], [], [], []
+    probs, labels, valid, corrects, qtypes, atypes = [], [], [], [], [], []
     for chunk in _chunks(table, progress, desc):
         shown = [[remap[int(r)] for r in rows] if remap else list(rows) for rows in chunk["ecg_rows"]]
         items = [
@@ -352,10 +352,11 @@ def _evaluate_qa(
         probs.append(p)
         valid.append(v)
         labels.append(y)
+        corrects.append(correct)
         qtypes += chunk["question_type"]
         atypes += chunk["attribute_type"]
     probs_a, labels_a, valid_a = np.concatenate(probs), np.concatenate(labels), np.concatenate(valid)
-    correct = exact_match(probs_a, labels_a, valid_a)
+    correct = np.concatenate(corrects)
     report = em_summary(correct, qtypes, atypes)
     report["per_question_attribute_type"] = nested_em(correct, qtypes, atypes)
     report["label_metrics"] = label_metrics(probs_a, labels_a, valid_a)
@@ -369,7 +370,7 @@ def _evaluate_upperbound(
 
     classes = list(predictor.classes)
     n_classes = len(classes)
-    probs, labels, masks, qtypes, atypes = [], [], [], [], []
+    probs, labels, masks, corrects, qtypes, atypes = [], [], [], [], [], []
     for chunk in _chunks(table, progress, "evaluate"):
         ecgs = np.stack([np.asarray(prepared.signals[rows[0]], dtype=np.float32) for rows in chunk["ecg_rows"]])
         groups = chunk["lead_group"]
@@ -405,10 +406,11 @@ def _evaluate_upperbound(
         probs.append(p)
         labels.append(y)
         masks.append(m)
+        corrects.append(correct)
         qtypes += chunk["question_type"]
         atypes += chunk["attribute_type"]
     probs_a, labels_a, masks_a = np.concatenate(probs), np.concatenate(labels), np.concatenate(masks)
-    correct = upperbound_correct(probs_a, labels_a, masks_a)
+    correct = np.concatenate(corrects)
     report = em_summary(correct, qtypes, atypes)
     report.update(upperbound_metrics(probs_a, labels_a, masks_a, classes))
     return report
