@@ -301,7 +301,7 @@ def _card(report: dict[str, Any], lines: list[dict[str, Any]], sources: Sources)
     from ecgqa.evaluation.protocol import card, sample_card
 
     s = report.get("sampling") or {}
-    kind = {"paper": "paper", "draw": "draw", "ids-file": "ids-file"}.get(s.get("sample"), str(s.get("sample")))
+    kind = str(s.get("sample"))  # paper / draw / ids-file: the sampling names are the card's kinds
     extra = {k: s[k] for k in ("seed", "fraction") if k in s}
     scored = [int(x["sample_id"]) for x in lines if x["correct"] is not None]
     return card(

@@ -8,7 +8,6 @@ import argparse
 from pathlib import Path
 
 from ecgqa.cli.common import add_threads_option, resolve_split, set_threads
-from ecgqa.evaluation.report import paper_table
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -44,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ecgqa.evaluation import evaluate as stage  # the stage, imported only when the command runs
+    from ecgqa.evaluation.report import paper_table
 
     for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:

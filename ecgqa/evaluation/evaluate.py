@@ -223,12 +223,8 @@ def _controls(
 
 
 def _majority(prepared, table, split, write_line, records) -> str:
-    """The question-only reference from the prepared data's train split: the majority answer per question text."""
-    if "train" not in prepared.splits:
-        raise ValueError(
-            f"{prepared.path} has no train split to learn the question-only reference from; give a blind "
-            "checkpoint (--blind CKPT) or --no-controls"
-        )
+    """The question-only reference from the prepared data's train split (the caller checked it is there): the
+    majority answer per question text."""
     train = prepared.split("train").select_columns(["question", "template_id", "question_type", "answer"]).to_dict()
     baseline = MajorityAnswers(
         {"question": q, "template_id": t, "question_type": qt, "answer": a}
@@ -317,7 +313,7 @@ def _evaluate_qa(
     classes = list(predictor.classes)
     index = {c: i for i, c in enumerate(classes)}
     ecg_id_of = prepared.ecg_ids
-    probs, labels, valid, qtypes, atypes = [], [], [], [], []
+    probs, labels, valid, corrects, qtypes, atypes = [], [], [], [], [], []
     for chunk in _chunks(table, progress, desc):
         shown = [[remap[int(r)] for r in rows] if remap else list(rows) for rows in chunk["ecg_rows"]]
         items = [
@@ -356,10 +352,11 @@ def _evaluate_qa(
         probs.append(p)
         valid.append(v)
         labels.append(y)
+        corrects.append(correct)
         qtypes += chunk["question_type"]
         atypes += chunk["attribute_type"]
     probs_a, labels_a, valid_a = np.concatenate(probs), np.concatenate(labels), np.concatenate(valid)
-    correct = exact_match(probs_a, labels_a, valid_a)
+    correct = np.concatenate(corrects)
     report = em_summary(correct, qtypes, atypes)
     report["per_question_attribute_type"] = nested_em(correct, qtypes, atypes)
     report["label_metrics"] = label_metrics(probs_a, labels_a, valid_a)
@@ -373,7 +370,7 @@ def _evaluate_upperbound(
 
     classes = list(predictor.classes)
     n_classes = len(classes)
-    probs, labels, masks, qtypes, atypes = [], [], [], [], []
+    probs, labels, masks, corrects, qtypes, atypes = [], [], [], [], [], []
     for chunk in _chunks(table, progress, "evaluate"):
         ecgs = np.stack([np.asarray(prepared.signals[rows[0]], dtype=np.float32) for rows in chunk["ecg_rows"]])
         groups = chunk["lead_group"]
@@ -392,27 +389,28 @@ def _evaluate_upperbound(
         for i in range(len(groups)):
             labelled = np.flatnonzero(m[i])
             write_line(
-                {
-                    "sample_id": int(chunk["sample_id"][i]),
-                    "question_type": chunk["question_type"][i],
-                    "attribute_type": chunk["attribute_type"][i],
-                    "ecg_id": [int(e) for e in chunk["ecg_id"][i]],
-                    "lead_group": groups[i],
-                    "predicted": [classes[c] for c in labelled if chosen[i, c]],
-                    "true": [classes[c] for c in labelled if y[i, c]],
-                    "valid": [classes[c] for c in labelled],
-                    "scores": {classes[c]: float(p[i, c]) for c in labelled},
-                    "correct": bool(correct[i]),
-                }
+                prediction_line(
+                    chunk["sample_id"][i],
+                    chunk["question_type"][i],
+                    chunk["attribute_type"][i],
+                    [classes[c] for c in labelled if chosen[i, c]],
+                    [classes[c] for c in labelled if y[i, c]],
+                    [classes[c] for c in labelled],
+                    bool(correct[i]),
+                    ecg_id=chunk["ecg_id"][i],
+                    scores={classes[c]: p[i, c] for c in labelled},
+                    lead_group=groups[i],
+                )
             )
             records.append({"sample_id": int(chunk["sample_id"][i])})
         probs.append(p)
         labels.append(y)
         masks.append(m)
+        corrects.append(correct)
         qtypes += chunk["question_type"]
         atypes += chunk["attribute_type"]
     probs_a, labels_a, masks_a = np.concatenate(probs), np.concatenate(labels), np.concatenate(masks)
-    correct = upperbound_correct(probs_a, labels_a, masks_a)
+    correct = np.concatenate(corrects)
     report = em_summary(correct, qtypes, atypes)
     report.update(upperbound_metrics(probs_a, labels_a, masks_a, classes))
     return report

@@ -19,15 +19,14 @@ figures measured on other splits or metrics ("Other splits — not comparable").
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ecgqa.data.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
 from ecgqa.evaluation.metrics import PAPER_COLUMNS, ordered, paper_row
+from ecgqa.evaluation.report_folder import REPORT_JSON, _pct
 
-REPORT_JSON = "report.json"
 REQUIRED = ("em", "per_question_type")
 
 
@@ -71,12 +70,6 @@ def report_name(report: dict[str, Any]) -> str:
     """A column title: the report folder's name (or the file's stem when it is not report.json)."""
     file = Path(report.get("_path", "report"))
     return file.parent.name if file.name == REPORT_JSON and file.parent.name else file.stem
-
-
-def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{100 * float(value):.1f}"
 
 
 def _cell(block: dict[str, Any] | None) -> str:

@@ -58,6 +58,8 @@ class PredictionLine(TypedDict, total=False):
     correct: bool | None  # exact match; None: not scored (a failed request)
     status: str  # "ok", "no-match" (a reply naming no option: wrong), "failed", "missing"
     reply: str | None  # the free-text reply, for LLMs and scored replies
+    lead_group: str  # evaluate (upperbound) only: the lead group the attributes were read on
+    outside_options: list[str]  # score only: named answer classes outside the question's options (ignored)
 
 
 class SampleCard(TypedDict, total=False):

@@ -261,8 +261,7 @@ def read_answers(
 # ------------------------------------------------------------------------------------ scoring
 
 
-def _questions(prepared: Any, split: str) -> list[_Question]:
-    classes = list(prepared.meta.get("answer_classes") or prepared.classes)
+def _questions(prepared: Any, split: str, classes: list[str]) -> list[_Question]:
     table = prepared.split(split)
     cols = table.select_columns(
         ["sample_id", "question", "question_type", "attribute_type", "ecg_id", "answer", "valid_classes"]
@@ -386,13 +385,12 @@ def score(
         )
     if split not in prepared.splits:
         raise ValueError(f"{data_path} has no split {split!r}; it holds {prepared.splits}")
-    questions = _questions(prepared, split)
-    chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     classes = list(prepared.meta.get("answer_classes") or prepared.classes)
+    questions = _questions(prepared, split, classes)
+    chosen, sampling = _select(questions, sample, prepared.meta["version"], split, str(data_path))
     dropped = _dropped_ids(data_path, split)
-    given = read_answers(
-        answers, {q.sample_id for q in questions}, classes, data=str(data_path), split=split, dropped=dropped
-    )
+    known = {q.sample_id for q in questions}
+    given = read_answers(answers, known, classes, data=str(data_path), split=split, dropped=dropped)
     n_dropped = sum(a.status == "dropped" for a in given.values())
     given = {s: a for s, a in given.items() if a.status != "dropped"}
     label = str(answers) if isinstance(answers, (str, Path)) else "answers"
@@ -477,9 +475,7 @@ def score(
     lines = [_line(q, r) for q, r in rows]
     control_lines: dict[str, list[dict[str, Any]]] = {}
     for cname, cfile in (controls or {}).items():
-        cgiven = read_answers(
-            cfile, {q.sample_id for q in questions}, classes, data=str(data_path), split=split, dropped=dropped
-        )
+        cgiven = read_answers(cfile, known, classes, data=str(data_path), split=split, dropped=dropped)
         control_lines[cname] = [
             _line(q, _score_one(q, cgiven[q.sample_id]))
             for q in chosen
