@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ecgqa.data.constants import LEADS
+
 DATA = Path(__file__).resolve().parent / "data"
 VERSIONS = ("ptbxl", "mimic-iv-ecg")
-LEAD_NAMES = tuple(f"lead {x}" for x in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"))
+LEAD_NAMES = tuple(f"lead {x}" for x in LEADS)
 #: Form statements whose lead verify question (template 17) asks about limb / chest leads as a whole.
 VOLTAGE_CLASSES = (
     "voltage criteria (qrs) for left ventricular hypertrophy",
