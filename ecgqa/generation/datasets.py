@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from ecgqa.data.attributes import LOCATED_BASES
 from ecgqa.data.constants import LEADS
 from ecgqa.files import sha256_file
+from ecgqa.generation.answers import NUMERIC
 from ecgqa.generation.ptbxl import InputError
 from ecgqa.generation.source import GenerationInput, Labels
 
@@ -82,7 +83,7 @@ def answer_classes() -> frozenset[str]:
     names = set(df["class"].astype(str))
     skip = {"none", *(f"lead {x}" for x in LEADS)}
     skip |= {n for n in names if "normal range" in n}
-    skip |= {"rr interval", "p duration", "pr interval", "qrs duration", "qt interval", "qt corrected"}
+    skip |= set(NUMERIC)
     return frozenset(names - skip)
 
 
