@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import AXIS_CLASSES
+from ecgqa.data.attributes import ANY_NOISE, AXIS_CLASSES
 from ecgqa.generation import answers as A
 from ecgqa.generation import sampling
 from ecgqa.generation.source import GenerationInput
@@ -96,7 +96,7 @@ def questions(t: Template, templates: dict[int, Template], classes: frozenset[st
         return classes is None or v in classes or v in RANGES
 
     if classes is not None and t.attribute_type != "numeric_feature":
-        fixed = "any kind of noises" if t.id == 28 else A.FIXED_VERIFY.get(t.id)
+        fixed = ANY_NOISE if t.id == 28 else A.FIXED_VERIFY.get(t.id)
         if fixed is not None and fixed not in classes:
             return []
         if t.kind == "query" and not t.value_tokens and not any(o in classes for o in t.options):
