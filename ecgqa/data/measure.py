@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecgqa.data.constants import LEADS
 from ecgqa.data.features import FEATURES, numeric_features
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 #: Shortest record measured at all: fewer seconds than this give too few beats for a median beat.
 MIN_SECONDS = 4.0
 #: Rhythm-lead preference for R-peak detection (indices into LEADS).

@@ -25,7 +25,6 @@ from ecgqa.generation.templates import Template, load_templates, swap_words
 from mapping.sources import ptbxl_record_path
 
 MAX_IDS = 50
-_TOKEN = re.compile(r"\$\{[a-z_]+[12]?\}")
 
 
 def slot_values(t: Template, sample: dict[str, Any]) -> tuple[tuple[str, ...], str | None] | None:
@@ -35,7 +34,7 @@ def slot_values(t: Template, sample: dict[str, Any]) -> tuple[tuple[str, ...], s
     lead = None
     found: dict[str, str] = {}
     if m is not None:
-        for tok, g in zip(_TOKEN.findall(t.text), m.groups(), strict=True):
+        for tok, g in zip(t.tokens, m.groups(), strict=True):
             found[tok] = g
         lead = found.get("${lead}")
     if t.kind == "choose":

@@ -48,7 +48,9 @@ from tqdm.auto import tqdm
 
 from ecgqa.data.attributes import LOCATED_BASES
 from ecgqa.data.constants import LEADS
+from ecgqa.data.release import read_class_csv
 from ecgqa.files import sha256_file
+from ecgqa.generation.answers import NUMERIC
 from ecgqa.generation.ptbxl import InputError
 from ecgqa.generation.source import GenerationInput, Labels
 
@@ -78,11 +80,10 @@ _FALSE = {"0", "0.0", "false", "no", "n", "f", ""}
 
 def answer_classes() -> frozenset[str]:
     """ECG-QA's PTB-XL answer classes that a label can name (not leads, ranges, numeric features or none)."""
-    df = pd.read_csv(DATA / "ptbxl_answers.csv")
-    names = set(df["class"].astype(str))
+    names = set(read_class_csv(DATA / "ptbxl_answers.csv"))
     skip = {"none", *(f"lead {x}" for x in LEADS)}
     skip |= {n for n in names if "normal range" in n}
-    skip |= {"rr interval", "p duration", "pr interval", "qrs duration", "qt interval", "qt corrected"}
+    skip |= set(NUMERIC)
     return frozenset(names - skip)
 
 

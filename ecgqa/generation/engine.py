@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ecgqa.data.attributes import ANY_NOISE, AXIS_CLASSES
 from ecgqa.generation import answers as A
 from ecgqa.generation import sampling
 from ecgqa.generation.source import GenerationInput
@@ -95,7 +96,7 @@ def questions(t: Template, templates: dict[int, Template], classes: frozenset[st
         return classes is None or v in classes or v in RANGES
 
     if classes is not None and t.attribute_type != "numeric_feature":
-        fixed = "any kind of noises" if t.id == 28 else A.FIXED_VERIFY.get(t.id)
+        fixed = ANY_NOISE if t.id == 28 else A.FIXED_VERIFY.get(t.id)
         if fixed is not None and fixed not in classes:
             return []
         if t.kind == "query" and not t.value_tokens and not any(o in classes for o in t.options):
@@ -155,12 +156,7 @@ def run(
     has_numeric = any("within the normal range of rr interval" in r for r in entire)
     has_axis = any("normal heart axis" in r for r in entire)
     if classes is not None and has_axis:  # the axis comes from the signal, whatever the dataset labels
-        classes = classes | {
-            "normal heart axis",
-            "left axis deviation",
-            "right axis deviation",
-            "extreme axis deviation",
-        }
+        classes = classes | set(AXIS_CLASSES)
     for tid, t in templates.items():
         if t.attribute_type == "numeric_feature" and not has_numeric:
             skipped[str(tid)] = "no numeric features (signals not measured)"
@@ -211,7 +207,7 @@ def run(
                     text, attribute = q.text, list(q.values) or None
                     if t.kind == "choose":
                         taken.add(unit)
-                        text, attribute = _maybe_swap(t, q, rng)
+                        text, attribute = _maybe_swap(q, rng)
                     elif t.kind == "query" and t.id not in (34, 19):
                         attribute = None
                     if t.id == 39:
@@ -257,20 +253,22 @@ def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
     record's :func:`~ecgqa.data.attributes.measure_record`; an unreadable record gets them unknown.
     Returns how many ECGs were measured.
     """
-    from ecgqa.data.attributes import AXIS_CLASSES, Statements, derive, measure_record
+    from ecgqa.data.attributes import Statements, derive, measure_record
 
+    if inp.dataset == "ptbxl":
+        return 0  # the PTB-XL reader measures while it derives (or was told not to)
     todo = [
         int(e) for e in inp.ecgs.index if "within the normal range of rr interval" not in inp.labels[int(e)]["entire"]
     ]
-    if inp.dataset == "ptbxl" or not todo:
-        return 0  # the PTB-XL reader measures while it derives (or was told not to)
+    if not todo:
+        return 0
     nothing = Statements(frozenset(), frozenset(), frozenset(), {})
     for e in tqdm(todo, desc="measure", unit="ECG", disable=not progress):
         m = measure_record(inp.ecgs.at[e, "record"])
         entire = derive({}, nothing, m, release_rules=True)["entire"] if m is not None else {}
         signal = {k: v for k, v in entire.items() if " the normal range of " in k or k in AXIS_CLASSES}
         if m is None:
-            signal = {f"{w} the normal range of {f}": None for f in A.NUMERIC for w in ("below", "within", "above")}
+            signal = {f"{r} of {f}": None for f in A.NUMERIC for r in RANGES}
             signal |= dict.fromkeys(AXIS_CLASSES)
         keep_axis = any(c in inp.labels[e]["entire"] for c in AXIS_CLASSES)  # the dataset's own axis label wins
         for k, v in signal.items():
@@ -280,14 +278,9 @@ def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
     return len(todo)
 
 
-def _maybe_swap(t: Template, q: Question, rng: random.Random) -> tuple[str, list[str]]:
+def _maybe_swap(q: Question, rng: random.Random) -> tuple[str, list[str]]:
     """A choose question's text and attribute order: swapped half the time, with the release's word swap."""
-    if t.id == 40:
-        feature, a, b = q.values
-        if rng.random() > 0.5:
-            return swap_words(q.text, a, b), [b, a]
-        return q.text, [a, b]
-    a, b = q.values
+    a, b = q.values[-2:]  # template 40 has the feature first: (feature, range1, range2)
     if rng.random() > 0.5:
         return swap_words(q.text, a, b), [b, a]
     return q.text, [a, b]

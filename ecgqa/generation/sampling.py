@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pandas as pd
 
-SPLITS = ("train", "valid", "test")
+from ecgqa.data.release import SPLITS
+
 FRACTIONS = (0.8, 0.1, 0.1)
 IRRELEVANT_PER_ECG = 10
 CAPS = ("release", "none")

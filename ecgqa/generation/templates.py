@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ecgqa.data.constants import LEADS
+
 DATA = Path(__file__).resolve().parent / "data"
 VERSIONS = ("ptbxl", "mimic-iv-ecg")
-LEAD_NAMES = tuple(f"lead {x}" for x in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"))
+LEAD_NAMES = tuple(f"lead {x}" for x in LEADS)
 #: Form statements whose lead verify question (template 17) asks about limb / chest leads as a whole.
 VOLTAGE_CLASSES = (
     "voltage criteria (qrs) for left ventricular hypertrophy",
@@ -99,6 +101,11 @@ class Template:
         return text
 
     @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every slot as it appears in the text, in order, repeats included (one per :meth:`pattern` group)."""
+        return tuple(m.group(0) for m in _SLOT.finditer(self.text))
+
+    @property
     def value_tokens(self) -> tuple[str, ...]:
         """The attribute slots as they appear in the text, in order: ``("${feature}", "${range1}", "${range2}")``."""
         return tuple(dict.fromkeys(m.group(0) for m in _SLOT.finditer(self.text) if m.group(1) != "lead"))
@@ -167,10 +174,9 @@ def harvest_paraphrases(pairs, templates: dict[int, Template]) -> dict[int, list
         m = t.pattern().match(text)
         if m is None:
             continue
-        names = [g.group(0) for g in _SLOT.finditer(t.text)]
         pattern = para
         ok = True
-        for slot, value in sorted(zip(names, m.groups(), strict=True), key=lambda p: -len(p[1])):
+        for slot, value in sorted(zip(t.tokens, m.groups(), strict=True), key=lambda p: -len(p[1])):
             if value not in pattern:
                 ok = False
                 break

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,13 +134,9 @@ def _slot_values(t, s: dict) -> tuple[tuple[str, ...], str | None]:
         return values, lead
     lead = None
     values = []
-    for tok, g in zip(_tokens(t.text), m.groups(), strict=True):
+    for tok, g in zip(t.tokens, m.groups(), strict=True):
         if tok == "${lead}":
             lead = g
         else:
             values.append(g)
     return tuple(values), lead
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\$\{[a-z_]+[12]?\}", text)
