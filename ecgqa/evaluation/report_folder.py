@@ -270,6 +270,8 @@ def write_report(
         write_lines(out / PREDICTIONS, lines)
     if charts:
         report["charts"] = make_charts(report, out)
+    else:
+        clear_charts(out)  # an earlier run's charts would show numbers this report does not have
     atomic_write_json(out / REPORT_JSON, report, indent=2)
     md = render_markdown(report)
     if extra_md:
@@ -339,9 +341,9 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) + 2), 4.4))
             width = 0.8 / len(arms)
             for j, (arm, block) in enumerate(arms.items()):
-                vals = [100 * (block["per_question_type"][t].get(metric) or 0) for t in keys]
+                vals, texts = arm_bars(block["per_question_type"], keys, metric)
                 rects = ax.bar(np.arange(len(keys)) + j * width, vals, width=width, label=arm)
-                ax.bar_label(rects, labels=[f"{v:.0f}" for v in vals], fontsize=6)
+                ax.bar_label(rects, labels=texts, fontsize=6)
             ax.set_xticks(np.arange(len(keys)) + width * (len(arms) - 1) / 2, keys, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 115)
             ax.set_ylabel(ylabel)
@@ -353,7 +355,36 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
         bars(qt, f"{label}: {qt}, EM per attribute type", blocks)
     if report.get("per_class"):
         bars("per_class_auc", f"{label}: AUC per grounding class", report["per_class"], "auc", "AUC (%)")
+    clear_charts(out, keep=written)
     return written
+
+
+def arm_bars(per_type: Mapping[str, Mapping[str, Any]], keys: Sequence[str], metric: str) -> tuple[list, list]:
+    """Bar heights (%) and labels of one arm of the controls chart: a metric the arm lacks (None, NaN) is
+    no bar, labelled n/a, never a bar at 0 %."""
+    heights, labels = [], []
+    for key in keys:
+        v = per_type.get(key, {}).get(metric)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            heights.append(float("nan"))
+            labels.append("n/a")
+        else:
+            heights.append(100 * float(v))
+            labels.append(f"{100 * float(v):.0f}")
+    return heights, labels
+
+
+def clear_charts(out: Path, keep: Iterable[str] = ()) -> None:
+    """Remove the chart files of an earlier run from ``out/charts`` (the folder is ours: :data:`OUTPUTS`),
+    except ``keep`` (paths relative to ``out``); run after the new charts are written, so a crash leaves
+    the earlier charts, never none."""
+    folder = Path(out) / CHARTS
+    if not folder.is_dir():
+        return
+    keep = {Path(out) / k for k in keep}
+    for path in folder.glob("*.png"):  # also .name.tmp.png left by a crash
+        if path not in keep:
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ report.md
@@ -437,6 +468,8 @@ def protocol_markdown(card: Mapping[str, Any]) -> str:
         "draw": f"seeded stratified draw (fraction {s.get('fraction')}, seed {s.get('seed')}): {s.get('n')} questions",
         "first-n": f"the first {s.get('n')} questions of the split (--limit): not a benchmark sample",
         "ids-file": f"an ids file: {s.get('n')} questions",
+        "subset": f"the answered subset: {s.get('n')} of the split's {s.get('n_in_split')} questions (the answers "
+        "file leaves the others out): not the full split",
     }.get(s.get("kind"), f"{s.get('kind')}: {s.get('n')} questions")
     lines = [
         "## Protocol card",
