@@ -28,7 +28,7 @@ import numpy as np
 
 from ecgqa.data.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
 from ecgqa.evaluation.metrics import group_em, ordered
-from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
+from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir, marker_kind
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -152,13 +152,6 @@ class Report(TypedDict, total=False):
 # ------------------------------------------------------------------------------------ claiming --out
 
 
-def _is_our_report(marker: Path) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("kind") in ("qa", "upperbound")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def claim_report_dir(out: Path) -> None:
     """Refuse an ``--out`` that ``ecgqa evaluate`` did not write (see ``ecgqa.files.claim_output_dir``)."""
     out = Path(out)
@@ -168,7 +161,7 @@ def claim_report_dir(out: Path) -> None:
         and all(p.name in OUTPUTS or p.name.startswith(".") for p in out.iterdir())
     ):
         return  # only our own outputs (perhaps of an interrupted run)
-    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=_is_our_report)
+    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=marker_kind("qa", "upperbound"))
 
 
 # ------------------------------------------------------------------------------------ lines
