@@ -158,6 +158,19 @@ def _describe(out: Path, limit: int = 5) -> str:
     return f"{len(names)} entries ({shown}{more})"
 
 
+def marker_kind(*kinds: str) -> Callable[[Path], bool]:
+    """An ``is_ours`` for :func:`claim_output_dir`: the marker file is a JSON object whose ``"kind"`` is one
+    of ``kinds`` (an unreadable or foreign marker is not ours)."""
+
+    def is_ours(marker: Path) -> bool:
+        try:
+            return json.loads(marker.read_text()).get("kind") in kinds
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    return is_ours
+
+
 def claim_output_dir(out: str | Path, *, marker: str, what: str, is_ours: Callable[[Path], bool] | None = None) -> Path:
     """Check that ``out`` may be replaced by this command's output, else raise ``OutputDirError``.
 

@@ -22,7 +22,6 @@ CC BY 4.0; MIMIC-IV-ECG waveforms are PhysioNet's to distribute, so a MIMIC expo
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,11 +33,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ecgqa.data.prepared import PreparedData, PreparedDataError
+from ecgqa.distribution import DATASET_KIND, MARKER
 from ecgqa.evaluation.paper_sample import PAPER_SAMPLE_SPLIT, PAPER_SAMPLE_VERSION, paper_sample_ids
-from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, staging_dir, swap_dir
+from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, marker_kind, staging_dir, swap_dir
 from mapping.sources import ptbxl_record_path
 
-MARKER = "ecgqa_export.json"
 CARD = "README.md"
 SIGNAL_MODES = ("embed", "none")
 #: signal rows per Parquet shard (12 x 5000 float16 = 120 kB a row: ~240 MB shards at 500 Hz)
@@ -239,13 +238,6 @@ def _open(prepared: Path) -> PreparedData:
     return data
 
 
-def _is_ours(marker: Path) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("kind") == "ecgqa-hub-dataset"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def export_dataset(
     prepared: Sequence[str | Path],
     out: str | Path,
@@ -278,12 +270,12 @@ def export_dataset(
     by_version: dict[str, PreparedData] = {}
     for d in datas:  # the signal store of each version: every variant of one version has the same ECGs
         by_version.setdefault(d.info.version, d)
-    out = claim_output_dir(out, marker=MARKER, what="Hub dataset", is_ours=_is_ours)
+    out = claim_output_dir(out, marker=MARKER, what="Hub dataset", is_ours=marker_kind(DATASET_KIND))
 
     build = staging_dir(out, "export")
     try:
         configs: list[dict[str, Any]] = []
-        summary: dict[str, Any] = {"kind": "ecgqa-hub-dataset", "signals": signals, "configs": {}}
+        summary: dict[str, Any] = {"kind": DATASET_KIND, "signals": signals, "configs": {}}
         paper_ids = set(paper_sample_ids())
         for d in datas:
             name = f"{d.info.version}-{d.info.variant}"

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ecgqa.checkpoint import CONFIG, PREPARED_META, TOKENIZER_DIR, TRAIN_OPTIONS, WEIGHTS, CheckpointError
-from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, staging_dir, swap_dir
+from ecgqa.distribution import CHECKPOINT_KIND, MARKER
+from ecgqa.files import atomic_write, atomic_write_json, claim_output_dir, marker_kind, staging_dir, swap_dir
 
-MARKER = "ecgqa_export.json"
 CARD = "README.md"
 #: what a Hub checkpoint carries (besides the card): the loadable files and the training log
 COPIED = (CONFIG, WEIGHTS, TOKENIZER_DIR, PREPARED_META, TRAIN_OPTIONS, "metrics.jsonl")
@@ -85,13 +85,6 @@ def _cache_dir() -> str:
 # -------------------------------------------------------------------------------------------- export
 
 
-def _is_ours(marker: Path) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("kind") == "ecgqa-hub-checkpoint"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def read_report(path: str | Path | None) -> dict[str, Any] | None:
     """An ``ecgqa evaluate`` report (the folder or its ``report.json``), or None."""
     if path is None:
@@ -126,7 +119,7 @@ def export_checkpoint(
     rep = read_report(report)
     if Path(out).resolve() == src.resolve():  # before the claim, whose refusal would not say why
         raise ValueError(f"--out {out} is the checkpoint itself; choose a new folder")
-    out = claim_output_dir(out, marker=MARKER, what="Hub checkpoint", is_ours=_is_ours)
+    out = claim_output_dir(out, marker=MARKER, what="Hub checkpoint", is_ours=marker_kind(CHECKPOINT_KIND))
     build = staging_dir(out, "export")
     try:
         for name in COPIED:
@@ -135,7 +128,7 @@ def export_checkpoint(
             elif (src / name).is_file():
                 shutil.copy2(src / name, build / name)
         atomic_write(build / CARD, model_card(config, meta, options, rep, repo_id=repo_id))
-        atomic_write_json(build / MARKER, {"kind": "ecgqa-hub-checkpoint", "source": str(src)}, indent=1)
+        atomic_write_json(build / MARKER, {"kind": CHECKPOINT_KIND, "source": str(src)}, indent=1)
         swap_dir(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ecgqa.data.constants import ATTRIBUTE_TYPES, QUESTION_TYPES
 from ecgqa.evaluation.metrics import group_em, ordered
-from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir
+from ecgqa.files import AtomicLines, atomic_write, atomic_write_json, claim_output_dir, marker_kind
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -152,13 +152,6 @@ class Report(TypedDict, total=False):
 # ------------------------------------------------------------------------------------ claiming --out
 
 
-def _is_our_report(marker: Path) -> bool:
-    try:
-        return json.loads(marker.read_text()).get("kind") in ("qa", "upperbound")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def claim_report_dir(out: Path) -> None:
     """Refuse an ``--out`` that ``ecgqa evaluate`` did not write (see ``ecgqa.files.claim_output_dir``)."""
     out = Path(out)
@@ -168,7 +161,7 @@ def claim_report_dir(out: Path) -> None:
         and all(p.name in OUTPUTS or p.name.startswith(".") for p in out.iterdir())
     ):
         return  # only our own outputs (perhaps of an interrupted run)
-    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=_is_our_report)
+    claim_output_dir(out, marker=REPORT_JSON, what="evaluation report", is_ours=marker_kind("qa", "upperbound"))
 
 
 # ------------------------------------------------------------------------------------ lines
@@ -270,6 +263,8 @@ def write_report(
         write_lines(out / PREDICTIONS, lines)
     if charts:
         report["charts"] = make_charts(report, out)
+    else:
+        clear_charts(out)  # an earlier run's charts would show numbers this report does not have
     atomic_write_json(out / REPORT_JSON, report, indent=2)
     md = render_markdown(report)
     if extra_md:
@@ -339,9 +334,9 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) + 2), 4.4))
             width = 0.8 / len(arms)
             for j, (arm, block) in enumerate(arms.items()):
-                vals = [100 * (block["per_question_type"][t].get(metric) or 0) for t in keys]
+                vals, texts = arm_bars(block["per_question_type"], keys, metric)
                 rects = ax.bar(np.arange(len(keys)) + j * width, vals, width=width, label=arm)
-                ax.bar_label(rects, labels=[f"{v:.0f}" for v in vals], fontsize=6)
+                ax.bar_label(rects, labels=texts, fontsize=6)
             ax.set_xticks(np.arange(len(keys)) + width * (len(arms) - 1) / 2, keys, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 115)
             ax.set_ylabel(ylabel)
@@ -353,7 +348,36 @@ def make_charts(report: Mapping[str, Any], out: Path) -> list[str]:
         bars(qt, f"{label}: {qt}, EM per attribute type", blocks)
     if report.get("per_class"):
         bars("per_class_auc", f"{label}: AUC per grounding class", report["per_class"], "auc", "AUC (%)")
+    clear_charts(out, keep=written)
     return written
+
+
+def arm_bars(per_type: Mapping[str, Mapping[str, Any]], keys: Sequence[str], metric: str) -> tuple[list, list]:
+    """Bar heights (%) and labels of one arm of the controls chart: a metric the arm lacks (None, NaN) is
+    no bar, labelled n/a, never a bar at 0 %."""
+    heights, labels = [], []
+    for key in keys:
+        v = per_type.get(key, {}).get(metric)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            heights.append(float("nan"))
+            labels.append("n/a")
+        else:
+            heights.append(100 * float(v))
+            labels.append(f"{100 * float(v):.0f}")
+    return heights, labels
+
+
+def clear_charts(out: Path, keep: Iterable[str] = ()) -> None:
+    """Remove the chart files of an earlier run from ``out/charts`` (the folder is ours: :data:`OUTPUTS`),
+    except ``keep`` (paths relative to ``out``); run after the new charts are written, so a crash leaves
+    the earlier charts, never none."""
+    folder = Path(out) / CHARTS
+    if not folder.is_dir():
+        return
+    keep = {Path(out) / k for k in keep}
+    for path in folder.glob("*.png"):  # also .name.tmp.png left by a crash
+        if path not in keep:
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ report.md
@@ -437,6 +461,8 @@ def protocol_markdown(card: Mapping[str, Any]) -> str:
         "draw": f"seeded stratified draw (fraction {s.get('fraction')}, seed {s.get('seed')}): {s.get('n')} questions",
         "first-n": f"the first {s.get('n')} questions of the split (--limit): not a benchmark sample",
         "ids-file": f"an ids file: {s.get('n')} questions",
+        "subset": f"the answered subset: {s.get('n')} of the split's {s.get('n_in_split')} questions (the answers "
+        "file leaves the others out): not the full split",
     }.get(s.get("kind"), f"{s.get('kind')}: {s.get('n')} questions")
     lines = [
         "## Protocol card",

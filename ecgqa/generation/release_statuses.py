@@ -28,13 +28,13 @@ reading the input (the PTB-XL reader has measured by then) and writes its report
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ecgqa.data.features import FEATURES
+from ecgqa.data.release import SPLITS, load_shard, shards
 
 #: template → (status of the first ECG, status of the second) that a "yes" / a listed feature asserts;
 #: True = normal, False = abnormal.
@@ -61,7 +61,8 @@ Key = tuple[int, str]
 
 
 class ReleaseStatusError(ValueError):
-    """A release folder that holds no shard, or a sample that cannot be read; the message names it."""
+    """A release folder that holds no shard, or a comparison sample that does not fit its template; the message
+    names it (a malformed shard is :class:`ecgqa.data.release.ReleaseError`)."""
 
 
 @dataclass
@@ -151,26 +152,20 @@ def harvest(samples: Iterable[Mapping[str, Any]]) -> Harvest:
 
 
 def release_shards(release: str | Path, variant: str = "template") -> list[Path]:
-    """``<release>/<variant>/<split>/*.json`` (a version folder such as ``ecgqa/ptbxl``), sorted."""
+    """``<release>/<variant>/<split>/*.json`` (a version folder such as ``ecgqa/ptbxl``), in
+    :func:`ecgqa.data.release.shards` order (train, valid, test; each split's shards by name)."""
     root = Path(release)
-    shards = sorted((root / variant).glob("*/*.json"))
-    if not shards:
+    found = shards(root, (variant,), SPLITS)
+    if not found:
         raise ReleaseStatusError(f"{root}: no {variant}/<split>/*.json shards (expected an ECG-QA version folder)")
-    return shards
+    return found
 
 
 def load(release: str | Path, variant: str = "template") -> Harvest:
-    """:func:`harvest` over every shard of a release version folder."""
-
-    def samples():
-        for shard in release_shards(release, variant):
-            try:
-                data = json.loads(shard.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ReleaseStatusError(f"{shard}: not a readable JSON shard ({e})") from None
-            yield from data
-
-    return harvest(samples())
+    """:func:`harvest` over every shard of a release version folder, each read by
+    :func:`ecgqa.data.release.load_shard` (a malformed shard raises its
+    :class:`~ecgqa.data.release.ReleaseError`, naming the file and sample)."""
+    return harvest(s for shard in release_shards(release, variant) for s in load_shard(shard))
 
 
 def apply(labels: dict[str, dict[str, int | None]], statuses: Mapping[str, bool]) -> int:

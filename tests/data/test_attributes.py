@@ -3,7 +3,9 @@ every single-verify answer of the release whose ECG has metadata."""
 
 from __future__ import annotations
 
+import ast
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -218,10 +220,37 @@ def test_prepare_attributes_is_upperbound_compatible(prepared_attributes, sample
         else:
             assert value is None or cls not in classes, cls
     assert sum(" the normal range of " in c for c in got) >= 6  # measured ranges are there too
+    # every ECG's entire row against the metadata CSV read here with pandas (not through attributes.py)
+    csv = pd.read_csv(sample_paths.ptbxl_records / "ptbxl_database.csv", index_col="ecg_id")
+    noise = {"static_noise": "static noise", "burst_noise": "burst noise", "baseline_drift": "baseline drift"}
+    seen = Counter()
+    for row in entire:
+        got = dict(zip((classes[i] for i in row["label_classes"]), row["label_values"], strict=True))
+        meta = csv.loc[row["ecg_id"][0]]
+        for column, cls in noise.items():
+            filled = isinstance(meta[column], str) and meta[column].strip() != ""
+            assert got[cls] == int(filled), (row["ecg_id"], cls)
+            seen[cls] += filled
+        assert got["any kind of extra systoles"] == int(isinstance(meta["extra_beats"], str))
+        norm = ast.literal_eval(meta["scp_codes"]).get("NORM")
+        if norm is None:  # absent: no; at 100 %: yes; below 100 % (0 = not given): unknown, left out of the row
+            assert got["normal ecg"] == 0
+        elif norm == 100:
+            assert got["normal ecg"] == 1
+        else:
+            assert "normal ecg" not in got
+        seen["normal ecg"] += norm == 100
+    assert len(entire) > 100 and min(seen.values()) > 5, seen  # each rule met both answers
 
 
 @pytest.mark.slow  # measures 198 records (~15 s) and trains
-def test_an_upperbound_model_trains_on_attributes_unchanged(prepared_attributes, tmp_path):
+def test_an_upperbound_model_trains_on_attributes_unchanged(prepared_attributes, tmp_path, classes):
+    import math
+
+    import numpy as np
+
+    import ecgqa
+    from ecgqa.data.prepared import PreparedData
     from ecgqa.training.train import TrainConfig, train
 
     ckpt = train(
@@ -232,10 +261,18 @@ def test_an_upperbound_model_trains_on_attributes_unchanged(prepared_attributes,
             max_steps=2,
             batch_size=8,
             eval_split=None,
+            logging_steps=1,
             quiet=True,
         )
     )
-    assert (ckpt / "model.safetensors").is_file()
+    logged = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses), logged  # masked BCE, not NaN
+    predictor = ecgqa.load(ckpt)
+    assert predictor.task == "upperbound" and predictor.classes == classes and predictor.rate == 100
+    signals = np.asarray(PreparedData(prepared_attributes).signals[:3], dtype=np.float32)
+    probs = predictor.classify(signals)
+    assert probs.shape == (3, len(classes)) and ((probs >= 0) & (probs <= 1)).all()
 
 
 def test_prepare_attributes_needs_metadata(mapped_sample, tmp_path):

@@ -220,11 +220,16 @@ def test_foreign_output_folder_is_refused(tmp_path, subset):
 
 
 def test_bad_split_folder_is_one_line(tmp_path, subset):
-    (tmp_path / "train_ecgs.tsv").write_text("0\t1\n1\tabc\n")
+    train = tmp_path / "train_ecgs.tsv"
+    train.write_text("0\t1\n1\tabc\n")
     r = _run("generate", "ptbxl", "--records", str(subset), "--out", str(tmp_path / "o"), "--no-measure", "-q",
              "--splits", str(tmp_path))  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "valid_ecgs.tsv" in r.stderr or "line 2" in r.stderr
+    assert r.stderr == f"error: {train}, line 2: '1\\tabc' is not 'index<TAB>ecg_id'\n"
+    assert not (tmp_path / "o").exists()
+    train.write_text("0\t1\n")  # train is fine now: the missing valid file is named
+    with pytest.raises(sampling.SplitError, match=f"--splits {tmp_path}: no valid_ecgs.tsv"):
+        sampling.read_release_split(tmp_path)
 
 
 def test_missing_label_is_an_error_naming_ecg_and_template():
