@@ -75,6 +75,7 @@ def _value(spec, split, qtype, key):
         ("single-choose", "per_answer_set", 5),
         ("single-choose", "none", 5),
         ("comparison_consecutive-verify", "yes", 5),
+        ("comparison_consecutive-verify", "no", 5),
         ("comparison_irrelevant-verify", "yes", 5),
         ("comparison_irrelevant-verify", "no", 5),
         ("single-query", "per_answer_set", 2),
