@@ -322,7 +322,8 @@ def _waves(clean: np.ndarray, peaks: np.ndarray, *, lean: bool = True) -> dict[s
     if len(peaks) < MIN_R_PEAKS:
         return {}
     module = _delineator_module()
-    with _release_dwt(module, lean=lean):
+    # the lean segmentation reads the signal as float64, as ecg_clean returns it (and the DataFrame holds it)
+    with _release_dwt(module, lean=lean and np.asarray(clean).dtype == np.float64):
         waves = module._dwt_ecg_delineator(clean, peaks, sampling_rate=FS)
     out = {}
     for key, values in waves.items():
