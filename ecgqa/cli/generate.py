@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.generation.sampling import SplitError
 
     try:
+        from ecgqa.generation.ptbxl import check_num_proc
+
+        check_num_proc(args.num_proc)  # before anything is read or measured
         if args.dataset == "check":
             return _check(args)
         return _generate(args)
@@ -106,17 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from ecgqa.generation.engine import generate, left_out_lines
-    from ecgqa.generation.ptbxl import check_num_proc
     from ecgqa.generation.sampling import read_release_split
 
-    progress = not args.quiet
-    check_num_proc(args.num_proc)  # before anything is read
+    progress, measure, num_proc = not args.quiet, not args.no_measure, args.num_proc
     if args.dataset == "ptbxl":
         from ecgqa.generation.ptbxl import InputError, read_ptbxl
 
-        inp, left_out = read_ptbxl(
-            args.records, args.metadata, measure=not args.no_measure, progress=progress, num_proc=args.num_proc
-        )
+        inp, left_out = read_ptbxl(args.records, args.metadata, measure=measure, progress=progress, num_proc=num_proc)
         if args.statuses == "release":
             from ecgqa.generation.release_statuses import use_release_statuses
 
@@ -127,18 +126,17 @@ def _generate(args: argparse.Namespace) -> int:
         from ecgqa.generation import datasets  # the other datasets' readers
 
         inp, left_out = datasets.read(args)
-    split_of = read_release_split(args.splits) if args.splits else None
     report = generate(
         inp,
         args.out,
         seed=args.seed,
         caps=args.caps,
         balanced=args.balanced,
-        split_of=split_of,
-        measure=not args.no_measure,
+        split_of=read_release_split(args.splits) if args.splits else None,
+        measure=measure,
         progress=progress,
         left_out=left_out,
-        num_proc=args.num_proc,
+        num_proc=num_proc,
     )
     n = report["n_samples"]
     print(
