@@ -28,7 +28,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not measure the signals: numeric-feature and heart-axis templates are skipped (fast)",
     )
+    _num_proc(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _num_proc(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--num-proc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure the records in N processes (default 1; the output does not depend on N)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,6 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--metadata", type=Path, help="ptbxl_database.csv (default: ROOT/ptbxl_database.csv)")
     p.add_argument("--json", type=Path, help="also write the full report (all disagreeing ids) here")
     p.add_argument("--no-measure", action="store_true", help="skip the signal measurements (numeric / axis)")
+    _num_proc(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -76,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from ecgqa.generation.sampling import SplitError
 
     try:
+        from ecgqa.generation.ptbxl import check_num_proc
+
+        check_num_proc(args.num_proc)  # before anything is read or measured
         if args.dataset == "check":
             return _check(args)
         return _generate(args)
@@ -96,11 +111,11 @@ def _generate(args: argparse.Namespace) -> int:
     from ecgqa.generation.engine import generate, left_out_lines
     from ecgqa.generation.sampling import read_release_split
 
-    progress = not args.quiet
+    progress, measure, num_proc = not args.quiet, not args.no_measure, args.num_proc
     if args.dataset == "ptbxl":
         from ecgqa.generation.ptbxl import InputError, read_ptbxl
 
-        inp, left_out = read_ptbxl(args.records, args.metadata, measure=not args.no_measure, progress=progress)
+        inp, left_out = read_ptbxl(args.records, args.metadata, measure=measure, progress=progress, num_proc=num_proc)
         if args.statuses == "release":
             from ecgqa.generation.release_statuses import use_release_statuses
 
@@ -111,17 +126,17 @@ def _generate(args: argparse.Namespace) -> int:
         from ecgqa.generation import datasets  # the other datasets' readers
 
         inp, left_out = datasets.read(args)
-    split_of = read_release_split(args.splits) if args.splits else None
     report = generate(
         inp,
         args.out,
         seed=args.seed,
         caps=args.caps,
         balanced=args.balanced,
-        split_of=split_of,
-        measure=not args.no_measure,
+        split_of=read_release_split(args.splits) if args.splits else None,
+        measure=measure,
         progress=progress,
         left_out=left_out,
+        num_proc=num_proc,
     )
     n = report["n_samples"]
     print(
@@ -139,7 +154,12 @@ def _check(args: argparse.Namespace) -> int:
     from ecgqa.generation.check import check_release, disagreements, table
 
     report = check_release(
-        args.release, args.records, args.metadata, measure=not args.no_measure, progress=not args.quiet
+        args.release,
+        args.records,
+        args.metadata,
+        measure=not args.no_measure,
+        progress=not args.quiet,
+        num_proc=args.num_proc,
     )
     print(f"{report['samples_checked']} release samples over {report['ecgs']} ECGs with records")
     print(table(report))

@@ -265,6 +265,8 @@ class Statements:
     form: frozenset[str]
     rhythm: frozenset[str]
     superclass: Mapping[str, str]
+    #: every code the file lists (a code outside it is unknown: :func:`derive` cannot place it)
+    codes: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, path: str | Path) -> Statements:
@@ -279,7 +281,7 @@ class Statements:
             return frozenset(df.index[df[col] == 1].astype(str))
 
         sup = {str(k): str(v) for k, v in df["diagnostic_class"].dropna().items()}
-        return cls(pick("diagnostic"), pick("form"), pick("rhythm"), sup)
+        return cls(pick("diagnostic"), pick("form"), pick("rhythm"), sup, frozenset(df.index.astype(str)))
 
 
 def _set(labels: Labels, cls: str, value: int | None) -> None:
@@ -524,6 +526,45 @@ def measure_record(path: str | Path) -> Any:
     except RecordError:
         return None
     return measure_ecg(rec.signal, rec.fs)
+
+
+def measure_records(
+    paths: Iterable[str | Path], num_proc: int = 1, progress: bool = True, *, desc: str = "measure"
+) -> list[Any]:
+    """:func:`measure_record` of every path, in order (``None`` where a record cannot be read).
+
+    ``num_proc`` > 1 measures in that many worker processes (``multiprocessing`` pool, ``imap`` in order,
+    chunks of up to 16 records, as ``ecgqa prepare`` reads records); the results are those of one process.
+    A tqdm bar (``desc``) unless ``progress`` is false.
+    """
+    import multiprocessing
+    import sys
+
+    from tqdm.auto import tqdm
+
+    paths = [str(p) for p in paths]
+    out: list[Any] = []
+    bar = tqdm(total=len(paths), desc=desc, unit="ECG", disable=not progress)
+    try:
+        if num_proc > 1 and len(paths) > 1:
+            from ecgqa.data import features
+
+            features._delineator_module()  # import NeuroKit2 once, before the workers fork
+            features.lean_available()
+            ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
+            n = min(num_proc, len(paths))
+            with ctx.Pool(n) as pool:
+                chunk = max(1, min(16, len(paths) // (n * 8)))
+                for m in pool.imap(measure_record, paths, chunksize=chunk):
+                    out.append(m)
+                    bar.update()
+        else:
+            for path in paths:
+                out.append(measure_record(path))
+                bar.update()
+    finally:
+        bar.close()
+    return out
 
 
 def verify_answer(labels: Mapping[str, Labels], sample: Mapping[str, Any], classes: Iterable[str]) -> tuple[str, str]:

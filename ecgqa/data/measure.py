@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ecgqa.data.constants import LEADS
-from ecgqa.data.features import FEATURES, numeric_features
+from ecgqa.data.features import FEATURES, FS, numeric_features_and_peaks
 
 #: Shortest record measured at all: fewer seconds than this give too few beats for a median beat.
 MIN_SECONDS = 4.0
@@ -158,16 +158,18 @@ def measure_ecg(signal, fs: float) -> Measurements:
     if not fs > 0:
         raise ValueError(f"fs must be positive, not {fs}")
     out = Measurements()
-    if x.shape[1] < MIN_SECONDS * fs:
-        return out
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            _measure(x, float(fs), out)
-    except Exception:  # noqa: BLE001, S110 - a delineation failure on a pathological signal = "not measurable"
-        pass
     # intervals and their status: ECG-QA's method, the one the benchmark's answers come from
-    nf = numeric_features(x, fs)
+    nf, ii_peaks = numeric_features_and_peaks(x, fs)
+    if x.shape[1] >= MIN_SECONDS * fs:
+        # a 500 Hz record: the rhythm-lead R peaks below are those the features method just found on lead II
+        # (the same nk.ecg_clean + nk.ecg_peaks call on the same samples), so they are not detected twice
+        shared = ii_peaks if round(fs) == FS else None
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                _measure(x, float(fs), out, lead_ii_peaks=shared)
+        except Exception:  # noqa: BLE001, S110 - a delineation failure on a pathological signal = "not measurable"
+            pass
     out.rr, out.p_duration, out.pr = nf.ms("rr interval"), nf.ms("p duration"), nf.ms("pr interval")
     out.qrs, out.qt, out.qtc = nf.ms("qrs duration"), nf.ms("qt interval"), nf.ms("qt corrected")
     out.heart_rate = None if out.rr is None else 60000.0 / out.rr
@@ -190,7 +192,7 @@ def _bounded(name: str, value: float | None) -> float | None:
     return value if lo <= value <= hi else None
 
 
-def _measure(x: np.ndarray, fs: float, out: Measurements) -> None:
+def _measure(x: np.ndarray, fs: float, out: Measurements, *, lead_ii_peaks: np.ndarray | None = None) -> None:
     import neurokit2 as nk
 
     usable = np.array([_usable(x[i]) for i in range(12)])
@@ -205,8 +207,11 @@ def _measure(x: np.ndarray, fs: float, out: Measurements) -> None:
     sos = butter(2, [0.5, min(100.0, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
     clean = np.zeros_like(x)
     clean[usable] = sosfiltfilt(sos, x[usable], axis=-1)
-    _, info = nk.ecg_peaks(nk.ecg_clean(x[rhythm], sampling_rate=rate), sampling_rate=rate)
-    peaks = np.asarray(info["ECG_R_Peaks"], dtype=int)
+    if rhythm == 1 and lead_ii_peaks is not None:
+        peaks = np.array(lead_ii_peaks, dtype=int)
+    else:
+        _, info = nk.ecg_peaks(nk.ecg_clean(x[rhythm], sampling_rate=rate), sampling_rate=rate)
+        peaks = np.asarray(info["ECG_R_Peaks"], dtype=int)
     if len(peaks) < 3:
         return
     rr = np.diff(peaks) * 1000.0 / fs

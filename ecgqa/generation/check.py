@@ -18,9 +18,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import Statements, derive, measure_record, read_metadata
+from ecgqa.data.attributes import Statements, derive, measure_records, read_metadata
 from ecgqa.data.release import find_version_dir, load_shard, shards
 from ecgqa.generation import answers as A
+from ecgqa.generation.ptbxl import check_num_proc, ptbxl_sources
 from ecgqa.generation.templates import Template, load_templates, swap_words
 from mapping.sources import ptbxl_record_path
 
@@ -69,15 +70,19 @@ def check_release(
     measure: bool = True,
     progress: bool = True,
     version: str = "ptbxl",
+    num_proc: int = 1,
 ) -> dict[str, Any]:
-    """Agreement of the generator's answers and texts with a release, per template and attribute type."""
+    """Agreement of the generator's answers and texts with a release, per template and attribute type.
+
+    The records are measured in ``num_proc`` processes (:func:`ecgqa.data.attributes.measure_records`).
+    """
+    check_num_proc(num_proc)
     records = Path(records)
-    metadata = Path(metadata) if metadata is not None else records / "ptbxl_database.csv"
+    metadata, statements_path = ptbxl_sources(records, metadata)
     version_dir = find_version_dir(release_dir, version)
     templates = load_templates(version)
     db = read_metadata(metadata)
-    st_path = records / "scp_statements.csv"
-    statements = Statements.read(st_path if st_path.is_file() else metadata.parent / "scp_statements.csv")
+    statements = Statements.read(statements_path)
     have = {int(e) for e in db.index if (records / ptbxl_record_path(int(e))).with_suffix(".hea").is_file()}
     samples = []
     for path in shards(version_dir, variants=("template",)):
@@ -90,9 +95,11 @@ def check_release(
     }
     labels: dict[int, Any] = {}
     ecgs = sorted({int(e) for s in samples for e in s["ecg_id"]})
+    to_measure = [e for e in ecgs if e in need_signal] if measure else []
+    paths = [records / ptbxl_record_path(e) for e in to_measure]
+    measured = dict(zip(to_measure, measure_records(paths, num_proc, progress), strict=True))
     for e in tqdm(ecgs, desc="labels", unit="ECG", disable=not progress):
-        m = measure_record(records / ptbxl_record_path(e)) if (measure and e in need_signal) else None
-        labels[e] = derive(db.loc[e].to_dict() | {"ecg_id": e}, statements, m, release_rules=True)
+        labels[e] = derive(db.loc[e].to_dict() | {"ecg_id": e}, statements, measured.get(e), release_rules=True)
     per_template: dict[int, dict[str, Any]] = {}
     for s in tqdm(samples, desc="check", unit="sample", disable=not progress):
         t = templates[s["template_id"]]

@@ -246,14 +246,15 @@ def run(
     }
 
 
-def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
+def add_signal_labels(inp: GenerationInput, *, progress: bool = True, num_proc: int = 1) -> int:
     """Numeric-feature and heart-axis labels from each record's signal, for ECGs whose labels lack them.
 
     The classes are those :func:`ecgqa.data.attributes.derive` gives (``release_rules=True``) for the
-    record's :func:`~ecgqa.data.attributes.measure_record`; an unreadable record gets them unknown.
+    record's :func:`~ecgqa.data.attributes.measure_record` (in ``num_proc`` processes:
+    :func:`~ecgqa.data.attributes.measure_records`); an unreadable record gets them unknown.
     Returns how many ECGs were measured.
     """
-    from ecgqa.data.attributes import Statements, derive, measure_record
+    from ecgqa.data.attributes import Statements, derive, measure_records
 
     if inp.dataset == "ptbxl":
         return 0  # the PTB-XL reader measures while it derives (or was told not to)
@@ -263,8 +264,8 @@ def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
     if not todo:
         return 0
     nothing = Statements(frozenset(), frozenset(), frozenset(), {})
-    for e in tqdm(todo, desc="measure", unit="ECG", disable=not progress):
-        m = measure_record(inp.ecgs.at[e, "record"])
+    measured = measure_records([inp.ecgs.at[e, "record"] for e in todo], num_proc, progress)
+    for e, m in zip(todo, measured, strict=True):
         entire = derive({}, nothing, m, release_rules=True)["entire"] if m is not None else {}
         signal = {k: v for k, v in entire.items() if " the normal range of " in k or k in AXIS_CLASSES}
         if m is None:
@@ -314,14 +315,20 @@ def generate(
     version: str = "ptbxl",
     progress: bool = True,
     left_out: dict[str, Any] | None = None,
+    num_proc: int = 1,
 ) -> dict[str, Any]:
     """Generate ECG-QA questions and write them to ``out`` in the release's layout (``ecgqa.generate``).
 
     ``source``: a :class:`GenerationInput` (any dataset), or ``"ptbxl"`` with ``records`` (a PTB-XL root) and
-    optionally ``metadata``. Returns the content of ``out/generation.json``.
+    optionally ``metadata``. ``num_proc``: processes measuring the records (the output does not depend on
+    it). Returns the content of ``out/generation.json``.
     """
+    from ecgqa.generation.ptbxl import check_num_proc
     from ecgqa.generation.writer import write_release
 
+    check_num_proc(num_proc)
+    if caps not in sampling.CAPS:  # said before the records are measured, not after
+        raise ValueError(f"--caps {caps!r}: expected one of {', '.join(sampling.CAPS)}")
     if isinstance(source, str):
         if source != "ptbxl":
             raise ValueError(f"source {source!r}: pass 'ptbxl' or a GenerationInput (see ecgqa.generation.datasets)")
@@ -329,7 +336,9 @@ def generate(
             raise ValueError("generate('ptbxl', ...) needs records= (a PTB-XL root)")
         from ecgqa.generation.ptbxl import read_ptbxl
 
-        source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress)
+        source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress, num_proc=num_proc)
+    if measure:  # other datasets: their records measured here, in num_proc processes (run() finds nothing left)
+        add_signal_labels(source, progress=progress, num_proc=num_proc)
     result = run(
         source,
         version=version,
@@ -347,11 +356,27 @@ def generate(
 
 
 def left_out_lines(left_out: dict[str, Any] | None) -> list[str]:
-    """One line per reason ECGs were left out (``generation.json``'s ``left_out``), for stderr."""
+    """One line per reason ECGs (or codes) were left out (``generation.json``'s ``left_out``), for stderr.
+
+    ``{reason: [ecg_id, …]}`` → "left out N ECGs (reason)"; ``{reason: {code: [ecg_id, …] or count}}``
+    (codes a reader could not use, e.g. ``unknown_scp_codes``) → "reason: N codes ignored (code: k ECGs, …)".
+    """
     lines = []
     for reason, ids in (left_out or {}).items():
         if isinstance(ids, list) and ids:
             shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
             ecgs = "ECG" if len(ids) == 1 else "ECGs"
-            lines.append(f"left out {len(ids)} {ecgs} ({reason}): {shown}; see generation.json")
+            note = f": {LEFT_OUT_NOTES[reason]}" if reason in LEFT_OUT_NOTES else ""
+            lines.append(f"left out {len(ids)} {ecgs} ({reason}{note}): {shown}; see generation.json")
+        elif isinstance(ids, dict) and ids and all(isinstance(v, list | int) for v in ids.values()):
+            counts = {code: len(v) if isinstance(v, list) else v for code, v in ids.items()}
+            top = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+            shown = ", ".join(f"{code}: {n} ECG{'' if n == 1 else 's'}" for code, n in top[:10])
+            more = " ..." if len(top) > 10 else ""
+            codes = "code" if len(top) == 1 else "codes"
+            lines.append(f"{reason}: {len(top)} {codes} ignored ({shown}{more}); see generation.json")
     return lines
+
+
+#: What a ``left_out`` reason means where the ECGs are not dropped altogether.
+LEFT_OUT_NOTES = {"no_recording_date": "from consecutive pairs only"}

@@ -3,7 +3,9 @@
 Rows of ``ptbxl_database.csv`` that are ``validated_by_human`` (the authors encoded only those) and whose
 500 Hz record exists under ROOT; labels from :func:`ecgqa.data.attributes.derive` with the release's rules
 (``release_rules=True``) and, unless ``measure=False``, the signal's measurements
-(:func:`ecgqa.data.attributes.measure_record`: numeric features and heart axis).
+(:func:`ecgqa.data.attributes.measure_records`: numeric features and heart axis, in ``num_proc`` processes).
+:func:`ptbxl_sources` owns where the metadata and ``scp_statements.csv`` are found (``generate ptbxl`` and
+``generate check``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import Statements, derive, measure_record, read_metadata
+from ecgqa.data.attributes import Statements, derive, measure_records, parse_scp_codes, read_metadata
 from ecgqa.files import sha256_file
 from ecgqa.generation.source import GenerationInput
 from mapping.sources import ptbxl_record_path
@@ -24,24 +26,72 @@ class InputError(ValueError):
     """An input that cannot be used; the message names the file or record."""
 
 
+#: ``--num-proc``: processes measuring the records (as ``ecgqa prepare --num-proc``).
+NUM_PROC_RANGE = (1, 256)
+
+
+def check_num_proc(num_proc: Any) -> int:
+    """``num_proc`` when it is a whole number in :data:`NUM_PROC_RANGE`; one clear line otherwise."""
+    if (
+        isinstance(num_proc, bool)
+        or not isinstance(num_proc, int)
+        or not NUM_PROC_RANGE[0] <= num_proc <= NUM_PROC_RANGE[1]
+    ):
+        raise InputError(
+            f"--num-proc {num_proc}: give a number of measuring processes between {NUM_PROC_RANGE[0]} "
+            f"and {NUM_PROC_RANGE[1]} (1 measures in this process)"
+        )
+    return num_proc
+
+
+def ptbxl_sources(root: str | Path, metadata: str | Path | None = None) -> tuple[Path, Path]:
+    """(``ptbxl_database.csv``, ``scp_statements.csv``) of a PTB-XL root.
+
+    ``metadata`` defaults to ``ROOT/ptbxl_database.csv``; ``scp_statements.csv`` is looked for next to the
+    records, then next to the metadata. Neither found → :class:`InputError` naming both places.
+    """
+    root = Path(root)
+    metadata = Path(metadata) if metadata is not None else root / "ptbxl_database.csv"
+    for folder in (root, metadata.parent):
+        if (folder / "scp_statements.csv").is_file():
+            return metadata, folder / "scp_statements.csv"
+    where = f"{root}" if metadata.parent.resolve() == root.resolve() else f"{root} nor in {metadata.parent}"
+    raise InputError(
+        f"no scp_statements.csv in {where} (PTB-XL ships it next to ptbxl_database.csv; it says which "
+        "SCP codes are diagnostic, form and rhythm statements)"
+    )
+
+
 def read_ptbxl(
     root: str | Path,
     metadata: str | Path | None = None,
     *,
     measure: bool = True,
     progress: bool = True,
+    num_proc: int = 1,
 ) -> tuple[GenerationInput, dict[str, Any]]:
-    """The GenerationInput of a PTB-XL root, and what was left out (``{"no_record": [...], ...}``)."""
+    """The GenerationInput of a PTB-XL root, and what was left out (``{"no_record": [...], ...}``).
+
+    Rows are read first, then every record is measured (``num_proc`` processes:
+    :func:`ecgqa.data.attributes.measure_records`), then the labels are derived. Besides the ECGs left out
+    (not validated by a human, no record, unreadable record), ``left_out`` lists what is not used of the
+    ECGs kept: ``no_recording_date`` (an empty or unparseable ``recording_date``: no consecutive pairs
+    for that ECG, single and irrelevant-pair questions as usual) and ``unknown_scp_codes`` (``{code:
+    [ecg_id, …]}``: codes ``scp_statements.csv`` does not list, so no superclass / statement kind is
+    derived from them).
+    """
+    check_num_proc(num_proc)
     root = Path(root)
-    metadata = Path(metadata) if metadata is not None else root / "ptbxl_database.csv"
-    statements_path = root / "scp_statements.csv"
-    if not statements_path.is_file():
-        statements_path = metadata.parent / "scp_statements.csv"
-    if not statements_path.is_file():
-        raise InputError(f"{root}: no scp_statements.csv (next to the records or to --metadata)")
+    metadata, statements_path = ptbxl_sources(root, metadata)
     db = read_metadata(metadata)
     statements = Statements.read(statements_path)
-    left_out: dict[str, list[int]] = {"not_validated_by_human": [], "no_record": [], "unreadable_record": []}
+    left_out: dict[str, Any] = {
+        "not_validated_by_human": [],
+        "no_record": [],
+        "unreadable_record": [],
+        "no_recording_date": [],
+        "unknown_scp_codes": {},
+    }
     if "validated_by_human" in db.columns:
         keep = db["validated_by_human"].astype(str).str.lower().isin(["true", "1"])
         left_out["not_validated_by_human"] = [int(i) for i in db.index[~keep]]
@@ -50,26 +100,39 @@ def read_ptbxl(
         missing = [int(i) for i in db.index[db["patient_id"].isna()]] if "patient_id" in db.columns else []
         listed = f"ecg_id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}: " if missing else ""
         raise InputError(f"{metadata}: {listed}no patient_id (the split is by patient, so every ECG needs one)")
+    paths: dict[int, Path] = {}
+    for ecg_id in db.index:
+        path = root / ptbxl_record_path(int(ecg_id))
+        if path.with_suffix(".hea").is_file():
+            paths[int(ecg_id)] = path
+        else:
+            left_out["no_record"].append(int(ecg_id))
+    measured = dict(zip(paths, measure_records(paths.values(), num_proc, progress), strict=True)) if measure else {}
     rows, labels = [], {}
     for ecg_id, rec in tqdm(db.iterrows(), total=len(db), desc="read PTB-XL", unit="ECG", disable=not progress):
         ecg_id = int(ecg_id)
-        path = root / ptbxl_record_path(ecg_id)
-        if not path.with_suffix(".hea").is_file():
-            left_out["no_record"].append(ecg_id)
+        if ecg_id not in paths:
             continue
         m = None
         if measure:
-            m = measure_record(path)
+            m = measured[ecg_id]
             if m is None:
                 left_out["unreadable_record"].append(ecg_id)
                 continue
         labels[ecg_id] = derive(rec.to_dict() | {"ecg_id": ecg_id}, statements, m, release_rules=True)
+        if statements.codes:
+            for code in parse_scp_codes(rec.get("scp_codes")):
+                if code not in statements.codes:
+                    left_out["unknown_scp_codes"].setdefault(code, []).append(ecg_id)
+        recorded_at = pd.to_datetime(rec.get("recording_date"), errors="coerce")
+        if pd.isna(recorded_at):
+            left_out["no_recording_date"].append(ecg_id)
         rows.append(
             {
                 "ecg_id": ecg_id,
                 "patient_id": rec.get("patient_id"),
-                "recorded_at": pd.to_datetime(rec.get("recording_date"), errors="coerce"),
-                "record": str(path),
+                "recorded_at": recorded_at,
+                "record": str(paths[ecg_id]),
                 "record_name": str(ecg_id),
                 "fs": 500,
             }

@@ -8,9 +8,11 @@ looks at a dataset's own files: everything it needs is here.
 Contract with the CLI (``ecgqa/cli/generate.py``): ``ecgqa generate physionet|code15|table`` calls
 ``ecgqa.generation.datasets.read(args) -> (GenerationInput, left_out)`` where ``args`` is the parsed
 namespace (``args.dataset``, ``args.records`` / ``args.table`` / ``args.label_map``, ``args.quiet``) and
-``left_out`` is ``{reason: [ecg_id, …]}`` (written to generation.json). ``generate`` then measures every
+``left_out`` is ``{reason: [ecg_id, …]}`` (or ``{reason: {code: [ecg_id, …] or count}}`` for codes a reader
+could not use; written to generation.json, one stderr line each). ``generate`` then measures every
 record whose labels lack the numeric classes (:func:`ecgqa.generation.engine.add_signal_labels`: numeric
-features and, unless the dataset labels it, the heart axis, through ``measure_record``).
+features and, unless the dataset labels it, the heart axis, through ``measure_records``, ``--num-proc``
+processes).
 """
 
 from __future__ import annotations
