@@ -35,10 +35,12 @@ likelihood rule                   a diagnostic statement is certain at likelihoo
 any kind of noises                any of the four noise columns (entire and per lead)
 ``heart_axis``                    MID → normal heart axis; LAD, ALAD → left axis deviation; RAD, ARAD →
                                   right axis deviation; AXL, AXR, SAG → extreme axis deviation
-                                  (the other axis classes no; empty → unknown)
+                                  (the other axis classes no; empty → unknown). ``release_rules``
+                                  (``generate``): from the signal instead (:mod:`ecgqa.data.axis`)
 ``infarction_stadium1/2``         Stadium I / II / III → early / middle / old stage of myocardial
                                   infarction; "Stadium I-II", "II-III" → both stages; "unknown" → all
-                                  three unknown; empty (both columns) → all three no
+                                  three unknown; empty (both columns) → all three no. ``release_rules``:
+                                  :func:`release_stages` (column 2 overrides, "I-II" early, "II-III" middle)
 ``extra_beats``                   ES → extrasystoles, SVES → supraventricular extrasystoles, VES →
                                   ventricular extrasystoles (a count prefix "2ES" is ignored); any →
                                   any kind of extra systoles; empty → all no
@@ -307,9 +309,11 @@ def derive(
 
     ``release_rules`` (``ecgqa generate``): the ECG-QA authors' generator's rules where they differ from
     PTB-XL's documentation (docs/generate.md, "Answer rules"): a diagnostic statement of likelihood 0 is
-    certain (as 100), and the heart axis comes from the signal (``measurements.qrs_axis``: normal
-    [−30°, 90°), left [−90°, −30°), right [90°, 180°], extreme otherwise; unknown when not measurable)
-    instead of the ``heart_axis`` column.
+    certain (as 100); the heart axis comes from the signal (``measurements.qrs_axis``, which
+    :func:`measure_record` measures by ECG-QA's method: normal [−30°, 90°), left [−90°, −30°), right
+    [90°, 180°], extreme otherwise; unknown when not measurable) instead of the ``heart_axis`` column; the
+    stage of infarction follows :func:`release_stages` (column 2 overrides column 1, "I-II" = early,
+    "II-III" = middle).
     """
     entire: Labels = {}
     located: dict[str, Labels] = {}
@@ -384,18 +388,7 @@ def derive(
             entire[cls] = int(AXIS[axis.strip()] == cls)
 
     # stage of infarction
-    stages = [record.get("infarction_stadium1"), record.get("infarction_stadium2")]
-    stages = [s.strip() for s in stages if isinstance(s, str) and s.strip()]
-    stage_values = dict.fromkeys(STAGES.values(), 0)
-    for text in stages:
-        m = re.fullmatch(r"Stadium (I{1,3})(?:-(I{1,3}))?", text)
-        if m is None:  # "unknown"
-            stage_values = dict.fromkeys(STAGES.values(), None) | {k: v for k, v in stage_values.items() if v}
-            continue
-        lo, hi = len(m.group(1)), len(m.group(2) or m.group(1))
-        for n in range(lo, hi + 1):
-            stage_values[STAGES["I" * n]] = 1
-    entire.update(stage_values)
+    entire.update(release_stages(record) if release_rules else _ptbxl_stages(record))
 
     # extra beats
     extra = record.get("extra_beats")
@@ -416,6 +409,49 @@ def derive(
 
     out = {"entire": entire, **{lead: per_lead[lead] for lead in LEADS}}
     out.update(located)
+    return out
+
+
+def _ptbxl_stages(record: Mapping[str, Any]) -> Labels:
+    """PTB-XL's meaning: both columns read, "Stadium I-II" = early and middle, "unknown" = every stage unknown."""
+    stages = [record.get("infarction_stadium1"), record.get("infarction_stadium2")]
+    stages = [s.strip() for s in stages if isinstance(s, str) and s.strip()]
+    stage_values: Labels = dict.fromkeys(STAGES.values(), 0)
+    for text in stages:
+        m = re.fullmatch(r"Stadium (I{1,3})(?:-(I{1,3}))?", text)
+        if m is None:  # "unknown"
+            stage_values = dict.fromkeys(STAGES.values(), None) | {k: v for k, v in stage_values.items() if v}
+            continue
+        lo, hi = len(m.group(1)), len(m.group(2) or m.group(1))
+        for n in range(lo, hi + 1):
+            stage_values[STAGES["I" * n]] = 1
+    return stage_values
+
+
+def release_stages(record: Mapping[str, Any]) -> Labels:
+    """The release's stage of infarction (templates 23–25): the ECG-QA authors' rule, which the release's
+    answers follow (47 of 47 harvested samples, docs/generate.md "Answer rules").
+
+    A filled ``infarction_stadium2`` overrides column 1; "Stadium I" and "Stadium I-II" are early only,
+    "Stadium II" and "Stadium II-III" middle only, "Stadium III" old (the 2023 code's "Staidum III" typo,
+    which kept column 1 from ever saying old, is fixed in the release); both columns empty → no stage.
+    "unknown" in column 1 (and nothing in column 2) → every stage unknown: template 25 answers "unknown stage
+    of myocardial infarction". (The release also asks templates 23/24 of such an ECG and answers "no" /
+    "none"; the labels say unknown instead, so the generator does not ask them: docs/generate.md.)
+    """
+
+    def text(col: str) -> str:
+        v = record.get(col)
+        return v.strip() if isinstance(v, str) else ""
+
+    s1, s2 = text("infarction_stadium1"), text("infarction_stadium2")
+    source = s2 or s1
+    if source == "unknown":
+        return dict.fromkeys(STAGES.values(), None)
+    stage = {"Stadium I": "I", "Stadium I-II": "I", "Stadium II": "II", "Stadium II-III": "II", "Stadium III": "III"}
+    out: Labels = dict.fromkeys(STAGES.values(), 0)
+    if source in stage:
+        out[STAGES[stage[source]]] = 1
     return out
 
 
@@ -515,7 +551,12 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
 
 def measure_record(path: str | Path) -> Any:
     """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
-    status by ECG-QA's method, ``ecgqa.data.features``); None when it cannot be read."""
+    status by ECG-QA's method, ``ecgqa.data.features``), with ``qrs_axis`` by ECG-QA's method too
+    (:func:`ecgqa.data.axis.release_qrs_axis`: the axis the release's answers follow, which
+    ``ecgqa.data.measure``'s area axis does not); None when the record cannot be read."""
+    from dataclasses import replace
+
+    from ecgqa.data.axis import release_qrs_axis
     from ecgqa.data.measure import measure_ecg
     from ecgqa.data.records import RecordError, read_record
 
@@ -523,7 +564,7 @@ def measure_record(path: str | Path) -> Any:
         rec = read_record(path)
     except RecordError:
         return None
-    return measure_ecg(rec.signal, rec.fs)
+    return replace(measure_ecg(rec.signal, rec.fs), qrs_axis=release_qrs_axis(rec.signal, rec.fs))
 
 
 def verify_answer(labels: Mapping[str, Labels], sample: Mapping[str, Any], classes: Iterable[str]) -> tuple[str, str]:
