@@ -14,10 +14,11 @@ of :mod:`ecgqa.generation.check`), so "agrees" means what ``ecgqa generate check
 - infarction stage: ``derive`` (what ``derive(release_rules=True)`` does now:
   :func:`ecgqa.data.attributes.release_stages`) vs ``ptbxl`` (PTB-XL's meaning, the rule before:
   "Stadium I-II" = early and middle, "II-III" = middle and old, both columns read, "unknown" = all stages
-  unknown) vs ``2023`` (the authors' 2023 code, fairseq-signals ``encode_ptbxl.py``, in full: as ``derive``,
-  and "unknown" in column 1 is its own answer of template 25 and a "no" of every stage in 23/24; column 1's
-  "Stadium III" counts as old, the 2023 "Staidum III" typo read as fixed, as the May-2024 "old stage"
-  release fix implies).
+  unknown) vs ``2023`` (the authors' 2023 code, fairseq-signals ``encode_ptbxl.py``, verbatim: stage flags,
+  column 2 first, "I-II" = early, "II-III" = middle, old only from column 2 (column 1 is tested for the
+  misspelt "Staidum III"); "unknown" in column 1 is a flag of its own; template 25 answers the flags set and
+  is not asked of an ECG with none; 23/24 answer from the three stage flags, so "no" / "none" for an ECG
+  without one).
 
 Usage (the records give the signal axis; the bundled sample has 198 of PTB-XL's first 500)::
 
@@ -63,7 +64,7 @@ def _text(v: Any) -> str:
 
 
 def stage_flags_2023(record: Mapping[str, Any]) -> dict[str, bool]:
-    """Template 25's five options → present, by the authors' 2023 rule (column 1's "Stadium III" read as old)."""
+    """Template 25's five options → present, by the authors' 2023 code (its "Staidum III" typo included)."""
     s1, s2 = _text(record.get("infarction_stadium1")), _text(record.get("infarction_stadium2"))
 
     def stage(*names: str) -> bool:
@@ -74,7 +75,7 @@ def stage_flags_2023(record: Mapping[str, Any]) -> dict[str, bool]:
         UNKNOWN_MI: s1 == "unknown",
         EARLY: stage("Stadium I", "Stadium I-II"),
         MIDDLE: stage("Stadium II", "Stadium II-III"),
-        OLD: stage("Stadium III"),
+        OLD: s2 == "Stadium III",
     }
 
 
@@ -112,7 +113,7 @@ def predict(
     if stage == "2023":
         flags = stage_flags_2023(record)
         if t.id == 25:  # "unknown" is an answer of its own here, which no early/middle/old label can express
-            return [o for o in t.options if flags.get(o)]
+            return [o for o in t.options if flags.get(o)] or None
         labels["entire"].update({s: int(flags[s]) for s in (EARLY, MIDDLE, OLD)})
     elif stage == "ptbxl":
         ptbxl = derive(row, statements, None, release_rules=False)["entire"]

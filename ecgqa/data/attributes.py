@@ -40,7 +40,8 @@ any kind of noises                any of the four noise columns (entire and per 
 ``infarction_stadium1/2``         Stadium I / II / III → early / middle / old stage of myocardial
                                   infarction; "Stadium I-II", "II-III" → both stages; "unknown" → all
                                   three unknown; empty (both columns) → all three no. ``release_rules``:
-                                  :func:`release_stages` (column 2 overrides, "I-II" early, "II-III" middle)
+                                  :func:`release_stages` (column 2 overrides, "I-II" early, "II-III" middle,
+                                  old from column 2 only)
 ``extra_beats``                   ES → extrasystoles, SVES → supraventricular extrasystoles, VES →
                                   ventricular extrasystoles (a count prefix "2ES" is ignored); any →
                                   any kind of extra systoles; empty → all no
@@ -59,7 +60,9 @@ Checked against the release: for every single-verify question of the bundled sam
 metadata (413 noise questions) the derived label equals the answer (``tests/data/test_attributes.py``).
 The bundled and shipped shards hold no single-verify scp_code / axis / stage / extra-systole question
 on ECGs with metadata, so those rules follow PTB-XL's documentation and are not checked against
-release answers. MIMIC-IV-ECG: ECG-QA does not document how its MIMIC attributes were derived from
+release answers; the release's own axis and stage rules (``release_rules``) are, on 160 harvested release
+samples (``tests/generation/test_release_evidence.py``, docs/generate.md "Answer rules").
+MIMIC-IV-ECG: ECG-QA does not document how its MIMIC attributes were derived from
 ``machine_measurements.csv`` report lines, and no MIMIC waveforms or reports are available here to
 check one, so the attributes task supports PTB-XL only (a MIMIC release is refused with that reason).
 """
@@ -313,7 +316,7 @@ def derive(
     :func:`measure_record` measures by ECG-QA's method: normal [−30°, 90°), left [−90°, −30°), right
     [90°, 180°], extreme otherwise; unknown when not measurable) instead of the ``heart_axis`` column; the
     stage of infarction follows :func:`release_stages` (column 2 overrides column 1, "I-II" = early,
-    "II-III" = middle).
+    "II-III" = middle, old only from column 2).
     """
     entire: Labels = {}
     located: dict[str, Labels] = {}
@@ -429,15 +432,17 @@ def _ptbxl_stages(record: Mapping[str, Any]) -> Labels:
 
 
 def release_stages(record: Mapping[str, Any]) -> Labels:
-    """The release's stage of infarction (templates 23–25): the ECG-QA authors' rule, which the release's
-    answers follow (47 of 47 harvested samples, docs/generate.md "Answer rules").
+    """The release's stage of infarction (templates 23–25): the ECG-QA authors' 2023 rule, which the release's
+    answers follow (docs/generate.md, "Answer rules": 95 of 95 harvested samples, and the size of the release's
+    "old" pool).
 
     A filled ``infarction_stadium2`` overrides column 1; "Stadium I" and "Stadium I-II" are early only,
-    "Stadium II" and "Stadium II-III" middle only, "Stadium III" old (the 2023 code's "Staidum III" typo,
-    which kept column 1 from ever saying old, is fixed in the release); both columns empty → no stage.
-    "unknown" in column 1 (and nothing in column 2) → every stage unknown: template 25 answers "unknown stage
-    of myocardial infarction". (The release also asks templates 23/24 of such an ECG and answers "no" /
-    "none"; the labels say unknown instead, so the generator does not ask them: docs/generate.md.)
+    "Stadium II" and "Stadium II-III" middle only; old is column 2's "Stadium III" only (the 2023 code tests
+    column 1 for "Staidum III", a typo that never matches, and the release kept it); both columns empty → no
+    stage. An ECG the release gives no stage of its own — column 1 "unknown" or "Stadium III" with column 2
+    empty — gets every stage unknown: template 25 answers "unknown stage of myocardial infarction" (for
+    "unknown"; a column-1 "Stadium III" alone is not asked at all, as in the release). The release also asks
+    such ECGs 23/24 and answers "no" / "none"; labels that say unknown cannot, so they are not asked those.
     """
 
     def text(col: str) -> str:
@@ -445,12 +450,14 @@ def release_stages(record: Mapping[str, Any]) -> Labels:
         return v.strip() if isinstance(v, str) else ""
 
     s1, s2 = text("infarction_stadium1"), text("infarction_stadium2")
+    stage = {"Stadium I": "I", "Stadium I-II": "I", "Stadium II": "II", "Stadium II-III": "II"}
+    if s2:
+        stage["Stadium III"] = "III"
     source = s2 or s1
-    if source == "unknown":
+    if source and source not in stage:  # "unknown", or column 1's "Stadium III"
         return dict.fromkeys(STAGES.values(), None)
-    stage = {"Stadium I": "I", "Stadium I-II": "I", "Stadium II": "II", "Stadium II-III": "II", "Stadium III": "III"}
     out: Labels = dict.fromkeys(STAGES.values(), 0)
-    if source in stage:
+    if source:
         out[STAGES[stage[source]]] = 1
     return out
 
