@@ -1,8 +1,9 @@
 """Settle ECG-QA's unverified answer rules (docs/generate.md, "Answer rules") against real release samples.
 
 The evidence is ``tests/generation/data/release_evidence.jsonl``: samples of templates 20–25 (heart axis, stage
-of infarction) read from a public copy of the ECG-QA PTB-XL release, kept only where the ECG's PTB-XL row is
-at hand (``tests/generation/data/release_evidence_ptbxl_rows.csv``; provenance in
+of infarction) and of template 1 on "non-specific st changes" (likelihood 0) read from a public copy of the
+ECG-QA PTB-XL release, kept only where the ECG's PTB-XL row is at hand
+(``tests/generation/data/release_evidence_ptbxl_rows.csv``; provenance in
 ``tests/generation/data/SOURCE.md``). For each rule the alternatives are evaluated with the project's own
 functions (:func:`ecgqa.data.attributes.derive`, :func:`ecgqa.generation.answers.answer`, and the slot reading
 of :mod:`ecgqa.generation.check`), so "agrees" means what ``ecgqa generate check`` counts as agreement:
@@ -18,7 +19,9 @@ of :mod:`ecgqa.generation.check`), so "agrees" means what ``ecgqa generate check
   column 2 first, "I-II" = early, "II-III" = middle, old only from column 2 (column 1 is tested for the
   misspelt "Staidum III"); "unknown" in column 1 is a flag of its own; template 25 answers the flags set and
   is not asked of an ECG with none; 23/24 answer from the three stage flags, so "no" / "none" for an ECG
-  without one).
+  without one);
+- likelihood 0 of a diagnostic statement (template 1): ``certain`` (``derive(release_rules=True)``: as 100,
+  "yes") vs ``uncertain`` (``derive`` without release rules: PTB-XL's "not given", "not sure").
 
 Usage (the records give the signal axis; the bundled sample has 198 of PTB-XL's first 500)::
 
@@ -52,6 +55,7 @@ UNKNOWN_MI = "unknown stage of myocardial infarction"
 EARLY, MIDDLE, OLD = (f"{s} stage of myocardial infarction" for s in ("early", "middle", "old"))
 AXIS_RULES = ("release", "area", "column")
 STAGE_RULES = ("derive", "ptbxl", "2023")
+LIKELIHOOD_RULES = ("certain", "uncertain")
 
 
 def load_evidence(path: str | Path = EVIDENCE) -> list[dict[str, Any]]:
@@ -87,6 +91,7 @@ def predict(
     *,
     axis: str = "release",
     stage: str = "derive",
+    likelihood: str = "certain",
 ) -> list[str] | None:
     """The answer the generator gives ``sample`` under one choice of rules (None: the ECG is not asked it).
     ``measurements`` are those of the axis rule (:func:`measure_all`); None for ``column``.
@@ -102,6 +107,10 @@ def predict(
     ecg = int(sample["ecg_id"][0])
     row = dict(record) | {"ecg_id": ecg}
     labels = derive(row, statements, measurements, release_rules=True)
+    if likelihood == "uncertain" and t.id not in (20, 21, 22, 23, 24, 25):
+        labels = derive(row, statements, measurements, release_rules=False)
+    elif likelihood not in LIKELIHOOD_RULES:
+        raise ValueError(f"likelihood rule {likelihood!r}: expected one of {LIKELIHOOD_RULES}")
     if axis == "column":
         col = derive(row, statements, None, release_rules=False)["entire"]
         for cls in AXIS_CLASSES:
@@ -135,6 +144,7 @@ def evaluate(
     *,
     axis: str = "release",
     stage: str = "derive",
+    likelihood: str = "certain",
 ) -> dict[int, dict[str, Any]]:
     """Per template: samples checked, agreeing (same answer set), not asked, errors, and the disagreeing ids.
 
@@ -154,7 +164,7 @@ def evaluate(
             continue
         row["checked"] += 1
         try:
-            ans = predict(s, db.loc[ecg].to_dict(), statements, m, axis=axis, stage=stage)
+            ans = predict(s, db.loc[ecg].to_dict(), statements, m, axis=axis, stage=stage, likelihood=likelihood)
         except AnswerError:
             row["error"] += 1
             row["disagree_ids"].append(s["sample_id"])
@@ -241,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     m = {r: measure_all(samples, args.records, r) for r in ("release", "area")}
     axis_samples = [s for s in samples if s["template_id"] in (20, 21, 22)]
     stage_samples = [s for s in samples if s["template_id"] in (23, 24, 25)]
+    scp_samples = [s for s in samples if s["template_id"] == 1]
     n_ecgs = len({s["ecg_id"][0] for s in samples})
     print(f"{len(samples)} samples over {n_ecgs} ECGs; {len(m['release'])} axis ECGs with records")
     print("\nheart axis\n")
     print(table({r: evaluate(axis_samples, db, statements, m.get(r), axis=r) for r in AXIS_RULES}))
     print("\nstage of infarction\n")
     print(table({r: evaluate(stage_samples, db, statements, stage=r) for r in STAGE_RULES}))
+    print("\nlikelihood 0 (template 1)\n")
+    print(table({r: evaluate(scp_samples, db, statements, likelihood=r) for r in LIKELIHOOD_RULES}))
     if args.write_release:
         v = write_release(samples, args.write_release, paths().ptbxl_release / "answers.csv")
         print(f"\nrelease folder: {v}")

@@ -60,8 +60,8 @@ Checked against the release: for every single-verify question of the bundled sam
 metadata (413 noise questions) the derived label equals the answer (``tests/data/test_attributes.py``).
 The bundled and shipped shards hold no single-verify scp_code / axis / stage / extra-systole question
 on ECGs with metadata, so those rules follow PTB-XL's documentation and are not checked against
-release answers; the release's own axis and stage rules (``release_rules``) are, on 160 harvested release
-samples (``tests/generation/test_release_evidence.py``, docs/generate.md "Answer rules").
+release answers; the release's own axis, stage and likelihood-0 rules (``release_rules``) are, on 165 harvested
+release samples (``tests/generation/test_release_evidence.py``, docs/generate.md "Answer rules").
 MIMIC-IV-ECG: ECG-QA does not document how its MIMIC attributes were derived from
 ``machine_measurements.csv`` report lines, and no MIMIC waveforms or reports are available here to
 check one, so the attributes task supports PTB-XL only (a MIMIC release is refused with that reason).

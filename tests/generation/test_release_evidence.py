@@ -1,7 +1,7 @@
-"""The answer rules of heart axis and stage of infarction, settled against real release samples.
+"""The answer rules of heart axis, stage of infarction and likelihood 0, settled against real release samples.
 
-``tests/generation/data/release_evidence.jsonl`` holds 160 samples of templates 20–25 read from a copy of the
-ECG-QA PTB-XL release (provenance: ``tests/generation/data/SOURCE.md``), with the PTB-XL rows of their ECGs.
+``tests/generation/data/release_evidence.jsonl`` holds 165 samples of templates 1 and 20–25 read from a copy of
+the ECG-QA PTB-XL release (provenance: ``tests/generation/data/SOURCE.md``), with the PTB-XL rows of their ECGs.
 The rule alternatives are evaluated by ``scripts/release_evidence.py`` with the project's own functions; the
 numbers asserted here are the ones docs/generate.md ("Answer rules") reports.
 """
@@ -37,14 +37,15 @@ def evidence(sample_paths):
 
 def test_the_fixture_is_what_it_says(evidence):
     samples, db, _ = evidence
-    assert len(samples) == 160
-    assert {s["template_id"] for s in samples} == {20, 21, 22, 23, 24, 25}
+    assert len(samples) == 165
+    assert {s["template_id"] for s in samples} == {1, 20, 21, 22, 23, 24, 25}
     assert {s["release_file"] for s in samples} == {
+        "ecgqa/ptbxl/template/valid/00000.json",
         "ecgqa/ptbxl/template/valid/20000.json",
         "ecgqa/ptbxl/template/test/20000.json",
     }
     assert all(s["ecg_id"][0] in db.index for s in samples)  # every ECG has its PTB-XL row
-    assert len({(s["release_file"], s["sample_id"]) for s in samples}) == 160
+    assert len({(s["release_file"], s["sample_id"]) for s in samples}) == 165
 
 
 def test_generate_check_agrees_on_every_harvested_sample_with_a_record(evidence, sample_paths, tmp_path):
@@ -119,6 +120,19 @@ def test_the_release_s_old_stage_comes_from_column_2_only(evidence):
     old = [s for s in samples if OLD in s["answer"] or (s["attribute"] == [OLD] and s["answer"] == ["yes"])]
     assert len(old) == 5
     assert {(db.loc[s["ecg_id"][0], "infarction_stadium2"]) for s in old} == {"Stadium III"}
+
+
+def test_a_diagnostic_statement_of_likelihood_0_is_certain(evidence):
+    """Template 1 asks "non-specific st changes?" of ECGs 10051 and 17517, whose NST_ has likelihood 0: the
+    release says "yes" (certain), not "not sure" (PTB-XL's "likelihood not given")."""
+    samples, db, statements = evidence
+    t1 = [s for s in samples if s["template_id"] == 1]
+    zero = {s["sample_id"] for s in t1 if "'NST_': 0.0" in db.loc[s["ecg_id"][0], "scp_codes"]}
+    assert zero == {64, 68} and all(s["answer"] == ["yes"] for s in t1 if s["sample_id"] in zero)
+    certain = R.evaluate(t1, db, statements, likelihood="certain")[1]
+    uncertain = R.evaluate(t1, db, statements, likelihood="uncertain")[1]
+    assert (certain["checked"], certain["agree"]) == (5, 5)
+    assert (uncertain["agree"], sorted(uncertain["disagree_ids"])) == (3, [64, 68])
 
 
 @pytest.mark.parametrize(
