@@ -439,10 +439,10 @@ def release_stages(record: Mapping[str, Any]) -> Labels:
     A filled ``infarction_stadium2`` overrides column 1; "Stadium I" and "Stadium I-II" are early only,
     "Stadium II" and "Stadium II-III" middle only; old is column 2's "Stadium III" only (the 2023 code tests
     column 1 for "Staidum III", a typo that never matches, and the release kept it); both columns empty → no
-    stage. An ECG the release gives no stage of its own — column 1 "unknown" or "Stadium III" with column 2
-    empty — gets every stage unknown: template 25 answers "unknown stage of myocardial infarction" (for
-    "unknown"; a column-1 "Stadium III" alone is not asked at all, as in the release). The release also asks
-    such ECGs 23/24 and answers "no" / "none"; labels that say unknown cannot, so they are not asked those.
+    stage. Column 1 "unknown" (column 2 empty) → every stage unknown: template 25 answers "unknown stage of
+    myocardial infarction". Column 1 "Stadium III" alone → early and middle no, old unknown: the release
+    answers "no" to early and middle, never asks it 25, and (as for "unknown") asks the old-stage questions
+    of 23/24 too, answering "no" / "none", which unknown labels cannot say, so those are not asked here.
     """
 
     def text(col: str) -> str:
@@ -454,7 +454,9 @@ def release_stages(record: Mapping[str, Any]) -> Labels:
     if s2:
         stage["Stadium III"] = "III"
     source = s2 or s1
-    if source and source not in stage:  # "unknown", or column 1's "Stadium III"
+    if not s2 and s1 == "Stadium III":  # column 1 alone: not old in the release, though PTB-XL says so
+        return {STAGES["I"]: 0, STAGES["II"]: 0, STAGES["III"]: None}
+    if source and source not in stage:  # "unknown"
         return dict.fromkeys(STAGES.values(), None)
     out: Labels = dict.fromkeys(STAGES.values(), 0)
     if source:

@@ -142,7 +142,7 @@ def test_a_diagnostic_statement_of_likelihood_0_is_certain(evidence):
         ("Stadium I-II", None, 1, 0, 0),
         ("Stadium II", None, 0, 1, 0),
         ("Stadium II-III", None, 0, 1, 0),
-        ("Stadium III", None, None, None, None),  # the release's "old" is column 2's only (the 2023 typo)
+        ("Stadium III", None, 0, 0, None),  # the release's "old" is column 2's only (the 2023 typo)
         ("Stadium II-III", "Stadium III", 0, 0, 1),  # column 2 overrides column 1
         ("Stadium III", "Stadium II", 0, 1, 0),
         ("unknown", None, None, None, None),
@@ -152,6 +152,25 @@ def test_a_diagnostic_statement_of_likelihood_0_is_certain(evidence):
 def test_release_stages(s1, s2, early, middle, old):
     got = release_stages({"infarction_stadium1": s1, "infarction_stadium2": s2})
     assert (got[EARLY], got[MIDDLE], got[OLD]) == (early, middle, old)
+
+
+def test_what_template_25_makes_of_the_stage_labels(evidence):
+    """Through ecgqa.generation.answers: "unknown" → "unknown stage"; column 1 "Stadium III" alone → not asked
+    (the release gives it no stage flag); both columns empty → "none of myocardial infarction"."""
+    from ecgqa.generation.answers import answer
+    from ecgqa.generation.templates import load_templates
+
+    _, _, statements = evidence
+    t25, t23 = load_templates("ptbxl")[25], load_templates("ptbxl")[23]
+
+    def labels(s1):
+        return derive({"ecg_id": 1, "scp_codes": "{}", "infarction_stadium1": s1}, statements, release_rules=True)
+
+    assert answer(t25, (), None, [labels("unknown")]) == ["unknown stage of myocardial infarction"]
+    assert answer(t25, (), None, [labels("Stadium III")]) is None
+    assert answer(t25, (), None, [labels(None)]) == ["none of myocardial infarction"]
+    assert answer(t23, (MIDDLE,), None, [labels("Stadium III")]) == ["no"]
+    assert answer(t23, (OLD,), None, [labels("Stadium III")]) is None
 
 
 def test_derive_uses_the_release_stage_rule_only_with_release_rules(evidence):
