@@ -35,10 +35,13 @@ likelihood rule                   a diagnostic statement is certain at likelihoo
 any kind of noises                any of the four noise columns (entire and per lead)
 ``heart_axis``                    MID → normal heart axis; LAD, ALAD → left axis deviation; RAD, ARAD →
                                   right axis deviation; AXL, AXR, SAG → extreme axis deviation
-                                  (the other axis classes no; empty → unknown)
+                                  (the other axis classes no; empty → unknown). ``release_rules``
+                                  (``generate``): from the signal instead (:mod:`ecgqa.data.axis`)
 ``infarction_stadium1/2``         Stadium I / II / III → early / middle / old stage of myocardial
                                   infarction; "Stadium I-II", "II-III" → both stages; "unknown" → all
-                                  three unknown; empty (both columns) → all three no
+                                  three unknown; empty (both columns) → all three no. ``release_rules``:
+                                  :func:`release_stages` (column 2 overrides, "I-II" early, "II-III" middle,
+                                  old from column 2 only)
 ``extra_beats``                   ES → extrasystoles, SVES → supraventricular extrasystoles, VES →
                                   ventricular extrasystoles (a count prefix "2ES" is ignored); any →
                                   any kind of extra systoles; empty → all no
@@ -57,7 +60,9 @@ Checked against the release: for every single-verify question of the bundled sam
 metadata (413 noise questions) the derived label equals the answer (``tests/data/test_attributes.py``).
 The bundled and shipped shards hold no single-verify scp_code / axis / stage / extra-systole question
 on ECGs with metadata, so those rules follow PTB-XL's documentation and are not checked against
-release answers. MIMIC-IV-ECG: ECG-QA does not document how its MIMIC attributes were derived from
+release answers; the release's own axis, stage and likelihood-0 rules (``release_rules``) are, on 165 harvested
+release samples (``tests/generation/test_release_evidence.py``, docs/generate.md "Answer rules").
+MIMIC-IV-ECG: ECG-QA does not document how its MIMIC attributes were derived from
 ``machine_measurements.csv`` report lines, and no MIMIC waveforms or reports are available here to
 check one, so the attributes task supports PTB-XL only (a MIMIC release is refused with that reason).
 """
@@ -309,9 +314,11 @@ def derive(
 
     ``release_rules`` (``ecgqa generate``): the ECG-QA authors' generator's rules where they differ from
     PTB-XL's documentation (docs/generate.md, "Answer rules"): a diagnostic statement of likelihood 0 is
-    certain (as 100), and the heart axis comes from the signal (``measurements.qrs_axis``: normal
-    [−30°, 90°), left [−90°, −30°), right [90°, 180°], extreme otherwise; unknown when not measurable)
-    instead of the ``heart_axis`` column.
+    certain (as 100); the heart axis comes from the signal (``measurements.qrs_axis``, which
+    :func:`measure_record` measures by ECG-QA's method: normal [−30°, 90°), left [−90°, −30°), right
+    [90°, 180°], extreme otherwise; unknown when not measurable) instead of the ``heart_axis`` column; the
+    stage of infarction follows :func:`release_stages` (column 2 overrides column 1, "I-II" = early,
+    "II-III" = middle, old only from column 2).
     """
     entire: Labels = {}
     located: dict[str, Labels] = {}
@@ -386,18 +393,7 @@ def derive(
             entire[cls] = int(AXIS[axis.strip()] == cls)
 
     # stage of infarction
-    stages = [record.get("infarction_stadium1"), record.get("infarction_stadium2")]
-    stages = [s.strip() for s in stages if isinstance(s, str) and s.strip()]
-    stage_values = dict.fromkeys(STAGES.values(), 0)
-    for text in stages:
-        m = re.fullmatch(r"Stadium (I{1,3})(?:-(I{1,3}))?", text)
-        if m is None:  # "unknown"
-            stage_values = dict.fromkeys(STAGES.values(), None) | {k: v for k, v in stage_values.items() if v}
-            continue
-        lo, hi = len(m.group(1)), len(m.group(2) or m.group(1))
-        for n in range(lo, hi + 1):
-            stage_values[STAGES["I" * n]] = 1
-    entire.update(stage_values)
+    entire.update(release_stages(record) if release_rules else _ptbxl_stages(record))
 
     # extra beats
     extra = record.get("extra_beats")
@@ -418,6 +414,55 @@ def derive(
 
     out = {"entire": entire, **{lead: per_lead[lead] for lead in LEADS}}
     out.update(located)
+    return out
+
+
+def _ptbxl_stages(record: Mapping[str, Any]) -> Labels:
+    """PTB-XL's meaning: both columns read, "Stadium I-II" = early and middle, "unknown" = every stage unknown."""
+    stages = [record.get("infarction_stadium1"), record.get("infarction_stadium2")]
+    stages = [s.strip() for s in stages if isinstance(s, str) and s.strip()]
+    stage_values: Labels = dict.fromkeys(STAGES.values(), 0)
+    for text in stages:
+        m = re.fullmatch(r"Stadium (I{1,3})(?:-(I{1,3}))?", text)
+        if m is None:  # "unknown"
+            stage_values = dict.fromkeys(STAGES.values(), None) | {k: v for k, v in stage_values.items() if v}
+            continue
+        lo, hi = len(m.group(1)), len(m.group(2) or m.group(1))
+        for n in range(lo, hi + 1):
+            stage_values[STAGES["I" * n]] = 1
+    return stage_values
+
+
+def release_stages(record: Mapping[str, Any]) -> Labels:
+    """The release's stage of infarction (templates 23–25): the ECG-QA authors' 2023 rule, which the release's
+    answers follow (docs/generate.md, "Answer rules": 95 of 95 harvested samples, and the size of the release's
+    "old" pool).
+
+    A filled ``infarction_stadium2`` overrides column 1; "Stadium I" and "Stadium I-II" are early only,
+    "Stadium II" and "Stadium II-III" middle only; old is column 2's "Stadium III" only (the 2023 code tests
+    column 1 for "Staidum III", a typo that never matches, and the release kept it); both columns empty → no
+    stage. Column 1 "unknown" (column 2 empty) → every stage unknown: template 25 answers "unknown stage of
+    myocardial infarction". Column 1 "Stadium III" alone → early and middle no, old unknown: the release
+    answers "no" to early and middle, never asks it 25, and (as for "unknown") asks the old-stage questions
+    of 23/24 too, answering "no" / "none", which unknown labels cannot say, so those are not asked here.
+    """
+
+    def text(col: str) -> str:
+        v = record.get(col)
+        return v.strip() if isinstance(v, str) else ""
+
+    s1, s2 = text("infarction_stadium1"), text("infarction_stadium2")
+    stage = {"Stadium I": "I", "Stadium I-II": "I", "Stadium II": "II", "Stadium II-III": "II"}
+    if s2:
+        stage["Stadium III"] = "III"
+    source = s2 or s1
+    if not s2 and s1 == "Stadium III":  # column 1 alone: not old in the release, though PTB-XL says so
+        return {STAGES["I"]: 0, STAGES["II"]: 0, STAGES["III"]: None}
+    if source and source not in stage:  # "unknown"
+        return dict.fromkeys(STAGES.values(), None)
+    out: Labels = dict.fromkeys(STAGES.values(), 0)
+    if source:
+        out[STAGES[stage[source]]] = 1
     return out
 
 
@@ -517,7 +562,12 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
 
 def measure_record(path: str | Path) -> Any:
     """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
-    status by ECG-QA's method, ``ecgqa.data.features``); None when it cannot be read."""
+    status by ECG-QA's method, ``ecgqa.data.features``), with ``qrs_axis`` by ECG-QA's method too
+    (:func:`ecgqa.data.axis.release_qrs_axis`: the axis the release's answers follow, which
+    ``ecgqa.data.measure``'s area axis does not); None when the record cannot be read."""
+    from dataclasses import replace
+
+    from ecgqa.data.axis import release_qrs_axis
     from ecgqa.data.measure import measure_ecg
     from ecgqa.data.records import RecordError, read_record
 
@@ -525,7 +575,7 @@ def measure_record(path: str | Path) -> Any:
         rec = read_record(path)
     except RecordError:
         return None
-    return measure_ecg(rec.signal, rec.fs)
+    return replace(measure_ecg(rec.signal, rec.fs), qrs_axis=release_qrs_axis(rec.signal, rec.fs))
 
 
 def measure_records(
