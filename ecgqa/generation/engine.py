@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ecgqa.data.attributes import ANY_NOISE, AXIS_CLASSES
@@ -41,7 +43,7 @@ class Question:
     values: tuple[str, ...]
     lead: str | None
 
-    @property
+    @cached_property
     def text(self) -> str:
         return self.template.fill(self.values, self.lead)
 
@@ -112,10 +114,185 @@ def questions(t: Template, templates: dict[int, Template], classes: frozenset[st
     return out
 
 
-def _units(t: Template, split_ids: list[int], pairs: dict[str, list[tuple[int, int]]]) -> list[Any]:
-    if t.scope == "single":
-        return split_ids
-    return pairs[t.scope]
+class _Columns:
+    """Every ECG's labels as one small-integer column per (row, class) entry, built on first use.
+
+    A question's answer is a function of the entries :func:`ecgqa.generation.answers.reads` names, so the
+    ECGs are keyed by the combination of those entries' values (:meth:`keys`) and :func:`answers.answer`
+    runs once per distinct key (or pair of keys) instead of once per ECG (or pair).
+    """
+
+    def __init__(self, labels: dict[int, dict], ids: list[int]) -> None:
+        self.labels = labels
+        self.ids = ids
+        self.pos = {e: i for i, e in enumerate(ids)}
+        self._codes: dict[Any, int] = {_MISSING: 0}
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self._keys: dict[tuple, tuple[np.ndarray, int]] = {}
+
+    def column(self, row: str, cls: str) -> np.ndarray:
+        col = self._columns.get((row, cls))
+        if col is None:
+            codes = self._codes
+            out = np.empty(len(self.ids), dtype=np.int64)
+            for i, e in enumerate(self.ids):
+                r = self.labels[e].get(row)
+                v = _MISSING if r is None else r.get(cls, _MISSING)
+                c = codes.get(v)
+                if c is None:
+                    c = codes[v] = len(codes)
+                out[i] = c
+            col = self._columns[(row, cls)] = out
+        return col
+
+    def values(self) -> list[Any]:
+        """The label value of each code, in code order."""
+        return list(self._codes)
+
+    def keys(self, reads: tuple[tuple[str, str], ...]) -> tuple[np.ndarray, int]:
+        """(key of each ECG, number of possible keys): equal keys ⇔ equal values of every entry read."""
+        got = self._keys.get(reads)
+        if got is None:
+            cols = [self.column(r, c) for r, c in reads]
+            base = len(self._codes)
+            if not cols:
+                got = (np.zeros(len(self.ids), dtype=np.int64), 1)
+            elif base ** len(cols) < 2**31:
+                key = np.zeros(len(self.ids), dtype=np.int64)
+                for col in cols:
+                    key = key * base + col
+                got = (key, base ** len(cols))
+            else:
+                uniq, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+                got = (inverse.reshape(-1).astype(np.int64), len(uniq))
+            self._keys[reads] = got
+        return got
+
+
+_MISSING = object()  # an entry the labels do not carry (answer() raises, naming the ECG)
+
+
+@dataclass
+class _Units:
+    """The ECGs (``single``) or pairs a question is asked of in one split, with their label positions."""
+
+    items: list[Any]  # ecg ids, or (first, second) pairs
+    first: np.ndarray  # position of each unit's (first) ECG in _Columns.ids
+    second: np.ndarray | None = None  # pairs: the second ECG's
+
+    def ecgs(self, i: int) -> tuple[int, ...]:
+        u = self.items[i]
+        return u if isinstance(u, tuple) else (u,)
+
+
+def _make_units(items: list[Any], cols: _Columns, pairs: bool) -> _Units:
+    if not pairs:
+        return _Units(items, np.array([cols.pos[e] for e in items], dtype=np.int64))
+    first = np.array([cols.pos[a] for a, _ in items], dtype=np.int64)
+    second = np.array([cols.pos[b] for _, b in items], dtype=np.int64)
+    return _Units(items, first, second)
+
+
+def _transition_codes(
+    t: Template, reads: tuple[tuple[str, str], ...], units: _Units, sel: np.ndarray, cols: _Columns
+) -> np.ndarray | None:
+    """A comparison choose / query over many classes: each pair's code is which classes show the template's
+    transition and whether any class is known in both ECGs, all that :func:`answers._comparison` looks at
+    (keying pairs by all their labels would give nearly one key per pair). None where this does not apply
+    (verify, too many classes, or a label missing: the generic path then raises naming the ECG)."""
+    if t.kind == "verify" or not reads or len(reads) > 62:
+        return None
+    was, now = A.TRANSITION[A.COMPARISON[t.id]]
+    columns = [cols.column(r, c) for r, c in reads]
+    state = {True: 1, False: 0, None: 2}
+    table = np.array([3 if v is _MISSING else state[A.comparison_state(t, v)] for v in cols.values()])
+    first, second = units.first[sel], units.second[sel]
+    codes = np.zeros(len(sel), dtype=np.int64)
+    known_any = np.zeros(len(sel), dtype=bool)
+    for bit, col in enumerate(columns):
+        a, b = table[col[first]], table[col[second]]
+        if (a == 3).any() or (b == 3).any():
+            return None
+        known = (a != 2) & (b != 2)
+        codes |= (known & (a == int(was)) & (b == int(now))).astype(np.int64) << bit
+        known_any |= known
+    return codes | (known_any.astype(np.int64) << len(reads))
+
+
+def _group_by_answer(
+    q: Question,
+    units: _Units,
+    cols: _Columns,
+    inp: GenerationInput,
+    classes: frozenset[str] | None,
+    taken: set[int] | None,
+) -> dict[tuple[str, ...], list[int]]:
+    """Answer set → the indices (into ``units.items``, in order) of the units with that answer; units whose
+    answer is None and those in ``taken`` are left out. The same groups, in the same order, as calling
+    :func:`answers.answer` on every unit in turn, and the same error (its first unit) if one fails."""
+    t = q.template
+    n = len(units.items)
+    if n == 0:
+        return {}
+    sel = np.arange(n) if not taken else np.setdiff1d(np.arange(n), np.fromiter(taken, np.int64, len(taken)))
+    reads = A.reads(t, q.values, q.lead, classes)
+    codes = _transition_codes(t, reads, units, sel, cols) if units.second is not None else None
+    if codes is None:
+        key, k = cols.keys(reads)
+        codes = key[units.first[sel]]
+        if units.second is not None:
+            codes = codes * k + key[units.second[sel]]
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    answer_of = np.full(len(uniq), -1, dtype=np.int64)
+    answer_sets: dict[tuple[str, ...], int] = {}
+    for c in np.argsort(first, kind="stable"):  # distinct keys in order of first appearance
+        ecgs = units.ecgs(int(sel[first[c]]))
+        rows = [inp.labels[e] for e in ecgs]
+        ans = A.answer(t, q.values, q.lead, rows, ecgs=ecgs, has_likelihood=inp.has_likelihood, classes=classes)
+        if ans is not None:
+            answer_of[c] = answer_sets.setdefault(tuple(sorted(ans)), len(answer_sets))
+    unit_answer = answer_of[inverse.reshape(-1)]
+    order = np.argsort(unit_answer, kind="stable")  # stable: each group keeps the units' order
+    bounds = np.searchsorted(unit_answer[order], np.arange(len(answer_sets) + 1))
+    return {ans: sel[order[bounds[g] : bounds[g + 1]]].tolist() for ans, g in answer_sets.items()}
+
+
+def plan(
+    inp: GenerationInput, templates: dict[int, Template]
+) -> tuple[list[Question], dict[str, str], frozenset | None]:
+    """The questions to ask (template order), the templates skipped and why, and the classes asked (None:
+    every class, PTB-XL)."""
+    classes = frozenset(inp.classes) if inp.dataset != "ptbxl" else None
+
+    skipped: dict[str, str] = {}
+    todo: list[Question] = []
+    entire = [inp.labels[int(e)].get("entire", {}) for e in inp.ecgs.index]
+    has_numeric = any("within the normal range of rr interval" in r for r in entire)
+    has_axis = any("normal heart axis" in r for r in entire)
+    if classes is not None and has_axis:  # the axis comes from the signal, whatever the dataset labels
+        classes = classes | set(AXIS_CLASSES)
+    for tid, t in templates.items():
+        if t.attribute_type == "numeric_feature" and not has_numeric:
+            skipped[str(tid)] = "no numeric features (signals not measured)"
+            continue
+        if t.attribute_type == "heart_axis" and not has_axis:
+            skipped[str(tid)] = "no heart axis (signals not measured)"
+            continue
+        if tid in NOT_IMPLEMENTED:
+            skipped[str(tid)] = NOT_IMPLEMENTED[tid]
+            continue
+        if not inp.has_likelihood and tid in UNCERTAIN_TWINS:
+            skipped[str(tid)] = f"no likelihoods in this dataset: asks the same as template {UNCERTAIN_TWINS[tid]}"
+            continue
+        if not inp.lead_labels and t.has_lead or (not inp.lead_labels and tid == 34):
+            skipped[str(tid)] = "the dataset does not say in which leads a finding is"
+            continue
+        qs = questions(t, templates, classes)
+        if not qs:
+            skipped[str(tid)] = "none of the template's options is a class this dataset labels"
+            continue
+        todo.extend(qs)
+    return todo, skipped, classes
 
 
 def run(
@@ -149,64 +326,38 @@ def run(
         }
         for s in sampling.SPLITS
     }
-    classes = frozenset(inp.classes) if inp.dataset != "ptbxl" else None
-    skipped: dict[str, str] = {}
-    todo: list[Question] = []
-    entire = [inp.labels[int(e)].get("entire", {}) for e in inp.ecgs.index]
-    has_numeric = any("within the normal range of rr interval" in r for r in entire)
-    has_axis = any("normal heart axis" in r for r in entire)
-    if classes is not None and has_axis:  # the axis comes from the signal, whatever the dataset labels
-        classes = classes | set(AXIS_CLASSES)
-    for tid, t in templates.items():
-        if t.attribute_type == "numeric_feature" and not has_numeric:
-            skipped[str(tid)] = "no numeric features (signals not measured)"
-            continue
-        if t.attribute_type == "heart_axis" and not has_axis:
-            skipped[str(tid)] = "no heart axis (signals not measured)"
-            continue
-        if tid in NOT_IMPLEMENTED:
-            skipped[str(tid)] = NOT_IMPLEMENTED[tid]
-            continue
-        if not inp.has_likelihood and tid in UNCERTAIN_TWINS:
-            skipped[str(tid)] = f"no likelihoods in this dataset: asks the same as template {UNCERTAIN_TWINS[tid]}"
-            continue
-        if not inp.lead_labels and t.has_lead or (not inp.lead_labels and tid == 34):
-            skipped[str(tid)] = "the dataset does not say in which leads a finding is"
-            continue
-        qs = questions(t, templates, classes)
-        if not qs:
-            skipped[str(tid)] = "none of the template's options is a class this dataset labels"
-            continue
-        todo.extend(qs)
+    todo, skipped, classes = plan(inp, templates)
 
     samples: dict[str, list[dict]] = {s: [] for s in sampling.SPLITS}
     counts: dict[str, dict[str, int]] = {}
-    used: dict[tuple[str, int], set] = {}
+    cols = _Columns(inp.labels, [int(e) for e in inp.ecgs.index])
+    units = {
+        split: {
+            "single": _make_units(ids_of[split], cols, pairs=False),
+            **{scope: _make_units(p, cols, pairs=True) for scope, p in pairs[split].items()},
+        }
+        for split in sampling.SPLITS
+    }
+    used: dict[tuple[str, int], set[int]] = {}
     bar = tqdm(total=len(todo) * 3, desc="generate", unit="question", disable=not progress)
     for qid, q in enumerate(todo):
         t = q.template
         for split in sampling.SPLITS:
             bar.update(1)
-            groups: dict[tuple[str, ...], list] = {}
-            taken = used.setdefault((split, t.id), set())
-            for unit in _units(t, ids_of[split], pairs[split]):
-                if t.kind == "choose" and unit in taken:
-                    continue
-                ecgs = unit if isinstance(unit, tuple) else (unit,)
-                rows = [inp.labels[e] for e in ecgs]
-                ans = A.answer(t, q.values, q.lead, rows, ecgs=ecgs, has_likelihood=inp.has_likelihood, classes=classes)
-                if ans is None:
-                    continue
-                groups.setdefault(tuple(sorted(ans)), []).append(unit)
+            u = units[split][t.scope]
+            taken = used.setdefault((split, t.id), set()) if t.kind == "choose" else None
+            groups = _group_by_answer(q, u, cols, inp, classes, taken)
             chosen = sampling.pick(groups, kind=t.kind, split=split, caps=caps, balanced=balanced, rng=rng)
             if chosen is None:
                 continue
-            for ans, units in chosen.items():
-                for unit in sorted(units):
-                    ecgs = list(unit) if isinstance(unit, tuple) else [unit]
+            tcounts = counts.setdefault(str(t.id), {})
+            for ans, picked in chosen.items():
+                akey = "|".join(ans)
+                tcounts[akey] = tcounts.get(akey, 0) + len(picked)
+                for i in sorted(picked, key=u.items.__getitem__):
                     text, attribute = q.text, list(q.values) or None
-                    if t.kind == "choose":
-                        taken.add(unit)
+                    if taken is not None:
+                        taken.add(i)
                         text, attribute = _maybe_swap(q, rng)
                     elif t.kind == "query" and t.id not in (34, 19):
                         attribute = None
@@ -222,14 +373,10 @@ def run(
                             "attribute_type": t.attribute_type,
                             "question": text,
                             "answer": _order(t, ans, attribute),
-                            "ecg_id": ecgs,
+                            "ecg_id": list(u.ecgs(i)),
                             "attribute": attribute,
                         }
                     )
-                    key = f"{t.id}"
-                    counts.setdefault(key, {})
-                    akey = "|".join(ans)
-                    counts[key][akey] = counts[key].get(akey, 0) + 1
     bar.close()
     for split in sampling.SPLITS:
         for i, s in enumerate(samples[split]):

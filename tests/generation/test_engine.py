@@ -1,0 +1,115 @@
+"""The engine's fast paths against :func:`ecgqa.generation.answers.answer` called on every ECG (or pair).
+
+The engine computes each question's answer once per distinct combination of the label entries it reads
+(``answers.reads``) and, for comparison queries, once per transition pattern; these tests compare its
+answer groups with the plain loop over every unit, for every question of every template, on the bundled
+sample's real labels plus numeric-feature and heart-axis labels that :func:`ecgqa.data.attributes.derive`
+gives for seeded measurement statuses (every status, unmeasurable ones included).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ecgqa.data.attributes import AXIS_CLASSES, Statements, derive
+from ecgqa.data.features import FEATURES
+from ecgqa.data.measure import Measurements
+from ecgqa.generation import answers as A
+from ecgqa.generation import engine as E
+from ecgqa.generation import sampling
+from ecgqa.generation.ptbxl import read_ptbxl
+from ecgqa.generation.templates import load_templates
+
+N_ECGS = 60
+
+
+@pytest.fixture(scope="module")
+def measured_input(tmp_path_factory, sample_paths):
+    """The first N_ECGS bundled ECGs with derived labels, plus signal labels from seeded statuses."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("ptbxl_subset")
+    src = sample_paths.ptbxl_records
+    pd.read_csv(src / "ptbxl_database.csv").head(N_ECGS).to_csv(root / "ptbxl_database.csv", index=False)
+    (root / "scp_statements.csv").symlink_to(src / "scp_statements.csv")
+    (root / "records500").symlink_to(src / "records500")
+    inp, _ = read_ptbxl(root, measure=False, progress=False)
+    rng = random.Random(0)
+    nothing = Statements(frozenset(), frozenset(), frozenset(), {})
+    for e in inp.labels:
+        status = {f: rng.choice(["below", "within", "above", None]) for f in FEATURES}
+        if rng.random() < 0.1:
+            status = dict.fromkeys(FEATURES)  # an unmeasurable record
+        m = Measurements(status=status, qrs_axis=rng.choice([None, -60.0, -10.0, 45.0, 120.0, -150.0]))
+        entire = derive({}, nothing, m, release_rules=True)["entire"]
+        for k, v in entire.items():
+            if " the normal range of " in k or k in AXIS_CLASSES:
+                inp.labels[e]["entire"][k] = v
+    return inp
+
+
+def _plain_groups(q, items, inp, classes, taken=()):
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, unit in enumerate(items):
+        if i in taken:
+            continue
+        ecgs = unit if isinstance(unit, tuple) else (unit,)
+        rows = [inp.labels[e] for e in ecgs]
+        ans = A.answer(
+            q.template, q.values, q.lead, rows, ecgs=ecgs, has_likelihood=inp.has_likelihood, classes=classes
+        )
+        if ans is not None:
+            groups.setdefault(tuple(sorted(ans)), []).append(i)
+    return groups
+
+
+def test_grouped_answers_equal_answer_on_every_unit(measured_input):
+    inp = measured_input
+    templates = load_templates()
+    todo, skipped, classes = E.plan(inp, templates)
+    assert not {"39", "40", "41", "42", "20", "21", "22", "68"} & set(skipped)  # signal templates are asked
+    cols = E._Columns(inp.labels, [int(e) for e in inp.ecgs.index])
+    split_of = sampling.split_by_patient(inp.ecgs, 42)
+    ids = sorted(e for e, s in split_of.items() if s == "train")
+    rng = random.Random(1)
+    scopes = {
+        "single": E._make_units(ids, cols, pairs=False),
+        "comparison_consecutive": E._make_units(sampling.consecutive_pairs(inp.ecgs, ids), cols, pairs=True),
+        "comparison_irrelevant": E._make_units(sampling.irrelevant_pairs(inp.ecgs, ids, rng), cols, pairs=True),
+    }
+    assert all(len(u.items) > 10 for u in scopes.values())
+    checked = set()
+    for q in todo:
+        units = scopes[q.template.scope]
+        taken = set(rng.sample(range(len(units.items)), 5)) if q.template.kind == "choose" else None
+        got = E._group_by_answer(q, units, cols, inp, classes, taken)
+        assert got == _plain_groups(q, units.items, inp, classes, taken or ()), (q.template.id, q.values, q.lead)
+        checked.add(q.template.id)
+    # every generated template was compared, comparison queries (the transition path) included
+    assert {47, 48, 49, 54, 61, 62, 63, 68, 70, 40, 41, 42, 22, 25, 34} <= checked
+
+
+def test_a_missing_label_fails_on_the_same_ecg_as_the_plain_loop(measured_input):
+    inp = measured_input
+    templates = load_templates()
+    ids = sorted(int(e) for e in inp.ecgs.index)
+    victim = ids[7]
+    saved = inp.labels[victim]["entire"].pop("atrial fibrillation")
+    try:
+        cols = E._Columns(inp.labels, ids)
+        pairs = [(ids[0], ids[1]), (ids[2], victim), (victim, ids[3])]
+        for tid, values in ((1, ("atrial fibrillation",)), (61, ()), (57, ("atrial fibrillation",))):
+            t = templates[tid]
+            q = E.Question(t, values, None)
+            units = E._make_units(ids if t.scope == "single" else pairs, cols, pairs=t.scope != "single")
+            with pytest.raises(A.AnswerError, match=rf"template {tid}.*'atrial fibrillation'") as plain:
+                _plain_groups(q, units.items, inp, None)
+            first = victim if t.scope == "single" else ids[2]  # a pair's error names its first ECG
+            assert str(plain.value).startswith(f"ECG {first}, ")
+            with pytest.raises(A.AnswerError) as fast:
+                E._group_by_answer(q, units, cols, inp, None, None)
+            assert str(fast.value) == str(plain.value)
+    finally:
+        inp.labels[victim]["entire"]["atrial fibrillation"] = saved
