@@ -8,6 +8,10 @@ values, lead) and keeps one ``question_id`` across splits, as in the release.
 
 from __future__ import annotations
 
+import gc
+import json
+import multiprocessing as mp
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +26,10 @@ from tqdm.auto import tqdm
 from ecgqa.data.attributes import ANY_NOISE, AXIS_CLASSES
 from ecgqa.generation import answers as A
 from ecgqa.generation import sampling
-from ecgqa.generation.source import GenerationInput
-from ecgqa.generation.templates import LEAD_NAMES, NONE, Template, load_templates, swap_words
+from ecgqa.generation.source import GenerationInput, RowPool
+from ecgqa.generation.templates import LEAD_NAMES, NONE, Template, load_templates, paraphrases, swap_words
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: one random generator per template (same output whatever num_proc)
 #: Templates not generated, and why (listed in generation.json).
 _REPORT_LEADS = (
     "needs the lead of each form statement from the report text; the authors parsed an English translation "
@@ -129,21 +133,48 @@ class _Columns:
         self._codes: dict[Any, int] = {_MISSING: 0}
         self._columns: dict[tuple[str, str], np.ndarray] = {}
         self._keys: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._all = False
 
     def column(self, row: str, cls: str) -> np.ndarray:
         col = self._columns.get((row, cls))
+        if col is None and self._all:  # no ECG carries this entry
+            col = self._columns[(row, cls)] = np.zeros(len(self.ids), dtype=np.int16)
         if col is None:
             codes = self._codes
-            out = np.empty(len(self.ids), dtype=np.int64)
+            out = np.empty(len(self.ids), dtype=np.int16)
             for i, e in enumerate(self.ids):
                 r = self.labels[e].get(row)
                 v = _MISSING if r is None else r.get(cls, _MISSING)
                 c = codes.get(v)
                 if c is None:
-                    c = codes[v] = len(codes)
+                    c = self._new_code(v)
                 out[i] = c
             col = self._columns[(row, cls)] = out
         return col
+
+    def _new_code(self, v: Any) -> int:
+        if len(self._codes) >= 2**15 - 1:
+            raise ValueError(f"labels hold {len(self._codes)}+ distinct values (expected 1 / 0 / None), e.g. {v!r}")
+        c = self._codes[v] = len(self._codes)
+        return c
+
+    def build_all(self) -> None:
+        """Every column at once, in one pass over the labels (before worker processes are forked)."""
+        codes, n = self._codes, len(self.ids)
+        built: dict[tuple[str, str], np.ndarray] = {}
+        for i, e in enumerate(self.ids):
+            for row, labels in self.labels[e].items():
+                for cls, v in labels.items():
+                    col = built.get((row, cls))
+                    if col is None:
+                        col = built[(row, cls)] = np.zeros(n, dtype=np.int16)  # 0: _MISSING
+                    c = codes.get(v)
+                    if c is None:
+                        c = self._new_code(v)
+                    col[i] = c
+        for key, col in built.items():
+            self._columns.setdefault(key, col)
+        self._all = True
 
     def values(self) -> list[Any]:
         """The label value of each code, in code order."""
@@ -160,37 +191,57 @@ class _Columns:
             elif base ** len(cols) < 2**31:
                 key = np.zeros(len(self.ids), dtype=np.int64)
                 for col in cols:
-                    key = key * base + col
+                    key = key * base + col.astype(np.int64)
                 got = (key, base ** len(cols))
             else:
                 uniq, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
                 got = (inverse.reshape(-1).astype(np.int64), len(uniq))
+            if len(self._keys) >= _KEYS_KEPT:  # a key array per ECG each: keep the recent ones only
+                del self._keys[next(iter(self._keys))]
             self._keys[reads] = got
         return got
 
 
 _MISSING = object()  # an entry the labels do not carry (answer() raises, naming the ECG)
+_KEYS_KEPT = 16  # key arrays cached (one question asks its three splits; neighbouring questions share reads)
 
 
 @dataclass
 class _Units:
-    """The ECGs (``single``) or pairs a question is asked of in one split, with their label positions."""
+    """The ECGs (``single``) or pairs a question is asked of in one split: their ids and label positions
+    (arrays, not a list of tuples: a split has ten irrelevant pairs per ECG)."""
 
-    items: list[Any]  # ecg ids, or (first, second) pairs
-    first: np.ndarray  # position of each unit's (first) ECG in _Columns.ids
-    second: np.ndarray | None = None  # pairs: the second ECG's
+    ids: np.ndarray  # ecg id of each unit's (first) ECG
+    first: np.ndarray  # its position in _Columns.ids
+    second_ids: np.ndarray | None = None  # pairs: the second ECG's id
+    second: np.ndarray | None = None  # and position
 
-    def ecgs(self, i: int) -> tuple[int, ...]:
-        u = self.items[i]
-        return u if isinstance(u, tuple) else (u,)
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def ecgs(self, i: int) -> list[int]:
+        if self.second_ids is None:
+            return [int(self.ids[i])]
+        return [int(self.ids[i]), int(self.second_ids[i])]
+
+    def in_order(self, picked: list[int]) -> list[int]:
+        """``picked`` (unit indices) in the order of their ECG ids (pairs: first, then second)."""
+        idx = np.asarray(picked, dtype=np.int64)
+        if self.second_ids is None:
+            return idx[np.argsort(self.ids[idx], kind="stable")].tolist()
+        return idx[np.lexsort((self.second_ids[idx], self.ids[idx]))].tolist()
 
 
 def _make_units(items: list[Any], cols: _Columns, pairs: bool) -> _Units:
+    """Units from ecg ids (``pairs=False``) or (first, second) id pairs."""
+    pos = cols.pos
     if not pairs:
-        return _Units(items, np.array([cols.pos[e] for e in items], dtype=np.int64))
-    first = np.array([cols.pos[a] for a, _ in items], dtype=np.int64)
-    second = np.array([cols.pos[b] for _, b in items], dtype=np.int64)
-    return _Units(items, first, second)
+        ids = np.array(items, dtype=np.int64)
+        return _Units(ids, np.array([pos[e] for e in items], dtype=np.int64))
+    arr = np.array(items, dtype=np.int64).reshape(-1, 2)
+    first = np.array([pos[e] for e in arr[:, 0].tolist()], dtype=np.int64)
+    second = np.array([pos[e] for e in arr[:, 1].tolist()], dtype=np.int64)
+    return _Units(arr[:, 0].copy(), first, arr[:, 1].copy(), second)
 
 
 def _transition_codes(
@@ -227,11 +278,11 @@ def _group_by_answer(
     classes: frozenset[str] | None,
     taken: set[int] | None,
 ) -> dict[tuple[str, ...], list[int]]:
-    """Answer set → the indices (into ``units.items``, in order) of the units with that answer; units whose
+    """Answer set → the indices (into ``units``, in order) of the units with that answer; units whose
     answer is None and those in ``taken`` are left out. The same groups, in the same order, as calling
     :func:`answers.answer` on every unit in turn, and the same error (its first unit) if one fails."""
     t = q.template
-    n = len(units.items)
+    n = len(units)
     if n == 0:
         return {}
     sel = np.arange(n) if not taken else np.setdiff1d(np.arange(n), np.fromiter(taken, np.int64, len(taken)))
@@ -298,6 +349,7 @@ def plan(
 def run(
     inp: GenerationInput,
     *,
+    parts: str | Path,
     version: str = "ptbxl",
     seed: int = 42,
     caps: str = "release",
@@ -305,85 +357,69 @@ def run(
     split_of: dict[int, str] | None = None,
     measure: bool = True,
     progress: bool = True,
+    num_proc: int = 1,
 ) -> dict[str, Any]:
-    """Generate every split's samples. Returns {"samples": {split: [sample, …]}, "counts", "skipped", "splits"}.
+    """Generate every split's samples into ``parts`` (one file per template and split, :func:`read_parts`);
+    returns what the writer needs besides them (counts, skipped templates, the split, …).
 
     ``split_of`` (ecg_id → split) overrides the seeded patient split (the release's ``*_ecgs.tsv``).
+    ``num_proc`` > 1 runs the templates in that many forked processes; the output is the same whatever
+    ``num_proc``: each template draws from its own generator seeded by (``seed``, template id). Equal label
+    rows of ``inp`` are made one object (:class:`~ecgqa.generation.source.RowPool`): do not change them
+    afterwards.
     """
     if caps not in sampling.CAPS:
         raise ValueError(f"--caps {caps!r}: expected one of {', '.join(sampling.CAPS)}")
     if measure:
         add_signal_labels(inp, progress=progress)
     templates = load_templates(version)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # the split's irrelevant pairs; each template has its own (_template_rng)
     split_of = split_of or inp.split_of or sampling.split_by_patient(inp.ecgs, seed)
     ids_of = {s: sorted(int(e) for e in inp.ecgs.index if split_of.get(int(e)) == s) for s in sampling.SPLITS}
     outside = [int(e) for e in inp.ecgs.index if int(e) not in split_of]
-    pairs = {
-        s: {
-            "comparison_consecutive": sampling.consecutive_pairs(inp.ecgs, ids_of[s]),
-            "comparison_irrelevant": sampling.irrelevant_pairs(inp.ecgs, ids_of[s], rng),
-        }
-        for s in sampling.SPLITS
-    }
     todo, skipped, classes = plan(inp, templates)
-
-    samples: dict[str, list[dict]] = {s: [] for s in sampling.SPLITS}
-    counts: dict[str, dict[str, int]] = {}
+    pool = RowPool()  # equal label rows become one object: the labels of N ECGs take far less memory
+    for rows in inp.labels.values():
+        pool(rows)
     cols = _Columns(inp.labels, [int(e) for e in inp.ecgs.index])
-    units = {
-        split: {
-            "single": _make_units(ids_of[split], cols, pairs=False),
-            **{scope: _make_units(p, cols, pairs=True) for scope, p in pairs[split].items()},
+    units = {}
+    for s in sampling.SPLITS:
+        consecutive = sampling.consecutive_pairs(inp.ecgs, ids_of[s])
+        irrelevant = sampling.irrelevant_pairs(inp.ecgs, ids_of[s], rng)
+        units[s] = {
+            "single": _make_units(ids_of[s], cols, pairs=False),
+            "comparison_consecutive": _make_units(consecutive, cols, pairs=True),
+            "comparison_irrelevant": _make_units(irrelevant, cols, pairs=True),
         }
-        for split in sampling.SPLITS
-    }
-    used: dict[tuple[str, int], set[int]] = {}
-    bar = tqdm(total=len(todo) * 3, desc="generate", unit="question", disable=not progress)
+    by_template: dict[int, list[tuple[int, Question]]] = {}
     for qid, q in enumerate(todo):
-        t = q.template
-        for split in sampling.SPLITS:
-            bar.update(1)
-            u = units[split][t.scope]
-            taken = used.setdefault((split, t.id), set()) if t.kind == "choose" else None
-            groups = _group_by_answer(q, u, cols, inp, classes, taken)
-            chosen = sampling.pick(groups, kind=t.kind, split=split, caps=caps, balanced=balanced, rng=rng)
-            if chosen is None:
-                continue
-            tcounts = counts.setdefault(str(t.id), {})
-            for ans, picked in chosen.items():
-                akey = "|".join(ans)
-                tcounts[akey] = tcounts.get(akey, 0) + len(picked)
-                for i in sorted(picked, key=u.items.__getitem__):
-                    text, attribute = q.text, list(q.values) or None
-                    if taken is not None:
-                        taken.add(i)
-                        text, attribute = _maybe_swap(q, rng)
-                    elif t.kind == "query" and t.id not in (34, 19):
-                        attribute = None
-                    if t.id == 39:
-                        attribute = [q.values[1]]
-                    elif t.id == 41:
-                        attribute = None
-                    samples[split].append(
-                        {
-                            "template_id": t.id,
-                            "question_id": qid,
-                            "question_type": t.question_type,
-                            "attribute_type": t.attribute_type,
-                            "question": text,
-                            "answer": _order(t, ans, attribute),
-                            "ecg_id": list(u.ecgs(i)),
-                            "attribute": attribute,
-                        }
-                    )
+        by_template.setdefault(q.template.id, []).append((qid, q))
+    parts = Path(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    job = _Job(
+        inp=inp,
+        classes=classes,
+        cols=cols,
+        units=units,
+        seed=seed,
+        caps=caps,
+        balanced=balanced,
+        parts=parts,
+        paraphrases=paraphrases() if version == "ptbxl" else {},
+    )
+    done: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+    bar = tqdm(total=len(todo), desc="generate", unit="question", disable=not progress)
+    for tid, counts, n in _map_templates(job, list(by_template.items()), num_proc):
+        done[tid] = (counts, n)
+        bar.update(len(by_template[tid]))
     bar.close()
-    for split in sampling.SPLITS:
-        for i, s in enumerate(samples[split]):
-            s["sample_id"] = i
+    order = [tid for tid in by_template if sum(done[tid][1].values())]
     return {
-        "samples": samples,
-        "counts": counts,
+        "parts": parts,
+        "order": order,
+        "n": {tid: done[tid][1] for tid in order},
+        "counts": {str(tid): done[tid][0] for tid in order},
+        "paraphrases": job.paraphrases,
         "skipped": skipped,
         "split_of": split_of,
         "ids_of": ids_of,
@@ -391,6 +427,136 @@ def run(
         "n_questions": len(todo),
         "templates": templates,
     }
+
+
+@dataclass
+class _Job:
+    """What every template's task reads; worker processes inherit it by fork (:data:`_JOB`)."""
+
+    inp: GenerationInput
+    classes: frozenset[str] | None
+    cols: _Columns
+    units: dict[str, dict[str, _Units]]
+    seed: int
+    caps: str
+    balanced: bool
+    parts: Path
+    paraphrases: dict[int, tuple[str, ...]]
+
+
+_JOB: _Job | None = None
+
+
+def _map_templates(job: _Job, tasks: list, num_proc: int) -> Iterator[tuple[int, dict, dict]]:
+    """(template id, counts, samples per split) of each template task, as they finish."""
+    global _JOB
+    if num_proc <= 1 or len(tasks) <= 1 or "fork" not in mp.get_all_start_methods():
+        for tid, qs in tasks:
+            yield _run_template(job, tid, qs)
+        return
+    job.cols.build_all()  # before the fork: the workers share the columns instead of each reading the labels
+    _JOB = job
+    gc.freeze()  # the labels stay in pages the workers share (no collector writes to them)
+    try:
+        with mp.get_context("fork").Pool(num_proc) as pool:
+            yield from pool.imap_unordered(_template_task, tasks)
+    finally:
+        _JOB = None
+        gc.unfreeze()
+
+
+def _template_task(task: tuple[int, list[tuple[int, Question]]]) -> tuple[int, dict, dict]:
+    assert _JOB is not None, "a template task runs in a process forked by _map_templates"
+    return _run_template(_JOB, *task)
+
+
+def _template_rng(seed: int, tid: int, stream: str = "sample") -> random.Random:
+    """The generator of one template's draws (sampling, option order; ``paraphrase``: pattern choice)."""
+    return random.Random(f"ecgqa generate/{seed}/{stream}/{tid}")
+
+
+def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[int, dict, dict]:
+    """Every question of one template in every split → ``parts/<tid>.<split>.jsonl`` (and ``.para.jsonl``:
+    the paraphrased variant of the same samples, line for line). Returns (tid, counts per answer, samples
+    per split). One sample a line: its JSON up to ``sample_id`` (which the writer numbers), a tab, the rest."""
+    rng, para_rng = _template_rng(job.seed, tid), _template_rng(job.seed, tid, "paraphrase")
+    patterns = job.paraphrases.get(tid)
+    counts: dict[str, int] = {}
+    n = dict.fromkeys(sampling.SPLITS, 0)
+    used: dict[str, set[int]] = {s: set() for s in sampling.SPLITS}
+    files: dict[str, Any] = {}
+    try:
+        for split in sampling.SPLITS:
+            files[split] = open(job.parts / f"{tid}.{split}.jsonl", "w")  # noqa: SIM115 - closed below
+            if patterns:
+                files[split + "/para"] = open(job.parts / f"{tid}.{split}.para.jsonl", "w")  # noqa: SIM115
+        for qid, q in qs:
+            t = q.template
+            for split in sampling.SPLITS:
+                u = job.units[split][t.scope]
+                taken = used[split] if t.kind == "choose" else None
+                groups = _group_by_answer(q, u, job.cols, job.inp, job.classes, taken)
+                chosen = sampling.pick(groups, kind=t.kind, split=split, caps=job.caps, balanced=job.balanced, rng=rng)
+                if chosen is None:
+                    continue
+                out, para = files[split], files.get(split + "/para")
+                for ans, picked in chosen.items():
+                    akey = "|".join(ans)
+                    counts[akey] = counts.get(akey, 0) + len(picked)
+                    n[split] += len(picked)
+                    for i in u.in_order(picked):
+                        text, attribute = q.text, list(q.values) or None
+                        if taken is not None:
+                            taken.add(i)
+                            text, attribute = _maybe_swap(q, rng)
+                        elif t.kind == "query" and t.id not in (34, 19):
+                            attribute = None
+                        if t.id == 39:
+                            attribute = [q.values[1]]
+                        elif t.id == 41:
+                            attribute = None
+                        ecgs = u.ecgs(i)
+                        sample = {
+                            "template_id": t.id,
+                            "question_id": qid,
+                            "question_type": t.question_type,
+                            "attribute_type": t.attribute_type,
+                            "question": text,
+                            "answer": _order(t, ans, attribute),
+                            "ecg_id": ecgs,
+                            "attribute": attribute,
+                        }
+                        tail = ""
+                        if job.inp.mapped:
+                            paths = [os.path.abspath(job.inp.ecgs.at[e, "record"]) for e in ecgs]
+                            tail = ', "ecg_path": ' + json.dumps(paths)
+                        out.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
+                        if para is not None:
+                            values = (*q.values[:-2], *attribute) if taken is not None else q.values
+                            sample["question"] = t.fill(values, q.lead, text=para_rng.choice(patterns))
+                            para.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
+    finally:
+        for f in files.values():
+            f.close()
+    return tid, counts, n
+
+
+def read_parts(result: dict[str, Any], split: str, variant: str = "template") -> Iterator[str]:
+    """The samples of one split as JSON texts (``sample_id`` numbered from 0, template order), read from the
+    parts :func:`run` wrote; ``variant="paraphrased"``: the paraphrased samples, with their template
+    sample's ``sample_id``."""
+    sid = 0
+    for tid in result["order"]:
+        count = result["n"][tid][split]
+        if variant == "paraphrased" and not result["paraphrases"].get(tid):
+            sid += count
+            continue
+        suffix = "para.jsonl" if variant == "paraphrased" else "jsonl"
+        with open(result["parts"] / f"{tid}.{split}.{suffix}") as f:
+            for line in f:
+                head, tail = line.rstrip("\n").split("\t", 1)
+                yield f'{head}, "sample_id": {sid}{tail}}}'
+                sid += 1
 
 
 def add_signal_labels(inp: GenerationInput, *, progress: bool = True) -> int:
@@ -441,12 +607,6 @@ def _order(t: Template, ans: tuple[str, ...], attribute: list[str] | None) -> li
     return sorted(ans, key=lambda a: index.get(a, len(index)))
 
 
-def iter_samples(result: dict[str, Any]) -> Iterator[tuple[str, dict]]:
-    for split, rows in result["samples"].items():
-        for s in rows:
-            yield split, s
-
-
 def generate(
     source: GenerationInput | str,
     out: str | Path,
@@ -461,13 +621,15 @@ def generate(
     version: str = "ptbxl",
     progress: bool = True,
     left_out: dict[str, Any] | None = None,
+    num_proc: int = 1,
 ) -> dict[str, Any]:
     """Generate ECG-QA questions and write them to ``out`` in the release's layout (``ecgqa.generate``).
 
     ``source``: a :class:`GenerationInput` (any dataset), or ``"ptbxl"`` with ``records`` (a PTB-XL root) and
-    optionally ``metadata``. Returns the content of ``out/generation.json``.
+    optionally ``metadata``. ``num_proc``: processes that generate templates in parallel (same output
+    whatever the number). Returns the content of ``out/generation.json``.
     """
-    from ecgqa.generation.writer import write_release
+    from ecgqa.generation.writer import PARTS, staged_release, write_release
 
     if isinstance(source, str):
         if source != "ptbxl":
@@ -477,20 +639,23 @@ def generate(
         from ecgqa.generation.ptbxl import read_ptbxl
 
         source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress)
-    result = run(
-        source,
-        version=version,
-        seed=seed,
-        caps=caps,
-        balanced=balanced,
-        split_of=split_of,
-        measure=measure,
-        progress=progress,
-    )
-    result["left_out"] = left_out or {}
-    return write_release(
-        source, result, out, seed=seed, caps=caps, balanced=balanced, version=version, progress=progress
-    )
+    with staged_release(out) as staging:
+        result = run(
+            source,
+            parts=staging / PARTS,
+            version=version,
+            seed=seed,
+            caps=caps,
+            balanced=balanced,
+            split_of=split_of,
+            measure=measure,
+            progress=progress,
+            num_proc=num_proc,
+        )
+        result["left_out"] = left_out or {}
+        return write_release(
+            source, result, staging, seed=seed, caps=caps, balanced=balanced, version=version, progress=progress
+        )
 
 
 def left_out_lines(left_out: dict[str, Any] | None) -> list[str]:

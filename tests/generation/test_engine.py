@@ -50,12 +50,12 @@ def measured_input(tmp_path_factory, sample_paths):
     return inp
 
 
-def _plain_groups(q, items, inp, classes, taken=()):
+def _plain_groups(q, units, inp, classes, taken=()):
     groups: dict[tuple[str, ...], list[int]] = {}
-    for i, unit in enumerate(items):
+    for i in range(len(units)):
         if i in taken:
             continue
-        ecgs = unit if isinstance(unit, tuple) else (unit,)
+        ecgs = units.ecgs(i)
         rows = [inp.labels[e] for e in ecgs]
         ans = A.answer(
             q.template, q.values, q.lead, rows, ecgs=ecgs, has_likelihood=inp.has_likelihood, classes=classes
@@ -79,13 +79,13 @@ def test_grouped_answers_equal_answer_on_every_unit(measured_input):
         "comparison_consecutive": E._make_units(sampling.consecutive_pairs(inp.ecgs, ids), cols, pairs=True),
         "comparison_irrelevant": E._make_units(sampling.irrelevant_pairs(inp.ecgs, ids, rng), cols, pairs=True),
     }
-    assert all(len(u.items) > 10 for u in scopes.values())
+    assert all(len(u) > 10 for u in scopes.values())
     checked = set()
     for q in todo:
         units = scopes[q.template.scope]
-        taken = set(rng.sample(range(len(units.items)), 5)) if q.template.kind == "choose" else None
+        taken = set(rng.sample(range(len(units)), 5)) if q.template.kind == "choose" else None
         got = E._group_by_answer(q, units, cols, inp, classes, taken)
-        assert got == _plain_groups(q, units.items, inp, classes, taken or ()), (q.template.id, q.values, q.lead)
+        assert got == _plain_groups(q, units, inp, classes, taken or ()), (q.template.id, q.values, q.lead)
         checked.add(q.template.id)
     # every generated template was compared, comparison queries (the transition path) included
     assert {47, 48, 49, 54, 61, 62, 63, 68, 70, 40, 41, 42, 22, 25, 34} <= checked
@@ -105,7 +105,7 @@ def test_a_missing_label_fails_on_the_same_ecg_as_the_plain_loop(measured_input)
             q = E.Question(t, values, None)
             units = E._make_units(ids if t.scope == "single" else pairs, cols, pairs=t.scope != "single")
             with pytest.raises(A.AnswerError, match=rf"template {tid}.*'atrial fibrillation'") as plain:
-                _plain_groups(q, units.items, inp, None)
+                _plain_groups(q, units, inp, None)
             first = victim if t.scope == "single" else ids[2]  # a pair's error names its first ECG
             assert str(plain.value).startswith(f"ECG {first}, ")
             with pytest.raises(A.AnswerError) as fast:
