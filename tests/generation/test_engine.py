@@ -113,3 +113,106 @@ def test_a_missing_label_fails_on_the_same_ecg_as_the_plain_loop(measured_input)
             assert str(fast.value) == str(plain.value)
     finally:
         inp.labels[victim]["entire"]["atrial fibrillation"] = saved
+
+
+def _release_bytes(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _shards(out, variant, split):
+    """The samples of one split's shards, in name order; checks the names on the way: a template shard is
+    named by its first sample_id, a paraphrased one by its first sample's position (as before streaming)."""
+    import json
+
+    rows = []
+    for p in sorted((out / variant / split).glob("*.json")):
+        part = json.loads(p.read_text())
+        first = part[0]["sample_id"] if variant == "template" else len(rows)
+        assert p.name == f"{first:05d}.json"
+        rows.extend(part)
+    return rows
+
+
+def test_num_proc_gives_the_same_release_byte_for_byte(tmp_path, measured_input):
+    """Templates run in 2 forked processes write exactly what 1 process writes (every file, every byte)."""
+    from ecgqa.generation.engine import GENERATOR_VERSION, generate
+
+    outs = {}
+    for n in (1, 2):
+        outs[n] = tmp_path / f"np{n}"
+        generate(measured_input, outs[n], measure=False, progress=False, num_proc=n)
+    one, two = _release_bytes(outs[1]), _release_bytes(outs[2])
+    assert len(one) > 10 and one.keys() == two.keys()
+    assert [k for k in one if one[k] != two[k]] == []
+    import json
+
+    report = json.loads(one["generation.json"])
+    assert report["generator_version"] == GENERATOR_VERSION
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not (outs[1] / ".parts").exists()
+
+
+def test_shards_fill_one_at_a_time_with_the_release_names(tmp_path, measured_input, monkeypatch):
+    """Small shards (as if 10,000 were 4,000): the same samples, split over shards named by their first
+    sample_id, sample_ids contiguous; paraphrased samples keep their template sample's id."""
+    from ecgqa.generation import writer
+    from ecgqa.generation.engine import generate
+
+    whole = tmp_path / "whole"
+    generate(measured_input, whole, measure=False, progress=False)
+    monkeypatch.setattr(writer, "SHARD", 4_000)
+    small = tmp_path / "small"
+    report = generate(measured_input, small, measure=False, progress=False)
+    assert report["n_samples"]["train"] > 2 * 4_000  # several shards, the last one partial
+    for split in sampling.SPLITS:
+        rows = _shards(small, "template", split)
+        assert rows == _shards(whole, "template", split)
+        assert [s["sample_id"] for s in rows] == list(range(report["n_samples"][split]))
+        assert len(list((small / "template" / split).glob("*.json"))) == -(-len(rows) // 4_000)
+        para = _shards(small, "paraphrased", split)
+        by_id = {s["sample_id"]: s for s in rows}
+        assert para and all(by_id[p["sample_id"]]["answer"] == p["answer"] for p in para)
+        assert {k: v for k, v in para[0].items() if k != "question"} == {
+            k: v for k, v in by_id[para[0]["sample_id"]].items() if k != "question"
+        }
+
+
+def test_paraphrases_are_filled_with_the_values_check_reads_back(tmp_path, measured_input):
+    """Each paraphrased text is one of its template's harvested patterns filled with the slot values that
+    ``generate check`` reads back from the template sample (``check.slot_values``)."""
+    from ecgqa.generation.check import slot_values
+    from ecgqa.generation.engine import generate
+    from ecgqa.generation.templates import paraphrases
+
+    out = tmp_path / "gen"
+    generate(measured_input, out, measure=False, progress=False, num_proc=2)
+    templates, patterns = load_templates(), paraphrases()
+    n = 0
+    for split in sampling.SPLITS:
+        by_id = {s["sample_id"]: s for s in _shards(out, "template", split)}
+        for p in _shards(out, "paraphrased", split):
+            s = by_id[p["sample_id"]]
+            t = templates[s["template_id"]]
+            values, lead = slot_values(t, s)
+            assert p["question"] in {t.fill(values, lead, text=pat) for pat in patterns[t.id]}, p
+            n += 1
+    assert n > 100
+
+
+def test_a_failure_in_a_worker_keeps_the_previous_release(tmp_path, measured_input):
+    """An answer error raised in a worker process reaches the caller, names the ECG, and leaves the earlier
+    output and no staging folder behind."""
+    from dataclasses import replace
+
+    from ecgqa.generation.engine import generate
+
+    out = tmp_path / "out"
+    generate(measured_input, out, measure=False, progress=False, num_proc=2)
+    before = _release_bytes(out)
+    labels = {e: {r: dict(v) for r, v in rows.items()} for e, rows in measured_input.labels.items()}
+    victim = sorted(labels)[3]
+    del labels[victim]["entire"]["sinus rhythm"]
+    with pytest.raises(A.AnswerError, match=rf"ECG {victim}, template \d+.*'sinus rhythm'"):
+        generate(replace(measured_input, labels=labels), out, measure=False, progress=False, num_proc=2)
+    assert _release_bytes(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
