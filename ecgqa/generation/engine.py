@@ -4,6 +4,15 @@ For every template (``templates.py``), every slot filling (:func:`questions`) an
 ECG (or pair) the answer is computed (``answers.py``); ECGs are grouped by answer and sampled under the
 caps (``sampling.py``); the release folder is written by ``writer.py``. A question is one (template, slot
 values, lead) and keeps one ``question_id`` across splits, as in the release.
+
+At PTB-XL size (21,799 ECGs, ten irrelevant pairs each) the answers are not computed unit by unit: the
+labels become one small-integer column per (row, class) (:class:`_Columns`), a question keys each ECG by
+the entries it reads (``answers.reads``) and :func:`answers.answer` runs once per distinct key (or pair
+of keys; comparison queries: per transition pattern), the groups following in the units' order
+(:func:`_group_by_answer`). Each template is one task with its own random generator (seeded by
+``seed`` and the template id), writing its samples to a part file as they are drawn; tasks run in
+``num_proc`` forked processes and the writer merges the parts into shards in template order, so the
+output is the same whatever ``num_proc`` and no run holds all its samples in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -603,8 +612,13 @@ def _order(t: Template, ans: tuple[str, ...], attribute: list[str] | None) -> li
     """Answers of a choose question in attribute order; otherwise in option order."""
     if attribute and t.kind == "choose":
         return [a for a in attribute if a in ans] or list(ans)
-    index = {o: i for i, o in enumerate(t.options)}
+    index = _option_index(t)
     return sorted(ans, key=lambda a: index.get(a, len(index)))
+
+
+@cache
+def _option_index(t: Template) -> dict[str, int]:
+    return {o: i for i, o in enumerate(t.options)}
 
 
 def generate(

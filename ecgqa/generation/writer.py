@@ -11,8 +11,11 @@
                                         what was skipped and why; for mapped datasets ecg_id → record name
 
 The folder is built in a staging sibling and swapped in whole (``ecgqa.files``), so OUT holds this run's
-release or, after a failure, the previous one. For datasets other than PTB-XL every sample carries
-``ecg_path`` (as ``ecgqa map`` writes it), so ``prepare`` reads the folder directly.
+release or, after a failure, the previous one. The engine writes each template's samples to part files
+inside the staging folder (``PARTS``) as it draws them; :func:`write_release` merges them into the shards one
+shard at a time (memory does not grow with the number of samples) and the parts are removed before the
+swap. For datasets other than PTB-XL every sample carries ``ecg_path`` (as ``ecgqa map`` writes it), so
+``prepare`` reads the folder directly.
 """
 
 from __future__ import annotations

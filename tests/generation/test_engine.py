@@ -216,3 +216,16 @@ def test_a_failure_in_a_worker_keeps_the_previous_release(tmp_path, measured_inp
         generate(replace(measured_input, labels=labels), out, measure=False, progress=False, num_proc=2)
     assert _release_bytes(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_row_pool_shares_equal_rows_only():
+    from ecgqa.generation.source import RowPool
+
+    pool = RowPool()
+    a = pool({"entire": {"x": 1, "y": None}, "I": {"static noise": 0}})
+    b = pool({"entire": {"x": 1, "y": 0}, "I": {"static noise": 0}})
+    c = pool({"entire": {"x": 1, "y": None}, "I": {"static noise": [1]}})  # unhashable: kept as is
+    assert b["I"] is a["I"] and c["entire"] is a["entire"]
+    assert b["entire"] is not a["entire"] and b["entire"] == {"x": 1, "y": 0}
+    assert c["I"] == {"static noise": [1]} and c["I"] is not a["I"]
+    assert len(pool) == 3
