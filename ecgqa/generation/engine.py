@@ -294,7 +294,12 @@ def _group_by_answer(
     n = len(units)
     if n == 0:
         return {}
-    sel = np.arange(n) if not taken else np.setdiff1d(np.arange(n), np.fromiter(taken, np.int64, len(taken)))
+    if taken:
+        keep = np.ones(n, dtype=bool)
+        keep[np.fromiter(taken, np.int64, len(taken))] = False
+        sel = np.flatnonzero(keep)
+    else:
+        sel = np.arange(n)
     reads = A.reads(t, q.values, q.lead, classes)
     codes = _transition_codes(t, reads, units, sel, cols) if units.second is not None else None
     if codes is None:

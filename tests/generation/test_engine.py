@@ -229,3 +229,26 @@ def test_row_pool_shares_equal_rows_only():
     assert b["entire"] is not a["entire"] and b["entire"] == {"x": 1, "y": 0}
     assert c["I"] == {"static noise": [1]} and c["I"] is not a["I"]
     assert len(pool) == 3
+
+
+def test_consecutive_pairs_every_earlier_later_pair_per_patient():
+    """Brute force over a table with string patient ids, equal recording times (kept in ``ids`` order), an
+    ECG without a time and one left out of ``ids``."""
+    import pandas as pd
+
+    t = pd.Timestamp
+    ecgs = pd.DataFrame(
+        {
+            "patient_id": ["b", "a", "b", "a", "b", "c", "a", "b"],
+            "recorded_at": [t("2001"), t("2000"), t("1999"), t("2000"), pd.NaT, t("2003"), t("1998"), t("1999")],
+        },
+        index=pd.Index([10, 11, 12, 13, 14, 15, 16, 17], name="ecg_id"),
+    )
+    ids = [10, 11, 12, 13, 14, 15, 16]  # 17 is in another split
+    got = sampling.consecutive_pairs(ecgs, ids)
+    expected = []
+    for p in sorted(set(ecgs.loc[ids, "patient_id"])):
+        mine = [e for e in ids if ecgs.at[e, "patient_id"] == p and not pd.isna(ecgs.at[e, "recorded_at"])]
+        mine.sort(key=lambda e: ecgs.at[e, "recorded_at"])  # stable: equal times keep the ids order
+        expected += [(a, b) for i, a in enumerate(mine) for b in mine[i + 1 :]]
+    assert got == expected == [(16, 11), (16, 13), (11, 13), (12, 10)]
