@@ -87,10 +87,12 @@ def consecutive_pairs(ecgs: pd.DataFrame, ids: Sequence[int]) -> list[tuple[int,
     sub = ecgs.loc[list(ids), ["patient_id", "recorded_at"]]
     sub = sub[sub["recorded_at"].notna() & sub["patient_id"].notna()]
     # patients in sorted order, each one's ECGs by time, ties in ``ids`` order: one sort, not one per patient
+    if sub.empty:
+        return []
     order = sub.assign(_pos=np.arange(len(sub))).sort_values(["patient_id", "recorded_at", "_pos"])
     patients = order["patient_id"].to_numpy()
     ecg_ids = order.index.to_numpy()
-    starts = np.flatnonzero(np.r_[True, patients[1:] != patients[:-1]]) if len(order) else np.array([], int)
+    starts = np.flatnonzero(np.r_[True, patients[1:] != patients[:-1]])
     ends = np.r_[starts[1:], len(order)]
     out = []
     for a0, b0 in zip(starts.tolist(), ends.tolist(), strict=True):

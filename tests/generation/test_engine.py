@@ -252,3 +252,4 @@ def test_consecutive_pairs_every_earlier_later_pair_per_patient():
         mine.sort(key=lambda e: ecgs.at[e, "recorded_at"])  # stable: equal times keep the ids order
         expected += [(a, b) for i, a in enumerate(mine) for b in mine[i + 1 :]]
     assert got == expected == [(16, 11), (16, 13), (11, 13), (12, 10)]
+    assert sampling.consecutive_pairs(ecgs, [14, 17]) == [] and sampling.consecutive_pairs(ecgs, []) == []
