@@ -69,14 +69,20 @@ def lead_row(lead: str) -> str:
 
 def value(rows: Rows, cls: str, row: str = "entire", *, ecg: int = -1, template: int = -1) -> int | None:
     """The label of ``cls`` (1 / 0 / None); "X in G leads" of a located class reads row G."""
-    for base in LOCATED_BASES:
-        if cls.startswith(base + " in ") and cls.endswith(" leads") and row == "entire":
-            row, cls = cls[len(base) + 4 : -len(" leads")], base
-            break
+    row, cls = locate(cls, row)
     labels = rows.get(row)
     if labels is None or cls not in labels:
         raise AnswerError(f"ECG {ecg}, template {template}: the dataset carries no label {cls!r} (row {row!r})")
     return labels[cls]
+
+
+def locate(cls: str, row: str = "entire") -> tuple[str, str]:
+    """The (row, class) entry :func:`value` reads: "X in G leads" of a located class X is row G's X."""
+    if row == "entire":
+        for base in LOCATED_BASES:
+            if cls.startswith(base + " in ") and cls.endswith(" leads"):
+                return cls[len(base) + 4 : -len(" leads")], base
+    return row, cls
 
 
 def numeric_status(rows: Rows, feature: str, *, ecg: int, template: int) -> str | None:
@@ -206,15 +212,21 @@ def _answer(t: Template, values, lead, rows, ecg, has_likelihood, classes) -> li
     return got or [NONE]
 
 
+def comparison_state(t: Template, v: int | None) -> bool | None:
+    """Whether a comparison template counts a class as present in one ECG, from its label ``v``: a statement
+    at any likelihood (v != 0); a numeric feature when abnormal (not within the normal range; None: not
+    measurable)."""
+    if t.attribute_type == "numeric_feature":
+        return None if v is None else v != 1
+    return v != 0
+
+
 def _comparison(t: Template, values, rows, ecg, kw, classes) -> list[str] | None:
     was, now = TRANSITION[COMPARISON[t.id]]
     numeric = t.attribute_type == "numeric_feature"
 
     def state(r, cls) -> bool | None:
-        if numeric:
-            s = numeric_status(r, cls, **kw)
-            return None if s is None else s == "abnormal"
-        return value(r, cls, **kw) != 0
+        return comparison_state(t, value(r, f"within the normal range of {cls}" if numeric else cls, **kw))
 
     if t.kind == "verify":
         a, b = state(rows[0], values[0]), state(rows[1], values[0])
@@ -233,3 +245,57 @@ def _comparison(t: Template, values, rows, ecg, kw, classes) -> list[str] | None
     if not known:
         return None
     return got or [NONE]
+
+
+def reads(
+    t: Template, values: Sequence[str], lead: str | None, classes: frozenset[str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Every (row, class) entry :func:`answer` may read from an ECG's labels for this question (of each ECG
+    of a pair), as :func:`locate` maps it. The answer is a function of these entries alone, so the engine
+    computes it once per distinct combination of their values (``ecgqa/generation/engine.py``).
+
+    Kept beside :func:`_answer`, which it mirrors: a template branch there needs its entries here (a
+    superset is harmless; a missing entry would be a wrong answer, which ``tests/generation`` checks
+    against :func:`answer` on every ECG of the bundled sample).
+    """
+    tid = t.id
+    values = tuple(values)
+    row = lead_row(lead) if lead and tid in LEAD_ROW else "entire"
+    out: list[tuple[str, str]] = []
+
+    def ranges(feature: str, wheres) -> None:
+        for where in wheres:
+            out.append(locate(f"{where.removesuffix(' the normal range')} the normal range of {feature}"))
+
+    def options() -> list[str]:
+        return [o for o in t.options if o != NONE and (classes is None or o in classes)]
+
+    if t.scope != "single":
+        numeric = t.attribute_type == "numeric_feature"
+        cands = [values[0]] if t.kind == "verify" else (list(NUMERIC) if numeric else options())
+        for cls in cands:
+            out.append(locate(f"within the normal range of {cls}" if numeric else cls))
+    elif tid in (17, 18, 19):
+        pass  # answer() refuses these whatever the labels
+    elif t.kind == "verify":
+        if tid == 39:
+            ranges(values[0], [values[1]])
+        else:
+            out.append(locate("any kind of noises" if tid == 28 else (FIXED_VERIFY.get(tid) or values[0]), row))
+    elif t.kind == "choose":
+        if tid == 40:
+            ranges(values[0], values[1:])
+        else:
+            out.extend(locate(cls, row) for cls in values)
+    elif tid == 34:
+        out.extend(locate(values[0], lead_row(name)) for name in LEAD_NAMES)
+    elif tid == 41:
+        ranges(values[0], ("below", "within", "above"))
+    elif tid == 42:
+        for f in NUMERIC:
+            ranges(f, [values[0]])
+    elif tid == 25:
+        out.extend(locate(s) for s in t.options if s not in (STAGE_NONE, STAGE_UNKNOWN))
+    else:
+        out.extend(locate(cls, row) for cls in options())
+    return tuple(dict.fromkeys(out))

@@ -31,6 +31,7 @@ import random
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ecgqa.data.release import SPLITS
@@ -83,12 +84,21 @@ def read_release_split(folder: str | Path) -> dict[int, str]:
 
 def consecutive_pairs(ecgs: pd.DataFrame, ids: Sequence[int]) -> list[tuple[int, int]]:
     """Every (earlier, later) pair of one patient's ECGs among ``ids``; ECGs without a time take no part."""
-    sub = ecgs.loc[list(ids)]
-    sub = sub[sub["recorded_at"].notna()]
+    sub = ecgs.loc[list(ids), ["patient_id", "recorded_at"]]
+    sub = sub[sub["recorded_at"].notna() & sub["patient_id"].notna()]
+    # patients in sorted order, each one's ECGs by time, ties in ``ids`` order: one sort, not one per patient
+    if sub.empty:
+        return []
+    order = sub.assign(_pos=np.arange(len(sub))).sort_values(["patient_id", "recorded_at", "_pos"])
+    patients = order["patient_id"].to_numpy()
+    ecg_ids = order.index.to_numpy()
+    starts = np.flatnonzero(np.r_[True, patients[1:] != patients[:-1]])
+    ends = np.r_[starts[1:], len(order)]
     out = []
-    for _, group in sub.groupby("patient_id", sort=True):
-        order = group.sort_values("recorded_at", kind="stable").index.tolist()
-        out.extend((int(a), int(b)) for i, a in enumerate(order) for b in order[i + 1 :])
+    for a0, b0 in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b0 - a0 > 1:  # most patients have one ECG
+            group = [int(e) for e in ecg_ids[a0:b0]]
+            out.extend((a, b) for i, a in enumerate(group) for b in group[i + 1 :])
     return out
 
 
