@@ -27,6 +27,7 @@ Why median, Q→S and QTc ≤ 0.45 s although the 2023 code keeps per-ECG extrem
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import math
 import warnings
@@ -252,6 +253,17 @@ def _lean_peak_s(rpeak, heartbeat: _Beat):
     return rpeak + S, S
 
 
+def _array_max(*args, **kwargs):
+    """``builtins.max`` for NeuroKit2's delineator module, at C speed for the call its P / T peak search makes
+    once per candidate peak: ``max(window)`` of a 1-D array of finite values, whose largest value ``ndarray.max``
+    returns as the same ``numpy`` scalar (any other call goes to ``builtins.max`` unchanged)."""
+    if len(args) == 1 and not kwargs:
+        (x,) = args
+        if isinstance(x, np.ndarray) and x.ndim == 1 and x.size and x.dtype.kind == "f" and np.isfinite(x).all():
+            return x.max()
+    return builtins.max(*args, **kwargs)
+
+
 @contextmanager
 def _release_dwt(module, *, lean: bool = True):
     """NeuroKit2's DWT delineator as it behaved when ECG-QA was generated (NeuroKit2 ≤ 0.2.3, early 2023).
@@ -270,7 +282,10 @@ def _release_dwt(module, *, lean: bool = True):
     :func:`_lean_peak_q` / :func:`_lean_peak_s`): NeuroKit2's ``signal_findpeaks`` also computes peak widths,
     distances and onset/offset bases (pandas, per peak) that the Q / S search never reads, and the
     segmentation builds a DataFrame per beat; together about two thirds of the delineation's time. The
-    points are identical (the same scipy calls on the same samples; ``tests/data/test_features_lean.py``).
+    P / T peak search calls the builtin ``max`` over a NumPy window once per candidate peak (a Python-level
+    loop over the window): the module sees :func:`_array_max` instead, the same value from ``ndarray.max``.
+    The points are identical (the same scipy calls on the same samples; ``tests/data/test_features_lean.py``,
+    ``scripts/check_lean_delineation.py``).
     """
     names = ["_dwt_delineate_qrs_bounds", "_dwt_normalize_window"]
     lean = lean and lean_available()
@@ -290,11 +305,14 @@ def _release_dwt(module, *, lean: bool = True):
         module.ecg_segment = _lean_segment
         module._ecg_delineator_peak_Q = _lean_peak_q
         module._ecg_delineator_peak_S = _lean_peak_s
+        module.max = _array_max  # a module global shadows the builtin for the module's own functions
     try:
         yield
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
+        if lean:
+            del module.max
 
 
 def delineate(lead_ii: np.ndarray, *, lean: bool = True) -> tuple[np.ndarray, dict[str, list[float]]]:

@@ -153,3 +153,25 @@ def test_shared_r_peaks_give_identical_measurements(sample_paths):
             assert shared == alone, f"ecg {e}, {name}"
             axes += shared.qrs_axis is not None
     assert axes >= 2 * N_FAST  # measured for real, not all "not measurable"
+
+
+def test_array_max_is_builtins_max_and_only_inside_the_swap():
+    """The delineator module's ``max`` is :func:`F._array_max` only while the lean swap is active, and it returns
+    what ``builtins.max`` returns: the same value and type on finite windows, the builtin's own answer otherwise."""
+    import builtins
+
+    rng = np.random.default_rng(0)
+    windows = [rng.normal(size=n) for n in (1, 2, 7, 400)] + [np.array([3.0, 5.0, 5.0, -1.0]), -np.ones(5)]
+    for w in windows:
+        got, want = F._array_max(w), builtins.max(w)
+        assert got == want and type(got) is type(want)
+    with_nan = np.array([1.0, np.nan, 2.0])
+    assert F._array_max(with_nan) == builtins.max(with_nan) == 2.0  # the builtin's order-dependent answer, not NaN
+    assert F._array_max(3, 9, 4) == 9 and F._array_max([2, 8]) == 8 and F._array_max([], default=-1) == -1
+    module = F._delineator_module()
+    assert not hasattr(module, "max")
+    with F._release_dwt(module, lean=True):
+        assert module.max is F._array_max
+    assert not hasattr(module, "max")
+    with F._release_dwt(module, lean=False):
+        assert not hasattr(module, "max")
