@@ -223,12 +223,6 @@ def test_generate_check_agrees_on_measured_templates(tmp_path, root):
         assert row["agree"] == row["text_agree"] == row["checked"] > 0, row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py writes attribute null for single questions without a value slot (templates 2, 12-16, 28, 29, "
-    "35 and the queries); the release names the class (template 28: ['any kind of noises'] in all four public "
-    "PTB-XL shards) and ECGQA.md keeps null for comparison questions only",
-)
 def test_single_questions_name_their_attribute_as_the_release_does(samples):
     for split, rows in samples.items():
         for s in rows:
@@ -239,10 +233,6 @@ def test_single_questions_name_their_attribute_as_the_release_does(samples):
 
 
 @pytest.mark.slow  # maps and prepares the generated release
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same defect: ecgqa prepare --task upperbound stops at the first single question without attribute",
-)
 def test_a_generated_release_prepares_for_the_upperbound_task(release, root, tmp_path):
     mapped, prepared = tmp_path / "mapped", tmp_path / "prepared"
     r = _run("map", "ptbxl", str(release), "--records", str(root), "--out", str(mapped), "-q")
@@ -251,12 +241,6 @@ def test_a_generated_release_prepares_for_the_upperbound_task(release, root, tmp
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py gives each lead of a lead question its own question_id; the release gives all twelve leads "
-    "one id (template 26: 1709 static noise, 1721 burst noise, 1733 electrodes problems; template 28: 1749, "
-    "in all four public PTB-XL shards), its counter still advancing by 12",
-)
 def test_the_leads_of_a_lead_question_share_its_question_id(samples):
     ids = defaultdict(set)
     for rows in samples.values():
