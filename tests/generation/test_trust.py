@@ -248,3 +248,33 @@ def test_the_leads_of_a_lead_question_share_its_question_id(samples):
             if s["template_id"] in (26, 28):
                 ids[(s["template_id"], _LEAD.sub("", s["question"]))].add(s["question_id"])
     assert ids and all(len(v) == 1 for v in ids.values()), {k: sorted(v) for k, v in ids.items()}
+
+
+def test_every_attribute_is_what_the_release_writes_for_its_template(samples):
+    """Each sample's attribute against ``data/release_attributes.json``, read here and applied to the slot
+    values parsed off the question text (not through the engine's ``attribute_of``)."""
+    from ecgqa.generation.templates import DATA, load_templates, swap_words
+
+    spec = {int(k): v for k, v in json.loads((DATA / "release_attributes.json").read_text())["templates"].items()}
+    templates = load_templates("ptbxl")
+    seen = set()
+    for split, rows in samples.items():
+        for s in rows:
+            t, entry = templates[s["template_id"]], spec[s["template_id"]]
+            where = f"{split} sample {s['sample_id']} (template {t.id})"
+            m = t.pattern().match(s["question"])
+            values = list(dict.fromkeys(v for tok, v in zip(t.tokens, m.groups(), strict=True) if tok != "${lead}"))
+            if entry["kind"] == "null":
+                assert s["attribute"] is None, where
+            elif entry["kind"] == "fixed":
+                assert s["attribute"] == entry["value"], where
+            elif entry["kind"] == "slot" and t.kind == "choose":  # values in the text's order (slot-wise)
+                a, b = s["attribute"]
+                lead = dict(zip(t.tokens, m.groups(), strict=True)).get("${lead}")
+                # the release's word swap (template 37's doubled word) is the one way the text may differ
+                assert s["question"] in (t.fill((a, b), lead), swap_words(t.fill((b, a), lead), b, a)), where
+                assert s["answer"] in ([v for v in (a, b) if v in s["answer"]], ["none"]), where
+            elif entry["kind"] == "slot":
+                assert s["attribute"] == values, where
+            seen.add(entry["kind"])
+    assert {"null", "fixed", "slot"} <= seen
