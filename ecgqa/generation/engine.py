@@ -3,7 +3,9 @@
 For every template (``templates.py``), every slot filling (:func:`questions`) and, in every split, every
 ECG (or pair) the answer is computed (``answers.py``); ECGs are grouped by answer and sampled under the
 caps (``sampling.py``); the release folder is written by ``writer.py``. A question is one (template, slot
-values, lead) and keeps one ``question_id`` across splits, as in the release.
+values, lead) and keeps one ``question_id`` across splits; as in the release, the twelve leads of a lead
+question share one id (the counter still advancing by twelve). Each sample's ``attribute`` is what the
+release writes for its template (``templates.attribute_of``, ``data/release_attributes.json``).
 
 At PTB-XL size (21,799 ECGs, ten irrelevant pairs each) the answers are not computed unit by unit: the
 labels become one small-integer column per (row, class) (:class:`_Columns`), a question keys each ECG by

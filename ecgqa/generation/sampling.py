@@ -12,17 +12,17 @@
   ========  ============================================  ===================================
   caps      verify                                        choose / query
   ========  ============================================  ===================================
-  release   train: ≤ 100 yes / not sure, ≤ 200 no;        ≤ 50 per answer set (train),
-            valid/test: ≤ 50 / ≤ 100                      ≤ 25 (valid/test); ``none`` double
+  release   per split and question type from              choose: per option, per "both", per
+            ``data/release_caps.json`` (:func:`release_     "none" alike; query: per answer
+            caps`); "no" ≤ :data:`NO_PER_YES` × "yes"    set, ``none`` its own cap
   none      every ECG                                     every ECG
   balanced  yes = no = the smaller group (not sure        each answer set ≤ the second-largest
             dropped); kept only with both                 set's size; kept with ≥ 2 sets
   ========  ============================================  ===================================
 
-  The release caps are those measured on the release (verify ≤ 100 yes / ≤ 200 no per question text,
-  query ≤ 50 / ≤ 25 per answer set, ``none`` double); the valid/test verify caps and the choose caps are
-  not visible in the shards at hand and follow the query rule (half in valid/test). Choose questions
-  exclude ECGs already used by an earlier question of the same template (the authors' rule).
+  The release caps are those measured on the release (or inferred from the measured ones where the JSON's
+  ``status`` says so), e.g. train single verify ≤ 100 yes / ≤ 200 no per question text, valid/test 20 / 40.
+  Choose questions exclude ECGs already used by an earlier question of the same template (the authors' rule).
 """
 
 from __future__ import annotations
