@@ -182,7 +182,7 @@ def test_generate_check_agrees_fully_with_a_generated_release(release, root, sam
     templates = {s["template_id"] for rows in samples.values() for s in rows}
     assert {row["template_id"] for row in report["per_template"]} == templates and len(templates) > 30
     for row in report["per_template"]:
-        assert row["agree"] == row["text_agree"] == row["checked"] > 0, row
+        assert row["agree"] == row["text_agree"] == row["attribute_agree"] == row["checked"] > 0, row
         assert not row["disagree_ids"] and not row["errors"] and row["not_askable"] == row["error"] == 0, row
     assert "disagreeing" not in r.stdout and "(100.0 %)" in r.stdout
 
@@ -220,7 +220,7 @@ def test_generate_check_agrees_on_measured_templates(tmp_path, root):
     assert {22, 39, 50, 64, 68} <= set(rows), sorted(rows)  # numeric / axis templates were generated and checked
     assert report["samples_checked"] == sum(len(v) for v in _samples(out).values())
     for row in rows.values():
-        assert row["agree"] == row["text_agree"] == row["checked"] > 0, row
+        assert row["agree"] == row["text_agree"] == row["attribute_agree"] == row["checked"] > 0, row
 
 
 def test_single_questions_name_their_attribute_as_the_release_does(samples):
