@@ -5,8 +5,9 @@ slot values are read back from the question text (choose questions: from ``attri
 true order even where the text carries the template-37 word-swap quirk), the answer is recomputed with
 :func:`ecgqa.generation.answers.answer` over the labels :func:`ecgqa.data.attributes.derive` gives
 (``release_rules=True``), and compared as a set with the release's answer. The question text is compared
-too (the text the generator would write for those values). Results per template and per attribute type,
-with the disagreeing sample ids.
+too (the text the generator would write for those values), and so is the ``attribute`` field (what the
+generator writes for those values, :func:`ecgqa.generation.templates.attribute_of`). Results per template
+and per attribute type, with the disagreeing sample ids.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ecgqa.data.attributes import Statements, derive, measure_records, read_meta
 from ecgqa.data.release import find_version_dir, load_shard, shards
 from ecgqa.generation import answers as A
 from ecgqa.generation.ptbxl import check_num_proc, ptbxl_sources
-from ecgqa.generation.templates import Template, load_templates, swap_words
+from ecgqa.generation.templates import Template, attribute_of, load_templates, swap_words
 from mapping.sources import ptbxl_record_path
 
 MAX_IDS = 50
@@ -41,10 +42,13 @@ def slot_values(t: Template, sample: dict[str, Any]) -> tuple[tuple[str, ...], s
     if t.kind == "choose":
         if len(attribute) != 2:
             return None
-        if t.id == 40:
-            if "${feature}" not in found:
+        if t.id == 40:  # the release writes "<range> of <feature>"
+            feature = found.get("${feature}")
+            if feature is None:
                 return None
-            return (found["${feature}"], *attribute), lead
+            suffix = f" of {feature}"
+            ranges = tuple(a[: -len(suffix)] if a.endswith(suffix) else a for a in attribute)
+            return (feature, *ranges), lead
         if t.has_lead and lead is None:
             lm = re.search(r"in (lead \w+)", sample["question"])
             lead = lm.group(1) if lm else None
@@ -113,7 +117,9 @@ def check_release(
                 "not_askable": 0,
                 "error": 0,
                 "text_agree": 0,
+                "attribute_agree": 0,
                 "disagree_ids": [],
+                "attribute_disagree_ids": [],
                 "errors": [],
             },
         )
@@ -126,6 +132,10 @@ def check_release(
         values, lead = got
         if s["question"] in expected_texts(t, values, lead):
             row["text_agree"] += 1
+        if attribute_of(t, values) == s.get("attribute"):
+            row["attribute_agree"] += 1
+        elif len(row["attribute_disagree_ids"]) < MAX_IDS:
+            row["attribute_disagree_ids"].append(s["sample_id"])
         try:
             ans = A.answer(t, values, lead, [labels[int(e)] for e in s["ecg_id"]], ecgs=s["ecg_id"])
         except A.AnswerError as err:
@@ -143,7 +153,9 @@ def check_release(
             row["disagree_ids"].append(s["sample_id"])
     by_type: dict[str, dict[str, int]] = {}
     for row in per_template.values():
-        agg = by_type.setdefault(row["attribute_type"], {"checked": 0, "agree": 0, "text_agree": 0})
+        agg = by_type.setdefault(
+            row["attribute_type"], {"checked": 0, "agree": 0, "text_agree": 0, "attribute_agree": 0}
+        )
         for k in agg:
             agg[k] += row[k]
     return {
@@ -160,8 +172,9 @@ def check_release(
 def table(report: dict[str, Any]) -> str:
     """The agreement table as Markdown."""
     lines = [
-        "| template | attribute type | checked | answer agrees | not askable | error | text agrees |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| template | attribute type | checked | answer agrees | not askable | error | text agrees "
+        "| attribute agrees |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
 
     def pct(a: int, n: int) -> str:
@@ -170,12 +183,13 @@ def table(report: dict[str, Any]) -> str:
     for r in report["per_template"]:
         lines.append(
             f"| {r['template_id']} | {r['attribute_type']} | {r['checked']} | {pct(r['agree'], r['checked'])} | "
-            f"{r['not_askable']} | {r['error']} | {pct(r['text_agree'], r['checked'])} |"
+            f"{r['not_askable']} | {r['error']} | {pct(r['text_agree'], r['checked'])} | "
+            f"{pct(r['attribute_agree'], r['checked'])} |"
         )
     for name, r in sorted(report["per_attribute_type"].items()):
         lines.append(
             f"| all | {name} | {r['checked']} | {pct(r['agree'], r['checked'])} | | | "
-            f"{pct(r['text_agree'], r['checked'])} |"
+            f"{pct(r['text_agree'], r['checked'])} | {pct(r['attribute_agree'], r['checked'])} |"
         )
     return "\n".join(lines)
 
@@ -184,5 +198,7 @@ def disagreements(report: dict[str, Any]) -> Iterable[str]:
     for r in report["per_template"]:
         if r["disagree_ids"]:
             yield f"template {r['template_id']}: disagreeing sample ids {r['disagree_ids']}"
+        if r["attribute_disagree_ids"]:
+            yield f"template {r['template_id']}: attribute disagrees in sample ids {r['attribute_disagree_ids']}"
         for sid, why in r["errors"][:5]:
             yield f"template {r['template_id']}: sample {sid}: {why}"

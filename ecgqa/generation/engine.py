@@ -3,7 +3,9 @@
 For every template (``templates.py``), every slot filling (:func:`questions`) and, in every split, every
 ECG (or pair) the answer is computed (``answers.py``); ECGs are grouped by answer and sampled under the
 caps (``sampling.py``); the release folder is written by ``writer.py``. A question is one (template, slot
-values, lead) and keeps one ``question_id`` across splits, as in the release.
+values, lead) and keeps one ``question_id`` across splits; as in the release, the twelve leads of a lead
+question share one id (the counter still advancing by twelve). Each sample's ``attribute`` is what the
+release writes for its template (``templates.attribute_of``, ``data/release_attributes.json``).
 
 At PTB-XL size (21,799 ECGs, ten irrelevant pairs each) the answers are not computed unit by unit: the
 labels become one small-integer column per (row, class) (:class:`_Columns`), a question keys each ECG by
@@ -36,9 +38,18 @@ from ecgqa.data.attributes import ANY_NOISE, AXIS_CLASSES
 from ecgqa.generation import answers as A
 from ecgqa.generation import sampling
 from ecgqa.generation.source import GenerationInput, RowPool
-from ecgqa.generation.templates import LEAD_NAMES, NONE, Template, load_templates, paraphrases, swap_words
+from ecgqa.generation.templates import (
+    LEAD_NAMES,
+    NONE,
+    Template,
+    attribute_of,
+    load_templates,
+    paraphrases,
+    swap_words,
+)
 
-GENERATOR_VERSION = 2  # 2: one random generator per template (same output whatever num_proc)
+GENERATOR_VERSION = 3  # 2: one random generator per template (same output whatever num_proc); 3: the
+# release's attributes, shared lead question ids and measured caps (data/release_caps.json)
 #: Templates not generated, and why (listed in generation.json).
 _REPORT_LEADS = (
     "needs the lead of each form statement from the report text; the authors parsed an English translation "
@@ -406,7 +417,9 @@ def run(
             "comparison_irrelevant": _make_units(irrelevant, cols, pairs=True),
         }
     by_template: dict[int, list[tuple[int, Question]]] = {}
-    for qid, q in enumerate(todo):
+    first_id: dict[tuple[int, tuple[str, ...]], int] = {}
+    for n, q in enumerate(todo):  # the twelve leads of a lead question share its id; the counter still counts them
+        qid = first_id.setdefault((q.template.id, q.values), n) if q.lead is not None else n
         by_template.setdefault(q.template.id, []).append((qid, q))
     parts = Path(parts)
     parts.mkdir(parents=True, exist_ok=True)
@@ -506,11 +519,14 @@ def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[
                 files[split + "/para"] = open(job.parts / f"{tid}.{split}.para.jsonl", "w")  # noqa: SIM115
         for qid, q in qs:
             t = q.template
+            q_attribute = attribute_of(t, q.values, job.classes)  # choose questions: per sample, in text order
             for split in sampling.SPLITS:
                 u = job.units[split][t.scope]
                 taken = used[split] if t.kind == "choose" else None
                 groups = _group_by_answer(q, u, job.cols, job.inp, job.classes, taken)
-                chosen = sampling.pick(groups, kind=t.kind, split=split, caps=job.caps, balanced=job.balanced, rng=rng)
+                chosen = sampling.pick(
+                    groups, question_type=t.question_type, split=split, caps=job.caps, balanced=job.balanced, rng=rng
+                )
                 if chosen is None:
                     continue
                 out, para = files[split], files.get(split + "/para")
@@ -519,16 +535,11 @@ def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[
                     counts[akey] = counts.get(akey, 0) + len(picked)
                     n[split] += len(picked)
                     for i in u.in_order(picked):
-                        text, attribute = q.text, list(q.values) or None
+                        text, shown, attribute = q.text, q.values, q_attribute
                         if taken is not None:
                             taken.add(i)
-                            text, attribute = _maybe_swap(q, rng)
-                        elif t.kind == "query" and t.id not in (34, 19):
-                            attribute = None
-                        if t.id == 39:
-                            attribute = [q.values[1]]
-                        elif t.id == 41:
-                            attribute = None
+                            text, shown = _maybe_swap(q, rng)
+                            attribute = attribute_of(t, shown, job.classes)
                         ecgs = u.ecgs(i)
                         sample = {
                             "template_id": t.id,
@@ -536,7 +547,7 @@ def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[
                             "question_type": t.question_type,
                             "attribute_type": t.attribute_type,
                             "question": text,
-                            "answer": _order(t, ans, attribute),
+                            "answer": _order(t, ans, shown),
                             "ecg_id": ecgs,
                             "attribute": attribute,
                         }
@@ -546,8 +557,7 @@ def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[
                             tail = ', "ecg_path": ' + json.dumps(paths)
                         out.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
                         if para is not None:
-                            values = (*q.values[:-2], *attribute) if taken is not None else q.values
-                            sample["question"] = t.fill(values, q.lead, text=para_rng.choice(patterns))
+                            sample["question"] = t.fill(shown, q.lead, text=para_rng.choice(patterns))
                             para.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
     finally:
         for f in files.values():
@@ -606,18 +616,19 @@ def add_signal_labels(inp: GenerationInput, *, progress: bool = True, num_proc: 
     return len(todo)
 
 
-def _maybe_swap(q: Question, rng: random.Random) -> tuple[str, list[str]]:
-    """A choose question's text and attribute order: swapped half the time, with the release's word swap."""
+def _maybe_swap(q: Question, rng: random.Random) -> tuple[str, tuple[str, ...]]:
+    """A choose question's text and slot values in text order: swapped half the time, with the release's
+    word swap."""
     a, b = q.values[-2:]  # template 40 has the feature first: (feature, range1, range2)
     if rng.random() > 0.5:
-        return swap_words(q.text, a, b), [b, a]
-    return q.text, [a, b]
+        return swap_words(q.text, a, b), (*q.values[:-2], b, a)
+    return q.text, q.values
 
 
-def _order(t: Template, ans: tuple[str, ...], attribute: list[str] | None) -> list[str]:
-    """Answers of a choose question in attribute order; otherwise in option order."""
-    if attribute and t.kind == "choose":
-        return [a for a in attribute if a in ans] or list(ans)
+def _order(t: Template, ans: tuple[str, ...], shown: tuple[str, ...]) -> list[str]:
+    """Answers of a choose question in the question's option order; otherwise in option order."""
+    if t.kind == "choose":
+        return [a for a in shown[-2:] if a in ans] or list(ans)
     index = _option_index(t)
     return sorted(ans, key=lambda a: index.get(a, len(index)))
 

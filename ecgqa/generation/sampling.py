@@ -12,33 +12,37 @@
   ========  ============================================  ===================================
   caps      verify                                        choose / query
   ========  ============================================  ===================================
-  release   train: ≤ 100 yes / not sure, ≤ 200 no;        ≤ 50 per answer set (train),
-            valid/test: ≤ 50 / ≤ 100                      ≤ 25 (valid/test); ``none`` double
+  release   per split and question type from              choose: per option, per "both", per
+            ``data/release_caps.json`` (:func:`release_     "none" alike; query: per answer
+            caps`); "no" ≤ :data:`NO_PER_YES` × "yes"    set, ``none`` its own cap
   none      every ECG                                     every ECG
   balanced  yes = no = the smaller group (not sure        each answer set ≤ the second-largest
             dropped); kept only with both                 set's size; kept with ≥ 2 sets
   ========  ============================================  ===================================
 
-  The release caps are those measured on the release (verify ≤ 100 yes / ≤ 200 no per question text,
-  query ≤ 50 / ≤ 25 per answer set, ``none`` double); the valid/test verify caps and the choose caps are
-  not visible in the shards at hand and follow the query rule (half in valid/test). Choose questions
-  exclude ECGs already used by an earlier question of the same template (the authors' rule).
+  The release caps are those measured on the release (or inferred from the measured ones where the JSON's
+  ``status`` says so), e.g. train single verify ≤ 100 yes / ≤ 200 no per question text, valid/test 20 / 40.
+  Choose questions exclude ECGs already used by an earlier question of the same template (the authors' rule).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Hashable, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ecgqa.data.release import SPLITS
+from ecgqa.generation.templates import DATA, NONE
 
 FRACTIONS = (0.8, 0.1, 0.1)
 IRRELEVANT_PER_ECG = 10
 CAPS = ("release", "none")
+_YES = (("yes",), ("not sure",))
 
 
 class SplitError(ValueError):
@@ -121,30 +125,61 @@ def irrelevant_pairs(ecgs: pd.DataFrame, ids: Sequence[int], rng: random.Random)
     return out
 
 
-def cap_of(kind: str, split: str, answer: tuple[str, ...], caps: str) -> int | None:
-    """The release cap of one answer group (None = no cap)."""
+#: In verify questions the release keeps at most this many "no" per "yes" (and "not sure") it kept.
+NO_PER_YES = 5
+
+
+@cache
+def release_caps() -> dict[str, dict[str, dict[str, int]]]:
+    """split → question type (``single-verify`` …) → group → cap, from ``data/release_caps.json`` (the
+    caps measured on the release, or inferred where its ``status`` says so). Groups: ``yes``, ``no``,
+    ``not_sure`` (verify; not observed in the release: the ``yes`` cap), ``per_answer_set`` and ``none``
+    (choose, query)."""
+    path = DATA / "release_caps.json"
+    spec = json.loads(path.read_text())["caps"]
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for split in SPLITS:
+        for qtype, groups in spec[split].items():
+            caps = {
+                g: int(v["value"])
+                for g, v in groups.items()
+                if isinstance(v, dict) and v.get("value") is not None and isinstance(v["value"], int)
+            }
+            if qtype.endswith("verify"):
+                caps.setdefault("not_sure", caps["yes"])
+                need = ("yes", "no")
+            else:
+                need = ("per_answer_set", "none")
+            if any(g not in caps for g in need):
+                raise ValueError(
+                    f"{path}: {split} {qtype} lacks a cap for {', '.join(g for g in need if g not in caps)}"
+                )
+            out.setdefault(split, {})[qtype] = caps
+    return out
+
+
+def cap_of(question_type: str, split: str, answer: tuple[str, ...], caps: str) -> int | None:
+    """The release cap of one answer group (None = no cap); a verify question's "no" is further held to
+    :data:`NO_PER_YES` × the "yes" kept (:func:`pick`)."""
     if caps == "none":
         return None
-    held_out = split != "train"
-    if kind == "verify":
-        cap = 200 if answer == ("no",) else 100
-    else:
-        cap = 50
-        if answer == ("none",):
-            cap *= 2
-    return cap // 2 if held_out else cap
+    table = release_caps()[split][question_type]
+    if question_type.endswith("verify"):
+        return table["not_sure" if answer == ("not sure",) else answer[0]]
+    return table["none" if answer == (NONE,) else "per_answer_set"]
 
 
 def pick(
     groups: dict[tuple[str, ...], list[Hashable]],
     *,
-    kind: str,
+    question_type: str,
     split: str,
     caps: str,
     balanced: bool,
     rng: random.Random,
 ) -> dict[tuple[str, ...], list[Hashable]] | None:
     """Sample each answer group under the caps; None when the question is not kept."""
+    kind = question_type.split("-")[1]
     groups = {k: v for k, v in groups.items() if v}
     if balanced:
         if kind == "verify":
@@ -162,6 +197,10 @@ def pick(
         return None
     out = {}
     for k, v in sorted(groups.items()):
-        cap = cap_of(kind, split, k, caps)
+        cap = cap_of(question_type, split, k, caps)
+        if cap is not None and kind == "verify" and k == ("no",):
+            kept_yes = sum(min(len(groups.get(y, ())), cap_of(question_type, split, y, caps)) for y in _YES)
+            cap = min(cap, NO_PER_YES * kept_yes)
         out[k] = v if cap is None or cap >= len(v) else rng.sample(v, cap)
-    return out
+    out = {k: v for k, v in out.items() if v}
+    return out if len(out) >= need else None

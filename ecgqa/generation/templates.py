@@ -184,3 +184,43 @@ def harvest_paraphrases(pairs, templates: dict[int, Template]) -> dict[int, list
         if ok:
             found.setdefault(t.id, set()).add(pattern)
     return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+ATTRIBUTE_KINDS = ("fixed", "slot", "range_of_feature", "per_feature", "per_range", "null", "unknown")
+
+
+@cache
+def release_attributes() -> dict[int, dict]:
+    """Template id → what the PTB-XL release writes in ``attribute`` (``data/release_attributes.json``:
+    ``kind``, ``value``, ``verified``, the samples read)."""
+    spec = json.loads((DATA / "release_attributes.json").read_text())
+    out = {int(k): v for k, v in spec["templates"].items()}
+    bad = {k: v["kind"] for k, v in out.items() if v["kind"] not in ATTRIBUTE_KINDS}
+    if bad:
+        raise TemplateError(f"{DATA / 'release_attributes.json'}: unknown attribute kinds {bad}")
+    return out
+
+
+def attribute_of(t: Template, values: tuple[str, ...], classes: frozenset[str] | None = None) -> list[str] | None:
+    """The ``attribute`` of a sample of ``t`` asked with slot ``values`` (lead excluded, in the question
+    text's order: a swapped choose question's values swapped), as the release writes it
+    (:func:`release_attributes`): ``fixed`` → the listed candidates; ``slot`` → the values;
+    ``range_of_feature`` → each range joined to the feature, ``"<range> of <feature>"``; ``per_feature`` /
+    ``per_range`` → the candidates listed for the slot value; ``null`` / ``unknown`` → None.
+
+    ``classes`` (a dataset labelling a subset of ECG-QA's classes; None = every class): candidates that are
+    options of ``t`` the dataset does not label are left out of the fixed lists (they are never asked).
+    """
+    entry = release_attributes()[t.id]
+    kind = entry["kind"]
+    if kind in ("null", "unknown"):
+        return None
+    if kind == "slot":
+        return list(values)
+    if kind == "range_of_feature":
+        return [f"{r} of {values[0]}" for r in values[1:]]
+    value = entry["value"] if kind == "fixed" else entry["value"][values[0]]
+    if classes is None:
+        return list(value)
+    options = set(t.options)
+    return [v for v in value if v not in options or v in classes]

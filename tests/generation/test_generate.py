@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -15,8 +16,9 @@ import pytest
 from ecgqa.generation import answers as A
 from ecgqa.generation import sampling
 from ecgqa.generation.ptbxl import read_ptbxl
-from ecgqa.generation.templates import load_templates
+from ecgqa.generation.templates import DATA, load_templates
 
+_LEAD = re.compile(r" in lead \w+")
 N_ECGS = 60  # the first rows of the bundled metadata: small enough for a fast real run
 
 
@@ -119,32 +121,47 @@ def test_answers_are_in_the_options_and_metadata_answers_are_true(generated, met
 
 
 def test_release_caps_and_choose_reuse(generated):
+    spec = json.loads((DATA / "release_caps.json").read_text())["caps"]
     per_question = defaultdict(Counter)
     choose_used = defaultdict(set)
     for split, rows in _load(generated).items():
         for s in rows:
             kind = s["question_type"].split("-")[1]
-            per_question[(split, s["question_id"], kind)][tuple(s["answer"])] += 1
+            # a lead question's twelve leads share one id; each text is sampled on its own
+            lead = tuple(_LEAD.findall(s["question"]))
+            per_question[(split, s["question_id"], s["question_type"], lead)][tuple(s["answer"])] += 1
             if kind == "choose":
                 key = (split, s["template_id"], tuple(s["ecg_id"]))
                 assert key not in choose_used[split], "an ECG reused within a choose template"
                 choose_used[split].add(key)
     assert per_question
-    for (split, _qid, kind), counts in per_question.items():
+    capped = Counter()
+    for (split, _qid, qtype, _lead), counts in per_question.items():
         if split == "train":
             assert len(counts) >= 2  # a train question needs two non-empty answer groups
-        if kind == "verify":
-            cap = 1 if split == "train" else 0.5
-            assert counts.get(("yes",), 0) <= 100 * cap and counts.get(("no",), 0) <= 200 * cap
+        caps = {k: v["value"] for k, v in spec[split][qtype].items() if isinstance(v, dict)}
+        if qtype.endswith("verify"):
+            yes, no = counts.get(("yes",), 0) + counts.get(("not sure",), 0), counts.get(("no",), 0)
+            assert counts.get(("yes",), 0) <= caps["yes"] and no <= min(caps["no"], 5 * yes), (split, qtype, counts)
+            capped[split] += counts.get(("yes",), 0) == caps["yes"]
+        else:  # choose: per option, per "both", per "none"; query: per answer set, "none" its own cap
+            for answer, n in counts.items():
+                assert n <= caps["none" if answer == ("none",) else "per_answer_set"], (split, qtype, answer, n)
+    assert capped["train"] > 0  # the caps are reached, not only respected
 
 
-def test_one_question_id_per_text_across_splits(generated):
-    text_of = {}
+def test_lead_questions_share_one_id_across_their_leads_and_splits(generated):
+    text_of, ids_of_template = {}, defaultdict(set)
     for rows in _load(generated).values():
         for s in rows:
+            ids_of_template[s["template_id"]].add(s["question_id"])
             if s["question_type"].endswith("choose"):
                 continue  # a choose text comes in either option order
-            assert text_of.setdefault(s["question_id"], s["question"]) == s["question"]
+            assert text_of.setdefault(s["question_id"], _LEAD.sub("", s["question"])) == _LEAD.sub("", s["question"])
+    # the counter still advances by twelve per lead question: ids of lead templates are twelve apart
+    for tid in (26, 28):
+        ids = sorted(ids_of_template[tid])
+        assert ids and all((b - a) % 12 == 0 for a, b in zip(ids, ids[1:], strict=False)), (tid, ids)
 
 
 def test_comparison_pairs(generated, metadata):
