@@ -91,7 +91,7 @@ def slot_values(t: Template, templates: dict[int, Template]) -> list[tuple[str, 
         34: _opts(templates, 30),
         36: _opts(templates, 37),
         41: list(A.NUMERIC),
-        42: ["within the normal range"],
+        42: list(RANGES),  # the release asks all three (release_caps.json: q1906 below, q1908 above)
         43: _opts(templates, 47),
         44: _opts(templates, 47),
         45: _opts(templates, 47),

@@ -92,3 +92,36 @@ def test_choose_caps_per_option_both_and_none_not_doubled(caps, split):
     assert len(got[("none",)]) == min(50, q["none"]["value"]) and len(got[("a",)]) == min(
         50, q["per_answer_set"]["value"]
     )
+
+
+def test_template_42_asks_every_range_as_the_release(templates):
+    """The release asks 42 for below, within and above (valid q1906 below, q1908 above): three questions whose
+    attribute is the range's candidate list, and whose answer is the features in that range (p duration has
+    no lower limit, so it is never "below")."""
+    from ecgqa.data.attributes import Statements, derive
+    from ecgqa.data.measure import Measurements
+    from ecgqa.generation import answers as A
+    from ecgqa.generation.engine import questions
+
+    spec = json.loads((DATA / "release_attributes.json").read_text())["templates"]["42"]["value"]
+    qs = questions(templates[42], templates, None)
+    assert [q.values for q in qs] == [(r,) for r in spec]
+    assert [q.text for q in qs] == [f"What numeric features of this ECG fall {r}?" for r in spec]
+    status = {
+        "rr interval": "below",
+        "p duration": "within",
+        "pr interval": "above",
+        "qrs duration": "below",
+        "qt interval": "within",
+        "qt corrected": None,
+    }
+    labels = derive(
+        {}, Statements(frozenset(), frozenset(), frozenset(), {}), Measurements(status=status), release_rules=True
+    )
+    got = {q.values[0]: A.answer(templates[42], q.values, None, [labels], ecgs=(1,)) for q in qs}
+    assert got == {
+        "below the normal range": ["rr interval", "qrs duration"],
+        "within the normal range": ["p duration", "qt interval"],
+        "above the normal range": ["pr interval"],
+    }
+    assert "below the normal range of p duration" not in spec["below the normal range"]
