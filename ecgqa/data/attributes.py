@@ -562,11 +562,19 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
     return db
 
 
-def measure_record(path: str | Path) -> Any:
+#: ``--num-proc`` of ``ecgqa prepare`` and ``ecgqa generate``: processes reading / measuring records.
+NUM_PROC_RANGE = (1, 256)
+
+
+def measure_record(path: str | Path, release_axis: bool = True) -> Any:
     """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
-    status by ECG-QA's method, ``ecgqa.data.features``), with ``qrs_axis`` by ECG-QA's method too
+    status by ECG-QA's method, ``ecgqa.data.features``); None when the record cannot be read.
+
+    ``release_axis`` (``ecgqa generate``, ``generate check``): ``qrs_axis`` by ECG-QA's method
     (:func:`ecgqa.data.axis.release_qrs_axis`: the axis the release's answers follow, which
-    ``ecgqa.data.measure``'s area axis does not); None when the record cannot be read."""
+    ``ecgqa.data.measure``'s area axis does not; two more NeuroKit2 delineations, ~40 ms an ECG). False keeps
+    ``ecgqa.data.measure``'s own axis: for callers that do not read the axis from the signal (``prepare
+    --task attributes`` takes it from PTB-XL's ``heart_axis`` column)."""
     from dataclasses import replace
 
     from ecgqa.data.axis import release_qrs_axis
@@ -577,24 +585,32 @@ def measure_record(path: str | Path) -> Any:
         rec = read_record(path)
     except RecordError:
         return None
-    return replace(measure_ecg(rec.signal, rec.fs), qrs_axis=release_qrs_axis(rec.signal, rec.fs))
+    m = measure_ecg(rec.signal, rec.fs)
+    return replace(m, qrs_axis=release_qrs_axis(rec.signal, rec.fs)) if release_axis else m
 
 
 def measure_records(
-    paths: Iterable[str | Path], num_proc: int = 1, progress: bool = True, *, desc: str = "measure"
+    paths: Iterable[str | Path],
+    num_proc: int = 1,
+    progress: bool = True,
+    *,
+    desc: str = "measure",
+    release_axis: bool = True,
 ) -> list[Any]:
     """:func:`measure_record` of every path, in order (``None`` where a record cannot be read).
 
     ``num_proc`` > 1 measures in that many worker processes (``multiprocessing`` pool, ``imap`` in order,
     chunks of up to 16 records, as ``ecgqa prepare`` reads records); the results are those of one process.
-    A tqdm bar (``desc``) unless ``progress`` is false.
+    A tqdm bar (``desc``) unless ``progress`` is false. ``release_axis``: as :func:`measure_record`.
     """
+    import functools
     import multiprocessing
     import sys
 
     from tqdm.auto import tqdm
 
     paths = [str(p) for p in paths]
+    measure = functools.partial(measure_record, release_axis=release_axis)
     out: list[Any] = []
     bar = tqdm(total=len(paths), desc=desc, unit="ECG", disable=not progress)
     try:
@@ -607,12 +623,12 @@ def measure_records(
             n = min(num_proc, len(paths))
             with ctx.Pool(n) as pool:
                 chunk = max(1, min(16, len(paths) // (n * 8)))
-                for m in pool.imap(measure_record, paths, chunksize=chunk):
+                for m in pool.imap(measure, paths, chunksize=chunk):
                     out.append(m)
                     bar.update()
         else:
             for path in paths:
-                out.append(measure_record(path))
+                out.append(measure(path))
                 bar.update()
     finally:
         bar.close()

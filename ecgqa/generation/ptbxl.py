@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import Statements, derive, measure_records, parse_scp_codes, read_metadata
+from ecgqa.data.attributes import NUM_PROC_RANGE, Statements, derive, measure_records, parse_scp_codes, read_metadata
 from ecgqa.files import sha256_file
 from ecgqa.generation.source import GenerationInput, RowPool
 from mapping.sources import ptbxl_record_path
@@ -26,10 +26,6 @@ from mapping.sources import ptbxl_record_path
 
 class InputError(ValueError):
     """An input that cannot be used; the message names the file or record."""
-
-
-#: ``--num-proc``: processes measuring the records (as ``ecgqa prepare --num-proc``).
-NUM_PROC_RANGE = (1, 256)
 
 
 def check_num_proc(num_proc: Any) -> int:
