@@ -13,7 +13,8 @@ of :mod:`ecgqa.generation.check`), so "agrees" means what ``ecgqa generate check
   (:mod:`ecgqa.data.measure`'s net-QRS-area axis, binned the same way) vs ``column`` (PTB-XL's ``heart_axis``
   column, as ``derive`` maps it without release rules);
 - infarction stage: ``derive`` (what ``derive(release_rules=True)`` does now:
-  :func:`ecgqa.data.attributes.release_stages`) vs ``ptbxl`` (PTB-XL's meaning, the rule before:
+  :func:`ecgqa.data.attributes.release_stages`, the 2023 flags as labels, template 25 answering those that
+  are 1) vs ``ptbxl`` (PTB-XL's meaning, the rule before:
   "Stadium I-II" = early and middle, "II-III" = middle and old, both columns read, "unknown" = all stages
   unknown) vs ``2023`` (the authors' 2023 code, fairseq-signals ``encode_ptbxl.py``, verbatim: stage flags,
   column 2 first, "I-II" = early, "II-III" = middle, old only from column 2 (column 1 is tested for the
@@ -126,6 +127,12 @@ def predict(
         labels["entire"].update({s: int(flags[s]) for s in (EARLY, MIDDLE, OLD)})
     elif stage == "ptbxl":
         ptbxl = derive(row, statements, None, release_rules=False)["entire"]
+        if t.id == 25:  # the rule before: the stages that are 1, else "unknown" when all unknown, else "none"
+            vals = [ptbxl[s] for s in (EARLY, OLD, MIDDLE)]
+            got = [s for s, v in zip((EARLY, OLD, MIDDLE), vals, strict=True) if v == 1]
+            if got or all(v is None for v in vals):
+                return got or [UNKNOWN_MI]
+            return None if None in vals else [NONE_MI]
         labels["entire"].update({s: ptbxl[s] for s in (EARLY, MIDDLE, OLD)})
     elif stage != "derive":
         raise ValueError(f"stage rule {stage!r}: expected one of {STAGE_RULES}")

@@ -41,7 +41,7 @@ any kind of noises                any of the four noise columns (entire and per 
                                   infarction; "Stadium I-II", "II-III" → both stages; "unknown" → all
                                   three unknown; empty (both columns) → all three no. ``release_rules``:
                                   :func:`release_stages` (column 2 overrides, "I-II" early, "II-III" middle,
-                                  old from column 2 only)
+                                  old from column 2 only; stages always 0/1, "unknown" a class of its own)
 ``extra_beats``                   ES → extrasystoles, SVES → supraventricular extrasystoles, VES →
                                   ventricular extrasystoles (a count prefix "2ES" is ignored); any →
                                   any kind of extra systoles; empty → all no
@@ -182,6 +182,8 @@ STAGES = {
     "II": "middle stage of myocardial infarction",
     "III": "old stage of myocardial infarction",
 }
+#: the authors' "unknown" stage flag, a class under ``release_rules`` only (:func:`release_stages`)
+UNKNOWN_STAGE = "unknown stage of myocardial infarction"
 EXTRA = {"SVES": "supraventricular extrasystoles", "VES": "ventricular extrasystoles", "ES": "extrasystoles"}
 ANY_EXTRA = "any kind of extra systoles"
 
@@ -318,7 +320,8 @@ def derive(
     :func:`measure_record` measures by ECG-QA's method: normal [−30°, 90°), left [−90°, −30°), right
     [90°, 180°], extreme otherwise; unknown when not measurable) instead of the ``heart_axis`` column; the
     stage of infarction follows :func:`release_stages` (column 2 overrides column 1, "I-II" = early,
-    "II-III" = middle, old only from column 2).
+    "II-III" = middle, old only from column 2; the stages are always known, and the authors' "unknown" flag is
+    the class :data:`UNKNOWN_STAGE`).
     """
     entire: Labels = {}
     located: dict[str, Labels] = {}
@@ -436,15 +439,16 @@ def _ptbxl_stages(record: Mapping[str, Any]) -> Labels:
 def release_stages(record: Mapping[str, Any]) -> Labels:
     """The release's stage of infarction (templates 23–25): the ECG-QA authors' 2023 rule, which the release's
     answers follow (docs/generate.md, "Answer rules": 95 of 95 harvested samples, and the size of the release's
-    "old" pool).
+    "old" pool), as the three stage classes and :data:`UNKNOWN_STAGE`.
 
     A filled ``infarction_stadium2`` overrides column 1; "Stadium I" and "Stadium I-II" are early only,
     "Stadium II" and "Stadium II-III" middle only; old is column 2's "Stadium III" only (the 2023 code tests
-    column 1 for "Staidum III", a typo that never matches, and the release kept it); both columns empty → no
-    stage. Column 1 "unknown" (column 2 empty) → every stage unknown: template 25 answers "unknown stage of
-    myocardial infarction". Column 1 "Stadium III" alone → early and middle no, old unknown: the release
-    answers "no" to early and middle, never asks it 25, and (as for "unknown") asks the old-stage questions
-    of 23/24 too, answering "no" / "none", which unknown labels cannot say, so those are not asked here.
+    column 1 for "Staidum III", a typo that never matches, and the release kept it). The three stages are
+    always known (1 / 0): the release asks 23/24 of every ECG and answers "no" / "none" where no stage is set.
+    :data:`UNKNOWN_STAGE` is the authors' "unknown" flag: 1 when column 1 says "unknown"; 0 when some flag is
+    set (a stage, or "none": both columns empty); None when the ECG has no flag at all (column 1 "Stadium III"
+    alone, or an unrecognised text), which template 25 — answering the flags set — then does not ask, as the
+    release does not.
     """
 
     def text(col: str) -> str:
@@ -456,13 +460,11 @@ def release_stages(record: Mapping[str, Any]) -> Labels:
     if s2:
         stage["Stadium III"] = "III"
     source = s2 or s1
-    if not s2 and s1 == "Stadium III":  # column 1 alone: not old in the release, though PTB-XL says so
-        return {STAGES["I"]: 0, STAGES["II"]: 0, STAGES["III"]: None}
-    if source and source not in stage:  # "unknown"
-        return dict.fromkeys(STAGES.values(), None)
     out: Labels = dict.fromkeys(STAGES.values(), 0)
-    if source:
+    if source in stage:
         out[STAGES[stage[source]]] = 1
+    flagged = not source or source in stage or s1 == "unknown"  # "none", a stage, or "unknown"
+    out[UNKNOWN_STAGE] = int(s1 == "unknown") if flagged else None
     return out
 
 
@@ -560,11 +562,19 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
     return db
 
 
-def measure_record(path: str | Path) -> Any:
+#: ``--num-proc`` of ``ecgqa prepare`` and ``ecgqa generate``: processes reading / measuring records.
+NUM_PROC_RANGE = (1, 256)
+
+
+def measure_record(path: str | Path, release_axis: bool = True) -> Any:
     """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
-    status by ECG-QA's method, ``ecgqa.data.features``), with ``qrs_axis`` by ECG-QA's method too
+    status by ECG-QA's method, ``ecgqa.data.features``); None when the record cannot be read.
+
+    ``release_axis`` (``ecgqa generate``, ``generate check``): ``qrs_axis`` by ECG-QA's method
     (:func:`ecgqa.data.axis.release_qrs_axis`: the axis the release's answers follow, which
-    ``ecgqa.data.measure``'s area axis does not); None when the record cannot be read."""
+    ``ecgqa.data.measure``'s area axis does not; two more NeuroKit2 delineations, ~40 ms an ECG). False keeps
+    ``ecgqa.data.measure``'s own axis: for callers that do not read the axis from the signal (``prepare
+    --task attributes`` takes it from PTB-XL's ``heart_axis`` column)."""
     from dataclasses import replace
 
     from ecgqa.data.axis import release_qrs_axis
@@ -575,24 +585,32 @@ def measure_record(path: str | Path) -> Any:
         rec = read_record(path)
     except RecordError:
         return None
-    return replace(measure_ecg(rec.signal, rec.fs), qrs_axis=release_qrs_axis(rec.signal, rec.fs))
+    m = measure_ecg(rec.signal, rec.fs)
+    return replace(m, qrs_axis=release_qrs_axis(rec.signal, rec.fs)) if release_axis else m
 
 
 def measure_records(
-    paths: Iterable[str | Path], num_proc: int = 1, progress: bool = True, *, desc: str = "measure"
+    paths: Iterable[str | Path],
+    num_proc: int = 1,
+    progress: bool = True,
+    *,
+    desc: str = "measure",
+    release_axis: bool = True,
 ) -> list[Any]:
     """:func:`measure_record` of every path, in order (``None`` where a record cannot be read).
 
     ``num_proc`` > 1 measures in that many worker processes (``multiprocessing`` pool, ``imap`` in order,
     chunks of up to 16 records, as ``ecgqa prepare`` reads records); the results are those of one process.
-    A tqdm bar (``desc``) unless ``progress`` is false.
+    A tqdm bar (``desc``) unless ``progress`` is false. ``release_axis``: as :func:`measure_record`.
     """
+    import functools
     import multiprocessing
     import sys
 
     from tqdm.auto import tqdm
 
     paths = [str(p) for p in paths]
+    measure = functools.partial(measure_record, release_axis=release_axis)
     out: list[Any] = []
     bar = tqdm(total=len(paths), desc=desc, unit="ECG", disable=not progress)
     try:
@@ -605,12 +623,12 @@ def measure_records(
             n = min(num_proc, len(paths))
             with ctx.Pool(n) as pool:
                 chunk = max(1, min(16, len(paths) // (n * 8)))
-                for m in pool.imap(measure_record, paths, chunksize=chunk):
+                for m in pool.imap(measure, paths, chunksize=chunk):
                     out.append(m)
                     bar.update()
         else:
             for path in paths:
-                out.append(measure_record(path))
+                out.append(measure(path))
                 bar.update()
     finally:
         bar.close()

@@ -33,7 +33,6 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -411,14 +410,3 @@ def numeric_features_and_peaks(signal, fs: float) -> tuple[NumericFeatures, np.n
             return features_from_points(peaks, _waves(clean, peaks)), peaks
     except Exception:  # noqa: BLE001 - NeuroKit2 fails on pathological signals: "not measurable"
         return NumericFeatures(), peaks
-
-
-def record_features(path: str | Path) -> NumericFeatures | None:
-    """Features of the WFDB record at ``path`` (no extension); None when it cannot be read."""
-    from ecgqa.data.records import RecordError, read_record
-
-    try:
-        rec = read_record(path)
-    except RecordError:
-        return None
-    return numeric_features(rec.signal, rec.fs)

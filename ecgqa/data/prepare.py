@@ -39,7 +39,7 @@ from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
 from ecgqa.data import attributes, prepared
-from ecgqa.data.attributes import AttributesError, Statements, derive, measure_record, read_metadata
+from ecgqa.data.attributes import NUM_PROC_RANGE, AttributesError, Statements, derive, measure_record, read_metadata
 from ecgqa.data.constants import DEFAULT_RATE, DEFAULT_SECONDS, TOKENIZERS
 from ecgqa.data.prepared import PreparedMeta, TokenizerInfo
 from ecgqa.data.records import RecordError, fit_length, read_record, record_files
@@ -57,7 +57,6 @@ MAX_LISTED = 20
 #: Accepted option ranges: an ECG below 50 Hz loses its QRS complexes; a store is one fixed window.
 RATE_RANGE = (50, 10_000)
 SECONDS_RANGE = (1.0, 120.0)
-NUM_PROC_RANGE = (1, 256)
 
 
 class PrepareError(RuntimeError):
@@ -466,7 +465,7 @@ class AttributesTask(UpperboundTask):
             if ecg_id not in row_of:
                 lost.append(ecg_id)
                 continue
-            measured = measure_record(path)
+            measured = measure_record(path, release_axis=False)  # the axis comes from the heart_axis column
             if measured is None or measured.qrs is None:
                 self.counts["ecgs_not_measurable"] += 1
             labels = derive(self.metadata.loc[ecg_id].to_dict(), self.statements, measured)

@@ -12,6 +12,11 @@ How a label counts as "present" differs by template, as the release's wording sa
 - ``certain``: present with certainty only (5, 9, 14: "excluding uncertain symptoms");
 - ``known``: the label must be known, else the ECG is not asked (axis, stage, noise, extra systoles,
   numeric features).
+
+Template 25 (what stage?) answers the stage flags that are 1 — early / middle / old and "unknown stage of
+myocardial infarction", a class of its own under the release's rules
+(:func:`ecgqa.data.attributes.release_stages`) — "none of myocardial infarction" when all are 0, and is not asked
+of an ECG with an unknown flag (column 1 "Stadium III" alone), as the release.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ FIXED_VERIFY = {
 #: templates with a ${lead} slot whose value slot is asked in that lead's row
 LEAD_ROW = {26, 28, 31, 33}
 STAGE_NONE = "none of myocardial infarction"
-STAGE_UNKNOWN = "unknown stage of myocardial infarction"
 NUMERIC = ("rr interval", "p duration", "pr interval", "qrs duration", "qt interval", "qt corrected")
 #: comparison templates → (was present in the first ECG, is present in the second)
 TRANSITION = {
@@ -188,18 +192,10 @@ def _answer(t: Template, values, lead, rows, ecg, has_likelihood, classes) -> li
             return None
         got = [f for f in known if value(r, f"{where} the normal range of {f}", **kw) == 1]
         return got or [NONE]
-    if tid == 25:
-        stages = [o for o in t.options if o not in (STAGE_NONE, STAGE_UNKNOWN)]
-        vals = {s: value(r, s, **kw) for s in stages}
-        got = [s for s in stages if vals[s] == 1]
-        if got:
-            return got
-        if all(v is None for v in vals.values()):
-            return [STAGE_UNKNOWN]
-        if any(v is None for v in vals.values()):
-            return None
-        return [STAGE_NONE]
-    candidates = [o for o in t.options if o != NONE and (classes is None or o in classes)]
+    # the rest, template 25 (stage) included: the classes that are 1; "none" when all are 0; not asked when one
+    # is unknown (25: the stages and "unknown stage" are the authors' flags, ecgqa.data.attributes.release_stages)
+    none = none_option(t)
+    candidates = [o for o in t.options if o != none and (classes is None or o in classes)]
     got = []
     for cls in candidates:
         present = _present(t, value(r, cls, row, **kw))
@@ -207,9 +203,15 @@ def _answer(t: Template, values, lead, rows, ecg, has_likelihood, classes) -> li
             return None
         if present:
             got.append(cls)
-    if not got and NONE not in t.options:
+    if not got and none not in t.options:
         return None  # e.g. template 22 (axis): an ECG with no axis class is not asked
-    return got or [NONE]
+    return got or [none]
+
+
+def none_option(t: Template) -> str:
+    """The option a query answers when no class is present: "none", or template 25's "none of myocardial
+    infarction"."""
+    return STAGE_NONE if STAGE_NONE in t.options else NONE
 
 
 def comparison_state(t: Template, v: int | None) -> bool | None:
@@ -268,7 +270,8 @@ def reads(
             out.append(locate(f"{where.removesuffix(' the normal range')} the normal range of {feature}"))
 
     def options() -> list[str]:
-        return [o for o in t.options if o != NONE and (classes is None or o in classes)]
+        none = none_option(t) if t.scope == "single" else NONE
+        return [o for o in t.options if o != none and (classes is None or o in classes)]
 
     if t.scope != "single":
         numeric = t.attribute_type == "numeric_feature"
@@ -294,8 +297,6 @@ def reads(
     elif tid == 42:
         for f in NUMERIC:
             ranges(f, [values[0]])
-    elif tid == 25:
-        out.extend(locate(s) for s in t.options if s not in (STAGE_NONE, STAGE_UNKNOWN))
     else:
         out.extend(locate(cls, row) for cls in options())
     return tuple(dict.fromkeys(out))

@@ -10,24 +10,22 @@ Rows of ``ptbxl_database.csv`` that are ``validated_by_human`` (the authors enco
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import Statements, derive, measure_records, parse_scp_codes, read_metadata
+from ecgqa.data.attributes import NUM_PROC_RANGE, Statements, derive, measure_records, parse_scp_codes, read_metadata
 from ecgqa.files import sha256_file
-from ecgqa.generation.source import GenerationInput
+from ecgqa.generation.source import GenerationInput, RowPool
 from mapping.sources import ptbxl_record_path
 
 
 class InputError(ValueError):
     """An input that cannot be used; the message names the file or record."""
-
-
-#: ``--num-proc``: processes measuring the records (as ``ecgqa prepare --num-proc``).
-NUM_PROC_RANGE = (1, 256)
 
 
 def check_num_proc(num_proc: Any) -> int:
@@ -60,6 +58,23 @@ def ptbxl_sources(root: str | Path, metadata: str | Path | None = None) -> tuple
         f"no scp_statements.csv in {where} (PTB-XL ships it next to ptbxl_database.csv; it says which "
         "SCP codes are diagnostic, form and rhythm statements)"
     )
+
+
+def recording_dates(db: pd.DataFrame) -> pd.Series:
+    """``recording_date`` of every row (index: ``ecg_id``) as a Timestamp, NaT where empty or unparseable: the
+    column parsed at once (its format inferred from the first value, as PTB-XL writes every date), then each
+    value that parse missed on its own, so every row gets what ``pd.to_datetime(value, errors="coerce")``
+    gives it."""
+    if "recording_date" not in db.columns:
+        return pd.Series(pd.NaT, index=db.index, dtype="datetime64[us]")
+    raw = db["recording_date"]
+    with warnings.catch_warnings():  # "could not infer format": pandas then parses each value on its own
+        warnings.simplefilter("ignore", UserWarning)
+        dates = pd.to_datetime(raw, errors="coerce")
+    retry = dates.isna() & raw.notna()
+    for i in np.flatnonzero(retry.to_numpy()):
+        dates.iloc[i] = pd.to_datetime(raw.iloc[i], errors="coerce")
+    return dates
 
 
 def read_ptbxl(
@@ -108,6 +123,8 @@ def read_ptbxl(
         else:
             left_out["no_record"].append(int(ecg_id))
     measured = dict(zip(paths, measure_records(paths.values(), num_proc, progress), strict=True)) if measure else {}
+    dates = recording_dates(db)
+    pool = RowPool()  # equal label rows of different ECGs share one object
     rows, labels = [], {}
     for ecg_id, rec in tqdm(db.iterrows(), total=len(db), desc="read PTB-XL", unit="ECG", disable=not progress):
         ecg_id = int(ecg_id)
@@ -119,12 +136,12 @@ def read_ptbxl(
             if m is None:
                 left_out["unreadable_record"].append(ecg_id)
                 continue
-        labels[ecg_id] = derive(rec.to_dict() | {"ecg_id": ecg_id}, statements, m, release_rules=True)
+        labels[ecg_id] = pool(derive(rec.to_dict() | {"ecg_id": ecg_id}, statements, m, release_rules=True))
         if statements.codes:
             for code in parse_scp_codes(rec.get("scp_codes")):
                 if code not in statements.codes:
                     left_out["unknown_scp_codes"].setdefault(code, []).append(ecg_id)
-        recorded_at = pd.to_datetime(rec.get("recording_date"), errors="coerce")
+        recorded_at = dates[ecg_id]
         if pd.isna(recorded_at):
             left_out["no_recording_date"].append(ecg_id)
         rows.append(

@@ -360,3 +360,33 @@ def test_measuring_shows_a_progress_bar(tmp_path, mapped_sample, sample_paths, c
     metadata = sample_paths.ptbxl_records / "ptbxl_database.csv"
     prepare(mapped_sample, tmp_path / "out", task="attributes", splits=["valid"], metadata=metadata, progress=True)
     assert "measure ECGs (valid)" in capfd.readouterr().err
+
+
+def test_measure_record_adds_the_release_axis_only_when_asked(sample_paths):
+    from dataclasses import replace
+
+    from ecgqa.data.axis import release_qrs_axis
+    from ecgqa.data.measure import measure_ecg
+    from ecgqa.data.records import read_record
+
+    path = sorted((sample_paths.ptbxl_records / "records500" / "00000").glob("*_hr.hea"))[0].with_suffix("")
+    rec = read_record(path)
+    plain = measure_ecg(rec.signal, rec.fs)
+    assert A.measure_record(path, release_axis=False) == plain  # ecgqa.data.measure's own, axis included
+    assert A.measure_record(path) == replace(plain, qrs_axis=release_qrs_axis(rec.signal, rec.fs))
+    assert A.measure_records([path], release_axis=False, progress=False) == [plain]
+
+
+def test_prepare_attributes_does_not_measure_the_release_axis(tmp_path, mapped_sample, sample_paths, monkeypatch):
+    """``prepare --task attributes`` takes the axis from the ``heart_axis`` column: the signal axis by ECG-QA's
+    method (two more delineations an ECG) is never computed there."""
+    from ecgqa.data import axis
+    from ecgqa.data.prepare import prepare
+
+    def refuse(*_):
+        raise AssertionError("prepare --task attributes measured the release axis")
+
+    monkeypatch.setattr(axis, "release_qrs_axis", refuse)
+    metadata = sample_paths.ptbxl_records / "ptbxl_database.csv"
+    prepare(mapped_sample, tmp_path / "out", task="attributes", splits=["valid"], metadata=metadata, progress=False)
+    assert (tmp_path / "out").is_dir()

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from ecgqa.data.features import FEATURES, FS, MIN_R_PEAKS, RANGES, NumericFeatures, numeric_features, record_features
+from ecgqa.data.features import FEATURES, FS, MIN_R_PEAKS, RANGES, NumericFeatures, numeric_features
+from ecgqa.data.records import read_record
 from ecgqa.generation.release_statuses import Harvest, ReleaseStatusError, agreement, apply, harvest, load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_numeric_statuses.json"
@@ -25,6 +26,12 @@ FIXTURE = Path(__file__).parent / "fixtures" / "release_numeric_statuses.json"
 
 def _path(sample_paths, ecg_id: int) -> Path:
     return sample_paths.ptbxl_records / "records500" / f"{ecg_id // 1000 * 1000:05d}" / f"{ecg_id:05d}_hr"
+
+
+def record_features(path: Path) -> NumericFeatures:
+    """The features of a WFDB record at its own rate."""
+    rec = read_record(path)
+    return numeric_features(rec.signal, rec.fs)
 
 
 def _lead_ii(sample_paths, ecg_id: int) -> np.ndarray:

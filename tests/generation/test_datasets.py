@@ -224,7 +224,7 @@ def test_end_to_end_generate_prepare_consume(dataset, physionet, code15, tmp_pat
     dataset's batches hold the records' signals. Numeric answers are re-derived with ``ecgqa.data.features``."""
     import torch
 
-    from ecgqa.data.features import record_features
+    from ecgqa.data.features import numeric_features
     from ecgqa.data.prepared import PreparedData
     from ecgqa.data.records import fit_length, read_record
     from ecgqa.data.torch_datasets import ECGQADataset, collate_qa
@@ -241,7 +241,8 @@ def test_end_to_end_generate_prepare_consume(dataset, physionet, code15, tmp_pat
     numeric = [s for s in samples if s["template_id"] == 39]
     assert numeric, sorted({s["template_id"] for s in samples})
     for s in numeric[:15]:
-        f = record_features(s["ecg_path"][0])
+        rec = read_record(s["ecg_path"][0])
+        f = numeric_features(rec.signal, rec.fs)
         feature = next(n for n in f.values if f" {n} " in s["question"])
         where = next(w for w in ("above", "within", "below") if f" {w} " in s["question"])
         assert s["answer"] == ["yes" if f.status(feature) == where else "no"], s

@@ -178,6 +178,32 @@ def test_an_unparseable_recording_date_is_listed_and_only_leaves_consecutive_pai
     ]
 
 
+def test_recording_dates_parse_the_column_once_as_each_value_alone():
+    """The column is parsed at once, and what that parse misses (another format than the first value's) on its
+    own: every row gets what ``pd.to_datetime(value, errors="coerce")`` gives it."""
+    from ecgqa.generation.ptbxl import recording_dates
+
+    raw = ["1984-11-09 09:17:34", "", None, "not a date", "1984-11-10", float("nan"), "1990-01-01 00:00:00"]
+    db = pd.DataFrame({"recording_date": raw}, index=range(10, 17))
+    got = recording_dates(db)
+    assert list(got.index) == list(db.index)
+    for value, date in zip(raw, got, strict=True):
+        alone = pd.to_datetime(value, errors="coerce")
+        assert (pd.isna(date) and pd.isna(alone)) or date == alone, value
+    assert got[14] == pd.Timestamp("1984-11-10")  # the first value's format does not fit it: parsed alone
+    assert recording_dates(db.drop(columns="recording_date")).isna().all()
+
+
+def test_read_ptbxl_shares_equal_label_rows_between_ecgs(small_root, sample_paths):
+    inp, _ = read_ptbxl(small_root, measure=False, progress=False)
+    rows = [r for labels in inp.labels.values() for r in labels.values()]
+    assert len({id(r) for r in rows}) < len(rows) / 2  # most lead rows are equal, and shared
+    db = pd.read_csv(small_root / "ptbxl_database.csv", index_col="ecg_id")
+    statements = Statements.read(sample_paths.ptbxl_records / "scp_statements.csv")
+    for e in inp.labels:  # and every ECG's labels are still its own derivation
+        assert inp.labels[e] == derive(db.loc[e].to_dict() | {"ecg_id": e}, statements, None, release_rules=True)
+
+
 def test_missing_scp_statements_is_one_line_for_generate_and_check(tmp_path, sample_paths, bundled_db):
     root = _root(tmp_path / "root", sample_paths, bundled_db.head(10), statements=False)
     for args in (

@@ -103,10 +103,13 @@ def test_the_stage_rule_is_the_authors_with_column_2_first(evidence):
         return {t: (r["checked"], r["agree"], r["not_asked"]) for t, r in res[rule].items()}
 
     assert counts("2023") == {23: (28, 28, 0), 24: (5, 5, 0), 25: (62, 62, 0)}
-    # this project's rule: every sample but the six "unknown"-stadium ECGs the release asks 23 of (answer "no")
-    assert counts("derive") == {23: (28, 22, 6), 24: (5, 5, 0), 25: (62, 62, 0)}
+    # this project's rule (the 2023 flags as labels): every sample, the six "unknown"-stadium ECGs the release
+    # asks 23 of and answers "no" included (before the "unknown" flag became a class of its own: 22 of 28)
+    assert counts("derive") == counts("2023")
     unknown = {s["sample_id"] for s in stage if db.loc[s["ecg_id"][0], "infarction_stadium1"] == "unknown"}
-    assert set(res["derive"][23]["disagree_ids"]) <= unknown
+    asked_23 = {s["sample_id"] for s in stage if s["template_id"] == 23} & unknown
+    assert asked_23 == {20462, 20499, 20500, 27355, 27381, 27385}
+    assert all(s["answer"] == ["no"] for s in stage if s["sample_id"] in asked_23)
     # PTB-XL's reading ("II-III" = middle and old) misses 12 query answers, all on "Stadium II-III" ECGs
     assert counts("ptbxl")[25] == (62, 50, 0)
     wrong = {s["ecg_id"][0] for s in stage if s["sample_id"] in res["ptbxl"][25]["disagree_ids"]}
@@ -136,41 +139,58 @@ def test_a_diagnostic_statement_of_likelihood_0_is_certain(evidence):
 
 
 @pytest.mark.parametrize(
-    ("s1", "s2", "early", "middle", "old"),
+    ("s1", "s2", "early", "middle", "old", "unknown"),
     [
-        ("Stadium I", None, 1, 0, 0),
-        ("Stadium I-II", None, 1, 0, 0),
-        ("Stadium II", None, 0, 1, 0),
-        ("Stadium II-III", None, 0, 1, 0),
-        ("Stadium III", None, 0, 0, None),  # the release's "old" is column 2's only (the 2023 typo)
-        ("Stadium II-III", "Stadium III", 0, 0, 1),  # column 2 overrides column 1
-        ("Stadium III", "Stadium II", 0, 1, 0),
-        ("unknown", None, None, None, None),
-        (None, None, 0, 0, 0),
+        ("Stadium I", None, 1, 0, 0, 0),
+        ("Stadium I-II", None, 1, 0, 0, 0),
+        ("Stadium II", None, 0, 1, 0, 0),
+        ("Stadium II-III", None, 0, 1, 0, 0),
+        ("Stadium III", None, 0, 0, 0, None),  # the release's "old" is column 2's only (the 2023 typo): no flag
+        ("Stadium II-III", "Stadium III", 0, 0, 1, 0),  # column 2 overrides column 1
+        ("Stadium III", "Stadium II", 0, 1, 0, 0),
+        ("unknown", None, 0, 0, 0, 1),  # the authors' "unknown" flag; the stages are "no"
+        ("unknown", "Stadium II", 0, 1, 0, 1),
+        (None, None, 0, 0, 0, 0),  # the "none" flag
+        ("Stadium IV", None, 0, 0, 0, None),  # a text the 2023 code does not know: no flag
     ],
 )
-def test_release_stages(s1, s2, early, middle, old):
+def test_release_stages(s1, s2, early, middle, old, unknown):
     got = release_stages({"infarction_stadium1": s1, "infarction_stadium2": s2})
-    assert (got[EARLY], got[MIDDLE], got[OLD]) == (early, middle, old)
+    assert (got[EARLY], got[MIDDLE], got[OLD], got[R.UNKNOWN_MI]) == (early, middle, old, unknown)
+    assert all(v is None or (v == 1) == flag for v, flag in zip(
+        (got[EARLY], got[MIDDLE], got[OLD], got[R.UNKNOWN_MI]),
+        (R.stage_flags_2023({"infarction_stadium1": s1, "infarction_stadium2": s2})[k]
+         for k in (EARLY, MIDDLE, OLD, R.UNKNOWN_MI)),
+        strict=True,
+    ))  # fmt: skip
 
 
 def test_what_template_25_makes_of_the_stage_labels(evidence):
-    """Through ecgqa.generation.answers: "unknown" → "unknown stage"; column 1 "Stadium III" alone → not asked
-    (the release gives it no stage flag); both columns empty → "none of myocardial infarction"."""
-    from ecgqa.generation.answers import answer
+    """Through ecgqa.generation.answers, as the release: "unknown" → 25 "unknown stage", 23/24 "no" / "none";
+    column 1 "Stadium III" alone → 25 not asked (the release gives it no stage flag), 23/24 "no" / "none" for
+    every stage, old included; both columns empty → "none of myocardial infarction"; a stage → that stage."""
+    from ecgqa.generation.answers import answer, reads
     from ecgqa.generation.templates import load_templates
 
     _, _, statements = evidence
-    t25, t23 = load_templates("ptbxl")[25], load_templates("ptbxl")[23]
+    t23, t24, t25 = (load_templates("ptbxl")[i] for i in (23, 24, 25))
 
-    def labels(s1):
-        return derive({"ecg_id": 1, "scp_codes": "{}", "infarction_stadium1": s1}, statements, release_rules=True)
+    def labels(s1, s2=None):
+        row = {"ecg_id": 1, "scp_codes": "{}", "infarction_stadium1": s1, "infarction_stadium2": s2}
+        return [derive(row, statements, release_rules=True)]
 
-    assert answer(t25, (), None, [labels("unknown")]) == ["unknown stage of myocardial infarction"]
-    assert answer(t25, (), None, [labels("Stadium III")]) is None
-    assert answer(t25, (), None, [labels(None)]) == ["none of myocardial infarction"]
-    assert answer(t23, (MIDDLE,), None, [labels("Stadium III")]) == ["no"]
-    assert answer(t23, (OLD,), None, [labels("Stadium III")]) is None
+    assert answer(t25, (), None, labels("unknown")) == [R.UNKNOWN_MI]
+    assert answer(t25, (), None, labels("unknown", "Stadium II")) == [MIDDLE, R.UNKNOWN_MI]
+    assert answer(t25, (), None, labels("Stadium III")) is None
+    assert answer(t25, (), None, labels("Stadium II-III", "Stadium III")) == [OLD]
+    assert answer(t25, (), None, labels(None)) == [R.NONE_MI]
+    for s1 in ("unknown", "Stadium III"):
+        for stage in (EARLY, MIDDLE, OLD):
+            assert answer(t23, (stage,), None, labels(s1)) == ["no"]
+        assert answer(t24, (EARLY, OLD), None, labels(s1)) == ["none"]
+    assert answer(t24, (MIDDLE, OLD), None, labels("Stadium II-III")) == [MIDDLE]
+    # the engine groups ECGs by what 25 reads: the unknown flag is one of those entries
+    assert ("entire", R.UNKNOWN_MI) in reads(t25, (), None)
 
 
 def test_derive_uses_the_release_stage_rule_only_with_release_rules(evidence):
@@ -181,6 +201,7 @@ def test_derive_uses_the_release_stage_rule_only_with_release_rules(evidence):
     ptbxl = derive(row, statements)["entire"]
     assert (release[MIDDLE], release[OLD]) == (1, 0)
     assert (ptbxl[MIDDLE], ptbxl[OLD]) == (1, 1)
+    assert R.UNKNOWN_MI in release and R.UNKNOWN_MI not in ptbxl  # prepare --task attributes: no new class
 
 
 def _synthetic(axis_deg: float, fs: int = 500, seconds: float = 10.0) -> np.ndarray:
