@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ecgqa.data.constants import QUESTION_TYPES as QTYPES
+from ecgqa.data.release import SPLITS
 from ecgqa.generation.templates import DATA
 
-SPLITS = ("train", "valid", "test")
-QTYPES = (
-    "single-verify",
-    "single-choose",
-    "single-query",
-    "comparison_consecutive-verify",
-    "comparison_consecutive-query",
-    "comparison_irrelevant-verify",
-    "comparison_irrelevant-query",
-)
 STATUSES = {"measured", "inferred", "not_observed"}
 EVIDENCE = Path(__file__).resolve().parents[2] / "docs" / "release-caps-evidence.jsonl"
 
