@@ -108,13 +108,14 @@ def test_template_33_keeps_the_releases_carriage_returns():
 
 def test_the_test_split_draws_its_own_three_patterns_per_template():
     # The release gives each split its own subset of a template's paraphrases: valid shows 7 per template,
-    # test 3 (templates 33, 39, 41 read in test/30000), mostly ones valid never shows.
+    # test 3 (templates 29, 30, 31, 33, 39, 41 read in test/30000), almost all ones valid never shows.
     rows = _evidence("test")
-    assert {r["template_id"] for r in rows} == {33, 39, 41} and len(rows) >= 80
+    assert {r["template_id"] for r in rows} == {29, 30, 31, 33, 39, 41} and len(rows) >= 140
     test = harvest_paraphrases([(r["template_id"], r["template"], r["paraphrased"]) for r in rows], TEMPLATES)
     valid = _patterns()
     for tid, pats in test.items():
         assert len(pats) == 3, tid
         assert set(pats) - set(valid[tid]), f"template {tid}: the test split shows only valid patterns"
-    assert not set(test[33]) & set(valid[33]) and not set(test[41]) & set(valid[41])
+    for tid in (29, 30, 31, 33, 41):
+        assert not set(test[tid]) & set(valid[tid]), tid
     assert set(test[39]) & set(valid[39]) == {"Does the ${feature} of this ECG lie ${range}?"}
