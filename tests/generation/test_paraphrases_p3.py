@@ -82,12 +82,15 @@ def test_every_pattern_is_witnessed_and_the_file_is_the_harvest(evidence, patter
 
 
 def test_the_template_texts_read_from_the_template_shard_agree(evidence):
-    """Where the template variant was read (template/valid/30000.json, samples 37249–37260), its text is the
-    template filled with the value the paraphrase names; elsewhere that value is what the template text holds."""
-    read = [r for r in evidence if r["template_from"] == "template shard"]
-    assert [r["sample_id"] for r in read] == list(range(37249, 37261))
-    expected = "Compared to the first ECG, has atrial premature complex been newly detected in the second ECG?"
-    assert {r["template"] for r in read} == {expected}
+    """Where the template variant was read (template/valid/30000.json offset 4062000, samples 37249–37280), its
+    text is the template filled with the value the paraphrase names; elsewhere the template text was rebuilt that
+    way, so every slot value must appear verbatim in the paraphrase."""
+    read = {r["sample_id"]: r["template"] for r in evidence if r["template_from"] == "template shard"}
+    assert sorted(read) == list(range(37249, 37281))
+    apc = "Compared to the first ECG, has atrial premature complex been newly detected in the second ECG?"
+    ppr = "Compared to the first ECG, has prolonged pr interval been newly detected in the second ECG?"
+    assert {sid for sid, text in read.items() if text == apc} == set(range(37249, 37278))
+    assert {sid for sid, text in read.items() if text == ppr} == set(range(37278, 37281))
     templates = load_templates("ptbxl")
     for r in evidence:
         for v in _values(templates[r["template_id"]], r["template"]):
