@@ -44,12 +44,13 @@ from ecgqa.generation.templates import (
     Template,
     attribute_of,
     load_templates,
+    paraphrase_pool,
     paraphrases,
     swap_words,
 )
 
 GENERATOR_VERSION = 3  # 2: one random generator per template (same output whatever num_proc); 3: the
-# release's attributes, shared lead question ids and measured caps (data/release_caps.json)
+# release's attributes, shared lead question ids, measured caps (data/release_caps.json), paraphrase pools
 #: Templates not generated, and why (listed in generation.json).
 _REPORT_LEADS = (
     "needs the lead of each form statement from the report text; the authors parsed an English translation "
@@ -468,7 +469,7 @@ class _Job:
     caps: str
     balanced: bool
     parts: Path
-    paraphrases: dict[int, tuple[str, ...]]
+    paraphrases: dict[int, dict[str, tuple[str, ...]]]  # template → pool → patterns (templates.paraphrases)
 
 
 _JOB: _Job | None = None
@@ -557,7 +558,12 @@ def _run_template(job: _Job, tid: int, qs: list[tuple[int, Question]]) -> tuple[
                             tail = ', "ecg_path": ' + json.dumps(paths)
                         out.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
                         if para is not None:
-                            sample["question"] = t.fill(shown, q.lead, text=para_rng.choice(patterns))
+                            pattern = para_rng.choice(paraphrase_pool(patterns, split))
+                            if shown == q.values:
+                                sample["question"] = t.fill(shown, q.lead, text=pattern)
+                            else:  # swapped as the template text is: by the word swap (template 37's quirk)
+                                a, b = q.values[-2:]
+                                sample["question"] = swap_words(t.fill(q.values, q.lead, text=pattern), a, b)
                             para.write(json.dumps(sample)[:-1] + "\t" + tail + "\n")
     finally:
         for f in files.values():

@@ -150,13 +150,29 @@ def load_templates(version: str = "ptbxl") -> dict[int, Template]:
     return out
 
 
+#: The release's paraphrase pools: one shared by train and valid, another for test (``data/paraphrases.json``).
+PARAPHRASE_POOLS = ("train_valid", "test")
+
+
 @cache
-def paraphrases() -> dict[int, tuple[str, ...]]:
-    """Template id → the paraphrase patterns harvested from the release (``data/paraphrases.json``)."""
+def paraphrases() -> dict[int, dict[str, tuple[str, ...]]]:
+    """Template id → pool (``"train_valid"``, and ``"test"`` where the test split's own was read) → the
+    paraphrase patterns harvested from the release (``data/paraphrases.json``)."""
     path = DATA / "paraphrases.json"
     if not path.is_file():
         return {}
-    return {int(k): tuple(v) for k, v in json.loads(path.read_text()).items()}
+    spec = json.loads(path.read_text())["templates"]
+    out = {int(k): {pool: tuple(v[pool]) for pool in PARAPHRASE_POOLS if v.get(pool)} for k, v in spec.items()}
+    bad = [k for k, v in out.items() if "train_valid" not in v]
+    if bad:
+        raise TemplateError(f"{path}: templates {bad} have no train_valid pool")
+    return out
+
+
+def paraphrase_pool(pools: dict[str, tuple[str, ...]], split: str) -> tuple[str, ...]:
+    """The patterns a sample of ``split`` is paraphrased with: the test pool in test where it is known, else
+    the train/valid pool (the release's own for train and valid; borrowed for test, and reported so)."""
+    return pools.get("test", pools["train_valid"]) if split == "test" else pools["train_valid"]
 
 
 def harvest_paraphrases(pairs, templates: dict[int, Template]) -> dict[int, list[str]]:

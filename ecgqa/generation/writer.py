@@ -132,6 +132,7 @@ def write_release(
         "counts": result["counts"],
         "skipped_templates": result["skipped"],
         "paraphrased_templates": sorted(para),
+        "paraphrase_test_pool_borrowed": sorted(t for t, pools in para.items() if "test" not in pools),
         "templates_without_paraphrase": sorted(set(result["templates"]) - set(para)),
         "ecgs_outside_split": result["outside_split"][:100],
         "left_out": result.get("left_out", {}),

@@ -182,21 +182,29 @@ def test_paraphrases_are_filled_with_the_values_check_reads_back(tmp_path, measu
     ``generate check`` reads back from the template sample (``check.slot_values``)."""
     from ecgqa.generation.check import slot_values
     from ecgqa.generation.engine import generate
-    from ecgqa.generation.templates import paraphrases
+    from ecgqa.generation.templates import paraphrase_pool, paraphrases, swap_words
 
     out = tmp_path / "gen"
     generate(measured_input, out, measure=False, progress=False, num_proc=2)
     templates, patterns = load_templates(), paraphrases()
-    n = 0
+    n = n_test_pool = 0
     for split in sampling.SPLITS:
         by_id = {s["sample_id"]: s for s in _shards(out, "template", split)}
         for p in _shards(out, "paraphrased", split):
             s = by_id[p["sample_id"]]
             t = templates[s["template_id"]]
             values, lead = slot_values(t, s)
-            assert p["question"] in {t.fill(values, lead, text=pat) for pat in patterns[t.id]}, p
+            pool = paraphrase_pool(patterns[t.id], split)
+            expected = {t.fill(values, lead, text=pat) for pat in pool}
+            if t.kind == "choose":  # a swapped question: the word swap of the unswapped text (template 37)
+                a, b = values[-2:]
+                expected |= {swap_words(t.fill((*values[:-2], b, a), lead, text=pat), b, a) for pat in pool}
+            assert p["question"] in expected, p
+            if split == "test" and "test" in patterns[t.id]:
+                assert pool == patterns[t.id]["test"]
+                n_test_pool += 1
             n += 1
-    assert n > 100
+    assert n > 100 and n_test_pool > 0
 
 
 def test_a_failure_in_a_worker_keeps_the_previous_release(tmp_path, measured_input):

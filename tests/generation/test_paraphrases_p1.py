@@ -3,7 +3,7 @@
 ``docs/paraphrase-evidence-p1.jsonl`` holds the paraphrased questions (age/sex suffix stripped) of 669 samples of
 the ECG-QA PTB-XL ``paraphrased/valid`` split, read from a public full copy of the release (GitHub
 jovianw/FSL_ECG_QA, ``ecgqa/ptbxl/paraphrased/valid/{00000,10000,20000}.json``), with each sample's
-``attribute``. ``ecgqa/generation/data/paraphrases.p1.json`` holds the patterns harvested from them.
+``attribute``. ``ecgqa/generation/data/paraphrases.json`` holds the patterns harvested from them (train/valid pool).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ecgqa.generation.templates import harvest_paraphrases, load_templates
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "docs" / "paraphrase-evidence-p1.jsonl"
-PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.p1.json"
+PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.json"  # their train/valid pool
 TEMPLATES = load_templates("ptbxl")
 COVERED = set(range(1, 17)) | set(range(20, 26))
 
@@ -34,7 +34,8 @@ def _values(row: dict) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def patterns() -> dict[int, list[str]]:
-    return {int(k): v for k, v in json.loads(PATTERNS.read_text()).items()}
+    spec = json.loads(PATTERNS.read_text())["templates"]
+    return {int(k): v["train_valid"] for k, v in spec.items() if int(k) in COVERED}
 
 
 def test_every_covered_template_has_evidence_and_patterns(patterns):

@@ -4,8 +4,8 @@ Evidence: ``docs/paraphrase-evidence-p2.jsonl``, one line per paraphrased sample
 release, GitHub jovianw/FSL_ECG_QA ``ecgqa/ptbxl/paraphrased/{valid,test}/NNNNN.json``; the copy appends
 " Given that patient is ... years old." to every question, stripped here). ``template`` is the template
 variant's text of the same sample, rebuilt from its ``attribute`` (43-49: ``attribute`` is null, the slot
-value read off the paraphrased text). Patterns: ``ecgqa/generation/data/paraphrases.p2.json`` (valid split);
-``paraphrases.p2.test.json``: the test split's own patterns, for the templates read there.
+value read off the paraphrased text). Patterns: ``ecgqa/generation/data/paraphrases.json`` (the train/valid
+pool, read in valid; the test pool: the test split's own patterns, for the templates read there).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from ecgqa.generation.templates import harvest_paraphrases, load_templates, swap
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "docs" / "paraphrase-evidence-p2.jsonl"
-PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.p2.json"
-PATTERNS_TEST = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.p2.test.json"
+PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.json"  # train_valid and test pools
 TEMPLATES = load_templates("ptbxl")
 
 
@@ -29,8 +28,9 @@ def _evidence(split: str | None = "valid") -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def _patterns() -> dict[int, list[str]]:
-    return {int(k): v for k, v in json.loads(PATTERNS.read_text()).items()}
+def _patterns(pool: str = "train_valid") -> dict[int, list[str]]:
+    spec = json.loads(PATTERNS.read_text())["templates"]
+    return {int(k): v[pool] for k, v in spec.items() if 29 <= int(k) <= 49 and pool in v}
 
 
 def _values(tid: int, text: str) -> tuple[tuple[str, ...], str | None]:
@@ -111,11 +111,11 @@ def test_template_33_keeps_the_releases_carriage_returns():
 def test_the_test_split_draws_its_own_three_patterns_per_template():
     # The release gives each split its own subset of a template's paraphrases: valid shows 7 per template,
     # test 3 (templates 29-34, 39, 41 read in test/30000), almost all ones valid never shows.
-    # ``data/paraphrases.p2.test.json`` holds them.
+    # ``data/paraphrases.json`` holds them as the templates' test pools.
     rows = _evidence("test")
     assert {r["template_id"] for r in rows} == {29, 30, 31, 32, 33, 34, 39, 41} and len(rows) >= 170
     test = harvest_paraphrases([(r["template_id"], r["template"], r["paraphrased"]) for r in rows], TEMPLATES)
-    assert test == {int(k): v for k, v in json.loads(PATTERNS_TEST.read_text()).items()}
+    assert test == _patterns("test")
     valid = _patterns()
     for tid, pats in test.items():
         assert len(pats) == 3, tid

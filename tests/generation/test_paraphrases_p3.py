@@ -1,6 +1,6 @@
-"""The paraphrase patterns of templates 50–67 (``ecgqa/generation/data/paraphrases.p3.json``) against the release
-samples they were harvested from (``docs/paraphrase-evidence-p3.jsonl``: valid-split samples of the paraphrased
-PTB-XL release, each with the template text of the same sample).
+"""The paraphrase patterns of templates 50–67 (``ecgqa/generation/data/paraphrases.json``, train/valid pool)
+against the release samples they were harvested from (``docs/paraphrase-evidence-p3.jsonl``: valid-split samples
+of the paraphrased PTB-XL release, each with the template text of the same sample).
 
 Every sample read must be one of its template's patterns filled with that sample's slot values, every pattern
 must be witnessed by a sample, and the file must be what :func:`harvest_paraphrases` makes of the evidence.
@@ -18,7 +18,7 @@ from ecgqa.generation.templates import DATA, harvest_paraphrases, load_templates
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "docs" / "paraphrase-evidence-p3.jsonl"
-PATTERNS = DATA / "paraphrases.p3.json"
+PATTERNS = DATA / "paraphrases.json"  # their train/valid pool
 COVERED = range(50, 68)
 
 
@@ -29,7 +29,8 @@ def evidence() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def patterns() -> dict[int, list[str]]:
-    return {int(k): v for k, v in json.loads(PATTERNS.read_text()).items()}
+    spec = json.loads(PATTERNS.read_text())["templates"]
+    return {int(k): v["train_valid"] for k, v in spec.items() if int(k) in COVERED}
 
 
 def _values(t, text: str) -> tuple[str, ...]:
