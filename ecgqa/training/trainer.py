@@ -599,8 +599,11 @@ class CtrlC(TrainerCallback):
         signal.signal(signal.SIGINT, self.previous)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # only over Python's own handler: a process that ignores SIGINT (nohup, a background job) or handles it
+        # itself keeps doing so
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous = signal.signal(signal.SIGINT, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.pending:

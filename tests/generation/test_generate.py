@@ -179,11 +179,15 @@ def test_comparison_pairs(generated, metadata):
 def test_paraphrased_variant_has_the_same_samples(generated):
     tpl = {(split, s["sample_id"]): s for split, rows in _load(generated).items() for s in rows}
     para = [(split, s) for split, rows in _load(generated, "paraphrased").items() for s in rows]
-    assert para and {s["template_id"] for _, s in para} <= {26, 27, 28, 68, 69, 70}
+    # every template has its release paraphrases (17-19 are not generated): every sample has its twin
+    assert len(para) == len(tpl) and {s["template_id"] for _, s in para} == {t["template_id"] for t in tpl.values()}
+    same = 0
     for split, s in para:
         t = tpl[(split, s["sample_id"])]
         assert s["answer"] == t["answer"] and s["ecg_id"] == t["ecg_id"]
-        assert s["question"] != t["question"]
+        if s["question"] == t["question"]:  # the release keeps the template's wording as one of its patterns
+            same += 1
+    assert same < len(para) / 4
 
 
 @pytest.mark.slow

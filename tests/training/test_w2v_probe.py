@@ -252,7 +252,13 @@ def test_sigint_mid_pretrain_then_resume_loses_nothing(tmp_path, sample_paths):
     ]
     code = "import sys; from ecgqa.cli import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # SIGINT as at a terminal, even when the suite runs as a background job (SIG_IGN)
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint saved"
