@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from ecgqa.generation.templates import harvest_paraphrases, load_templates
+from ecgqa.generation.templates import DATA, harvest_paraphrases, load_templates
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "docs" / "paraphrase-evidence-p1.jsonl"
-PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.json"  # their train/valid pool
+PATTERNS = DATA / "paraphrases.json"  # their train/valid pool
 TEMPLATES = load_templates("ptbxl")
 COVERED = set(range(1, 17)) | set(range(20, 26))
 

@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 
 from ecgqa.generation.check import expected_texts, slot_values
-from ecgqa.generation.templates import harvest_paraphrases, load_templates, swap_words
+from ecgqa.generation.templates import DATA, harvest_paraphrases, load_templates, swap_words
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "docs" / "paraphrase-evidence-p2.jsonl"
-PATTERNS = ROOT / "ecgqa" / "generation" / "data" / "paraphrases.json"  # train_valid and test pools
+PATTERNS = DATA / "paraphrases.json"  # train_valid and test pools
 TEMPLATES = load_templates("ptbxl")
 
 
