@@ -147,10 +147,12 @@ class Measurements:
         return "\n".join(lines)
 
 
-def measure_ecg(signal, fs: float) -> Measurements:
+def measure_ecg(signal, fs: float, *, share_r_peaks: bool = True) -> Measurements:
     """Measure a ``(12, T)`` ECG in mV sampled at ``fs`` Hz. Never raises for bad signals: values become None.
 
     A wrong shape or a non-positive ``fs`` is a programming error and raises ``ValueError``.
+    ``share_r_peaks=False``: the median-beat measurements detect their own R peaks instead of reusing the
+    features' lead-II ones (the same result; the reference path the identity tests and benchmark compare with).
     """
     x = np.asarray(signal, dtype=float)
     if x.ndim != 2 or x.shape[0] != 12:
@@ -163,7 +165,7 @@ def measure_ecg(signal, fs: float) -> Measurements:
     if x.shape[1] >= MIN_SECONDS * fs:
         # a 500 Hz record: the rhythm-lead R peaks below are those the features method just found on lead II
         # (the same nk.ecg_clean + nk.ecg_peaks call on the same samples), so they are not detected twice
-        shared = ii_peaks if round(fs) == FS else None
+        shared = ii_peaks if share_r_peaks and round(fs) == FS else None
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")

@@ -105,6 +105,18 @@ def _present(t: Template, v: int | None) -> bool | None:
     return None if v is None else v == 1
 
 
+def _present_among(t: Template, r: Rows, classes: Sequence[str], row: str, **kw) -> list[str] | None:
+    """The ``classes`` present in ``row`` (in their order); None when one of them is unknown (not asked)."""
+    got = []
+    for cls in classes:
+        present = _present(t, value(r, cls, row, **kw))
+        if present is None:
+            return None
+        if present:
+            got.append(cls)
+    return got
+
+
 def answer(
     t: Template,
     values: Sequence[str],
@@ -163,14 +175,8 @@ def _answer(t: Template, values, lead, rows, ecg, has_likelihood, classes) -> li
                 if v:
                     got.append(where)
             return got or [NONE]
-        got = []
-        for cls in values:
-            present = _present(t, value(r, cls, row, **kw))
-            if present is None:
-                return None
-            if present:
-                got.append(cls)
-        return got or [NONE]
+        got = _present_among(t, r, values, row, **kw)
+        return None if got is None else got or [NONE]
     # query
     if tid == 19 or tid == 34:  # which leads show ${x}
         cls = values[0]
@@ -196,13 +202,9 @@ def _answer(t: Template, values, lead, rows, ecg, has_likelihood, classes) -> li
     # is unknown (25: the stages and "unknown stage" are the authors' flags, ecgqa.data.attributes.release_stages)
     none = none_option(t)
     candidates = [o for o in t.options if o != none and (classes is None or o in classes)]
-    got = []
-    for cls in candidates:
-        present = _present(t, value(r, cls, row, **kw))
-        if present is None:
-            return None
-        if present:
-            got.append(cls)
+    got = _present_among(t, r, candidates, row, **kw)
+    if got is None:
+        return None
     if not got and none not in t.options:
         return None  # e.g. template 22 (axis): an ECG with no axis class is not asked
     return got or [none]

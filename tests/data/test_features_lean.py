@@ -117,24 +117,6 @@ def test_lean_delineation_identical_over_the_bundled_records(sample_paths):
             _assert_identical(variants[name], f"ecg {e}, {name}")
 
 
-def _unshared(signal: np.ndarray, fs: float) -> M.Measurements:
-    """``measure_ecg`` as it was before the R peaks were shared: ``_measure`` detects its own."""
-    x = np.asarray(signal, dtype=float)
-    out = M.Measurements()
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            M._measure(x, float(fs), out)
-        except Exception:  # noqa: BLE001, S110 - as measure_ecg
-            pass
-    nf = F.numeric_features(x, fs)
-    out.rr, out.p_duration, out.pr = nf.ms("rr interval"), nf.ms("p duration"), nf.ms("pr interval")
-    out.qrs, out.qt, out.qtc = nf.ms("qrs duration"), nf.ms("qt interval"), nf.ms("qt corrected")
-    out.heart_rate = None if out.rr is None else 60000.0 / out.rr
-    out.status = nf.statuses()
-    return out
-
-
 def test_shared_r_peaks_give_identical_measurements(sample_paths):
     """measure_ecg reuses the features' lead-II R peaks at 500 Hz: every field equal to detecting them again."""
     axes = 0
@@ -149,7 +131,7 @@ def test_shared_r_peaks_give_identical_measurements(sample_paths):
             "100 Hz": (resample(signal, 500, 100), 100),
             "lead II flat": (lead_ii_flat, rec.fs),
         }.items():
-            shared, alone = M.measure_ecg(sig, fs), _unshared(sig, fs)
+            shared, alone = M.measure_ecg(sig, fs), M.measure_ecg(sig, fs, share_r_peaks=False)
             assert shared == alone, f"ecg {e}, {name}"
             axes += shared.qrs_axis is not None
     assert axes >= 2 * N_FAST  # measured for real, not all "not measurable"
