@@ -396,8 +396,8 @@ def run(
     """
     if caps not in sampling.CAPS:
         raise ValueError(f"--caps {caps!r}: expected one of {', '.join(sampling.CAPS)}")
-    if measure:
-        add_signal_labels(inp, progress=progress)
+    if measure:  # records the reader did not measure (every dataset but PTB-XL), in num_proc processes
+        add_signal_labels(inp, progress=progress, num_proc=num_proc)
     templates = load_templates(version)
     rng = random.Random(seed)  # the split's irrelevant pairs; each template has its own (_template_rng)
     split_of = split_of or inp.split_of or sampling.split_by_patient(inp.ecgs, seed)
@@ -680,8 +680,6 @@ def generate(
         from ecgqa.generation.ptbxl import read_ptbxl
 
         source, left_out = read_ptbxl(records, metadata, measure=measure, progress=progress, num_proc=num_proc)
-    if measure:  # other datasets: their records measured here, in num_proc processes (run() finds nothing left)
-        add_signal_labels(source, progress=progress, num_proc=num_proc)
     with staged_release(out) as staging:
         result = run(
             source,
