@@ -566,6 +566,16 @@ def read_metadata(path: str | Path, ecg_ids: Iterable[int] | None = None):
 NUM_PROC_RANGE = (1, 256)
 
 
+def num_proc_ok(num_proc: Any) -> bool:
+    """Whether ``num_proc`` is a whole number (not a bool) in :data:`NUM_PROC_RANGE` (each command words its
+    own error)."""
+    return (
+        not isinstance(num_proc, bool)
+        and isinstance(num_proc, int)
+        and NUM_PROC_RANGE[0] <= num_proc <= NUM_PROC_RANGE[1]
+    )
+
+
 def measure_record(path: str | Path, release_axis: bool = True) -> Any:
     """Measurements of a record at its own rate (``ecgqa.data.measure``; intervals and their normal-range
     status by ECG-QA's method, ``ecgqa.data.features``); None when the record cannot be read.

@@ -39,7 +39,15 @@ from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
 from ecgqa.data import attributes, prepared
-from ecgqa.data.attributes import NUM_PROC_RANGE, AttributesError, Statements, derive, measure_record, read_metadata
+from ecgqa.data.attributes import (
+    NUM_PROC_RANGE,
+    AttributesError,
+    Statements,
+    derive,
+    measure_record,
+    num_proc_ok,
+    read_metadata,
+)
 from ecgqa.data.constants import DEFAULT_RATE, DEFAULT_SECONDS, TOKENIZERS
 from ecgqa.data.prepared import PreparedMeta, TokenizerInfo
 from ecgqa.data.records import RecordError, fit_length, read_record, record_files
@@ -120,11 +128,7 @@ def check_options(*, rate: Any, seconds: Any, num_proc: Any, task: str, variant:
             f"--seconds {seconds}: give a signal length between {SECONDS_RANGE[0]:g} and "
             f"{SECONDS_RANGE[1]:g} seconds (ECG-QA records are 10 s)"
         )
-    if (
-        isinstance(num_proc, bool)
-        or not isinstance(num_proc, int)
-        or not NUM_PROC_RANGE[0] <= num_proc <= NUM_PROC_RANGE[1]
-    ):
+    if not num_proc_ok(num_proc):
         raise PrepareError(
             f"--num-proc {num_proc}: give a number of record readers between {NUM_PROC_RANGE[0]} "
             f"and {NUM_PROC_RANGE[1]} (1 reads in this process)"

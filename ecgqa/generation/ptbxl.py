@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ecgqa.data.attributes import NUM_PROC_RANGE, Statements, derive, measure_records, parse_scp_codes, read_metadata
+from ecgqa.data.attributes import (
+    NUM_PROC_RANGE,
+    Statements,
+    derive,
+    measure_records,
+    num_proc_ok,
+    parse_scp_codes,
+    read_metadata,
+)
 from ecgqa.files import sha256_file
 from ecgqa.generation.source import GenerationInput, RowPool
 from mapping.sources import ptbxl_record_path
@@ -30,11 +38,7 @@ class InputError(ValueError):
 
 def check_num_proc(num_proc: Any) -> int:
     """``num_proc`` when it is a whole number in :data:`NUM_PROC_RANGE`; one clear line otherwise."""
-    if (
-        isinstance(num_proc, bool)
-        or not isinstance(num_proc, int)
-        or not NUM_PROC_RANGE[0] <= num_proc <= NUM_PROC_RANGE[1]
-    ):
+    if not num_proc_ok(num_proc):
         raise InputError(
             f"--num-proc {num_proc}: give a number of measuring processes between {NUM_PROC_RANGE[0]} "
             f"and {NUM_PROC_RANGE[1]} (1 measures in this process)"
