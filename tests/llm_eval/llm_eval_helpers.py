@@ -32,9 +32,6 @@ def synthetic(qtype: str, question: str, options: list[str], answer: list[str], 
     return q(900000 + QUESTION_TYPES.index(qtype), qtype, question, options, answer, ecg_ids, attribute_type)
 
 
-LEAD_OPTIONS = [f"lead {x}" for x in ("I", "II", "III", "V1", "V2", "V3", "V4", "V5", "V6", "aVF", "aVL", "aVR")]
-
-
 class _closing:
     def __init__(self, store):
         self.store = store

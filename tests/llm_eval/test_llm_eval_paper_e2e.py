@@ -22,7 +22,7 @@ def prepared_test_split(tmp_path_factory, mapped_sample):
     root = tmp_path_factory.mktemp("ptbxl-test")
     mapped = root / "mapped"
     shutil.copytree(mapped_sample, mapped)
-    listed = [int(line) for line in paper_sample.PAPER_SAMPLE_FILE.read_text().split()]
+    listed = _shipped_ids()
     for variant in ("template", "paraphrased"):
         src = min((mapped / variant / "train").glob("*.json"))
         rows = json.loads(src.read_text())[:60]
