@@ -13,7 +13,8 @@ from llm_eval import sampling
 from llm_eval.grounding import Reading
 from llm_eval.sampling import Question
 from tests.fake_llm_server import FakeLLM, FakeServer
-from tests.llm_eval.llm_eval_helpers import LEAD_OPTIONS, synthetic
+from tests.llm_eval.llm_eval_helpers import synthetic
+from tests.llm_eval.paper_helpers import LEAD_OPTIONS
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecgqa.data.constants import QUESTION_TYPES, question_codes
-from llm_eval.sampling import Question
+from ecgqa.data.constants import QUESTION_TYPES
+from tests.llm_eval.paper_helpers import q
 
 KEY = "sk-test-DO-NOT-LEAK-0123456789"
 
@@ -29,19 +29,7 @@ class StandInClassifier:
 
 
 def synthetic(qtype: str, question: str, options: list[str], answer: list[str], ecg_ids=(16,), attribute_type="noise"):
-    return Question(
-        sample_id=900000 + QUESTION_TYPES.index(qtype),
-        question=question,
-        question_type=qtype,
-        attribute_type=attribute_type,
-        qt3=question_codes(qtype, attribute_type)[2],
-        answer=tuple(answer),
-        options=tuple(options),
-        ecg_ids=tuple(ecg_ids),
-    )
-
-
-LEAD_OPTIONS = [f"lead {x}" for x in ("I", "II", "III", "V1", "V2", "V3", "V4", "V5", "V6", "aVF", "aVL", "aVR")]
+    return q(900000 + QUESTION_TYPES.index(qtype), qtype, question, options, answer, ecg_ids, attribute_type)
 
 
 class _closing:

@@ -11,7 +11,8 @@ from llm_eval.client import ChatClient, ask_all
 from llm_eval.grounding import Grounder
 from llm_eval.run import evaluate
 from llm_eval.store import ResponseStore
-from tests.llm_eval.llm_eval_helpers import KEY, LEAD_OPTIONS, StandInClassifier, _closing, synthetic
+from tests.llm_eval.llm_eval_helpers import KEY, StandInClassifier, _closing, synthetic
+from tests.llm_eval.paper_helpers import LEAD_OPTIONS
 
 
 @pytest.mark.parametrize(

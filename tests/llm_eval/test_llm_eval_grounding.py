@@ -12,7 +12,8 @@ from ecgqa.data.constants import LEAD_GROUPS, LEADS
 from llm_eval.grounding import Grounder, lead_subsets_in, plan_readings
 from llm_eval.prompts import INSTRUCTION, build_prompt
 from llm_eval.scoring import parse_reply
-from tests.llm_eval.llm_eval_helpers import LEAD_OPTIONS, StandInClassifier, synthetic
+from tests.llm_eval.llm_eval_helpers import StandInClassifier, synthetic
+from tests.llm_eval.paper_helpers import LEAD_OPTIONS
 
 
 class InPlaceMaskingClassifier(StandInClassifier):
@@ -171,7 +172,7 @@ def test_prompt_for_each_question_type(signals, grounding_classes, every_type):
 
 @pytest.mark.parametrize("rule", ["paper", "ecgqa-v2"])  # the rules of --prompt paper and --prompt ecgqa-v2
 def test_parse_reply_longest_first_case_insensitive(rule):
-    assert parse_reply("Lead II", LEAD_OPTIONS + ["None"], rule=rule) == (["lead II"], True)
+    assert parse_reply("Lead II", [*LEAD_OPTIONS, "None"], rule=rule) == (["lead II"], True)
     assert parse_reply("lead III; LEAD I.", LEAD_OPTIONS, rule=rule) == (["lead I", "lead III"], True)
     assert parse_reply("Lead aVF, lead V1", LEAD_OPTIONS, rule=rule)[0] == ["lead V1", "lead aVF"]
     stages = ["early stage of myocardial infarction", "none of myocardial infarction", "None"]

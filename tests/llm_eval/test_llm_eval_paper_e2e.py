@@ -22,7 +22,7 @@ def prepared_test_split(tmp_path_factory, mapped_sample):
     root = tmp_path_factory.mktemp("ptbxl-test")
     mapped = root / "mapped"
     shutil.copytree(mapped_sample, mapped)
-    listed = [int(line) for line in paper_sample.PAPER_SAMPLE_FILE.read_text().split()]
+    listed = _shipped_ids()
     for variant in ("template", "paraphrased"):
         src = min((mapped / variant / "train").glob("*.json"))
         rows = json.loads(src.read_text())[:60]
@@ -50,23 +50,14 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
     want = sorted(prepared_ids & listed)
     assert len(want) == 25
     with FakeServer(FakeLLM()) as server:
+
+        def llm_eval(data, out, *args):  # `ecgqa llm-eval` on `data` against the fake server, model "m"
+            return main(
+                ["llm-eval", "--data", str(data), "--model", "m", "--base-url", server.url, "--out", str(out), *args]
+            )
+
         out = tmp_path / "run"
-        rc = main(
-            [
-                "llm-eval",
-                "--data",
-                str(prepared_test_split),
-                "--input",
-                "none",
-                "--model",
-                "m",
-                "--base-url",
-                server.url,
-                "--out",
-                str(out),
-                "-q",
-            ]
-        )
+        rc = llm_eval(prepared_test_split, out, "--input", "none", "-q")
         assert rc == 0
         err = capsys.readouterr().err
         report = json.loads((out / "report.json").read_text())
@@ -87,27 +78,7 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
 
         # --sample draw: the seeded draw over the same split, and the sha256 of the ids it drew
         out2 = tmp_path / "draw"
-        assert (
-            main(
-                [
-                    "llm-eval",
-                    "--data",
-                    str(prepared_test_split),
-                    "--input",
-                    "none",
-                    "--model",
-                    "m",
-                    "--base-url",
-                    server.url,
-                    "--out",
-                    str(out2),
-                    "--sample",
-                    "draw",
-                    "-q",
-                ]
-            )
-            == 0
-        )
+        assert llm_eval(prepared_test_split, out2, "--input", "none", "--sample", "draw", "-q") == 0
         r2 = json.loads((out2 / "report.json").read_text())
         drawn = [json.loads(line)["sample_id"] for line in (out2 / "predictions.jsonl").read_text().splitlines()]
         assert r2["sampling"]["sample"] == "draw" and r2["n_questions"] == round(60 / 10)
@@ -118,25 +89,7 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
         (tmp_path / "ids.txt").write_text("\n".join(map(str, pick)))
         out5 = tmp_path / "ids"
         assert (
-            main(
-                [
-                    "llm-eval",
-                    "--data",
-                    str(prepared_test_split),
-                    "--input",
-                    "none",
-                    "--model",
-                    "m",
-                    "--base-url",
-                    server.url,
-                    "--out",
-                    str(out5),
-                    "--ids-file",
-                    str(tmp_path / "ids.txt"),
-                    "-q",
-                ]
-            )
-            == 0
+            llm_eval(prepared_test_split, out5, "--input", "none", "--ids-file", str(tmp_path / "ids.txt"), "-q") == 0
         )
         r5 = json.loads((out5 / "report.json").read_text())
         assert r5["sampling"]["sample"] == "ids-file" and r5["n_questions"] == len(pick)
@@ -147,26 +100,7 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
             before = len(server.state.seen)
             out4 = tmp_path / f"classifier-{style}"
             extra = [] if style == "default" else ["--prompt", style]
-            assert (
-                main(
-                    [
-                        "llm-eval",
-                        "--data",
-                        str(prepared_test_split),
-                        "--grounding",
-                        str(upperbound_checkpoint),
-                        "--model",
-                        "m",
-                        "--base-url",
-                        server.url,
-                        "--out",
-                        str(out4),
-                        "-q",
-                        *extra,
-                    ]
-                )
-                == 0
-            )
+            assert llm_eval(prepared_test_split, out4, "--grounding", str(upperbound_checkpoint), "-q", *extra) == 0
             r4 = json.loads((out4 / "report.json").read_text())
             sent = server.state.seen[before:]
             assert (
@@ -190,51 +124,13 @@ def test_llm_eval_on_ptbxl_test_defaults_to_the_published_sample_and_the_paper_p
 
         # the paper prompt needs the classifier input alone: a clear one-line error, nothing written
         out3 = tmp_path / "bad"
-        assert (
-            main(
-                [
-                    "llm-eval",
-                    "--data",
-                    str(prepared_test_split),
-                    "--input",
-                    "none",
-                    "--prompt",
-                    "paper",
-                    "--model",
-                    "m",
-                    "--base-url",
-                    server.url,
-                    "--out",
-                    str(out3),
-                ]
-            )
-            == 2
-        )
+        assert llm_eval(prepared_test_split, out3, "--input", "none", "--prompt", "paper") == 2
         assert "--prompt paper: the paper's prompt shows classifier findings only" in capsys.readouterr().err
         assert not out3.exists()
         # --sample paper on data the list does not cover (PTB-XL valid): one clear error, nothing asked
         before = server.state.stats()["received"]
         assert (
-            main(
-                [
-                    "llm-eval",
-                    "--data",
-                    str(prepared_qa),
-                    "--split",
-                    "valid",
-                    "--input",
-                    "none",
-                    "--sample",
-                    "paper",
-                    "--model",
-                    "m",
-                    "--base-url",
-                    server.url,
-                    "--out",
-                    str(tmp_path / "valid"),
-                ]
-            )
-            == 2
+            llm_eval(prepared_qa, tmp_path / "valid", "--split", "valid", "--input", "none", "--sample", "paper") == 2
         )
         assert (
             "error: --sample paper: the published LLM sample lists PTB-XL test questions only, and this data is "
