@@ -270,12 +270,13 @@ def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
             + ("is a file" if folder.exists() else "not found")
             + "; give a prepared directory (`ecgqa prepare`) or a folder of WFDB records (.hea + .dat)"
         )
-    if not is_prepared(folder) and not any(folder.rglob("*.hea")):
+    prepared = is_prepared(folder)
+    if not prepared and not any(folder.rglob("*.hea")):
         raise ValueError(
             f"--data {folder}: neither a complete prepared directory (no meta.json) nor a folder of "
             "WFDB records (no .hea header under it); run `ecgqa prepare` or point --data at the records"
         )
-    if is_prepared(folder):
+    if prepared:
         data = PreparedData(config.data)
     else:
         if config.split is not None:
