@@ -75,6 +75,17 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
                 add_output_flags(nested)
 
 
+def print_report(report: dict[str, Any], out: Path) -> None:
+    """The end of ``evaluate`` and ``score``: the report in the paper's table layout, the controls' verdict
+    when they ran, and where the report folder was written."""
+    from ecgqa.evaluation.report import paper_table
+
+    print(paper_table([report], [report["model"]]), end="")
+    if report.get("controls"):
+        print(report["controls"]["verdict"]["sentence"])
+    print(f"written: {out}")
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """``--threads N``: torch's CPU threads for the command (as ``ecgqa quickstart``; on a shared machine one

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgqa.cli.common import add_threads_option, resolve_split, set_threads
+from ecgqa.cli.common import add_threads_option, print_report, resolve_split, set_threads
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,7 +43,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ecgqa.evaluation import evaluate as stage  # the stage, imported only when the command runs
-    from ecgqa.evaluation.report import paper_table
 
     for option, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
@@ -64,8 +63,5 @@ def run(args: argparse.Namespace) -> int:
         control_seed=args.control_seed,
     )
     print(f"{report['model']} on {report['split']} ({report['n']} samples): EM {100 * report['em']:.1f} %")
-    print(paper_table([report], [report["model"]]), end="")
-    if report.get("controls"):
-        print(report["controls"]["verdict"]["sentence"])
-    print(f"written: {args.out}")
+    print_report(report, args.out)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from ecgqa.training import pretrain as stage  # the stage, imported only when the command runs
+    from ecgqa.training import trainer
 
     config = config_from_args(args)
     with torch_threads(args.threads):
@@ -137,9 +137,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             out = stage.pretrain(config)
         except KeyboardInterrupt:
-            from ecgqa.training.trainer import interrupted
-
-            return interrupted(config.out)
-    if int(os.environ.get("RANK", "0")) == 0:
+            return trainer.interrupted(config.out)
+    if trainer.is_main_process():
         print(f"checkpoint: {out} (fine-tune it with `ecgqa train --model {config.model} --init-from {out}`)")
     return 0

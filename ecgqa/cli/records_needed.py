@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ecgqa.data.release import SPLITS
 from mapping.sources import SOURCE_ALIASES
 
 
@@ -20,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="ECG-QA release folder (ecgqa/<version> or its parent), or any folder / file of questions in the "
         "release format (e.g. a generated set)",
     )
-    parser.add_argument("--splits", nargs="+", choices=["train", "valid", "test"], help="default: every split")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, help="default: every split")
     parser.add_argument(
         "--record-list", type=Path, help="MIMIC-IV-ECG: its record_list.csv (or the folder holding it); required"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgqa.cli.common import resolve_split
+from ecgqa.cli.common import print_report, resolve_split
 from ecgqa.evaluation.score import MISSING, SAMPLES
 
 
@@ -52,7 +52,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ecgqa.evaluation import score as stage  # the stage, imported only when the command runs
-    from ecgqa.evaluation.report import paper_table
 
     controls = {}
     for spec in args.control:
@@ -80,8 +79,5 @@ def run(args: argparse.Namespace) -> int:
         f"{' (counted wrong)' if report['missing_policy'] == 'wrong' and report['n_missing'] else ''}, "
         f"{report['n_no_match']} replies matched no option"
     )
-    print(paper_table([report], [report["model"]]), end="")
-    if report.get("controls"):
-        print(report["controls"]["verdict"]["sentence"])
-    print(f"written: {args.out}")
+    print_report(report, args.out)
     return 0

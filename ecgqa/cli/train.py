@@ -5,7 +5,6 @@ The library side is ``ecgqa.training.train``."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,6 +182,6 @@ def run(args: argparse.Namespace) -> int:
             ckpt = stage.train(config)
         except KeyboardInterrupt:
             return stage.interrupted(config.out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if stage.is_main_process():
         print(f"checkpoint: {ckpt} (load it with ecgqa.load({str(ckpt)!r}))")
     return 0

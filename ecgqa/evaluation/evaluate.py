@@ -175,37 +175,30 @@ def _controls(
     lines: dict[str, list[dict[str, Any]]] = {}
     how: dict[str, str] = {}
     notes: list[str] = []
-    rows = sorted({int(r) for rs in table["ecg_rows"] for r in rs})
-    if len(rows) >= 2:
-        lines[SHUFFLED_ECG] = []
-        with AtomicLines(folder / f"{SHUFFLED_ECG}.jsonl") as write_line:
+
+    def score(name: str, answerer: Any, desc: str, remap: dict[int, int] | None = None) -> None:
+        lines[name] = []
+        with AtomicLines(folder / f"{name}.jsonl") as write_line:
             _evaluate_qa(
-                predictor,
+                answerer,
                 prepared,
                 table,
                 write_line,
                 batch_size=batch_size,
                 progress=progress,
-                records=lines[SHUFFLED_ECG],
-                remap=shuffled_ecg_map(rows, seed),
-                desc="shuffled-ECG control",
+                records=lines[name],
+                remap=remap,
+                desc=desc,
             )
+
+    rows = sorted({int(r) for rs in table["ecg_rows"] for r in rs})
+    if len(rows) >= 2:
+        score(SHUFFLED_ECG, predictor, "shuffled-ECG control", remap=shuffled_ecg_map(rows, seed))
         how[SHUFFLED_ECG] = f"same checkpoint, each ECG of the split replaced by another ECG of it (seed {seed})"
     else:
         notes.append(f"no shuffled-ECG control: the questions scored use {len(rows)} ECG")
     if blind_predictor is not None:
-        lines[QUESTION_ONLY] = []
-        with AtomicLines(folder / f"{QUESTION_ONLY}.jsonl") as write_line:
-            _evaluate_qa(
-                blind_predictor,
-                prepared,
-                table,
-                write_line,
-                batch_size=batch_size,
-                progress=progress,
-                records=lines[QUESTION_ONLY],
-                desc="question-only (blind)",
-            )
+        score(QUESTION_ONLY, blind_predictor, "question-only (blind)")
         how[QUESTION_ONLY] = f"blind checkpoint {blind} ({blind_predictor.model_name}): the question alone"
     elif "train" in prepared.splits:
         lines[QUESTION_ONLY] = []

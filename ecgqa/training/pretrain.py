@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from ecgqa.training.recipes import (
     PRETRAIN_MODELS,
     PRETRAIN_RECIPES,
     SOURCE_YAML,
-    Recipe,
     describe_schedule,
 )
 from ecgqa.training.trainer import (
@@ -271,12 +270,13 @@ def load_pairs(config: PretrainConfig) -> tuple[Any, SegmentPairs]:
             + ("is a file" if folder.exists() else "not found")
             + "; give a prepared directory (`ecgqa prepare`) or a folder of WFDB records (.hea + .dat)"
         )
-    if not is_prepared(folder) and not any(folder.rglob("*.hea")):
+    prepared = is_prepared(folder)
+    if not prepared and not any(folder.rglob("*.hea")):
         raise ValueError(
             f"--data {folder}: neither a complete prepared directory (no meta.json) nor a folder of "
             "WFDB records (no .hea header under it); run `ecgqa prepare` or point --data at the records"
         )
-    if is_prepared(folder):
+    if prepared:
         data = PreparedData(config.data)
     else:
         if config.split is not None:
@@ -304,15 +304,7 @@ def dry_run(config: PretrainConfig) -> str:
     steps = planned_steps(config, len(pairs))
     pre, fields = init_source(config)
     model_config = pretrain_config(config.model, segment_length=pairs.segment, **fields, **config.overrides)
-    view = Recipe(
-        name=recipe.name,
-        source=recipe.source,
-        lr=config.lr,
-        effective_batch=None,
-        batch_size=0,
-        schedule=config.schedule,
-        warmup=config.warmup,
-    )
+    view = replace(recipe, lr=config.lr, schedule=config.schedule, warmup=config.warmup)
     c = model_config
     lines = [
         f"recipe {config.recipe} for pretraining {config.model} ({recipe.source})",

@@ -171,6 +171,7 @@ def dry_run(config: TrainConfig, *, measure: bool = True) -> str:
         if recipe.optimizer == "adam"
         else "AdamW (no decay on biases/norms)"
     )
+    schedule = replace(recipe, lr=config.lr, schedule=config.schedule, warmup=config.warmup)  # as this run resolved
     batch = f"{config.batch_size} x grad-accum {config.grad_accum} x {world_size()} device(s)"
     lines = [
         f"recipe {config.recipe} for {config.model} ({recipe.source})",
@@ -179,7 +180,7 @@ def dry_run(config: TrainConfig, *, measure: bool = True) -> str:
         f"samples seen: {steps * config.effective_batch} = {epochs:.2f} epochs of {n_train} "
         f"{config.train_split} samples",
         f"optimizer: {optimizer}, betas {recipe.betas}, eps {recipe.eps:g}, weight decay {config.weight_decay:g}",
-        f"lr schedule: {describe_schedule(_schedule_view(config, recipe), steps)}",
+        f"lr schedule: {describe_schedule(schedule, steps)}",
         "gradient clipping: "
         + (
             f"max norm {config.max_grad_norm:g}"
@@ -258,22 +259,6 @@ def _w2v_model_line(config: TrainConfig, pre: Any) -> str:
         + (" (from the checkpoint)" if pre is not None else "")
         + f"; dropout {c.dropout:g}, attention dropout {c.attention_dropout:g}, activation dropout "
         f"{c.activation_dropout:g}, feature_grad_mult {c.feature_grad_mult:g}, final dropout {c.final_dropout:g}"
-    )
-
-
-@dataclass
-class _ScheduleView:
-    lr: float
-    schedule: str
-    warmup: float
-    phase_ratio: tuple[float, float, float]
-    init_lr_scale: float
-    final_lr_scale: float
-
-
-def _schedule_view(config: TrainConfig, recipe: Any) -> Any:
-    return _ScheduleView(
-        config.lr, config.schedule, config.warmup, recipe.phase_ratio, recipe.init_lr_scale, recipe.final_lr_scale
     )
 
 
